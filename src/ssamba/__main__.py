@@ -1,0 +1,3 @@
+from ssamba.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""``ssamba.load``: one entry point for our saved models and for official SSAMBA/SSAST ``.pth`` checkpoints."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ssamba.models.base import AudioModel, load_state_strict
+from ssamba.models.checkpoint import (
+    CONFIG_NAME, CheckpointError, Geometry, config_from_official, convert_official_state, load_pretrained_files,
+    read_official, strip_module_prefix,
+)
+from ssamba.models.classifier import AudioClassifier
+from ssamba.models.config import ModelConfig
+from ssamba.pretrain.model import MaskedPatchModel
+
+logger = logging.getLogger(__name__)
+
+MODEL_CLASSES: dict[str, type[AudioModel]] = {"pretrain": MaskedPatchModel, "classify": AudioClassifier}
+_FINETUNE_OPTIONS = ("label_dim", "input_tdim", "fstride", "tstride", "input_fdim", "labels", "pooling")
+
+
+def load(path: str | Path, **options) -> AudioModel:
+    """Load a model from a directory written by ``save_pretrained`` or from an official ``.pth`` file.
+
+    For a pretraining checkpoint, passing ``label_dim`` (and optionally ``input_tdim``, ``fstride``, ``tstride``,
+    ``input_fdim``, ``labels``, ``pooling``) returns the fine-tuning model built exactly as the official conversion
+    (spec §8); without them the pretraining model is returned.  For an official fine-tuning checkpoint,
+    ``input_tdim``/``fstride``/``tstride`` declare its geometry (a state dict does not store the stride; it is
+    inferred when not given).  The model is returned in eval mode.
+    """
+    unknown = set(options) - set(_FINETUNE_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown options for ssamba.load: {sorted(unknown)}")
+    path = Path(path)
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{path}: directory has no {CONFIG_NAME}; not a saved ssamba model")
+        model = _load_ours(path)
+    elif path.is_file():
+        model = _load_official(path, options)
+    else:
+        raise CheckpointError(f"{path}: no such file or directory")
+
+    if isinstance(model, MaskedPatchModel) and "label_dim" in options:
+        model = model.to_classifier(**options)
+    elif options and isinstance(model, MaskedPatchModel):
+        raise TypeError(f"{path}: is a pretraining checkpoint; pass label_dim to build a fine-tuning model")
+    elif isinstance(model, AudioClassifier) and set(options) - {"input_tdim", "fstride", "tstride", "input_fdim"}:
+        raise TypeError(f"{path}: is already a fine-tuning model; only input_tdim/fstride/tstride/input_fdim apply")
+    return model.eval()
+
+
+def _load_ours(path: Path) -> AudioModel:
+    config_dict, state = load_pretrained_files(path)
+    config = ModelConfig.from_dict(config_dict)
+    model = MODEL_CLASSES[config.task](config)
+    load_state_strict(model, state, source=str(path))
+    return model
+
+
+def _load_official(path: Path, options: dict) -> AudioModel:
+    state = strip_module_prefix(read_official(path))
+    is_pretrain = "mask_embed" in state
+    geometry = Geometry(**{k: options[k] for k in ("input_tdim", "fstride", "tstride", "input_fdim")
+                           if k in options and not is_pretrain})
+    config = config_from_official(state, geometry, source=str(path))
+    model = MODEL_CLASSES[config.task](config)
+    load_state_strict(model, convert_official_state(state), source=str(path))
+    logger.info("loaded official %s-%s %s checkpoint %s", config.encoder.arch, config.encoder.size,
+                config.task, path)
+    return model

@@ -1,0 +1,74 @@
+"""Bidirectional Mamba mixer ("bimamba v2" of Vision Mamba, spec §5).
+
+One mixer scans the sequence in both directions with separate conv/x_proj/dt_proj/A/D parameters per direction,
+shares ``in_proj`` (hence the gate ``z``) and ``out_proj``, and averages the two directions before ``out_proj``.
+Parameter names equal the official state dict so released weights load without renaming.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssamba.models.scan import selective_scan
+
+
+class BiMambaMixer(nn.Module):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4) -> None:
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)
+        e, n, r = self.d_inner, d_state, self.dt_rank
+
+        self.in_proj = nn.Linear(d_model, 2 * e, bias=False)
+        # Only weight and bias of the convolutions are used (by the causal conv below), never the modules' forward.
+        self.conv1d = nn.Conv1d(e, e, d_conv, groups=e, padding=d_conv - 1)
+        self.conv1d_b = nn.Conv1d(e, e, d_conv, groups=e, padding=d_conv - 1)
+        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+        self.x_proj_b = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, e, bias=True)
+        self.dt_proj_b = nn.Linear(r, e, bias=True)
+        a_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1)  # S4D-real init
+        self.A_log = nn.Parameter(a_log.clone())
+        self.A_b_log = nn.Parameter(a_log.clone())
+        self.D = nn.Parameter(torch.ones(e))
+        self.D_b = nn.Parameter(torch.ones(e))
+        self.out_proj = nn.Linear(e, d_model, bias=False)
+        self._init_dt(dt_min, dt_max, dt_init_floor)
+
+    def _init_dt(self, dt_min: float, dt_max: float, floor: float) -> None:
+        """Mamba's dt init for the forward direction only; the backward one keeps Linear defaults (spec §9, Q14)."""
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """(B, L, d_model) -> (B, L, d_model)."""
+        xz = F.linear(hidden, self.in_proj.weight).transpose(1, 2)  # (B, 2E, L)
+        y_f = self._branch(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        y_b = self._branch(xz.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
+        y = (y_f + y_b.flip(-1)).transpose(1, 2) / 2
+        return F.linear(y, self.out_proj.weight)
+
+    def _branch(self, xz: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
+                a_log: Tensor, d_skip: Tensor) -> Tensor:
+        """One scan direction: causal conv + SiLU, input-dependent (dt, B, C), selective scan, SiLU(z) gate."""
+        length = xz.shape[-1]
+        x, z = xz.chunk(2, dim=1)
+        x = F.silu(F.conv1d(x, conv.weight, conv.bias, padding=self.d_conv - 1, groups=self.d_inner)[..., :length])
+        x_dbl = F.linear(x.transpose(1, 2), x_proj.weight)  # (B, L, R + 2N)
+        dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, E, L); bias goes in as delta_bias
+        return selective_scan(
+            x, delta, -torch.exp(a_log.float()), b.transpose(1, 2), c.transpose(1, 2),
+            D=d_skip.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
+        )

@@ -1,0 +1,149 @@
+"""The selective scan behind one function, with interchangeable backends.
+
+``selective_scan`` has the signature and tensor layout of mamba_ssm's ``selective_scan_fn`` so that every backend is
+a drop-in for the others.  The backend is chosen, in order of precedence, by the ``backend=`` argument, by
+``set_backend()`` (what model configs call), by the ``SSAMBA_SCAN_BACKEND`` environment variable, and otherwise
+automatically ("auto"): the fastest registered backend that supports the input's device.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor
+
+from ssamba.models.scan.reference import selective_scan_reference
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "SSAMBA_SCAN_BACKEND"
+ScanFn = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class ScanBackend:
+    """A scan implementation. ``supports(u)`` says whether it can run on this input (device, availability)."""
+
+    name: str
+    fn: ScanFn
+    supports: Callable[[Tensor], bool]
+    priority: int  # higher wins under "auto"
+
+
+_BACKENDS: dict[str, ScanBackend] = {}
+_selected: str | None = None
+
+
+def register_backend(name: str, fn: ScanFn, supports: Callable[[Tensor], bool], priority: int) -> None:
+    """Add a backend; later issues plug their kernels in here."""
+    _BACKENDS[name] = ScanBackend(name, fn, supports, priority)
+
+
+def available_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def set_backend(name: str | None) -> None:
+    """Select a backend for the whole process (``None`` or "auto" restores automatic choice)."""
+    global _selected
+    if name is not None and name != "auto" and name not in _BACKENDS:
+        raise ValueError(f"unknown scan backend {name!r}; choose from auto, {', '.join(available_backends())}")
+    _selected = None if name == "auto" else name
+
+
+def get_backend(u: Tensor, name: str | None = None) -> ScanBackend:
+    """Resolve which backend runs a scan on ``u``."""
+    name = name or _selected or os.environ.get(ENV_VAR) or "auto"
+    if name == "auto":
+        usable = [b for b in _BACKENDS.values() if b.supports(u)]
+        return max(usable, key=lambda b: b.priority)
+    if name not in _BACKENDS:
+        raise ValueError(
+            f"unknown scan backend {name!r} (from argument, set_backend or ${ENV_VAR}); "
+            f"choose from auto, {', '.join(available_backends())}"
+        )
+    backend = _BACKENDS[name]
+    if not backend.supports(u):
+        raise RuntimeError(f"scan backend {name!r} cannot run on a {u.device.type} tensor here (is it installed?)")
+    return backend
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Mamba-1 selective scan (spec §5). u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,)."""
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    impl = get_backend(u, backend)
+    return impl.fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, dim, length), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    n = A.shape[-1] if A.dim() == 2 else -1
+    expected = {
+        "delta": (delta, (batch, dim, length)),
+        "A": (A, (dim, n)),
+        "B": (B, (batch, n, length)),
+        "C": (C, (batch, n, length)),
+        "D": (D, (dim,)),
+        "z": (z, (batch, dim, length)),
+        "delta_bias": (delta_bias, (dim,)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"selective_scan: {name} has shape {tuple(tensor.shape)}, expected {shape}")
+
+
+@functools.lru_cache(maxsize=None)
+def _mamba_ssm_fn() -> ScanFn | None:
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a broken CUDA build raising at import
+        return None
+    return selective_scan_fn
+
+
+def _mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    fn = _mamba_ssm_fn()
+    return fn(u, delta, A, B.contiguous(), C.contiguous(), D, z, delta_bias, delta_softplus)
+
+
+register_backend(
+    "reference",
+    lambda u, delta, A, B, C, D, z, delta_bias, delta_softplus: selective_scan_reference(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus
+    ),
+    supports=lambda u: True,
+    priority=0,
+)
+register_backend(
+    "mamba_ssm",
+    _mamba_ssm_scan,
+    supports=lambda u: u.is_cuda and _mamba_ssm_fn() is not None,
+    priority=100,
+)
+
+__all__ = [
+    "selective_scan",
+    "selective_scan_reference",
+    "register_backend",
+    "set_backend",
+    "get_backend",
+    "available_backends",
+    "ENV_VAR",
+]

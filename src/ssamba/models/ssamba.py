@@ -1,0 +1,74 @@
+"""The SSAMBA encoder: spectrogram patches -> 24 bidirectional Mamba blocks, exactly as the official code (spec §2-4).
+
+Read top to bottom: a block is "residual add, norm, mixer"; blocks run in pairs, the second of a pair on the
+time-reversed sequence; the pair's outputs and residuals are summed (so the residual doubles every pair, quirk
+Q3); a final drop path, then the final norm applied twice (quirk Q2).  These quirks are kept because the released
+weights were trained with them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ssamba.models.config import EncoderConfig
+from ssamba.models.encoder import PatchEncoder
+from ssamba.models.layers import DropPath, make_norm
+from ssamba.models.mamba import BiMambaMixer
+
+
+class MambaBlock(nn.Module):
+    """Vim's ``Block`` without fused add-norm: ``r = r + drop_path(h); h = mixer(norm(r))``."""
+
+    def __init__(self, config: EncoderConfig, drop_path: float) -> None:
+        super().__init__()
+        self.mixer = BiMambaMixer(config.embed_dim, config.d_state, config.d_conv, config.expand, config.dt_rank)
+        self.norm = make_norm(config.norm, config.embed_dim, config.norm_eps)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, hidden: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        return self.mixer(self.norm(residual)), residual
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Vim's schedule: layer i gets ``([0] + linspace(0, rate, depth))[i]`` (shifted by one, spec §4)."""
+    return ([0.0] + torch.linspace(0, rate, depth).tolist())[:depth]
+
+
+class SSAMBAEncoder(PatchEncoder):
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__(config)
+        if config.depth % 2:
+            raise ValueError(f"SSAMBA runs its blocks in forward/backward pairs: depth must be even, got {config.depth}")
+        rates = drop_path_rates(config.drop_path_rate, config.depth)
+        self.layers = nn.ModuleList(MambaBlock(config, r) for r in rates)
+        self.drop_path = DropPath(config.drop_path_rate)  # the final one is not scheduled (quirk Q4)
+        self.norm_f = make_norm(config.norm, config.embed_dim, config.norm_eps)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Vim's ``_init_weights`` (spec §9): zero Linear biases except dt_proj's, rescale ``out_proj``."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                if not getattr(module.bias, "_no_reinit", False):
+                    nn.init.zeros_(module.bias)
+        for layer in self.layers:
+            weight = layer.mixer.out_proj.weight
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+            with torch.no_grad():
+                weight /= math.sqrt(self.config.depth)
+
+    def residual_stream(self, tokens: Tensor) -> Tensor:
+        """The pre-norm residual after all pairs and the final drop path."""
+        hidden, residual = tokens, None
+        for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
+            h_f, r_f = fwd(hidden, residual)
+            h_b, r_b = bwd(hidden.flip(1), None if residual is None else residual.flip(1))
+            hidden, residual = h_f + h_b.flip(1), r_f + r_b.flip(1)
+        return residual + self.drop_path(hidden)
+
+    def trunk(self, tokens: Tensor) -> Tensor:
+        out = self.norm_f(self.residual_stream(tokens))
+        return self.norm_f(out) if self.config.final_norm_twice else out
