@@ -16,7 +16,8 @@ from ssamba.pretrain.model import MaskedPatchModel
 logger = logging.getLogger(__name__)
 
 MODEL_CLASSES: dict[str, type[AudioModel]] = {"pretrain": MaskedPatchModel, "classify": AudioClassifier}
-_FINETUNE_OPTIONS = ("label_dim", "input_tdim", "fstride", "tstride", "input_fdim", "labels", "pooling")
+_GEOMETRY = ("input_tdim", "fstride", "tstride", "input_fdim")
+_FINETUNE_OPTIONS = ("label_dim", *_GEOMETRY, "labels", "pooling")
 
 
 def load(path: str | Path, **options) -> AudioModel:
@@ -35,19 +36,33 @@ def load(path: str | Path, **options) -> AudioModel:
     if path.is_dir():
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path}: directory has no {CONFIG_NAME}; not a saved ssamba model")
+        if set(options) & set(_GEOMETRY) and not _is_pretrain_dir(path):
+            raise TypeError(f"{path}: a saved fine-tuning model already fixes its input size and stride")
         model = _load_ours(path)
     elif path.is_file():
         model = _load_official(path, options)
     else:
         raise CheckpointError(f"{path}: no such file or directory")
 
-    if isinstance(model, MaskedPatchModel) and "label_dim" in options:
-        model = model.to_classifier(**options)
-    elif options and isinstance(model, MaskedPatchModel):
-        raise TypeError(f"{path}: is a pretraining checkpoint; pass label_dim to build a fine-tuning model")
-    elif isinstance(model, AudioClassifier) and set(options) - {"input_tdim", "fstride", "tstride", "input_fdim"}:
-        raise TypeError(f"{path}: is already a fine-tuning model; only input_tdim/fstride/tstride/input_fdim apply")
+    if isinstance(model, MaskedPatchModel):
+        if "label_dim" in options:
+            model = model.to_classifier(**options)
+        elif options:
+            raise TypeError(f"{path}: is a pretraining checkpoint; pass label_dim to build a fine-tuning model")
+    else:
+        extra = set(options) - set(_GEOMETRY) - {"labels", "pooling"}
+        if extra:
+            raise TypeError(f"{path}: is already a fine-tuning model; {sorted(extra)} do not apply")
+        for key in ("labels", "pooling"):
+            if key in options:
+                setattr(model.config, key, options[key])
+        model.config.__post_init__()  # validates the label count
     return model.eval()
+
+
+def _is_pretrain_dir(path: Path) -> bool:
+    config_dict, _ = load_pretrained_files(path, weights=False)
+    return config_dict.get("task") == "pretrain"
 
 
 def _load_ours(path: Path) -> AudioModel:
@@ -61,8 +76,7 @@ def _load_ours(path: Path) -> AudioModel:
 def _load_official(path: Path, options: dict) -> AudioModel:
     state = strip_module_prefix(read_official(path))
     is_pretrain = "mask_embed" in state
-    geometry = Geometry(**{k: options[k] for k in ("input_tdim", "fstride", "tstride", "input_fdim")
-                           if k in options and not is_pretrain})
+    geometry = Geometry(**{k: options[k] for k in _GEOMETRY if k in options and not is_pretrain})
     config = config_from_official(state, geometry, source=str(path))
     model = MODEL_CLASSES[config.task](config)
     load_state_strict(model, convert_official_state(state), source=str(path))

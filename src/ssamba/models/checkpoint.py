@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -48,7 +49,8 @@ def save_pretrained_files(directory: str | Path, config: dict[str, Any], state: 
     return directory
 
 
-def load_pretrained_files(directory: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def load_pretrained_files(directory: str | Path, weights: bool = True) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Read ``config.json`` and (unless ``weights=False``) ``model.safetensors`` of a saved model directory."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for path in (config_path, weights_path):
@@ -61,6 +63,8 @@ def load_pretrained_files(directory: str | Path) -> tuple[dict[str, Any], dict[s
     version = config.pop("ssamba_format", None)
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{config_path}: unsupported ssamba_format {version!r} (expected {FORMAT_VERSION})")
+    if not weights:
+        return config, {}
     try:
         state = load_file(weights_path)
     except (SafetensorError, OSError, RuntimeError) as exc:
@@ -171,8 +175,9 @@ def config_from_official(state: dict[str, Tensor], geometry: Geometry | None = N
         enc["norm"] = "layernorm" if norm_bias else "rmsnorm"
         x_proj = state["v.layers.0.mixer.x_proj.weight"]
         d_inner, d_state = state["v.layers.0.mixer.A_log"].shape
+        dt_rank = x_proj.shape[0] - 2 * d_state
         enc.update(expand=d_inner // dim, d_state=d_state, d_conv=state["v.layers.0.mixer.conv1d.weight"].shape[-1],
-                   dt_rank=x_proj.shape[0] - 2 * d_state)
+                   dt_rank=None if dt_rank == math.ceil(dim / 16) else dt_rank)
     else:
         heads = SSAST_HEADS.get(size)
         if heads is None:

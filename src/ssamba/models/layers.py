@@ -5,6 +5,13 @@ import torch
 from torch import Tensor, nn
 
 
+def linspace(start: float, stop: float, num: int) -> list[float]:
+    """Evenly spaced floats (plain Python, so models can be built on the meta device)."""
+    if num == 1:
+        return [start]
+    return [start + (stop - start) * i / (num - 1) for i in range(num)]
+
+
 class DropPath(nn.Module):
     """Stochastic depth with timm semantics: a per-sample Bernoulli(keep) mask scaled by 1/keep, only in training."""
 

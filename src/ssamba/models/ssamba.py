@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ssamba.models.config import EncoderConfig
 from ssamba.models.encoder import PatchEncoder
-from ssamba.models.layers import DropPath, make_norm
+from ssamba.models.layers import DropPath, linspace, make_norm
 from ssamba.models.mamba import BiMambaMixer
 
 
@@ -34,7 +34,7 @@ class MambaBlock(nn.Module):
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
     """Vim's schedule: layer i gets ``([0] + linspace(0, rate, depth))[i]`` (shifted by one, spec §4)."""
-    return ([0.0] + torch.linspace(0, rate, depth).tolist())[:depth]
+    return ([0.0] + linspace(0.0, rate, depth))[:depth]
 
 
 class SSAMBAEncoder(PatchEncoder):

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ssamba.models.config import EncoderConfig
 from ssamba.models.encoder import PatchEncoder
-from ssamba.models.layers import DropPath, make_norm
+from ssamba.models.layers import DropPath, linspace, make_norm
 
 
 class Attention(nn.Module):
@@ -63,7 +63,7 @@ class ViTBlock(nn.Module):
 class SSASTEncoder(PatchEncoder):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__(config)
-        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        rates = linspace(0.0, config.drop_path_rate, config.depth)
         self.blocks = nn.ModuleList(ViTBlock(config, r) for r in rates)
         self.norm = make_norm(config.norm, config.embed_dim, config.norm_eps)
         for module in self.blocks.modules():  # timm ViT init: trunc_normal(.02) weights, zero biases

@@ -1,0 +1,31 @@
+"""Shared test helpers: the project's shared data folder sits beside the repository (``../shared``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+OFFICIAL = SHARED / "fixtures" / "official"
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Norm-wise relative error ||a - e|| / ||e|| in float64."""
+    a, e = actual.detach().double(), expected.detach().double()
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+@pytest.fixture(scope="session")
+def official_inputs() -> dict[str, torch.Tensor]:
+    return torch.load(OFFICIAL / "inputs.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def official_outputs() -> dict[str, torch.Tensor]:
+    return torch.load(OFFICIAL / "outputs.pt", map_location="cpu", weights_only=True)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not OFFICIAL.is_dir():
+        raise pytest.UsageError(f"shared fixtures not found at {OFFICIAL}: the repository must sit beside ../shared")

@@ -1,0 +1,143 @@
+"""Our checkpoint format (round trip) and official import: prefixes, variants, and clear errors."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from conftest import OFFICIAL
+
+import ssamba
+from ssamba.cli import main as cli_main
+from ssamba.models.checkpoint import CheckpointError, read_official
+from ssamba.models.classifier import AudioClassifier
+from ssamba.models.config import ModelConfig, preset
+from ssamba.pretrain.model import MaskedPatchModel
+
+
+def small(arch: str, **kw):
+    return preset(arch, "tiny", depth=2 if arch == "ssast" else 4, input_tdim=64, **kw)
+
+
+@pytest.mark.parametrize("arch", ["ssamba", "ssast"])
+def test_round_trip_is_bit_identical(tmp_path, arch):
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 128)
+    pre = MaskedPatchModel(ModelConfig(encoder=small(arch))).eval()
+    clf = AudioClassifier(ModelConfig(encoder=small(arch, tstride=10, fstride=10), task="classify", label_dim=3,
+                                      labels=["a", "b", "c"])).eval()
+    mask = pre.sample_mask(2, 5)
+    for model, fn in [(pre, lambda m: m.pretraining_loss(x, mask)["loss"]), (clf, lambda m: m(x))]:
+        model.save_pretrained(tmp_path / arch)
+        assert sorted(p.name for p in (tmp_path / arch).iterdir()) == ["config.json", "model.safetensors"]
+        for loaded in (type(model).from_pretrained(tmp_path / arch), ssamba.load(tmp_path / arch)):
+            assert type(loaded) is type(model) and loaded.config == model.config
+            with torch.no_grad():
+                assert torch.equal(fn(loaded), fn(model))
+
+
+def test_official_file_with_or_without_module_prefix(tmp_path):
+    state = read_official(OFFICIAL / "official_tiny_finetune_t256.pth")
+    torch.save({k.removeprefix("module."): v for k, v in state.items()}, tmp_path / "plain.pth")
+    torch.save({"state_dict": state}, tmp_path / "nested.pth")
+    x = torch.randn(1, 256, 128)
+    reference = ssamba.load(OFFICIAL / "official_tiny_finetune_t256.pth")
+    with torch.no_grad():
+        for name in ("plain.pth", "nested.pth"):
+            assert torch.equal(ssamba.load(tmp_path / name)(x), reference(x))
+
+
+def test_rmsnorm_checkpoint_is_detected(tmp_path):
+    state = read_official(OFFICIAL / "official_tiny_finetune_t256.pth")
+    rms = {k: v for k, v in state.items() if not (k.endswith("norm.bias") or k.endswith("norm_f.bias"))}
+    torch.save(rms, tmp_path / "rms.pth")
+    model = ssamba.load(tmp_path / "rms.pth")
+    assert model.config.encoder.norm == "rmsnorm"
+    x = torch.randn(1, 256, 128)
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+    mixed = dict(rms)
+    mixed["module.v.layers.3.norm.bias"] = state["module.v.layers.3.norm.bias"]
+    torch.save(mixed, tmp_path / "mixed.pth")
+    with pytest.raises(CheckpointError, match="neither LayerNorm nor RMSNorm"):
+        ssamba.load(tmp_path / "mixed.pth")
+
+
+def test_unsupported_and_mismatched_official_files(tmp_path):
+    state = read_official(OFFICIAL / "official_tiny_pretrain.pth")
+    v1 = {k: v for k, v in state.items() if not re.search(r"(_b\.|_b_log$|\.D_b$)", k)}
+    assert len(v1) == len(state) - 24 * 7
+    torch.save(v1, tmp_path / "v1.pth")
+    with pytest.raises(CheckpointError, match="bimamba v2"):
+        ssamba.load(tmp_path / "v1.pth")
+
+    missing = dict(state)
+    del missing["module.v.layers.5.mixer.dt_proj_b.bias"]
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match=r"missing keys \(1\): encoder.layers.5.mixer.dt_proj_b.bias") as err:
+        ssamba.load(tmp_path / "missing.pth")
+    assert "missing.pth" in str(err.value)
+
+    extra = dict(state)
+    extra["module.v.layers.0.mixer.gamma"] = torch.zeros(3)
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match=r"unexpected keys \(1\): encoder.layers.0.mixer.gamma"):
+        ssamba.load(tmp_path / "extra.pth")
+
+    alien = {"module.foo.weight": torch.zeros(1)}
+    torch.save(alien, tmp_path / "alien.pth")
+    with pytest.raises(CheckpointError, match="not an official SSAMBA or SSAST"):
+        ssamba.load(tmp_path / "alien.pth")
+
+
+def test_corrupt_and_truncated_files_fail_clearly(tmp_path):
+    data = (OFFICIAL / "official_tiny_pretrain.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.pth").write_bytes(b"\x00not a checkpoint" * 100)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    for name in ("truncated.pth", "garbage.pth", "empty.pth"):
+        with pytest.raises(CheckpointError, match=name):
+            ssamba.load(tmp_path / name)
+    with pytest.raises(CheckpointError, match="no such file"):
+        ssamba.load(tmp_path / "absent.pth")
+
+    model = MaskedPatchModel(ModelConfig(encoder=small("ssamba")))
+    out = model.save_pretrained(tmp_path / "ours")
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        ssamba.load(out)
+    (tmp_path / "nocfg").mkdir()
+    with pytest.raises(CheckpointError, match="config.json"):
+        ssamba.load(tmp_path / "nocfg")
+    model.save_pretrained(tmp_path / "bad")
+    cfg = json.loads((tmp_path / "bad" / "config.json").read_text())
+    cfg["encoder"]["depth"] = 6
+    (tmp_path / "bad" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="missing keys"):
+        ssamba.load(tmp_path / "bad")
+
+
+def test_load_options_are_validated():
+    with pytest.raises(TypeError, match="unknown options"):
+        ssamba.load(OFFICIAL / "official_tiny_pretrain.pth", label_dims=3)
+    with pytest.raises(TypeError, match="pass label_dim"):
+        ssamba.load(OFFICIAL / "official_tiny_pretrain.pth", input_tdim=128)
+    with pytest.raises(TypeError, match="already a fine-tuning model"):
+        ssamba.load(OFFICIAL / "official_tiny_finetune_t256.pth", label_dim=3)
+
+
+def test_cli_convert(tmp_path, official_inputs, official_outputs):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"class{i}" for i in range(10)))
+    assert cli_main(["convert", str(OFFICIAL / "official_tiny_finetune_t256.pth"), str(tmp_path / "ft"),
+                     "--labels", str(labels)]) == 0
+    model = ssamba.load(tmp_path / "ft")
+    assert model.config.labels[3] == "class3"
+    with torch.no_grad():
+        out = model(official_inputs["x_ft_t256"])
+    assert (out - official_outputs["ft_t256_avgtok"]).abs().max() < 1e-5
+    assert cli_main(["convert", str(OFFICIAL / "official_tiny_pretrain.pth"), str(tmp_path / "pre")]) == 0
+    assert isinstance(ssamba.load(tmp_path / "pre"), MaskedPatchModel)
+    assert cli_main(["convert", str(tmp_path / "absent.pth"), str(tmp_path / "x")]) == 2

@@ -1,0 +1,116 @@
+"""The reference selective scan against a float64 evaluation of itself, and the backend switch."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import rel_err
+
+from ssamba.models import scan
+from ssamba.models.scan import selective_scan, selective_scan_reference
+
+GRAD_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+def make_inputs(batch, dim, length, n, *, with_z=True, with_bias=True, noncontig=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    u, delta = r(batch, dim, length), 0.5 * r(batch, dim, length)
+    A = -torch.exp(0.5 * r(dim, n))
+    B, C = r(batch, n, length), r(batch, n, length)
+    D, z = r(dim), r(batch, dim, length) if with_z else None
+    bias = 0.3 * r(dim) if with_bias else None
+    if noncontig:  # same values, other strides: (B, L, D)-major storage seen through a transpose
+        u, delta = u.transpose(1, 2).contiguous().transpose(1, 2), delta.transpose(1, 2).contiguous().transpose(1, 2)
+        B, C = B.transpose(1, 2).contiguous().transpose(1, 2), C.transpose(1, 2).contiguous().transpose(1, 2)
+        assert not u.is_contiguous() and not B.is_contiguous()
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias)
+
+
+def run(inputs, dtype, softplus=True):
+    leaves = {k: (v.detach().to(dtype).requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    out = selective_scan(**leaves, delta_softplus=softplus, backend="reference")
+    weight = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
+    (out * weight).sum().backward()
+    return out, {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+CASES = [
+    dict(batch=1, dim=3, length=1, n=4),
+    dict(batch=2, dim=5, length=7, n=16),
+    dict(batch=3, dim=8, length=131, n=16),  # crosses a chunk boundary of the reference (128)
+    dict(batch=2, dim=6, length=33, n=5, noncontig=True),
+    dict(batch=2, dim=4, length=19, n=16, with_z=False, with_bias=False),
+    dict(batch=1, dim=7, length=260, n=3, with_z=True, with_bias=False),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_float32_matches_float64_forward_and_gradients(case):
+    inputs = make_inputs(**{k: v for k, v in case.items()})
+    out32, grads32 = run(inputs, torch.float32)
+    out64, grads64 = run(inputs, torch.float64)
+    assert out32.dtype == torch.float32 and out32.shape == inputs["u"].shape
+    assert rel_err(out32, out64) < 1e-5
+    assert set(grads32) == {k for k in GRAD_NAMES if inputs[k] is not None}
+    for name, grad in grads32.items():
+        assert rel_err(grad, grads64[name]) < 1e-5, name
+
+
+def test_reference_equals_explicit_recurrence():
+    """An independent, literal transcription of spec §5 (python loops over every index) on a tiny case."""
+    inp = make_inputs(2, 3, 6, 4, seed=3)
+    out = selective_scan_reference(**inp, delta_softplus=True).double()
+    u, A, B, C, D, z = (inp[k].double() for k in ("u", "A", "B", "C", "D", "z"))
+    delta = F.softplus(inp["delta"].double() + inp["delta_bias"].double()[:, None])
+    for b in range(2):
+        for e in range(3):
+            s = torch.zeros(4, dtype=torch.float64)
+            for t in range(6):
+                s = torch.exp(delta[b, e, t] * A[e]) * s + delta[b, e, t] * u[b, e, t] * B[b, :, t]
+                y = (s * C[b, :, t]).sum() + D[e] * u[b, e, t]
+                y = y * z[b, e, t] * torch.sigmoid(z[b, e, t])
+                assert abs(out[b, e, t].item() - y.item()) < 1e-5 * (1 + abs(y.item()))
+
+
+def test_no_softplus_and_zero_length():
+    inp = make_inputs(1, 2, 5, 3, with_z=False, with_bias=False)
+    inp["delta"] = inp["delta"].abs()
+    out = selective_scan(**inp)
+    assert torch.isfinite(out).all()
+    empty = make_inputs(1, 2, 1, 3)
+    empty = {k: (v[..., :0] if v is not None and v.dim() == 3 else v) for k, v in empty.items()}
+    assert selective_scan(**empty).shape == (1, 2, 0)
+
+
+def test_shape_errors_name_the_argument():
+    inp = make_inputs(2, 4, 5, 3)
+    inp["B"] = inp["B"][:, :2]
+    with pytest.raises(ValueError, match="B has shape"):
+        selective_scan(**inp)
+
+
+def test_backend_switch(monkeypatch):
+    inp = make_inputs(1, 2, 4, 3)
+    assert scan.get_backend(inp["u"]).name != "mamba_ssm"  # CPU tensor: never the CUDA backend
+    monkeypatch.setenv(scan.ENV_VAR, "reference")
+    assert scan.get_backend(inp["u"]).name == "reference"
+    monkeypatch.setenv(scan.ENV_VAR, "no-such-backend")
+    with pytest.raises(ValueError, match="no-such-backend"):
+        selective_scan(**inp)
+    monkeypatch.delenv(scan.ENV_VAR)
+    with pytest.raises(RuntimeError, match="mamba_ssm"):
+        selective_scan(**inp, backend="mamba_ssm")
+    calls = []
+    scan.register_backend("spy", lambda *a: calls.append(a) or selective_scan_reference(*a), lambda u: True, -1)
+    try:
+        scan.set_backend("spy")
+        out = selective_scan(**inp)
+        assert len(calls) == 1 and torch.equal(out, selective_scan(**inp, backend="reference"))
+        scan.set_backend("auto")
+        assert scan.get_backend(inp["u"]).name != "spy"
+        with pytest.raises(ValueError):
+            scan.set_backend("nope")
+    finally:
+        scan._BACKENDS.pop("spy")
+        scan.set_backend(None)
