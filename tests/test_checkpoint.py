@@ -141,3 +141,28 @@ def test_cli_convert(tmp_path, official_inputs, official_outputs):
     assert cli_main(["convert", str(OFFICIAL / "official_tiny_pretrain.pth"), str(tmp_path / "pre")]) == 0
     assert isinstance(ssamba.load(tmp_path / "pre"), MaskedPatchModel)
     assert cli_main(["convert", str(tmp_path / "absent.pth"), str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("arch,task", [("ssast", "pretrain"), ("ssast", "classify"), ("ssamba", "classify")])
+def test_export_to_official_layout_and_import_back(tmp_path, arch, task):
+    from ssamba.models.checkpoint import export_official_state
+
+    torch.manual_seed(0)
+    enc = preset(arch, "tiny", depth=2, input_tdim=128, **({"fstride": 10, "tstride": 10} if task == "classify"
+                                                          else {}))
+    cfg = ModelConfig(encoder=enc, task=task, label_dim=7 if task == "classify" else 0)
+    model = (MaskedPatchModel if task == "pretrain" else AudioClassifier)(cfg).eval()
+    official = export_official_state(model.state_dict(), cfg)
+    assert all(k.startswith("module.") for k in official)
+    assert ("module.v.head_dist.weight" in official) == (arch == "ssast")
+    torch.save(official, tmp_path / "official.pth")
+    # a state dict does not record the input length: the fine-tuning geometry is declared (or inferred, see keys test)
+    loaded = ssamba.load(tmp_path / "official.pth", **({"input_tdim": 128} if task == "classify" else {}))
+    assert loaded.config.encoder == enc
+    x = torch.randn(2, 128, 128)
+    with torch.no_grad():
+        if task == "pretrain":
+            mask = model.sample_mask(2, 20)
+            assert torch.equal(loaded.pretraining_loss(x, mask)["loss"], model.pretraining_loss(x, mask)["loss"])
+        else:
+            assert torch.equal(loaded(x), model(x))

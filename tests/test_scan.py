@@ -114,3 +114,18 @@ def test_backend_switch(monkeypatch):
     finally:
         scan._BACKENDS.pop("spy")
         scan.set_backend(None)
+
+
+def test_model_config_selects_the_backend():
+    from ssamba.models import build_encoder
+    from ssamba.models.config import preset
+
+    calls = []
+    scan.register_backend("counting", lambda *a: calls.append(1) or selective_scan_reference(*a), lambda u: True, -1)
+    try:
+        enc = build_encoder(preset("ssamba", "tiny", depth=2, input_tdim=32, scan_backend="counting")).eval()
+        with torch.no_grad():
+            enc(torch.randn(1, 32, 128))
+        assert len(calls) == 2 * 2  # two layers, two directions each
+    finally:
+        scan._BACKENDS.pop("counting")

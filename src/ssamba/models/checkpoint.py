@@ -230,5 +230,23 @@ def convert_official_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def export_official_state(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """Our state dict in the official layout (``module.`` prefix, DataParallel style), loadable by the official code.
+
+    The official models also carry an ImageNet head that they never call (``v.head``, and ``v.head_dist`` for
+    DeiT-based SSAST); it is written as zeros so that strict loading works there.
+    """
+    out = {ours_to_official_key(k): v.detach().cpu() for k, v in state.items()}
+    enc = config.encoder
+    if config.task == "pretrain":
+        out["module.p_input_fdim"] = torch.tensor(enc.input_fdim)
+        out["module.p_input_tdim"] = torch.tensor(enc.input_tdim)
+    heads = ["v.head"] + (["v.head_dist"] if enc.num_cls_tokens == 2 else [])
+    for head in heads:
+        out[f"module.{head}.weight"] = torch.zeros(1000, enc.embed_dim)
+        out[f"module.{head}.bias"] = torch.zeros(1000)
+    return out
+
+
 def strip_module_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}

@@ -40,6 +40,7 @@ class EncoderConfig:
     expand: int = 2
     dt_rank: int | None = None  # None -> ceil(embed_dim / 16)
     final_norm_twice: bool = True  # official quirk Q2; the released weights were trained with it
+    scan_backend: str | None = None  # selective-scan backend; None: $SSAMBA_SCAN_BACKEND, else automatic
     # SSAST (ViT)
     num_heads: int = 3
     mlp_ratio: float = 4.0

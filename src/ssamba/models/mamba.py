@@ -18,9 +18,10 @@ from ssamba.models.scan import selective_scan
 class BiMambaMixer(nn.Module):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
-                 dt_init_floor: float = 1e-4) -> None:
+                 dt_init_floor: float = 1e-4, scan_backend: str | None = None) -> None:
         super().__init__()
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.scan_backend = scan_backend
         self.d_inner = expand * d_model
         self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)
         e, n, r = self.d_inner, d_state, self.dt_rank
@@ -70,5 +71,5 @@ class BiMambaMixer(nn.Module):
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, E, L); bias goes in as delta_bias
         return selective_scan(
             x, delta, -torch.exp(a_log.float()), b.transpose(1, 2), c.transpose(1, 2),
-            D=d_skip.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
+            D=d_skip.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True, backend=self.scan_backend,
         )

@@ -23,7 +23,8 @@ class MambaBlock(nn.Module):
 
     def __init__(self, config: EncoderConfig, drop_path: float) -> None:
         super().__init__()
-        self.mixer = BiMambaMixer(config.embed_dim, config.d_state, config.d_conv, config.expand, config.dt_rank)
+        self.mixer = BiMambaMixer(config.embed_dim, config.d_state, config.d_conv, config.expand, config.dt_rank,
+                                  scan_backend=config.scan_backend)
         self.norm = make_norm(config.norm, config.embed_dim, config.norm_eps)
         self.drop_path = DropPath(drop_path)
 
