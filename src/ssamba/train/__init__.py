@@ -1,0 +1,1 @@
+"""Training and evaluation: engine, optimisers and schedules, metrics, checkpoints/resume, distributed runs."""

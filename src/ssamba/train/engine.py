@@ -1,0 +1,243 @@
+"""The training loop shared by pretraining and fine-tuning (and by SSAMBA and SSAST).
+
+A ``Task`` says what one step computes and how to evaluate; the ``Trainer`` does the rest: DDP, gradient
+accumulation, AMP, clipping, the lr schedule, periodic atomic checkpoints with exact resume, best-model selection on
+the validation metric, logs and progress bars.  A non-finite loss stops the run with a clear message and leaves the
+last good checkpoint in place.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ssamba.train import state as ckpt
+from ssamba.train.distributed import DistEnv, all_reduce_mean
+from ssamba.train.logger import RunLogger
+from ssamba.train.optim import LRSchedule, OptimConfig, build_optimizer
+from ssamba.train.sampler import ResumableSampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # optimiser steps; stops early when reached
+    batch_size: int = 8  # per process
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 (CUDA) uses a GradScaler
+    log_every: int = 10
+    eval_every: int | None = None  # steps; None = at the end of every epoch
+    checkpoint_every: int = 200  # steps (and at the end of every epoch)
+    halt_after_steps: int | None = None  # testing aid: stop abruptly (as if killed) after this many steps
+    progress: bool = True
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class Task(Protocol):
+    main_metric: str  # validation metric to maximise (best model, plateau schedule)
+
+    def train_step(self, model: nn.Module, batch: Any) -> dict[str, Tensor]: ...
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, env: DistEnv) -> dict[str, float]: ...
+
+
+def move(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: move(v, device) for k, v in batch.items()}
+    return batch
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, task: Task, train_cfg: TrainConfig, optim_cfg: OptimConfig,
+                 out_dir: str | Path, env: DistEnv, collate_fn=None) -> None:
+        self.model, self.task, self.cfg, self.optim_cfg = model.to(env.device), task, train_cfg, optim_cfg
+        self.out_dir, self.env, self.collate_fn = Path(out_dir), env, collate_fn
+        self.ddp = DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
+                                           else None) if env.distributed else self.model
+        self.optimizer = build_optimizer(self.model, optim_cfg)
+        self.schedule = LRSchedule(self.optimizer, optim_cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=train_cfg.amp == "fp16" and env.device.type == "cuda")
+        self.step, self.epoch, self.consumed = 0, 0, 0  # consumed: samples of this epoch seen by this rank
+        self.best: dict[str, Any] = {"metric": None, "step": None}
+        self.history: list[dict[str, Any]] = []
+        self.log = RunLogger(self.out_dir, enabled=env.is_main)
+
+    # ----------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        from ssamba.train.distributed import gather_objects
+
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "consumed": self.consumed, "best": self.best,
+                "history": self.history, "rng": gather_objects(ckpt.rng_state(), self.env)}
+
+    def save_checkpoint(self) -> None:
+        state = self.state_dict()  # collective (gathers RNG states): every rank takes part
+        if self.env.is_main:
+            path = ckpt.save_training_state(self.out_dir / "checkpoints", state)
+            logger.debug("checkpoint at step %d -> %s", self.step, path)
+
+    def resume(self, path: str | Path) -> None:
+        state = ckpt.load_training_state(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
+        self.best, self.history = state["best"], state["history"]
+        if len(state["rng"]) != self.env.world_size:
+            raise TrainingError(f"{path}: saved with {len(state['rng'])} processes, resuming with "
+                                f"{self.env.world_size}: exact resume needs the same world size")
+        ckpt.set_rng_state(state["rng"][self.env.rank])
+        logger.info("resumed from %s at step %d (epoch %d, %d samples into it)", path, self.step, self.epoch + 1,
+                    self.consumed)
+
+    # ----------------------------------------------------------------------------------------------- loops
+    def _loader(self, dataset: Dataset, sampler: ResumableSampler, batch_size: int, drop_last: bool) -> DataLoader:
+        # The loader draws its workers' base seed from ``generator``: seeding it per epoch (not from the global
+        # RNG) keeps the global stream identical whether an epoch starts fresh or resumes half-way.
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100003 + sampler.epoch * 1009 + self.env.rank)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.num_workers,
+                          collate_fn=self.collate_fn, drop_last=drop_last, generator=generator,
+                          pin_memory=self.env.device.type == "cuda", persistent_workers=False)
+
+    def _autocast(self):
+        if self.cfg.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.env.device.type, dtype=dtype)
+
+    def fit(self, train_set: Dataset, valid_set: Dataset | None = None) -> dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank,
+                                   world_size=env.world_size)
+        per_epoch = len(sampler.indices()) // cfg.batch_size // self.optim_cfg.accum_steps
+        if per_epoch == 0:
+            raise TrainingError(f"{len(train_set)} training samples give no full batch of {cfg.batch_size} "
+                                f"x {self.optim_cfg.accum_steps} accumulation steps x {env.world_size} processes")
+        total = per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, per_epoch * cfg.epochs)
+        bar = tqdm(total=total, initial=self.step, disable=not (cfg.progress and env.is_main), unit="step",
+                   dynamic_ncols=True, desc="train")
+        try:
+            while self.epoch < cfg.epochs and self.step < total:
+                sampler.set_epoch(self.epoch, start=self.consumed)
+                loader = self._loader(train_set, sampler, cfg.batch_size, drop_last=True)
+                if not self._train_epoch(loader, valid_set, bar, total):  # stopped mid-epoch by max_steps
+                    break
+                self.epoch, self.consumed = self.epoch + 1, 0
+                metric = self._validate(valid_set) if valid_set is not None and cfg.eval_every is None else None
+                self.schedule.end_epoch(metric)
+                self.save_checkpoint()
+        finally:
+            bar.close()
+        if valid_set is not None and (not self.history or self.history[-1]["step"] != self.step):
+            self._validate(valid_set)
+        self.save_checkpoint()
+        self._save_model("final")
+        self.log.close()
+        return {"step": self.step, "epoch": self.epoch, "best": self.best, "history": self.history}
+
+    def _train_epoch(self, loader: DataLoader, valid_set: Dataset | None, bar, total: int) -> bool:
+        """One (possibly resumed) epoch; False if it stopped early at ``total`` steps."""
+        cfg, accum = self.cfg, self.optim_cfg.accum_steps
+        self.ddp.train()
+        self.optimizer.zero_grad(set_to_none=True)  # drop a partial accumulation left by the previous epoch
+        micro, window, started = 0, [], time.perf_counter()
+        for batch in loader:
+            batch = move(batch, self.env.device)
+            last_micro = micro == accum - 1
+            sync = contextlib.nullcontext() if last_micro or not self.env.distributed else self.ddp.no_sync()
+            with sync:
+                with self._autocast():
+                    out = self.task.train_step(self.ddp, batch)
+                self.scaler.scale(out["loss"] / accum).backward()
+            window.append({k: v.detach().float() for k, v in out.items()})
+            self.consumed += self.cfg.batch_size
+            micro += 1
+            if not last_micro:
+                continue
+            micro = 0
+            self._optimizer_step()
+            stats = {k: all_reduce_mean(torch.stack([w[k] for w in window]).mean(), self.env).item()
+                     for k in window[0]}
+            window = []
+            if not math.isfinite(stats["loss"]):
+                raise TrainingError(
+                    f"non-finite loss ({stats['loss']}) at step {self.step}; stopping. The last good checkpoint "
+                    f"is {self.out_dir / 'checkpoints' / ckpt.LAST} (lower the lr, enable grad_clip, check the data)")
+            elapsed = time.perf_counter() - started
+            if self.step % cfg.log_every == 0 or self.step == total:
+                rate = cfg.batch_size * accum * self.env.world_size * cfg.log_every / max(elapsed, 1e-9)
+                self.log.log("train", self.step, {**stats, "lr": self.optimizer.param_groups[0]["lr"],
+                                                  "samples_per_s": rate})
+                started = time.perf_counter()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()})
+            if cfg.eval_every and valid_set is not None and self.step % cfg.eval_every == 0:
+                self.schedule.end_epoch(self._validate(valid_set))
+                self.ddp.train()
+            if self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if cfg.halt_after_steps is not None and self.step >= cfg.halt_after_steps:
+                raise SystemExit(f"halt_after_steps={cfg.halt_after_steps} reached (simulated interruption)")
+            if self.step >= total:
+                return False
+        return True
+
+    def _optimizer_step(self) -> None:
+        self.schedule.apply(self.step)
+        if self.optim_cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def _validate(self, valid_set: Dataset) -> float:
+        metrics = self.evaluate(valid_set)
+        value = metrics[self.task.main_metric]
+        record = {"step": self.step, "epoch": self.epoch, **metrics}
+        self.history.append(record)
+        self.log.log("valid", self.step, metrics)
+        if self.best["metric"] is None or value > self.best["metric"]:
+            self.best = {"metric": value, "step": self.step, **metrics}
+            self._save_model("best")
+        logger.info("step %d: valid %s", self.step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        return value
+
+    def evaluate(self, dataset: Dataset) -> dict[str, float]:
+        """Evaluate on ``dataset`` (every sample exactly once across ranks) without touching the training RNG."""
+        sampler = ResumableSampler(len(dataset), shuffle=False, rank=self.env.rank,
+                                   world_size=self.env.world_size, pad=False)
+        loader = self._loader(dataset, sampler, self.cfg.eval_batch_size or self.cfg.batch_size, drop_last=False)
+        self.model.eval()
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), self._autocast():
+            torch.manual_seed(self.cfg.seed)
+            return self.task.evaluate(self.model, loader, self.env)
+
+    def _save_model(self, name: str) -> None:
+        if self.env.is_main and hasattr(self.model, "save_pretrained"):
+            self.model.save_pretrained(self.out_dir / name)

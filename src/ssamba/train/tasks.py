@@ -1,0 +1,113 @@
+"""What a training step computes and how a model is evaluated, for fine-tuning and for pretraining."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ssamba.train.distributed import DistEnv, gather_objects
+from ssamba.train.metrics import classification_stats
+
+logger = logging.getLogger(__name__)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def as_targets(target: Tensor, num_classes: int) -> Tensor:
+    """Class ids (B,) become one-hot rows; multi-hot or soft (mixup) rows (B, C) pass through as float."""
+    if target.dim() == 1:
+        return F.one_hot(target.long(), num_classes).float()
+    return target.float()
+
+
+@dataclass
+class ClassificationTask:
+    """Fine-tuning: CE on argmax(labels) or BCE on (soft) labels, as the official recipes (spec §10)."""
+
+    loss: Literal["ce", "bce"] = "ce"
+    metric: Literal["acc", "mAP"] = "acc"
+
+    @property
+    def main_metric(self) -> str:
+        return self.metric
+
+    def compute_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.loss == "ce":
+            return F.cross_entropy(logits, targets.argmax(dim=1))
+        return F.binary_cross_entropy_with_logits(logits, targets)
+
+    def train_step(self, model: nn.Module, batch) -> dict[str, Tensor]:
+        x, target = batch[0], batch[1]
+        logits = model(x).float()
+        targets = as_targets(target, logits.shape[1])
+        acc = (logits.argmax(1) == targets.argmax(1)).float().mean()
+        return {"loss": self.compute_loss(logits, targets), "acc": acc}
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, env: DistEnv) -> dict[str, float]:
+        scores, targets = predict(model, loader)
+        parts = gather_objects((scores, targets), env)
+        scores = np.concatenate([p[0] for p in parts])
+        targets = np.concatenate([p[1] for p in parts])
+        logits, labels = torch.from_numpy(scores), torch.from_numpy(targets)
+        stats = classification_stats(scores, targets).as_dict()
+        return {"loss": self.compute_loss(logits, labels).item(), **stats}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and float targets of every batch, on this process."""
+    all_logits, all_targets = [], []
+    for x, target, *_ in loader:
+        device = next(model.parameters()).device
+        logits = model(x.to(device)).float().cpu()
+        all_logits.append(logits.numpy())
+        all_targets.append(as_targets(target, logits.shape[1]).numpy())
+    return np.concatenate(all_logits), np.concatenate(all_targets)
+
+
+@dataclass
+class PretrainTask:
+    """Joint masked-patch objective; validation on fixed-seed masks (the official validation uses 400 patches)."""
+
+    mask_size: int = 400
+    eval_mask_size: int = 400
+    single_pass: bool = False
+    main_metric: str = "acc"
+
+    def train_step(self, model: nn.Module, batch) -> dict[str, Tensor]:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return model(x, mask_size=self._fit(model, self.mask_size), single_pass=self.single_pass)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, env: DistEnv) -> dict[str, float]:
+        totals, count = {}, 0
+        for batch in loader:
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            x = x.to(next(model.parameters()).device)
+            out = model.pretraining_loss(x, mask_size=self._fit(model, self.eval_mask_size))
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + v.item() * len(x)
+            count += len(x)
+        parts = gather_objects((totals, count), env)
+        n = sum(p[1] for p in parts)
+        return {k: sum(p[0][k] for p in parts) / n for k in parts[0][0]}
+
+    @staticmethod
+    def _fit(model: nn.Module, mask_size: int) -> int:
+        """Cap the mask size to what the patch grid allows (small demo inputs have fewer than 400 patches)."""
+        grid = _unwrap(model).encoder.grid
+        limit = grid[0] * grid[1] - 2
+        if mask_size > limit:
+            if not getattr(PretrainTask, "_warned", False):
+                logger.warning("mask size %d exceeds what a %dx%d patch grid allows; masking %d patches instead",
+                               mask_size, grid[0], grid[1], limit)
+                PretrainTask._warned = True
+            return limit
+        return mask_size

@@ -1,0 +1,183 @@
+"""The training engine on small synthetic data: learning, exact resume, NaN handling, schedules, logs."""
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from ssamba.models.classifier import AudioClassifier
+from ssamba.models.config import ModelConfig, preset
+from ssamba.pretrain.model import MaskedPatchModel
+from ssamba.train.distributed import DistEnv
+from ssamba.train.engine import Trainer, TrainConfig, TrainingError
+from ssamba.train.optim import LRSchedule, OptimConfig, build_optimizer
+from ssamba.train.tasks import ClassificationTask, PretrainTask
+from ssamba.train.tensorboard import masked_crc
+
+
+def toy_classification(n=48, classes=3, frames=32, seed=0):
+    """Class c is a ripple along mel with c + 1 periods per patch height, in noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = 0.5 * torch.randn(n, frames, 128, generator=g)
+    mel = torch.arange(128, dtype=torch.float32)
+    for c in range(classes):
+        x[y == c] += torch.cos(2 * torch.pi * (c + 1) * mel / 16)
+    return TensorDataset(x, y)
+
+
+def small_classifier(classes=3, seed=0):
+    torch.manual_seed(seed)
+    enc = preset("ssamba", "tiny", depth=2, input_tdim=32, drop_path_rate=0.0)
+    return AudioClassifier(ModelConfig(encoder=enc, task="classify", label_dim=classes))
+
+
+def make_trainer(tmp, model, task, **train_kw):
+    cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "log_every": 1, "checkpoint_every": 2, "progress": False,
+                         **train_kw})
+    optim = OptimConfig(name="adam", lr=1e-3, scheduler="none", weight_decay=0.0)
+    return Trainer(model, task, cfg, optim, tmp, DistEnv())
+
+
+def test_finetuning_learns_and_writes_logs(tmp_path):
+    data = toy_classification()
+    trainer = make_trainer(tmp_path, small_classifier(), ClassificationTask(), epochs=4)
+    result = trainer.fit(data, toy_classification(n=24, seed=1))
+    assert result["step"] == 4 * 6
+    assert result["best"]["acc"] >= 0.9  # chance is 1/3
+    assert (tmp_path / "best" / "model.safetensors").is_file() and (tmp_path / "final" / "config.json").is_file()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in records} == {"train", "valid"}
+    assert (tmp_path / "log.csv").read_text().splitlines()[0].startswith("split,step")
+    # the TensorBoard file is a valid TFRecord stream with every record's CRCs intact
+    (event_file,) = (tmp_path / "tensorboard").iterdir()
+    raw, pos, count = event_file.read_bytes(), 0, 0
+    while pos < len(raw):
+        (length,) = struct.unpack_from("<Q", raw, pos)
+        assert struct.unpack_from("<I", raw, pos + 8)[0] == masked_crc(raw[pos:pos + 8])
+        data_bytes = raw[pos + 12:pos + 12 + length]
+        assert struct.unpack_from("<I", raw, pos + 12 + length)[0] == masked_crc(data_bytes)
+        pos, count = pos + 16 + length, count + 1
+    assert count == 1 + len(records) and b"train/loss" in raw and b"brain.Event:2" in raw
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(tmp_path):
+    data = toy_classification(n=40)
+    task = ClassificationTask()
+    full = make_trainer(tmp_path / "full", small_classifier(), task, epochs=2)
+    full.fit(data)
+    torch.manual_seed(123)  # the resumed run must not depend on the ambient RNG
+    halted = make_trainer(tmp_path / "run", small_classifier(), task, epochs=2, halt_after_steps=7)
+    with pytest.raises(SystemExit):
+        halted.fit(data)  # killed after step 7; the last checkpoint is from step 6 (mid-epoch 2)
+    torch.manual_seed(999)
+    resumed = make_trainer(tmp_path / "run", small_classifier(seed=5), task, epochs=2)
+    resumed.resume(tmp_path / "run" / "checkpoints")
+    assert resumed.step == 6 and resumed.epoch == 1 and resumed.consumed == 8
+    resumed.fit(data)
+    assert resumed.step == full.step == 10
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_pretraining_resume_is_exact_with_random_masks_and_drop_path(tmp_path):
+    data = TensorDataset(torch.randn(24, 32, 128))
+
+    def model():
+        torch.manual_seed(0)
+        return MaskedPatchModel(ModelConfig(encoder=preset("ssamba", "tiny", depth=2, input_tdim=32,
+                                                           drop_path_rate=0.3)))
+
+    task = PretrainTask(mask_size=6, eval_mask_size=6)
+    full = make_trainer(tmp_path / "full", model(), task, epochs=2)
+    full.fit(data, data)
+    halted = make_trainer(tmp_path / "run", model(), task, epochs=2, halt_after_steps=5)
+    with pytest.raises(SystemExit):
+        halted.fit(data, data)
+    resumed = make_trainer(tmp_path / "run", model(), task, epochs=2)
+    resumed.resume(tmp_path / "run" / "checkpoints")
+    resumed.fit(data, data)
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    assert full.history == resumed.history
+
+
+class NanAfter(ClassificationTask):
+    """A task whose loss turns NaN from its ``n``-th training step on (as a diverging run would)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def train_step(self, model, batch):
+        out = super().train_step(model, batch)
+        self.calls += 1
+        if self.calls > self.n:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, small_classifier(), NanAfter(3), epochs=1)
+    trainer.cfg.checkpoint_every = 1
+    with pytest.raises(TrainingError, match="non-finite loss .* last good checkpoint"):
+        trainer.fit(toy_classification(n=40))
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert saved["step"] == 3
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_warmup_and_multistep_follow_the_official_schedule():
+    model = torch.nn.Linear(2, 2)
+    cfg = OptimConfig(lr=1.0, warmup_steps=1000, scheduler="multistep", decay_start=5, decay_every=1,
+                      decay_rate=0.5)
+    sched = LRSchedule(build_optimizer(model, cfg), cfg)
+    assert [sched.apply(s) for s in (0, 49, 50, 99, 100, 999, 1000, 5000)] == \
+        [0.0, 0.0, 0.05, 0.05, 0.1, 0.95, 1.0, 1.0]
+    lrs = []
+    for epoch in range(1, 9):  # lr used during epoch 1..8
+        lrs.append(sched.apply(2000))
+        sched.end_epoch()
+    assert lrs == [1.0] * 5 + [0.5, 0.25, 0.125]  # the first decay takes effect in epoch start + 1
+
+
+def test_plateau_matches_torch_reduce_lr_on_plateau():
+    metrics = [0.1, 0.2, 0.2, 0.19, 0.2, 0.25, 0.24, 0.23, 0.22, 0.21, 0.3]
+    model = torch.nn.Linear(2, 2)
+    cfg = OptimConfig(lr=1.0, scheduler="plateau", plateau_patience=2, plateau_factor=0.5)
+    ours = LRSchedule(build_optimizer(model, cfg), cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    theirs = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
+    for m in metrics:
+        ours.end_epoch(m)
+        theirs.step(m)
+        assert ours.apply(10) == pytest.approx(opt.param_groups[0]["lr"])
+
+
+def test_head_gets_its_own_learning_rate():
+    model = small_classifier()
+    opt = build_optimizer(model, OptimConfig(lr=1e-4, head_lr_mult=3.0))
+    assert [g["lr"] for g in opt.param_groups] == [1e-4, pytest.approx(3e-4)]
+    head_ids = {id(p) for p in model.head.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == head_ids
+
+
+def test_gradient_accumulation_equals_large_batch(tmp_path):
+    data = toy_classification(n=32)
+    task = ClassificationTask()
+    runs = {}
+    for name, batch, accum in [("big", 16, 1), ("acc", 8, 2)]:
+        trainer = make_trainer(tmp_path / name, small_classifier(), task, epochs=1, batch_size=batch)
+        trainer.optim_cfg.accum_steps, trainer.optim_cfg.momentum = accum, 0.0
+        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.1)  # linear in the gradient
+        for group in trainer.optimizer.param_groups:
+            group["base_lr"] = 0.1
+        trainer.schedule.optimizer = trainer.optimizer
+        trainer.fit(data)
+        runs[name] = trainer
+    assert runs["big"].step == runs["acc"].step == 2
+    for a, b in zip(runs["big"].model.parameters(), runs["acc"].model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
