@@ -78,6 +78,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return from_dict(tp, value, where + ".")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "5e-5" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp is int and isinstance(value, bool):
         raise ConfigError(f"{where}: expected int, got {value!r}")
     if isinstance(tp, type) and not isinstance(value, tp):
