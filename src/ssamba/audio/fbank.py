@@ -147,7 +147,9 @@ def fbank(waveform: torch.Tensor | np.ndarray, sample_rate: int = 16000, *, mean
     before padding/normalisation.
 
     Multi-channel input is refused rather than silently reduced: choose a policy with ``load_audio(mono=...)`` or
-    :func:`ssamba.audio.io.to_mono`. For batches use :func:`fbank_batch`.
+    :func:`ssamba.audio.io.to_mono`. (The official loader subtracted the mean over *all* channels and then used
+    channel 0; with ``mono="first"`` channel 0's own mean is subtracted, which the per-frame DC removal makes
+    immaterial.) For batches use :func:`fbank_batch`.
     """
     x = as_float_tensor(waveform)
     if x.ndim == 2 and x.shape[0] == 1:

@@ -68,11 +68,10 @@ def load_audio(path: str | Path, *, mono: MonoPolicy = "first", sample_rate: int
         raise AudioLoadError(path, f"not a readable audio file ({exc})") from exc
     if data.shape[0] == 0:
         raise AudioLoadError(path, "contains no audio samples")
-    if not allow_nonfinite:
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        if bad:
-            raise AudioLoadError(path, f"{bad} of {data.size} samples are NaN or infinite")
-    peak = float(np.abs(data).max()) if np.isfinite(data).all() else float("nan")
+    nonfinite = int(np.count_nonzero(~np.isfinite(data)))
+    if nonfinite and not allow_nonfinite:
+        raise AudioLoadError(path, f"{nonfinite} of {data.size} samples are NaN or infinite")
+    peak = float(np.abs(data).max()) if not nonfinite else float("nan")
     if peak > 1.0 + 1e-6:
         log.warning("%s: peak %.3g exceeds 1.0 (float file not in [-1, 1]?); log-mels shift by 2*ln(scale)", path, peak)
     waveform = to_mono(torch.from_numpy(np.ascontiguousarray(data.T)), mono)

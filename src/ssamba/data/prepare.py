@@ -10,6 +10,7 @@ Written to ``out``:
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -71,6 +72,11 @@ def prepare(corpus: str, root: str | Path, out: str | Path, *, cache: str | Path
     root, out = Path(root).resolve(), Path(out).resolve()  # manifests hold absolute paths
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: corpus root is not a directory")
+    accepted = set(inspect.signature(RECIPES[corpus]).parameters) - {"root", "out"}
+    unexpected = sorted(set(options) - accepted)
+    if unexpected:
+        raise ValueError(f"corpus {corpus!r} takes no option(s) {', '.join(unexpected)}"
+                         + (f" (it accepts: {', '.join(sorted(accepted))})" if accepted else ""))
     result = RECIPES[corpus](root, out, **options)
     failed: list[tuple[str, str]] = []
     if cache is not None:
