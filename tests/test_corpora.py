@@ -2,7 +2,6 @@
 others, with the real file names and metadata formats) and the resampling cache."""
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -129,11 +128,13 @@ def test_audioset_matches_clips_by_youtube_id_and_reports_missing(tmp_path: Path
     root.mkdir()
     (root / "class_labels_indices.csv").write_text(
         'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/t/dd00088,"Male speech, man speaking"\n2,/m/04rlf,"Music"\n')
-    (root / "balanced_train_segments.csv").write_text(SEGMENTS_HEADER + """--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"
+    (root / "balanced_train_segments.csv").write_text(SEGMENTS_HEADER + """\
+--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"
 -0Gj8-vB1q4, 30.000, 40.000, "/m/04rlf"
 zz_missing0, 0.000, 10.000, "/m/04rlf"
 """)
-    (root / "eval_segments.csv").write_text(SEGMENTS_HEADER + """0BfDP_rzOBQ, 10.000, 20.000, "/m/09x0r"
+    (root / "eval_segments.csv").write_text(SEGMENTS_HEADER + """\
+0BfDP_rzOBQ, 10.000, 20.000, "/m/09x0r"
 Ymissing001, 10.000, 20.000, "/m/09x0r"
 """)
     _tiny(root / "clips" / "Y--PJHxphWEs.wav")  # common download naming: Y + id

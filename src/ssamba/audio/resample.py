@@ -66,7 +66,7 @@ def sinc_kernel(orig_sr: int, new_sr: int, *, lowpass_filter_width: int = 6, rol
     orig, new = reduced_rates(orig_sr, new_sr)
     kernel = _kernel_cpu(orig, new, int(lowpass_filter_width), float(rolloff), dtype, variant)
     width = kernel_width(orig_sr, new_sr, lowpass_filter_width, rolloff)
-    return kernel.to(device=device, dtype=dtype), width
+    return kernel.to(device=device, dtype=dtype, copy=True), width  # never hand out the cached tensor
 
 
 def resampled_length(length: int, orig_sr: int, new_sr: int) -> int:

@@ -163,10 +163,11 @@ class AudioDataset(Dataset):
 
     def _logmel(self, path: str) -> torch.Tensor:
         """Unpadded log-mel of one clip, through the optional on-disk cache."""
-        if self.config.feature_cache is None:
+        source = Path(path)
+        if self.config.feature_cache is None or not source.is_file():  # a missing file raises in _waveform
             return fbank(self._waveform(path), SAMPLE_RATE, short=self.config.features.short)
-        stat = Path(path).stat() if Path(path).is_file() else None
-        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}" if stat else path
+        stat = source.stat()
+        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"  # a rewritten file gets a new entry
         cached = Path(self.config.feature_cache) / self._cache_key / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
         if cached.is_file():
             return torch.from_numpy(np.load(cached))
