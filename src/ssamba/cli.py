@@ -22,6 +22,43 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from ssamba.audio.stats import dataset_stats, preset
+    from ssamba.data.manifest import read_manifest
+
+    if args.preset:
+        stats = preset(args.preset)
+        print(f"mean {stats.mean!r}\nstd {stats.std!r}")
+        return 0
+    if not args.manifest:
+        raise ValueError("give a MANIFEST or --preset NAME")
+    paths = [e.path for e in read_manifest(args.manifest)][: args.limit]
+    result = dataset_stats(paths, None if args.no_pad else args.target_length)
+    print(f"mean {result.mean!r}\nstd {result.std!r}\nfiles {result.files}\nvalues {result.values}")
+    for path, reason in result.failures:
+        print(f"skipped {path}: {reason}")
+    return 1 if result.failures else 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from ssamba.data.prepare import prepare
+
+    options = {"test_root": Path(args.test_root)} if args.test_root else {}
+    if args.classes:
+        options["classes"] = args.classes
+    report = prepare(args.corpus, args.root, args.out, cache=args.cache, sample_rate=args.sample_rate,
+                     workers=args.workers, **options)
+    classes = f", {report.num_classes} classes" if report.num_classes is not None else " (unlabeled)"
+    print(f"{report.corpus}: {sum(report.split_counts.values())} clips{classes} -> {report.out}")
+    for split, count in report.split_counts.items():
+        print(f"  {split}: {count}")
+    if report.missing:
+        print(f"  missing: {len(report.missing)} (see {report.out / 'missing.txt'})")
+    if report.failed:
+        print(f"  failed: {len(report.failed)} (see {report.out / 'failed.txt'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssamba", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -36,6 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tstride", type=int, help="patch stride along time (fine-tuning)")
     p.add_argument("--labels", help="text file with one class name per line")
     p.set_defaults(func=_convert)
+
+    from ssamba.data.corpora import RECIPES
+
+    p = sub.add_parser("prepare", help="build manifests from a corpus's native download layout")
+    p.add_argument("corpus", choices=sorted(RECIPES), help="corpus recipe")
+    p.add_argument("--root", required=True, help="the corpus's download folder")
+    p.add_argument("--out", required=True, help="output folder for the manifests")
+    p.add_argument("--cache", help="resample clips not at --sample-rate into this folder once (resumable)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="target rate of the cache (default 16000)")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes for the cache")
+    p.add_argument("--test-root", help="speechcommands-v1: the separate v0.01 test-set folder (SUPERB KS1)")
+    p.add_argument("--classes", choices=["canonical", "found"], help="speechcommands: class set (default canonical)")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("stats", help="mean/std of the log-mel inputs of a manifest, for normalisation")
+    p.add_argument("manifest", nargs="?", help="SSAST/AST .json or path,label .csv manifest")
+    p.add_argument("--target-length", type=int, default=1024, help="pad/cut to this many frames (official)")
+    p.add_argument("--no-pad", action="store_true", help="use only real frames (no padding)")
+    p.add_argument("--limit", type=int, help="use only the first N files")
+    p.add_argument("--preset", help="print the official statistics of audioset/esc50/speechcommands/urbansound8k")
+    p.set_defaults(func=_stats)
     return parser
 
 

@@ -1,0 +1,100 @@
+"""Reading audio files into float32 tensors, with an explicit mono policy and errors that name the file.
+
+Everything libsndfile reads is supported (WAV, FLAC, OGG/Vorbis, MP3, AIFF, ...). PCM is scaled to [-1, 1] exactly as
+``torchaudio.load`` does (int16 / 32768), which is the scale the fbank and the released checkpoints expect.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+
+log = logging.getLogger(__name__)
+
+#: ``"first"``: channel 0 (the official pipeline feeds only channel 0 to the fbank); ``"mean"``: average of all
+#: channels; ``None``: keep every channel.
+MonoPolicy = Literal["first", "mean"] | None
+
+
+class AudioLoadError(ValueError):
+    """A file that cannot be used as audio; the message always starts with the path and gives the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def to_mono(waveform: torch.Tensor, policy: MonoPolicy) -> torch.Tensor:
+    """Reduce ``(channels, samples)`` to ``(1, samples)`` by ``policy`` (``None`` returns it unchanged)."""
+    if policy is None or waveform.shape[0] == 1:
+        return waveform
+    if policy == "first":
+        return waveform[:1]
+    if policy == "mean":
+        return waveform.mean(dim=0, keepdim=True)
+    raise ValueError(f"mono policy must be 'first', 'mean' or None, got {policy!r}")
+
+
+def audio_info(path: str | Path) -> tuple[int, int, int]:
+    """``(sample_rate, frames, channels)`` from the header only, without decoding the samples."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioLoadError(path, f"not a readable audio file ({exc})") from exc
+    return int(info.samplerate), int(info.frames), int(info.channels)
+
+
+def load_audio(path: str | Path, *, mono: MonoPolicy = "first", sample_rate: int | None = None,
+               allow_nonfinite: bool = False) -> tuple[torch.Tensor, int]:
+    """Load ``path`` as float32 ``(channels, samples)`` in [-1, 1] and its sample rate.
+
+    ``mono`` picks the channel policy (default: the official channel 0). With ``sample_rate`` the audio is resampled
+    with the reference sinc resampler. Empty, unreadable, sample-less and NaN/Inf-containing files raise
+    :class:`AudioLoadError` naming the file (NaN would poison the clip mean and with it every frame); set
+    ``allow_nonfinite`` to get such samples back unchanged.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioLoadError(path, f"not a readable audio file ({exc})") from exc
+    if data.shape[0] == 0:
+        raise AudioLoadError(path, "contains no audio samples")
+    nonfinite = int(np.count_nonzero(~np.isfinite(data)))
+    if nonfinite and not allow_nonfinite:
+        raise AudioLoadError(path, f"{nonfinite} of {data.size} samples are NaN or infinite")
+    peak = float(np.abs(data).max()) if not nonfinite else float("nan")
+    if peak > 1.0 + 1e-6:
+        log.warning("%s: peak %.3g exceeds 1.0 (float file not in [-1, 1]?); log-mels shift by 2*ln(scale)", path, peak)
+    waveform = to_mono(torch.from_numpy(np.ascontiguousarray(data.T)), mono)
+    if sample_rate is not None and sample_rate != sr:
+        from ssamba.audio.resample import resample
+
+        waveform, sr = resample(waveform, sr, sample_rate), sample_rate
+    return waveform, int(sr)
+
+
+def save_audio(path: str | Path, waveform: torch.Tensor, sample_rate: int, subtype: str = "FLOAT") -> None:
+    """Write ``(channels, samples)`` to ``path`` (format from the suffix); float WAV by default so nothing is
+    re-quantised."""
+    data = torch.as_tensor(waveform).detach().cpu().float()
+    if data.ndim == 1:
+        data = data[None]
+    sf.write(str(path), data.T.numpy(), int(sample_rate), subtype=subtype)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise AudioLoadError(path, "file not found")
+    if not path.is_file():
+        raise AudioLoadError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise AudioLoadError(path, "empty file (0 bytes)")

@@ -1,0 +1,1 @@
+"""Data layer: manifests, corpus recipes, preparation and the torch Dataset. Imports ssamba.audio, never models."""

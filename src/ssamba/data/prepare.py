@@ -1,0 +1,96 @@
+"""``ssamba prepare CORPUS --root DIR --out DIR``: build manifests from a corpus's native download layout.
+
+Written to ``out``:
+
+* ``all.csv`` — every clip as ``path,label,split``;
+* ``<split>.json`` — one SSAST/AST manifest per split (``train``, ``validation``, ``test``, ``fold3``, ...);
+* for cross-validation corpora, ``fold<k>_train.json`` / ``fold<k>_eval.json`` for every fold ``k``;
+* ``class_labels_indices.csv`` — for labeled corpora;
+* ``missing.txt`` / ``failed.txt`` — files the metadata names but the disk lacks / that could not be resampled.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssamba.data.cache import resample_to_cache
+from ssamba.data.corpora import RECIPES, Corpus
+from ssamba.data.manifest import write_class_labels, write_csv_manifest, write_json_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareReport:
+    """What ``prepare`` produced: counts per split and class, and every file it could not use."""
+
+    corpus: str
+    out: Path
+    split_counts: dict[str, int]
+    class_counts: dict[str, int]
+    num_classes: int | None
+    missing: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def _fold_name(fold: str) -> str:
+    return fold if fold.startswith("fold") else f"fold_{fold}"
+
+
+def write_corpus(corpus: Corpus, out: Path) -> list[Path]:
+    """Write the manifests of ``corpus`` into ``out`` (see the module docstring)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [write_csv_manifest(corpus.entries, out / "all.csv")]
+    if corpus.labels is not None:
+        files.append(write_class_labels(corpus.labels, out / "class_labels_indices.csv"))
+    splits = corpus.splits()
+    for split in splits:
+        files.append(write_json_manifest([e for e in corpus.entries if e.split == split], out / f"{split}.json"))
+    if not splits:
+        files.append(write_json_manifest(corpus.entries, out / "all.json"))
+    for fold in corpus.folds:
+        name = _fold_name(fold)
+        files.append(write_json_manifest([e for e in corpus.entries if e.split != fold], out / f"{name}_train.json"))
+        files.append(write_json_manifest([e for e in corpus.entries if e.split == fold], out / f"{name}_eval.json"))
+    return files
+
+
+def prepare(corpus: str, root: str | Path, out: str | Path, *, cache: str | Path | None = None,
+            sample_rate: int = 16000, workers: int = 1, **options: Any) -> PrepareReport:
+    """Build the manifests of ``corpus`` (a key of :data:`RECIPES`) found at ``root`` into ``out``.
+
+    With ``cache``, clips not at ``sample_rate`` are first resampled into that folder (once, in ``workers``
+    processes, resumable) and the manifests point there. ``options`` go to the recipe (e.g. ``test_root``).
+    """
+    if corpus not in RECIPES:
+        raise ValueError(f"unknown corpus {corpus!r}; known: {', '.join(RECIPES)}")
+    root, out = Path(root).resolve(), Path(out).resolve()  # manifests hold absolute paths
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: corpus root is not a directory")
+    accepted = set(inspect.signature(RECIPES[corpus]).parameters) - {"root", "out"}
+    unexpected = sorted(set(options) - accepted)
+    if unexpected:
+        raise ValueError(f"corpus {corpus!r} takes no option(s) {', '.join(unexpected)}"
+                         + (f" (it accepts: {', '.join(sorted(accepted))})" if accepted else ""))
+    result = RECIPES[corpus](root, out, **options)
+    failed: list[tuple[str, str]] = []
+    if cache is not None:
+        cached = resample_to_cache(result.entries, root, Path(cache), sample_rate, workers)
+        result.entries, failed = cached.entries, cached.failures
+        log.info("cache %s: %d resampled, %d reused, %d failed", cache, cached.resampled, cached.reused, len(failed))
+    files = write_corpus(result, out)
+    if result.missing:
+        files.append(out / "missing.txt")
+        files[-1].write_text("".join(f"{m}\n" for m in result.missing))
+    if failed:
+        files.append(out / "failed.txt")
+        files[-1].write_text("".join(f"{path}\t{reason}\n" for path, reason in failed))
+    return PrepareReport(result.name, out, dict(Counter(e.split or "all" for e in result.entries)),
+                         dict(Counter(label for e in result.entries for label in e.labels)),
+                         len(result.labels) if result.labels is not None else None, result.missing, failed, files)
+
