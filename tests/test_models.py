@@ -160,3 +160,17 @@ def test_ssast_pretrain_to_classifier_keeps_both_cls_positions():
     assert clf.encoder.patch_embed.proj.stride == (10, 10)
     with torch.no_grad():
         assert clf(torch.randn(2, 128, 128)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("arch,units", [("ssamba", 3), ("ssast", 2)])
+def test_hidden_states_per_layer(arch, units):
+    torch.manual_seed(0)
+    enc = build_encoder(preset(arch, "tiny", depth=2 * units if arch == "ssamba" else units, input_tdim=32)).eval()
+    x = torch.randn(2, 32, 128)
+    with torch.no_grad():
+        states = enc.hidden_states(x)
+        assert len(states) == units + 1 and all(s.shape == (2, enc.num_cls_tokens + 16, 192) for s in states)
+        assert torch.equal(states[-1], enc(x))
+        final_norm = enc.norm_f if arch == "ssamba" else enc.norm
+        once = final_norm(states[-2])  # eval: the last layer's stream is the pre-norm residual
+        assert torch.allclose(final_norm(once) if arch == "ssamba" else once, states[-1], atol=1e-5)

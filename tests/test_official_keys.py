@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import SHARED
 
-from ssamba.api import MODEL_CLASSES
+from ssamba.loading import MODEL_CLASSES
 from ssamba.models.checkpoint import (
     DROPPED_OFFICIAL_KEYS, Geometry, config_from_official, official_key_to_ours, ours_to_official_key,
     strip_module_prefix,

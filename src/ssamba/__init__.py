@@ -7,6 +7,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ssamba.api import load  # noqa: E402
+from ssamba.loading import load  # noqa: E402
 
 __all__ = ["load", "__version__"]

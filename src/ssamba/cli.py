@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ssamba.api import load
+    from ssamba.loading import load
 
     options = {k: v for k, v in dict(label_dim=args.label_dim, input_tdim=args.input_tdim, fstride=args.fstride,
                                      tstride=args.tstride).items() if v is not None}
@@ -59,6 +59,20 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from ssamba.config import load_config
+    from ssamba.train.config import RunConfig
+    from ssamba.train.run import run, run_evaluate
+
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    if args.command == "evaluate":
+        run_evaluate(cfg)
+        return 0
+    cfg.task = {"pretrain": "pretrain", "finetune": "finetune", "probe": "probe"}[args.command]
+    run(cfg, resume=args.resume)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssamba", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -94,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N files")
     p.add_argument("--preset", help="print the official statistics of audioset/esc50/speechcommands/urbansound8k")
     p.set_defaults(func=_stats)
+
+    for name, text in [("pretrain", "self-supervised pretraining (joint masked-patch objective)"),
+                       ("finetune", "fine-tune on a labelled manifest (or K folds)"),
+                       ("probe", "linear probe of a frozen encoder, layer by layer"),
+                       ("evaluate", "evaluate a fine-tuned model (model.init) on data.test")]:
+        p = sub.add_parser(name, help=text, description=f"{text}. Works under torchrun for several processes.")
+        p.add_argument("config", help="recipe YAML (see recipes/)")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-5 model.size=small")
+        if name != "evaluate":
+            p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/last.pt")
+        p.set_defaults(func=_train)
     return parser
 
 
@@ -103,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError) as exc:
-        logging.getLogger("ssamba").error("%s", exc)
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        if args.verbose:
+            raise
+        logging.getLogger("ssamba").error("%s: %s", type(exc).__name__, exc)
         return 2
 
 

@@ -69,12 +69,20 @@ class PatchEncoder(nn.Module):
         cls = [p.expand(x.shape[0], -1, -1) for p in self._cls_params()]
         return torch.cat(cls + [patches], dim=1) + self.pos_embed
 
-    def trunk(self, tokens: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def trunk(self, tokens: Tensor, collect: list[Tensor] | None = None) -> Tensor:  # pragma: no cover
+        """Blocks and final norm; appends each layer's (pre-norm) output to ``collect`` when given."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, mask_index: Tensor | None = None, mask_embed: Tensor | None = None) -> Tensor:
         """(B, frames, mel) -> (B, num_cls_tokens + patches, D) after the final norm."""
         return self.trunk(self.tokens(x, mask_index, mask_embed))
+
+    def hidden_states(self, x: Tensor) -> list[Tensor]:
+        """Every layer's token states (SSAMBA: after each forward/backward pair; SSAST: after each block), before
+        any norm, then the final output: ``depth_units + 1`` tensors of (B, num_cls + patches, D)."""
+        states: list[Tensor] = []
+        out = self.trunk(self.tokens(x), collect=states)
+        return states + [out]
 
     def with_input_size(self, input_tdim: int | None = None, fstride: int | None = None,
                         tstride: int | None = None, input_fdim: int | None = None) -> "PatchEncoder":

@@ -61,15 +61,20 @@ class SSAMBAEncoder(PatchEncoder):
             with torch.no_grad():
                 weight /= math.sqrt(self.config.depth)
 
-    def residual_stream(self, tokens: Tensor) -> Tensor:
-        """The pre-norm residual after all pairs and the final drop path."""
+    def residual_stream(self, tokens: Tensor, collect: list[Tensor] | None = None) -> Tensor:
+        """The pre-norm residual after all pairs and the final drop path.
+
+        ``collect`` receives, after each pair, the stream the next pair adds up (``residual + hidden``).
+        """
         hidden, residual = tokens, None
         for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
             h_f, r_f = fwd(hidden, residual)
             h_b, r_b = bwd(hidden.flip(1), None if residual is None else residual.flip(1))
             hidden, residual = h_f + h_b.flip(1), r_f + r_b.flip(1)
+            if collect is not None:
+                collect.append(residual + hidden)
         return residual + self.drop_path(hidden)
 
-    def trunk(self, tokens: Tensor) -> Tensor:
-        out = self.norm_f(self.residual_stream(tokens))
+    def trunk(self, tokens: Tensor, collect: list[Tensor] | None = None) -> Tensor:
+        out = self.norm_f(self.residual_stream(tokens, collect))
         return self.norm_f(out) if self.config.final_norm_twice else out

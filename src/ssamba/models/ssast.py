@@ -79,7 +79,9 @@ class SSASTEncoder(PatchEncoder):
         for block in self.blocks:
             block.attn.mode = mode
 
-    def trunk(self, tokens: Tensor) -> Tensor:
+    def trunk(self, tokens: Tensor, collect: list[Tensor] | None = None) -> Tensor:
         for block in self.blocks:
             tokens = block(tokens)
+            if collect is not None:
+                collect.append(tokens)
         return self.norm(tokens)

@@ -1,0 +1,78 @@
+"""Builds what a run needs from its config: class labels, datasets, the model and the task."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+
+import numpy as np
+import torch
+
+from ssamba.audio.augment import AugmentConfig
+from ssamba.data.dataset import AudioDataset
+from ssamba.data.manifest import ClassLabels, read_class_labels, read_manifest
+from ssamba.loading import load
+from ssamba.models.base import AudioModel
+from ssamba.models.classifier import AudioClassifier
+from ssamba.models.config import ModelConfig, preset
+from ssamba.pretrain.model import MaskedPatchModel
+from ssamba.train.config import RunConfig
+from ssamba.train.engine import TrainingError
+from ssamba.train.tasks import ClassificationTask, PretrainTask
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def class_labels(cfg: RunConfig) -> ClassLabels:
+    if cfg.data.class_labels is None:
+        raise TrainingError("data.class_labels (a class_labels_indices.csv) is required for fine-tuning")
+    return read_class_labels(cfg.data.class_labels)
+
+
+def make_dataset(manifest: str, labels: ClassLabels | None, cfg: RunConfig, train: bool) -> AudioDataset:
+    """Training sets get the recipe's augmentation; evaluation sets the same features without it."""
+    config = cfg.data.dataset if train else dataclasses.replace(cfg.data.dataset, augment=AugmentConfig())
+    return AudioDataset(read_manifest(manifest), labels, config)
+
+
+def build_model(cfg: RunConfig, labels: ClassLabels | None) -> AudioModel:
+    m, frames = cfg.model, cfg.data.dataset.features.target_length
+    if cfg.task == "pretrain":
+        if m.init is not None:
+            model = load(m.init)
+            if not isinstance(model, MaskedPatchModel):
+                raise TrainingError(f"{m.init}: pretraining continues from a pretraining checkpoint only")
+            return model
+        # pretraining patches do not overlap (stride = patch size), as officially
+        enc = preset(m.arch, m.size, input_tdim=frames, **m.overrides)
+        enc.fstride, enc.tstride = enc.fshape, enc.tshape
+        return MaskedPatchModel(ModelConfig(encoder=enc))
+    assert labels is not None
+    names = list(labels.names)
+    if m.init is not None:
+        if m.overrides:
+            logger.warning("model.overrides %s apply to models built from scratch; %s keeps its architecture",
+                           m.overrides, m.init)
+        model = load(m.init)
+        if isinstance(model, MaskedPatchModel):
+            return model.to_classifier(len(labels), input_tdim=frames, fstride=m.fstride, tstride=m.tstride,
+                                       labels=names, pooling=m.pooling)
+        if model.config.label_dim != len(labels):
+            raise TrainingError(f"{m.init} has {model.config.label_dim} outputs, the data {len(labels)} classes")
+        return model
+    enc = preset(m.arch, m.size, input_tdim=frames, fstride=m.fstride, tstride=m.tstride, **m.overrides)
+    return AudioClassifier(ModelConfig(encoder=enc, task="classify", label_dim=len(labels), labels=names,
+                                       pooling=m.pooling))
+
+
+def make_task(cfg: RunConfig):
+    if cfg.task == "pretrain":
+        p = cfg.pretrain
+        return PretrainTask(mask_size=p.mask_size, eval_mask_size=p.eval_mask_size, single_pass=p.single_pass)
+    return ClassificationTask(loss=cfg.finetune.loss, metric=cfg.finetune.metric)

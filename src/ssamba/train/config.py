@@ -1,0 +1,71 @@
+"""The run config: one dataclass tree per run, loaded from a recipe YAML with dotted overrides."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ssamba.data.dataset import DatasetConfig
+from ssamba.train.engine import TrainConfig
+from ssamba.train.optim import OptimConfig
+
+
+@dataclass
+class ModelSection:
+    arch: Literal["ssamba", "ssast"] = "ssamba"
+    size: Literal["tiny", "small", "base"] = "tiny"
+    #: checkpoint to start from (ours or official); a pretraining checkpoint is converted (spec §8). None: scratch
+    init: str | None = None
+    fstride: int = 10  # fine-tuning patch stride (pretraining always uses stride = patch size)
+    tstride: int = 10
+    pooling: Literal["mean", "cls"] = "mean"
+    #: any other EncoderConfig field, e.g. depth, drop_path_rate, attention, scan_backend
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    train: str | None = None  # manifest (.json SSAST/AST style or .csv path,label[,split])
+    valid: str | None = None
+    test: str | None = None
+    class_labels: str | None = None  # class_labels_indices.csv (fine-tuning)
+    #: cross-validation: fold names; manifests are ``{fold_dir}/{fold}_train.json`` and ``{fold}_eval.json``
+    folds: list[str] = field(default_factory=list)
+    fold_dir: str | None = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # features + training augmentation
+
+
+@dataclass
+class PretrainSection:
+    mask_size: int = 400  # released checkpoints: 250 / 300 / 400
+    eval_mask_size: int = 400  # the official validation always masks 400
+    single_pass: bool = False  # share one forward pass between the two objectives (not official)
+
+
+@dataclass
+class FinetuneSection:
+    loss: Literal["ce", "bce"] = "ce"
+    metric: Literal["acc", "mAP"] = "acc"
+
+
+@dataclass
+class ProbeSection:
+    """Linear probing of a frozen encoder on pooled embeddings of every layer."""
+
+    layers: Literal["last", "all"] = "all"
+    epochs: int = 100
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+
+
+@dataclass
+class RunConfig:
+    task: Literal["pretrain", "finetune", "probe"] = "finetune"
+    out_dir: str = "runs/run"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    probe: ProbeSection = field(default_factory=ProbeSection)

@@ -1,0 +1,99 @@
+"""Linear probing and layer-wise evaluation: the standard test of self-supervised representations.
+
+The encoder is frozen; every layer's tokens are mean-pooled into one embedding per clip (cls excluded), the
+embeddings are standardised with the training set's statistics, and a linear classifier is trained per layer
+(minibatch AdamW for a fixed number of epochs).  Cheap enough for a CPU.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssamba.models.heads import pool_mean
+from ssamba.train.build import build_model, class_labels, make_dataset
+from ssamba.train.config import ProbeSection, RunConfig
+from ssamba.train.distributed import DistEnv, gather_objects
+from ssamba.train.engine import TrainingError, eval_loader
+from ssamba.train.logger import format_table
+from ssamba.train.metrics import classification_stats
+from ssamba.train.tasks import as_targets
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def extract_embeddings(encoder: torch.nn.Module, loader, num_classes: int, env: DistEnv,
+                       layers: str = "all") -> tuple[list[np.ndarray], np.ndarray]:
+    """Mean-pooled embeddings (N, D) per layer (or only the final output) and float targets (N, C)."""
+    encoder.eval()
+    per_layer: list[list[np.ndarray]] = []
+    targets = []
+    for x, target in loader:
+        x = x.to(env.device)
+        states = encoder.hidden_states(x) if layers == "all" else [encoder(x)]
+        pooled = [pool_mean(s, encoder.num_cls_tokens).float().cpu().numpy() for s in states]
+        if not per_layer:
+            per_layer = [[] for _ in pooled]
+        for store, p in zip(per_layer, pooled):
+            store.append(p)
+        targets.append(as_targets(target, num_classes).numpy())
+    parts = gather_objects(([np.concatenate(s) for s in per_layer], np.concatenate(targets)), env)
+    embeddings = [np.concatenate([p[0][i] for p in parts]) for i in range(len(parts[0][0]))]
+    return embeddings, np.concatenate([p[1] for p in parts])
+
+
+def fit_linear(train_x: np.ndarray, train_y: np.ndarray, cfg: ProbeSection, loss: str,
+               seed: int = 0) -> tuple[torch.nn.Linear, np.ndarray, np.ndarray]:
+    """A linear classifier on standardised features; returns it with the standardisation (mean, std)."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    x = torch.from_numpy((train_x - mean) / std).float()
+    y = torch.from_numpy(train_y).float()
+    g = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(x.shape[1], y.shape[1])
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(len(x), generator=g).split(cfg.batch_size):
+            logits = head(x[idx])
+            value = F.cross_entropy(logits, y[idx].argmax(1)) if loss == "ce" else \
+                F.binary_cross_entropy_with_logits(logits, y[idx])
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+    return head, mean, std
+
+
+@torch.no_grad()
+def probe_scores(head: torch.nn.Linear, mean: np.ndarray, std: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return head(torch.from_numpy((x - mean) / std).float()).numpy()
+
+
+def run_probe(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
+    if cfg.data.train is None or (cfg.data.valid is None and cfg.data.test is None):
+        raise TrainingError("probing needs data.train and data.valid or data.test")
+    labels = class_labels(cfg)
+    model = build_model(cfg, labels).to(env.device)  # init=None probes a randomly initialised encoder (a control)
+    splits = {"train": cfg.data.train, "eval": cfg.data.test or cfg.data.valid}
+    feats = {}
+    for name, manifest in splits.items():
+        loader = eval_loader(make_dataset(manifest, labels, cfg, train=False), env, cfg.train)
+        feats[name] = extract_embeddings(model.encoder, loader, len(labels), env, cfg.probe.layers)
+    rows = []
+    for layer, (train_x, eval_x) in enumerate(zip(feats["train"][0], feats["eval"][0])):
+        head, mean, std = fit_linear(train_x, feats["train"][1], cfg.probe, cfg.finetune.loss, cfg.train.seed)
+        stats = classification_stats(probe_scores(head, mean, std, eval_x), feats["eval"][1]).as_dict()
+        name = "output" if layer == len(feats["train"][0]) - 1 else f"layer {layer + 1}"
+        rows.append({"layer": name, **stats})
+    results = {"init": cfg.model.init, "eval_manifest": splits["eval"], "layers": rows,
+               "best_layer": max(rows, key=lambda r: r[cfg.finetune.metric])["layer"]}
+    if env.is_main:
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "probe_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        logger.info("linear probe (%s):\n%s", cfg.model.init or "random init", format_table(rows))
+    return results

@@ -1,0 +1,130 @@
+"""Wires a ``RunConfig`` to data, model and engine: pretraining, fine-tuning (single split or K folds),
+evaluation, and linear probing."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ssamba.config import save_config
+from ssamba.loading import load
+from ssamba.models.classifier import AudioClassifier
+from ssamba.train.build import build_model, class_labels, make_dataset, make_task, seed_everything
+from ssamba.train.config import RunConfig
+from ssamba.train.distributed import DistEnv, cleanup, init_distributed
+from ssamba.train.engine import Trainer, TrainingError, evaluate
+from ssamba.train.logger import format_table
+from ssamba.train.probe import run_probe
+
+logger = logging.getLogger(__name__)
+
+
+def _write_json(path: Path, data: Any, env: DistEnv) -> None:
+    if env.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict[str, Any]:
+    """One training run (one split or one fold) into ``out_dir``; returns and writes ``results.json``."""
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    if cfg.data.train is None:
+        raise TrainingError("data.train (a manifest) is required")
+    labels = None if cfg.task == "pretrain" else class_labels(cfg)
+    model = build_model(cfg, labels)
+    task = make_task(cfg)
+    train_set = make_dataset(cfg.data.train, labels, cfg, train=True)
+    valid_set = make_dataset(cfg.data.valid, labels, cfg, train=False) if cfg.data.valid else None
+    trainer = Trainer(model, task, cfg.train, cfg.optim, out_dir, env)
+    checkpoint = out_dir / "checkpoints" / "last.pt"
+    if resume and checkpoint.is_file():
+        trainer.resume(checkpoint)
+    elif resume:
+        logger.warning("--resume: no checkpoint at %s; starting from the beginning", checkpoint)
+    fit = trainer.fit(train_set, valid_set)
+    results: dict[str, Any] = {"steps": fit["step"], "epochs": fit["epoch"], "best_valid": fit["best"],
+                               "history": fit["history"]}
+    if cfg.data.test and labels is not None:
+        best = out_dir / "best"
+        if best.is_dir():  # the model selected on the validation set, not the last one
+            model.load_state_dict(type(model).from_pretrained(best).state_dict())
+        results["test"] = evaluate(model, make_dataset(cfg.data.test, labels, cfg, train=False), task, env,
+                                   cfg.train)
+    _write_json(out_dir / "results.json", results, env)
+    if env.is_main:
+        summary = {"run": str(out_dir), **{f"valid_{k}": v for k, v in (fit["best"] or {}).items()
+                                            if isinstance(v, float)}}
+        summary.update({f"test_{k}": v for k, v in results.get("test", {}).items()})
+        logger.info("results:\n%s", format_table([summary]))
+    return results
+
+
+def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
+    """Cross-validation: one run per fold, then mean and std of each fold's best validation metric."""
+    if cfg.data.fold_dir is None:
+        raise TrainingError("data.folds needs data.fold_dir (the folder `ssamba prepare` wrote)")
+    out, metric = Path(cfg.out_dir), make_task(cfg).main_metric
+    per_fold: dict[str, Any] = {}
+    for fold in cfg.data.folds:
+        fold_out = out / fold
+        if resume and (fold_out / "results.json").is_file():
+            per_fold[fold] = json.loads((fold_out / "results.json").read_text())
+            logger.info("fold %s already done; skipping", fold)
+            continue
+        fold_cfg = dataclasses.replace(cfg, out_dir=str(fold_out), data=dataclasses.replace(
+            cfg.data, train=str(Path(cfg.data.fold_dir) / f"{fold}_train.json"),
+            valid=str(Path(cfg.data.fold_dir) / f"{fold}_eval.json"), folds=[]))
+        per_fold[fold] = train_one(fold_cfg, env, resume, fold_out)
+    scores = [r["best_valid"][metric] for r in per_fold.values()]
+    summary = {"metric": metric, "folds": {f: s for f, s in zip(per_fold, scores)},
+               "mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0}
+    _write_json(out / "results.json", summary, env)
+    if env.is_main:
+        rows = [{"fold": f, metric: s} for f, s in summary["folds"].items()]
+        rows.append({"fold": "mean ± std", metric: f"{summary['mean']:.4f} ± {summary['std']:.4f}"})
+        logger.info("cross-validation:\n%s", format_table(rows))
+    return summary
+
+
+def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+    """Entry point of ``ssamba pretrain``/``finetune``/``probe`` (also under torchrun)."""
+    env = init_distributed(cfg.train.device)
+    seed_everything(cfg.train.seed + env.rank)
+    try:
+        if cfg.task == "probe":
+            return run_probe(cfg, env)
+        if cfg.data.folds:
+            return run_kfold(cfg, env, resume)
+        return train_one(cfg, env, resume, Path(cfg.out_dir))
+    finally:
+        cleanup(env)
+
+
+def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
+    """Evaluate the fine-tuned ``model.init`` on ``data.test`` (or ``data.valid``)."""
+    env = init_distributed(cfg.train.device)
+    try:
+        manifest = cfg.data.test or cfg.data.valid
+        if cfg.model.init is None or manifest is None:
+            raise TrainingError("evaluate needs model.init (a fine-tuned model) and data.test or data.valid")
+        labels = class_labels(cfg)
+        model = load(cfg.model.init)
+        if not isinstance(model, AudioClassifier) or model.config.label_dim != len(labels):
+            raise TrainingError(f"{cfg.model.init}: not a classifier with {len(labels)} outputs")
+        if model.config.encoder.input_tdim != cfg.data.dataset.features.target_length:
+            logger.info("evaluating at the model's input length %d frames", model.config.encoder.input_tdim)
+            cfg.data.dataset = dataclasses.replace(cfg.data.dataset, features=dataclasses.replace(
+                cfg.data.dataset.features, target_length=model.config.encoder.input_tdim))
+        metrics = evaluate(model.to(env.device), make_dataset(manifest, labels, cfg, train=False), make_task(cfg),
+                           env, cfg.train)
+        _write_json(Path(cfg.out_dir) / "eval_results.json", {"manifest": manifest, **metrics}, env)
+        if env.is_main:
+            logger.info("evaluation of %s on %s:\n%s", cfg.model.init, manifest, format_table([metrics]))
+        return metrics
+    finally:
+        cleanup(env)
