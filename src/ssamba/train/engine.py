@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ssamba.models.scan.reference import flush_denormals
 from ssamba.train import state as ckpt
 from ssamba.train.distributed import DistEnv, all_reduce_mean
 from ssamba.train.logger import RunLogger
@@ -128,11 +129,8 @@ class Trainer:
 
     def fit(self, train_set: Dataset, valid_set: Dataset | None = None) -> dict[str, Any]:
         # Denormal floats (decayed scan states, their gradients) are 10-20x slower on x86 and change nothing.
-        torch.set_flush_denormal(True)
-        try:
+        with flush_denormals():
             return self._fit(train_set, valid_set)
-        finally:
-            torch.set_flush_denormal(False)
 
     def _fit(self, train_set: Dataset, valid_set: Dataset | None) -> dict[str, Any]:
         cfg, env = self.cfg, self.env

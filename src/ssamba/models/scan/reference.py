@@ -72,18 +72,25 @@ def _scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     return torch.cat(ys, dim=2) if ys else u.new_zeros(batch, dim, 0)
 
 
+_flush_depth = 0
+
+
 @contextlib.contextmanager
 def flush_denormals() -> Iterator[None]:
-    """Flush denormal floats to zero inside the block.
+    """Flush denormal floats to zero inside the block (re-entrant).
 
     Decaying states (``exp(delta * A)`` products) reach the denormal range, where x86 arithmetic is 10-20x slower;
-    values that small (< 1.2e-38) do not change any output.  torch has no getter for this process-wide flag, so it
-    is assumed off outside (its default) and switched off again on exit.
+    values that small (< 1.2e-38) do not change any output.  torch has no getter for this process-wide flag: it is
+    assumed off outside (its default), and only the outermost block switches it back off.
     """
-    if not torch.set_flush_denormal(True):  # unsupported CPU: nothing to do
+    global _flush_depth
+    if _flush_depth == 0 and not torch.set_flush_denormal(True):  # unsupported CPU: nothing to do
         yield
         return
+    _flush_depth += 1
     try:
         yield
     finally:
-        torch.set_flush_denormal(False)
+        _flush_depth -= 1
+        if _flush_depth == 0:
+            torch.set_flush_denormal(False)
