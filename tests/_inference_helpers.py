@@ -10,7 +10,9 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
+import torch
 
 import ssamba
 from ssamba.models.classifier import AudioClassifier
@@ -53,3 +55,13 @@ def write_wav(path: Path, data: np.ndarray, sr: int = 16000, subtype: str = "FLO
 
 def tts_files(word: str, count: int) -> list[Path]:
     return sorted((TTS / word).glob("*.wav"))[:count]
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread (restored afterwards): the sequential scan of tiny tensors only loses to
+    thread synchronisation on a shared 2-core machine.  Speed only; results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -80,7 +80,7 @@ class Predictor:
         """Yield each source with its :class:`Encoded` or its loading error, in order; only one batch of clips is
         in memory at a time."""
         size = self.encoder.batch_size
-        with tqdm(total=len(sources), desc=desc, unit="clip", disable=not self.progress) as bar:
+        with tqdm(total=len(sources), desc=desc, unit="clip", disable=None if self.progress else True) as bar:
             for first in range(0, len(sources), size):
                 chunk = sources[first:first + size]
                 loaded: list[Source] = []
