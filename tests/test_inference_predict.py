@@ -34,7 +34,7 @@ def test_load_gives_models_with_predict_and_embed(official):
 
 
 def test_predict_on_speech_commands_files_matches_the_official_evaluation_path(official):
-    files = tts_files("yes", 1) + tts_files("no", 1)
+    files = tts_files("yes", 1)  # one full-depth pass; other words go through the shallow model elsewhere
     preds = official.predict(files, top_k=3)
     assert [p.source for p in preds] == [str(f) for f in files]
     for f, pred in zip(files, preds):
@@ -83,14 +83,24 @@ def shallow16(tmp_path_factory):
 
 def test_ten_minutes_run_windowed_with_per_second_labels(shallow16):
     audio = tone(600.0, freq=300.0)
-    emb = shallow16.embed(audio, batch_size=4)  # 12 windows of 60 s overlapping by 10 s
+    # one pass: 12 windows of 60 s overlapping by 10 s give labels, per-second labels and the embeddings
+    pred = shallow16.predict(audio, per_second=True, top_k=1, batch_size=4, embeddings=True)
+    emb = pred.embedding
     assert emb.frames.shape == (3750, 192) and emb.timestamps_ms[-1] == pytest.approx(599927.5)
     assert np.all(np.diff(emb.timestamps_ms) == 160.0) and np.isfinite(emb.frames).all()
-    pred = shallow16.predict(audio, per_second=True, top_k=1, batch_size=4)
+    np.testing.assert_allclose(emb.clip, emb.frames.mean(0), rtol=1e-5, atol=1e-6)
     assert len(pred.per_second) == 600 and pred.duration_s == pytest.approx(600.0)
     # a steady tone: the per-second labels agree with the clip label almost everywhere
     agree = np.mean([sec[0][0] == pred.top[0][0] for sec in pred.per_second])
     assert agree > 0.9, agree
+
+
+def test_predict_can_return_the_embeddings_of_the_same_pass(shallow):
+    clips = [tone(1.0), tone(3.0, freq=900.0)]
+    both = shallow.predict(clips, embeddings=True)
+    for pred, emb in zip(both, shallow.embed(clips)):
+        assert np.array_equal(pred.embedding.frames, emb.frames) and np.array_equal(pred.embedding.clip, emb.clip)
+    assert shallow.predict(clips[0]).embedding is None
 
 
 def test_a_clip_is_the_same_alone_or_batched_with_longer_clips(shallow):

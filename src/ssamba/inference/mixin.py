@@ -29,10 +29,11 @@ class InferenceMixin:
 
     def predict(self, audio: Audio | Iterable[Audio], top_k: int = 5, *, sample_rate: int = SAMPLE_RATE,
                 per_second: bool = False, activation: Activation = "auto", on_error: OnError = "report",
-                **options) -> Prediction | list[Prediction]:
+                embeddings: bool = False, **options) -> Prediction | list[Prediction]:
         """Top-k labels (names from the checkpoint's config) with scores; see :meth:`Predictor.predict`."""
         return self.predictor(**options).predict(audio, top_k=top_k, sample_rate=sample_rate,
-                                                 per_second=per_second, activation=activation, on_error=on_error)
+                                                 per_second=per_second, activation=activation, on_error=on_error,
+                                                 embeddings=embeddings)
 
     def embed(self, audio: Audio | Iterable[Audio], *, sample_rate: int = SAMPLE_RATE, timestamps: bool = True,
               on_error: OnError = "report", **options) -> Embedding | list[Embedding]:
