@@ -157,7 +157,8 @@ def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
                                 label=f"{LABELS[variant]}, batch {batch}")
             ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel=ylabel, title=f"{size}")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / name
         fig.savefig(path, dpi=120)
