@@ -49,6 +49,15 @@ def test_outputs_csv_markdown_and_plots(bench_run):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_earlier_results_render_again_merged(bench_run, tmp_path):
+    out = tmp_path / "merged"
+    argv = ["bench", "efficiency", "--from-csv", str(bench_run / "results.csv"), "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    assert (out / "results.csv").read_text() == (bench_run / "results.csv").read_text()
+    table = [ln for ln in (bench_run / "results.md").read_text().splitlines() if ln.startswith("| 64 |")]
+    assert table and table == [ln for ln in (out / "results.md").read_text().splitlines() if ln.startswith("| 64")]
+
+
 def test_configurations_over_the_memory_limit_are_skipped_and_said_so(tmp_path):
     spec = BenchSpec(sizes=["tiny"], batches=[2], tokens=[22000], variants=["ssast-naive"], memory_limit_gb=8)
     result = efficiency.run_benchmark(spec, tmp_path)

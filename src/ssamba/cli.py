@@ -115,13 +115,13 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ssamba.bench.efficiency import BenchSpec, run_benchmark
+    from ssamba.bench.efficiency import BenchSpec, render_from_csv, run_benchmark
 
     spec = BenchSpec(sizes=args.sizes, batches=args.batches, max_tokens=args.max_tokens, tokens=args.tokens,
                      variants=args.variants, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
                      device=args.device, depth=args.depth, timeout_s=args.timeout,
                      memory_limit_gb=args.memory_limit_gb)
-    result = run_benchmark(spec, args.out)
+    result = render_from_csv(args.from_csv, spec, args.out) if args.from_csv else run_benchmark(spec, args.out)
     print(result.markdown)
     return 0
 
@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration before giving up")
     p.add_argument("--memory-limit-gb", type=float, help="skip configurations estimated above this (default: "
                                                         "available memory)")
+    p.add_argument("--from-csv", nargs="+", help="render earlier results.csv files (merged) instead of running")
     p.add_argument("--out", required=True, help="output folder: results.csv, results.md, *.png")
     p.set_defaults(func=_bench)
     return parser

@@ -245,6 +245,23 @@ class BenchResult:
     files: list[Path]
 
 
+def environment(spec: BenchSpec) -> dict:
+    return {"device": spec.resolved_device(), "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "threads": spec.threads or "torch default", "repeats": spec.repeats,
+            "warmup": spec.warmup, "depth": spec.depth or "preset"}
+
+
+def render_from_csv(paths: list[str | Path], spec: BenchSpec, out_dir: str | Path) -> BenchResult:
+    """Write the outputs for rows measured earlier (merging several ``results.csv``), without running anything."""
+    from ssamba.bench.report import read_rows, write_outputs
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_rows([Path(p) for p in paths])
+    markdown, files = write_outputs(rows, environment(spec), out_dir)
+    return BenchResult(rows, markdown, files)
+
+
 def run_benchmark(spec: BenchSpec, out_dir: str | Path) -> BenchResult:
     """Run every configuration (smallest first per series), then write CSV, Markdown and plots to ``out_dir``."""
     from ssamba.bench.report import write_outputs
@@ -265,10 +282,7 @@ def run_benchmark(spec: BenchSpec, out_dir: str | Path) -> BenchResult:
         rows.append(row)
         logger.info("%s: %s %s", _label(config), row.status,
                     f"{row.time_s:.3f} s, {row.memory_mb:.0f} MB" if row.status == "ok" else row.note)
-    env = {"device": spec.resolved_device(), "torch": torch.__version__, "python": platform.python_version(),
-           "machine": platform.machine(), "threads": spec.threads or "torch default", "repeats": spec.repeats,
-           "warmup": spec.warmup, "depth": spec.depth or "preset"}
-    markdown, files = write_outputs(rows, env, out_dir)
+    markdown, files = write_outputs(rows, environment(spec), out_dir)
     return BenchResult(rows, markdown, files)
 
 

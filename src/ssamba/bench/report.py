@@ -37,6 +37,28 @@ def _write_csv(rows: list[Row], path: Path) -> Path:
     return path
 
 
+def read_rows(paths: list[Path]) -> list[Row]:
+    """Rows of earlier ``results.csv`` files (e.g. batch 1 and batch 2 run separately), to render them together."""
+    types = {fl.name: fl.type for fl in fields(Row)}
+    rows = []
+    for path in paths:
+        with open(path, newline="") as f:
+            for record in csv.DictReader(f):
+                rows.append(Row(**{k: _parse(v, types[k]) for k, v in record.items()}))
+    return rows
+
+
+def _parse(value: str, kind) -> object:
+    kind = str(kind)
+    if value == "":
+        return "" if kind == "str" else None
+    if kind.startswith("int"):
+        return int(value)
+    if kind.startswith("float"):
+        return float(value)
+    return value
+
+
 def _index(rows: list[Row]) -> dict[tuple, Row]:
     return {(r.variant, r.size, r.batch, r.tokens): r for r in rows}
 
