@@ -32,6 +32,7 @@ def test_outputs_csv_markdown_and_plots(bench_run):
     assert [(r["variant"], int(r["tokens"])) for r in rows] == [("ssamba", 64), ("ssast-sdpa", 64),
                                                                 ("ssast-naive", 64)]
     assert all(r["status"] == "ok" and float(r["time_s"]) > 0 and float(r["memory_mb"]) > 0 for r in rows)
+    assert all(0 < float(r["cpu_s"]) for r in rows)
     assert all(int(r["frames"]) == int(r["tokens"]) * 2 and r["threads"] == "1" for r in rows)
     backend = get_backend(torch.empty(1, 1, 1)).name
     assert {r["scan_backend"] for r in rows if r["arch"] == "ssamba"} == {backend}
@@ -49,13 +50,20 @@ def test_outputs_csv_markdown_and_plots(bench_run):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
-def test_earlier_results_render_again_merged(bench_run, tmp_path):
+def test_earlier_results_render_again_merged_and_on_cpu_time(bench_run, tmp_path):
     out = tmp_path / "merged"
     argv = ["bench", "efficiency", "--from-csv", str(bench_run / "results.csv"), "--threads", "1", "--out", str(out)]
     assert main(argv) == 0
     assert (out / "results.csv").read_text() == (bench_run / "results.csv").read_text()
     table = [ln for ln in (bench_run / "results.md").read_text().splitlines() if ln.startswith("| 64 |")]
     assert table and table == [ln for ln in (out / "results.md").read_text().splitlines() if ln.startswith("| 64")]
+    assert main(argv + ["--clock", "cpu"]) == 0
+    md = (out / "results.md").read_text()
+    assert "Time: process CPU time" in md
+    by = {r["variant"]: r for r in csv.DictReader((bench_run / "results.csv").open())}
+    cells = [c.strip() for c in next(ln for ln in md.splitlines() if ln.startswith("| 64 |")).strip("|").split("|")]
+    assert float(cells[1]) == pytest.approx(float(by["ssamba"]["cpu_s"]), abs=1e-3)
+    assert float(cells[7]) == pytest.approx(float(by["ssamba"]["cpu_s"]) / float(by["ssast-naive"]["cpu_s"]), abs=1e-3)
 
 
 def test_configurations_over_the_memory_limit_are_skipped_and_said_so(tmp_path):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _inference_helpers import FINETUNE, LABELS, PRETRAIN, one_thread, shallow_copy, tone, tts_files, write_wav  # noqa: F401
+from _inference_helpers import (  # noqa: F401
+    FINETUNE, LABELS, PRETRAIN, one_thread, shallow_copy, tone, tts_files, write_wav,
+)
 
 import ssamba
 from ssamba.audio import AudioLoadError, features, load_audio, resample

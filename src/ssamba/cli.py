@@ -119,7 +119,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     spec = BenchSpec(sizes=args.sizes, batches=args.batches, max_tokens=args.max_tokens, tokens=args.tokens,
                      variants=args.variants, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-                     device=args.device, depth=args.depth, timeout_s=args.timeout,
+                     device=args.device, depth=args.depth, clock=args.clock, timeout_s=args.timeout,
                      memory_limit_gb=args.memory_limit_gb)
     result = render_from_csv(args.from_csv, spec, args.out) if args.from_csv else run_benchmark(spec, args.out)
     print(result.markdown)
@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads in each run (default: torch's)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--depth", type=int, help="override the depth (quick checks only; not the paper's models)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time shown in tables and plots: elapsed (default) or process CPU time (steadier on a "
+                        "shared CPU with --threads 1); the CSV has both")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration before giving up")
     p.add_argument("--memory-limit-gb", type=float, help="skip configurations estimated above this (default: "
                                                         "available memory)")

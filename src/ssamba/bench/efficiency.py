@@ -5,8 +5,10 @@ Every configuration runs in a fresh subprocess (``python -m ssamba.bench.efficie
 configuration's allocations cannot lower or raise another's peak.  CPU memory is the peak RSS minus the RSS just
 before the model is built (weights + input + activations); on CUDA it is ``torch.cuda.max_memory_allocated``, as
 the paper measured.  Each configuration runs ``warmup`` untimed forward passes, then ``repeats`` timed ones; the
-median is reported.  A configuration whose estimated memory exceeds what is available is skipped (and said so),
-as is every larger configuration of a series whose smaller one failed or timed out.  Inputs are 128 mel bins and
+median is reported, both elapsed (wall) and process CPU time; ``clock="cpu"`` shows the latter, which other load
+on a shared machine barely changes when the run uses one thread.  A configuration whose estimated memory exceeds
+what is available is skipped (and said so), as is every larger configuration of a series whose smaller one failed
+or timed out.  Inputs are 128 mel bins and
 16x16 patches with stride 16, so ``tokens = 8 * frames / 16``.
 """
 from __future__ import annotations
@@ -47,6 +49,7 @@ class BenchSpec:
     threads: int | None = None
     device: str = "auto"
     depth: int | None = None
+    clock: str = "wall"  # which time the tables and plots show: "wall" (elapsed) or "cpu" (process CPU time)
     timeout_s: float = 3600.0
     memory_limit_gb: float | None = None
 
@@ -150,20 +153,22 @@ def measure(config: Config) -> dict:
     torch.manual_seed(0)
     encoder = build_encoder(config.encoder_config()).eval().to(device)
     x = torch.randn(config.batch, config.frames, 128, device=device)
-    times = []
+    times, cpu = [], []
     with torch.inference_mode():
         for k in range(config.warmup + config.repeats):
             if cuda:
                 torch.cuda.synchronize(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             encoder(x)
             if cuda:
                 torch.cuda.synchronize(device)
             if k >= config.warmup:
                 times.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - cpu_start)
     memory = torch.cuda.max_memory_allocated(device) if cuda else peak_rss_bytes() - rss_before
     backend = get_backend(torch.empty(1, 1, 1, device=device)).name if config.arch == "ssamba" else ""
     return {"time_s": statistics.median(times), "time_min_s": min(times), "time_max_s": max(times),
+            "cpu_s": statistics.median(cpu),
             "memory_mb": memory / 2**20, "scan_backend": backend, "threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in encoder.parameters())}
 
@@ -189,6 +194,7 @@ class Row:
     time_s: float | None = None
     time_min_s: float | None = None
     time_max_s: float | None = None
+    cpu_s: float | None = None  # process CPU time (all threads): robust to other load on a shared CPU
     memory_mb: float | None = None
     estimated_mb: float | None = None
     scan_backend: str = ""
@@ -248,7 +254,7 @@ class BenchResult:
 def environment(spec: BenchSpec) -> dict:
     return {"device": spec.resolved_device(), "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "threads": spec.threads or "torch default", "repeats": spec.repeats,
-            "warmup": spec.warmup, "depth": spec.depth or "preset"}
+            "warmup": spec.warmup, "depth": spec.depth or "preset", "clock": spec.clock}
 
 
 def render_from_csv(paths: list[str | Path], spec: BenchSpec, out_dir: str | Path) -> BenchResult:

@@ -24,7 +24,7 @@ def write_outputs(rows: list[Row], env: dict, out_dir: Path) -> tuple[str, list[
     markdown = render_markdown(rows, env)
     (out_dir / "results.md").write_text(markdown)
     files.append(out_dir / "results.md")
-    files.extend(write_plots(rows, out_dir))
+    files.extend(write_plots(rows, out_dir, time_key(env)))
     return markdown, files
 
 
@@ -83,21 +83,27 @@ def _num(value: float | None, fmt: str = ".3f") -> str:
     return "" if value is None else format(value, fmt)
 
 
+def time_key(env: dict) -> str:
+    return "cpu_s" if env.get("clock") == "cpu" else "time_s"
+
+
 def render_markdown(rows: list[Row], env: dict) -> str:
     idx = _index(rows)
+    tk = time_key(env)
     backends = sorted({r.scan_backend for r in rows if r.scan_backend})
     lines = ["# SSAMBA vs SSAST: inference time and peak memory", "",
              f"device {env['device']}, torch {env['torch']}, threads {env['threads']}, scan backend "
              f"{', '.join(backends) or 'n/a'}, depth {env['depth']}; {env['warmup']} warm-up run(s), then the "
-             f"median of {env['repeats']}. Memory: "
+             f"median of {env['repeats']}. Time: "
+             + ("process CPU time" if tk == "cpu_s" else "elapsed (wall-clock) time") + ". Memory: "
              + ("`torch.cuda.max_memory_allocated`" if env["device"].startswith("cuda")
                 else "peak RSS minus the RSS before the model build") + "; each configuration in a fresh process.",
              "Ratios are SSAMBA / SSAST (below 1: SSAMBA is cheaper).", ""]
     variants = [v for v in LABELS if any(r.variant == v for r in rows)]
     for size in dict.fromkeys(r.size for r in rows):
         for batch in dict.fromkeys(r.batch for r in rows if r.size == size):
-            lines += _series_table(idx, rows, variants, size, batch)
-    lines += _targets(idx, rows)
+            lines += _series_table(idx, rows, variants, size, batch, tk)
+    lines += _targets(idx, rows, tk)
     notes = [r for r in rows if r.status != "ok"]
     if notes:
         lines += ["", "## Not run", ""]
@@ -106,7 +112,7 @@ def render_markdown(rows: list[Row], env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _series_table(idx, rows, variants, size, batch) -> list[str]:
+def _series_table(idx, rows, variants, size, batch, tk) -> list[str]:
     tokens = sorted({r.tokens for r in rows if r.size == size and r.batch == batch})
     head = ["tokens"] + [f"{LABELS[v]} s" for v in variants] + [f"{LABELS[v]} MB" for v in variants]
     others = [v for v in ("ssast-naive", "ssast-sdpa") if v in variants and "ssamba" in variants]
@@ -114,14 +120,14 @@ def _series_table(idx, rows, variants, size, batch) -> list[str]:
     out = ["", f"## {size}, batch {batch}", "", "| " + " | ".join(head) + " |",
            "|" + "---:|" * len(head)]
     for t in tokens:
-        cells = [str(t)] + [_cell(idx.get((v, size, batch, t)), "time_s", ".3f") for v in variants]
+        cells = [str(t)] + [_cell(idx.get((v, size, batch, t)), tk, ".3f") for v in variants]
         cells += [_cell(idx.get((v, size, batch, t)), "memory_mb", ".0f") for v in variants]
-        cells += [_num(ratio(idx, size, batch, t, o, k)) for o in others for k in ("time_s", "memory_mb")]
+        cells += [_num(ratio(idx, size, batch, t, o, k)) for o in others for k in (tk, "memory_mb")]
         out.append("| " + " | ".join(cells) + " |")
     return out
 
 
-def _targets(idx, rows) -> list[str]:
+def _targets(idx, rows, tk) -> list[str]:
     """The paper's claims, checked on the tiny models at the largest token count where SSAST naive ran."""
     out = ["", "## Paper targets (tiny)", ""]
     tiny = [r for r in rows if r.size == "tiny"]
@@ -129,10 +135,10 @@ def _targets(idx, rows) -> list[str]:
         return out + ["no tiny configuration was run"]
     for batch in sorted({r.batch for r in tiny}):
         both = [r.tokens for r in tiny if r.batch == batch and r.variant == "ssast-naive" and r.status == "ok"
-                and ratio(idx, "tiny", batch, r.tokens, "ssast-naive", "time_s") is not None]
+                and ratio(idx, "tiny", batch, r.tokens, "ssast-naive", tk) is not None]
         if both:
             t = max(both)
-            tr = ratio(idx, "tiny", batch, t, "ssast-naive", "time_s")
+            tr = ratio(idx, "tiny", batch, t, "ssast-naive", tk)
             mr = ratio(idx, "tiny", batch, t, "ssast-naive", "memory_mb")
             out.append(f"- batch {batch}, {t} tokens: time SSAMBA/SSAST(naive) {tr:.3f} (target <= "
                        f"{TARGET_TIME_RATIO}: {'met' if tr <= TARGET_TIME_RATIO else 'not met'}), memory "
@@ -140,7 +146,7 @@ def _targets(idx, rows) -> list[str]:
                        f"{'met' if mr <= TARGET_MEMORY_RATIO else 'not met'})")
         else:
             out.append(f"- batch {batch}: SSAMBA and SSAST(naive) never both ran; no ratio")
-        pairs = [(r.tokens, ratio(idx, "tiny", batch, r.tokens, "ssast-sdpa", "time_s")) for r in tiny
+        pairs = [(r.tokens, ratio(idx, "tiny", batch, r.tokens, "ssast-sdpa", tk)) for r in tiny
                  if r.batch == batch and r.variant == "ssamba" and r.tokens >= SDPA_CROSSOVER_TOKENS]
         pairs = [(t, v) for t, v in pairs if v is not None]
         if pairs:
@@ -151,7 +157,7 @@ def _targets(idx, rows) -> list[str]:
     return out
 
 
-def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
+def write_plots(rows: list[Row], out_dir: Path, tk: str = "time_s") -> list[Path]:
     """Time and memory vs tokens, log-log, one panel per size; colour = model, line style = batch."""
     try:
         import matplotlib
@@ -166,7 +172,8 @@ def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
     styles = ["-", "--", ":", "-."]
     batches = sorted({r.batch for r in rows})
     written = []
-    for key, ylabel, name in (("time_s", "inference time (s)", "time_vs_tokens.png"),
+    clock = "CPU" if tk == "cpu_s" else "wall"
+    for key, ylabel, name in ((tk, f"inference time (s, {clock})", "time_vs_tokens.png"),
                               ("memory_mb", "peak memory (MB)", "memory_vs_tokens.png")):
         fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
         for ax, size in zip(axes[0], sizes):
