@@ -123,13 +123,14 @@ def parameter_count(config: Config) -> int:
 def estimate_bytes(config: Config) -> int:
     """A deliberately generous estimate of the peak memory of one configuration.
 
-    Weights, plus per-token activations (SSAMBA's mixer holds ~24 floats per token and channel at its widest:
-    in_proj's 4D, the conv, gate and scan outputs of both directions; a ViT block ~16), plus for naive attention
-    two full ``heads x N x N`` float32 matrices alive at once (the scores and their softmax).
+    Weights, plus per-token activations (measured on CPU: SSAMBA peaks at ~56 floats per token and channel -- the
+    mixer's in_proj, flipped copies, conv, delta, gate and scan outputs of both directions alive at once -- and a
+    ViT block at ~15; estimated as 72 and 36), plus for naive attention two full ``heads x N x N`` float32 matrices alive at
+    once (the scores and their softmax).
     """
     enc = config.encoder_config()
     n = config.tokens + enc.num_cls_tokens
-    activations = config.batch * n * enc.embed_dim * 4 * (24 if config.arch == "ssamba" else 16)
+    activations = config.batch * n * enc.embed_dim * 4 * (72 if config.arch == "ssamba" else 36)
     attention = 2 * config.batch * enc.num_heads * n * n * 4 if config.attention == "naive" and \
         config.arch == "ssast" else 0
     fixed = 64 * 2**20  # allocator, thread pools and library buffers that any run touches
