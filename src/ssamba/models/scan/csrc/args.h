@@ -1,0 +1,78 @@
+// Plain-pointer argument blocks shared by the ISA-specific kernel files and the torch glue (ops.cpp).
+// Kept free of torch and standard-library inline code: each kernel file is compiled for a different
+// instruction set, and inline functions shared between them could be merged by the linker into the wrong one.
+#pragma once
+#include <cstdint>
+
+namespace ssamba {
+
+constexpr int kMaxState = 256;    // largest d_state the kernels accept
+constexpr int kMaxConv = 8;       // largest depthwise-conv width
+constexpr int kChunk = 64;        // scan steps between saved states (backward recomputes within a chunk)
+constexpr int kMaxDirs = 2;
+
+// One scan direction over channels-last tensors: u, delta (B, L, D); B, C (B, L, N); A (D, N) contiguous.
+// Channel (and state) stride is 1; the other strides are in elements.
+struct ScanDir {
+  const float* u; int64_t u_sb, u_sl;
+  const float* delta; int64_t d_sb, d_sl;
+  const float* A;
+  const float* Bm; int64_t b_sb, b_sl;
+  const float* Cm; int64_t c_sb, c_sl;
+  const float* Dskip;   // (D,) or null
+  const float* bias;    // delta bias (D,) or null
+  bool reverse;         // scan from l = L-1 down to 0 (outputs stay at their time index)
+  float* ckpt;          // (B, nchunks, N, D): state entering each chunk; null when not saving
+  // backward only
+  float* gu; float* gdelta;           // (B, L, D) contiguous
+  float* gB; float* gC;               // per channel block partials (nblk, B, L, N) contiguous
+  double* gA; double* gD; double* gbias;  // per batch partials (B, D, N), (B, D), (B, D)
+};
+
+// out[b, l, :] = scale * sum_dirs y_dir[b, l, :] * silu(z[b, l, :])   (no z: no gate)
+struct ScanArgs {
+  int64_t batch, length, dim, nstate;
+  int ndirs;
+  bool softplus;
+  float scale;
+  const float* z; int64_t z_sb, z_sl;    // null: no gate
+  float* out;                             // (B, L, D) contiguous
+  const float* gout;                      // backward: (B, L, D) contiguous
+  float* gz;                              // backward: (B, L, D) contiguous, or null
+  ScanDir dir[kMaxDirs];
+};
+
+// Causal (forward) and anti-causal (backward-direction) depthwise conv + SiLU over x (B, L, E).
+// w_f, w_b: (E, K) contiguous; biases (E,).  yf, yb: (B, L, E) contiguous.
+struct ConvArgs {
+  int64_t batch, length, dim, width;
+  const float* x; int64_t x_sb, x_sl;
+  const float* w_f; const float* b_f;
+  const float* w_b; const float* b_b;
+  float* y_f; float* y_b;
+  // backward
+  const float* g_f; const float* g_b;   // (B, L, E) contiguous
+  float* gx;                             // (B, L, E) contiguous
+  double* gw_f; double* gb_f; double* gw_b; double* gb_b;  // per batch partials (B, E, K), (B, E)
+};
+
+// Entry points of one instruction-set build.  Each call handles one (batch, channel block) task.
+struct KernelTable {
+  const char* name;
+  int width;  // channels per block (SIMD lanes)
+  void (*scan_fwd)(const ScanArgs&, int64_t b, int64_t blk);
+  void (*scan_bwd)(const ScanArgs&, int64_t b, int64_t blk, float* scratch);
+  void (*conv_fwd)(const ConvArgs&, int64_t b, int64_t blk);
+  void (*conv_bwd)(const ConvArgs&, int64_t b, int64_t blk);
+};
+
+// Scratch floats scan_bwd needs per task.
+static inline int64_t scan_bwd_scratch_floats(int width, int64_t nstate) {
+  return (int64_t)width * ((2 * kChunk + 1) * nstate + 3 * kChunk + 4 * nstate + 64);
+}
+
+const KernelTable* kernels_avx512();
+const KernelTable* kernels_avx2();
+const KernelTable* kernels_generic();
+
+}  // namespace ssamba

@@ -1,0 +1,133 @@
+// Depthwise conv + SiLU of the bidirectional mixer, both directions in one pass over x (channels-last):
+//   y_f[l] = silu(b_f + sum_k w_f[k] x[l - (K-1) + k])    causal: the forward branch
+//   y_b[l] = silu(b_b + sum_k w_b[k] x[l + (K-1) - k])    anti-causal: the time-flipped branch, left unflipped
+// Both read the same window x[i-K+1 .. i], so one sliding window serves both (y_b lags K-1 steps behind).
+#pragma once
+#include "args.h"
+
+namespace ssamba {
+namespace SSAMBA_NS {
+namespace {
+
+struct ConvBlock {
+  BlockInfo bi;
+  int K;
+  V wf[kMaxConv], wb[kMaxConv], bf, bb;
+};
+
+inline ConvBlock conv_block(const ConvArgs& a, int64_t blk) {
+  ConvBlock c;
+  c.bi = block_info(a.dim, blk);
+  c.K = (int)a.width;
+  for (int k = 0; k < c.K; ++k) {
+    c.wf[k] = gather_column(a.w_f, c.K, c.bi, k, 1.0);
+    c.wb[k] = gather_column(a.w_b, c.K, c.bi, k, 1.0);
+  }
+  c.bf = loadm(a.b_f + c.bi.c0, c.bi.mask);
+  c.bb = loadm(a.b_b + c.bi.c0, c.bi.mask);
+  return c;
+}
+
+// Slide the window one step: win[K-1] becomes x[i] (zero outside [0, L)).
+inline void slide(V* win, int K, V next) {
+  for (int k = 0; k + 1 < K; ++k) win[k] = win[k + 1];
+  win[K - 1] = next;
+}
+
+void conv_fwd_task(const ConvArgs& a, int64_t b, int64_t blk) {
+  const ConvBlock c = conv_block(a, blk);
+  const int K = c.K;
+  const int64_t L = a.length, E = a.dim;
+  const Mask m = c.bi.mask;
+  const float* x = a.x + b * a.x_sb + c.bi.c0;
+  float* yf = a.y_f + b * L * E + c.bi.c0;
+  float* yb = a.y_b + b * L * E + c.bi.c0;
+  V win[kMaxConv];
+  for (int k = 0; k < K; ++k) win[k] = zero();
+  for (int64_t i = 0; i < L + K - 1; ++i) {
+    slide(win, K, i < L ? loadm(x + i * a.x_sl, m) : zero());
+    if (i < L) {
+      V acc = c.bf;
+      for (int k = 0; k < K; ++k) acc = fmadd(c.wf[k], win[k], acc);
+      storem(yf + i * E, acc * sigmoidv(acc), m);
+    }
+    const int64_t j = i - (K - 1);
+    if (j >= 0) {
+      V acc = c.bb;
+      for (int k = 0; k < K; ++k) acc = fmadd(c.wb[k], win[K - 1 - k], acc);
+      storem(yb + j * E, acc * sigmoidv(acc), m);
+    }
+  }
+}
+
+inline V dsilu_times(V a, V g) {  // g * d/da silu(a)
+  const V s = sigmoidv(a);
+  return g * s * fmadd(a, set1(1.0f) - s, set1(1.0f));
+}
+
+void conv_bwd_task(const ConvArgs& a, int64_t b, int64_t blk) {
+  const ConvBlock c = conv_block(a, blk);
+  const int K = c.K;
+  const int64_t L = a.length, E = a.dim;
+  const Mask m = c.bi.mask;
+  const float* x = a.x + b * a.x_sb + c.bi.c0;
+  const float* gf = a.g_f + b * L * E + c.bi.c0;
+  const float* gb = a.g_b + b * L * E + c.bi.c0;
+  float* gx = a.gx + b * L * E + c.bi.c0;
+  // ring[q] after step i: gaf[q] = dL/da_f[i-K+1+q]; gab[q] = dL/da_b[i-2K+2+q]
+  V win[kMaxConv], gaf[kMaxConv], gab[kMaxConv], gwf[kMaxConv], gwb[kMaxConv];
+  V gbf = zero(), gbb = zero();
+  for (int k = 0; k < K; ++k) win[k] = gaf[k] = gab[k] = gwf[k] = gwb[k] = zero();
+  double* gwf_out = a.gw_f + (b * E + c.bi.c0) * K;
+  double* gwb_out = a.gw_b + (b * E + c.bi.c0) * K;
+  double* gbf_out = a.gb_f + b * E + c.bi.c0;
+  double* gbb_out = a.gb_b + b * E + c.bi.c0;
+  alignas(64) float lanes[V::W];
+  auto flush = [&]() {  // fp32 partial sums over at most 256 steps, then double
+    for (int k = 0; k < K; ++k) {
+      store(lanes, gwf[k]);
+      for (int i = 0; i < c.bi.nc; ++i) gwf_out[i * K + k] += lanes[i];
+      store(lanes, gwb[k]);
+      for (int i = 0; i < c.bi.nc; ++i) gwb_out[i * K + k] += lanes[i];
+      gwf[k] = gwb[k] = zero();
+    }
+    store(lanes, gbf);
+    for (int i = 0; i < c.bi.nc; ++i) gbf_out[i] += lanes[i];
+    store(lanes, gbb);
+    for (int i = 0; i < c.bi.nc; ++i) gbb_out[i] += lanes[i];
+    gbf = gbb = zero();
+  };
+  for (int64_t i = 0; i < L + K - 1; ++i) {
+    slide(win, K, i < L ? loadm(x + i * a.x_sl, m) : zero());
+    V ga = zero();
+    if (i < L) {
+      V acc = c.bf;
+      for (int k = 0; k < K; ++k) acc = fmadd(c.wf[k], win[k], acc);
+      ga = dsilu_times(acc, loadm(gf + i * E, m));
+      for (int k = 0; k < K; ++k) gwf[k] = fmadd(ga, win[k], gwf[k]);
+      gbf = gbf + ga;
+    }
+    slide(gaf, K, ga);
+    const int64_t j = i - (K - 1);
+    ga = zero();
+    if (j >= 0) {
+      V acc = c.bb;
+      for (int k = 0; k < K; ++k) acc = fmadd(c.wb[k], win[K - 1 - k], acc);
+      ga = dsilu_times(acc, loadm(gb + j * E, m));
+      for (int k = 0; k < K; ++k) gwb[k] = fmadd(ga, win[K - 1 - k], gwb[k]);
+      gbb = gbb + ga;
+    }
+    slide(gab, K, ga);
+    if (j >= 0) {  // gx[j] = sum_k w_f[k] ga_f[j+K-1-k] + w_b[k] ga_b[j-K+1+k]
+      V acc = zero();
+      for (int k = 0; k < K; ++k) acc = fmadd(c.wf[k], gaf[K - 1 - k], fmadd(c.wb[k], gab[k], acc));
+      storem(gx + j * E, acc, m);
+    }
+    if ((i & 255) == 255) flush();
+  }
+  flush();
+}
+
+}  // namespace
+}  // namespace SSAMBA_NS
+}  // namespace ssamba

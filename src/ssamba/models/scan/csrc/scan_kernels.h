@@ -1,0 +1,293 @@
+// Selective-scan kernels for one (batch, channel block) task, written once over the V type of the including
+// instruction-set file (isa_*.cpp).  Layout is channels-last: a block of V::W channels at one time step is one
+// vector, so the state of the block (N vectors) stays in registers and no horizontal sums are needed forward.
+//
+// Recurrence (spec §5), per channel c and state n:
+//   delta = softplus(delta_raw + bias);  s_l = exp(delta_l A) s_{l-1} + delta_l u_l B_l;  y_l = <s_l, C_l> + D u_l
+//   out_l = scale * y_l * silu(z_l), summed over directions (direction 1 runs from l = L-1 down to 0).
+// Backward keeps the state entering every kChunk steps (forward writes it), recomputes the states of one chunk
+// into scratch, and runs the adjoint recurrence  lam_l = gy_l C_l + exp(delta_{l+1} A) lam_{l+1}  backwards.
+#pragma once
+#include "args.h"
+
+namespace ssamba {
+namespace SSAMBA_NS {
+
+namespace {
+
+constexpr float kLog2eD = 1.4426950408889634f;
+
+struct BlockInfo {
+  int64_t c0;  // first channel
+  int nc;      // channels in this block (< W only for the last one)
+  Mask mask;
+};
+
+inline BlockInfo block_info(int64_t dim, int64_t blk) {
+  BlockInfo info;
+  info.c0 = blk * V::W;
+  int64_t rest = dim - info.c0;
+  info.nc = rest < V::W ? (int)rest : V::W;
+  info.mask = make_mask(info.nc);
+  return info;
+}
+
+// Column n of a (D, N) matrix for the block's channels, times `factor` (in double, then rounded); zero lanes past nc.
+inline V gather_column(const float* a, int64_t nstate, const BlockInfo& bi, int n, double factor) {
+  alignas(64) float tmp[V::W];
+  for (int i = 0; i < V::W; ++i)
+    tmp[i] = i < bi.nc ? (float)((double)a[(bi.c0 + i) * nstate + n] * factor) : 0.0f;
+  return load(tmp);
+}
+
+inline V load_opt(const float* p, const BlockInfo& bi) { return p ? loadm(p + bi.c0, bi.mask) : zero(); }
+
+// One state update s <- exp(dt A) s + dt u B_n; returns the new state.
+inline V update(V& s, V dt, V du, V a2, float b) {
+  s = fmadd(exp2v(dt * a2), s, du * set1(b));
+  return s;
+}
+
+// Per-step inputs of one chunk, computed in a separate pass: softplus and the gate have long dependency chains
+// (exp, divide, polynomial) that would otherwise sit in front of every step's state updates and stall them.
+struct StepInputs {
+  V dt[kChunk];   // delta after bias and softplus
+  V du[kChunk];   // dt * u
+  V y0[kChunk];   // D * u
+  V gate[kChunk]; // scale * silu(z)
+};
+
+inline int64_t time_index(const ScanDir& d, int64_t L, int64_t t) { return d.reverse ? L - 1 - t : t; }
+
+inline void prepare_steps(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int len,
+                          V dskip, V bias, StepInputs& st) {
+  const Mask m = bi.mask;
+  const float* u = d.u + b * d.u_sb + bi.c0;
+  const float* dl_raw = d.delta + b * d.d_sb + bi.c0;
+  const float* z = a.z ? a.z + b * a.z_sb + bi.c0 : nullptr;
+  for (int j = 0; j < len; ++j) {
+    const int64_t l = time_index(d, a.length, t0 + j);
+    V dt = loadm(dl_raw + l * d.d_sl, m) + bias;
+    if (a.softplus) dt = softplusv(dt);
+    const V ul = loadm(u + l * d.u_sl, m);
+    st.dt[j] = dt;
+    st.du[j] = dt * ul;
+    st.y0[j] = dskip * ul;
+    V gate = set1(a.scale);
+    if (z) {
+      const V zl = loadm(z + l * a.z_sl, m);
+      gate = gate * zl * sigmoidv(zl);
+    }
+    st.gate[j] = gate;
+  }
+}
+
+template <int kN>
+void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk) {
+  const int N = kN ? kN : (int)a.nstate;
+  const int64_t L = a.length, D = a.dim, nchunks = (L + kChunk - 1) / kChunk;
+  const BlockInfo bi = block_info(D, blk);
+  const Mask m = bi.mask;
+  float* out = a.out + b * L * D + bi.c0;
+  V s[kN ? kN : kMaxState];
+  V A2[kN ? kN : kMaxState];
+  StepInputs st;
+  for (int dir = 0; dir < a.ndirs; ++dir) {
+    const ScanDir& d = a.dir[dir];
+    for (int n = 0; n < N; ++n) A2[n] = gather_column(d.A, N, bi, n, kLog2eD);
+    for (int n = 0; n < N; ++n) s[n] = zero();
+    const V dskip = load_opt(d.Dskip, bi), bias = load_opt(d.bias, bi);
+    const float* Bb = d.Bm + b * d.b_sb;
+    const float* Cb = d.Cm + b * d.c_sb;
+    for (int64_t k = 0; k < nchunks; ++k) {
+      const int64_t t0 = k * kChunk;
+      const int len = (int)((L - t0) < kChunk ? (L - t0) : kChunk);
+      if (d.ckpt) {
+        float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
+        for (int n = 0; n < N; ++n) storem(ck + n * D, s[n], m);
+      }
+      prepare_steps(a, d, b, bi, t0, len, dskip, bias, st);
+      for (int j = 0; j < len; ++j) {
+        const int64_t l = time_index(d, L, t0 + j);
+        const V dt = st.dt[j], du = st.du[j];
+        const float* Bl = Bb + l * d.b_sl;
+        const float* Cl = Cb + l * d.c_sl;
+        // four partial sums of <s, C>: one accumulator would chain 16 dependent FMAs per step
+        V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
+        int n = 0;
+#pragma GCC unroll 4
+        for (; n + 4 <= N; n += 4) {
+          y0 = fmadd(update(s[n], dt, du, A2[n], Bl[n]), set1(Cl[n]), y0);
+          y1 = fmadd(update(s[n + 1], dt, du, A2[n + 1], Bl[n + 1]), set1(Cl[n + 1]), y1);
+          y2 = fmadd(update(s[n + 2], dt, du, A2[n + 2], Bl[n + 2]), set1(Cl[n + 2]), y2);
+          y3 = fmadd(update(s[n + 3], dt, du, A2[n + 3], Bl[n + 3]), set1(Cl[n + 3]), y3);
+        }
+        for (; n < N; ++n) y0 = fmadd(update(s[n], dt, du, A2[n], Bl[n]), set1(Cl[n]), y0);
+        V y = ((y0 + y1) + (y2 + y3)) * st.gate[j];
+        if (dir > 0) y = y + loadm(out + l * D, m);
+        storem(out + l * D, y, m);
+      }
+    }
+  }
+}
+
+// Scratch layout of one backward task (floats, all multiples of V::W): see scan_bwd_scratch_floats in args.h.
+struct BwdScratch {
+  V* S;       // (kChunk + 1) x N: states; S[j] enters step j of the chunk
+  V* DA;      // kChunk x N: decays
+  V* DT;      // kChunk: delta after bias/softplus
+  V* Y;       // kChunk: y before the gate (D skip included)
+  V* lam;     // N: adjoint carried into the step being processed (already multiplied by its decay)
+  V* gA;      // N: chunk partial of dA-gradient
+  V* gBp;     // N: per-lane parts of dL/dB_l
+  V* gCp;     // N: per-lane parts of dL/dC_l
+  float* row; // N floats (+ padding): reduced row
+};
+
+inline BwdScratch carve(float* base, int N) {
+  BwdScratch s;
+  V* p = reinterpret_cast<V*>(base);
+  s.S = p; p += (kChunk + 1) * N;
+  s.DA = p; p += kChunk * N;
+  s.DT = p; p += kChunk;
+  s.Y = p; p += kChunk;
+  p += kChunk;  // reserved
+  s.lam = p; p += N;
+  s.gA = p; p += N;
+  s.gBp = p; p += N;
+  s.gCp = p; p += N;
+  s.row = reinterpret_cast<float*>(p);
+  return s;
+}
+
+template <int kN>
+void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
+  const int N = kN ? kN : (int)a.nstate;
+  const int64_t L = a.length, D = a.dim, nchunks = (L + kChunk - 1) / kChunk;
+  const BlockInfo bi = block_info(D, blk);
+  const Mask m = bi.mask;
+  BwdScratch w = carve(scratch, N);
+  V A2[kN ? kN : kMaxState];
+  V Aw[kN ? kN : kMaxState];
+  const float* gout = a.gout + b * L * D + bi.c0;
+  float* gz = a.gz ? a.gz + b * L * D + bi.c0 : nullptr;
+  const float* z = a.z ? a.z + b * a.z_sb + bi.c0 : nullptr;
+  for (int dir = 0; dir < a.ndirs; ++dir) {
+    const ScanDir& d = a.dir[dir];
+    for (int n = 0; n < N; ++n) {
+      A2[n] = gather_column(d.A, N, bi, n, kLog2eD);
+      Aw[n] = gather_column(d.A, N, bi, n, 1.0);
+      w.lam[n] = zero();
+    }
+    const V dskip = load_opt(d.Dskip, bi), bias = load_opt(d.bias, bi);
+    const float* u = d.u + b * d.u_sb + bi.c0;
+    const float* dl_raw = d.delta + b * d.d_sb + bi.c0;
+    const float* Bb = d.Bm + b * d.b_sb;
+    const float* Cb = d.Cm + b * d.c_sb;
+    float* gu = d.gu + b * L * D + bi.c0;
+    float* gdelta = d.gdelta + b * L * D + bi.c0;
+    float* gB = d.gB + (blk * a.batch + b) * L * N;
+    float* gC = d.gC + (blk * a.batch + b) * L * N;
+    double* gA = d.gA + (b * D + bi.c0) * N;
+    double* gDs = d.gD + b * D + bi.c0;
+    double* gbias = d.gbias + b * D + bi.c0;
+    for (int64_t k = nchunks - 1; k >= 0; --k) {
+      const int64_t t0 = k * kChunk;
+      const int len = (int)((L - t0) < kChunk ? (L - t0) : kChunk);
+      // 1. recompute the chunk's states from the saved one
+      const float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
+      for (int n = 0; n < N; ++n) w.S[n] = loadm(ck + n * D, m);
+      for (int j = 0; j < len; ++j) {
+        const int64_t l = d.reverse ? L - 1 - (t0 + j) : t0 + j;
+        V dt = loadm(dl_raw + l * d.d_sl, m) + bias;
+        if (a.softplus) dt = softplusv(dt);
+        const V ul = loadm(u + l * d.u_sl, m);
+        const V du = dt * ul;
+        const float* Bl = Bb + l * d.b_sl;
+        const float* Cl = Cb + l * d.c_sl;
+        V y = dskip * ul;
+        const V* sp = w.S + j * N;
+        V* sn = w.S + (j + 1) * N;
+        V* da = w.DA + j * N;
+#pragma GCC unroll 16
+        for (int n = 0; n < N; ++n) {
+          const V dA = exp2v(dt * A2[n]);
+          da[n] = dA;
+          const V s = fmadd(dA, sp[n], du * set1(Bl[n]));
+          sn[n] = s;
+          y = fmadd(s, set1(Cl[n]), y);
+        }
+        w.DT[j] = dt;
+        w.Y[j] = y;
+      }
+      // 2. adjoint recurrence over the chunk, last step first
+      for (int n = 0; n < N; ++n) w.gA[n] = zero();
+      V gD_acc = zero(), gbias_acc = zero();
+      for (int j = len - 1; j >= 0; --j) {
+        const int64_t l = d.reverse ? L - 1 - (t0 + j) : t0 + j;
+        const V g = loadm(gout + l * D, m) * set1(a.scale);
+        V gy = g;
+        if (z) {
+          const V zl = loadm(z + l * a.z_sl, m);
+          const V sz = sigmoidv(zl);
+          gy = g * zl * sz;
+          V gzl = g * w.Y[j] * sz * fmadd(zl, set1(1.0f) - sz, set1(1.0f));
+          if (dir > 0) gzl = gzl + loadm(gz + l * D, m);
+          storem(gz + l * D, gzl, m);
+        }
+        const V ul = loadm(u + l * d.u_sl, m);
+        const V dt = w.DT[j];
+        const V du = dt * ul;
+        gD_acc = fmadd(gy, ul, gD_acc);
+        const float* Bl = Bb + l * d.b_sl;
+        const float* Cl = Cb + l * d.c_sl;
+        const V* sp = w.S + j * N;
+        const V* sn = w.S + (j + 1) * N;
+        const V* da = w.DA + j * N;
+        V sumB = zero(), gdt = zero();
+#pragma GCC unroll 16
+        for (int n = 0; n < N; ++n) {
+          const V lam = fmadd(gy, set1(Cl[n]), w.lam[n]);
+          w.gCp[n] = gy * sn[n];
+          w.gBp[n] = lam * du;
+          sumB = fmadd(lam, set1(Bl[n]), sumB);
+          const V ww = lam * sp[n] * da[n];
+          gdt = fmadd(ww, Aw[n], gdt);
+          w.gA[n] = fmadd(ww, dt, w.gA[n]);
+          w.lam[n] = da[n] * lam;
+        }
+        reduce_lanes(w.gBp, N, gB + l * N);
+        reduce_lanes(w.gCp, N, gC + l * N);
+        storem(gu + l * D, fmadd(gy, dskip, dt * sumB), m);
+        gdt = fmadd(ul, sumB, gdt);
+        if (a.softplus) gdt = gdt * sigmoidv(loadm(dl_raw + l * d.d_sl, m) + bias);
+        storem(gdelta + l * D, gdt, m);
+        gbias_acc = gbias_acc + gdt;
+      }
+      // 3. flush the chunk's parameter-gradient partials into double accumulators
+      alignas(64) float lanes[V::W];
+      for (int n = 0; n < N; ++n) {
+        store(lanes, w.gA[n]);
+        for (int i = 0; i < bi.nc; ++i) gA[i * N + n] += lanes[i];
+      }
+      store(lanes, gD_acc);
+      for (int i = 0; i < bi.nc; ++i) gDs[i] += lanes[i];
+      store(lanes, gbias_acc);
+      for (int i = 0; i < bi.nc; ++i) gbias[i] += lanes[i];
+    }
+  }
+}
+
+void scan_fwd_task(const ScanArgs& a, int64_t b, int64_t blk) {
+  if (a.nstate == 16) scan_fwd_block<16>(a, b, blk);
+  else scan_fwd_block<0>(a, b, blk);
+}
+
+void scan_bwd_task(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
+  if (a.nstate == 16) scan_bwd_block<16>(a, b, blk, scratch);
+  else scan_bwd_block<0>(a, b, blk, scratch);
+}
+
+}  // namespace
+}  // namespace SSAMBA_NS
+}  // namespace ssamba

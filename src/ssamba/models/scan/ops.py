@@ -1,0 +1,132 @@
+"""Autograd and fake (meta) registrations of the C++ operators, and the Python entry points that call them.
+
+The operators (``torch.ops.ssamba_cpu.*``, defined in ``csrc/ops.cpp``) work on channels-last tensors
+(batch, length, channels), the layout the mixer's matmuls produce, so the fused mixer path needs no transposes.
+Registering autograd through ``torch.library`` (rather than an ``autograd.Function`` around the call) and a fake
+implementation keeps the ops opaque but traceable under ``torch.compile``.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+CHUNK = 64  # kChunk in csrc/args.h: scan steps between the states saved for backward
+
+OptTensors = list  # list[Tensor | None]
+
+
+def _cl(t: Tensor) -> Tensor:
+    """(batch, channels, length) -> contiguous float32 (batch, length, channels)."""
+    return t.transpose(1, 2).float().contiguous()
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def scan(u: list[Tensor], delta: list[Tensor], A: list[Tensor], B: list[Tensor], C: list[Tensor],
+         D: OptTensors, delta_bias: OptTensors, z: Tensor | None, softplus: bool) -> Tensor:
+    """Selective scan on channels-last float32 tensors, one entry per direction (the second runs backwards in
+    time); returns ``sum_dir y_dir * silu(z) / n_dirs`` as (batch, length, channels)."""
+    save = _needs_grad(*u, *delta, *A, *B, *C, *D, *delta_bias, z)
+    out, _ = torch.ops.ssamba_cpu.scan_fwd(u, delta, A, B, C, D, delta_bias, z, softplus, save)
+    return out
+
+
+def conv_silu_bidir(x: Tensor, w_f: Tensor, b_f: Tensor, w_b: Tensor, b_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Causal (w_f) and anti-causal (w_b) depthwise conv + SiLU of channels-last x; weights (channels, width)."""
+    return torch.ops.ssamba_cpu.conv_silu_fwd(x, w_f, b_f, w_b, b_b)
+
+
+def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                       z: Tensor | None = None, delta_bias: Tensor | None = None,
+                       delta_softplus: bool = False) -> Tensor:
+    """The "cpu" backend of ``selective_scan`` (mamba_ssm layout in and out, computed in float32)."""
+    vec = lambda t: None if t is None else t.to(torch.float32).contiguous()  # noqa: E731
+    y = scan([_cl(u)], [_cl(delta)], [A.to(torch.float32).contiguous()], [_cl(B)], [_cl(C)], [vec(D)],
+             [vec(delta_bias)], None if z is None else _cl(z), delta_softplus)
+    return y.transpose(1, 2).to(u.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- registrations
+def _scan_fwd_fake(u, delta, A, B, C, D, delta_bias, z, softplus, save):
+    batch, length, dim = u[0].shape
+    nstate = A[0].shape[-1]
+    chunks = (length + CHUNK - 1) // CHUNK
+    ckpt = [u[0].new_empty(batch, chunks, nstate, dim) if save else u[0].new_empty(0) for _ in u]
+    return u[0].new_empty(batch, length, dim), ckpt
+
+
+def _scan_bwd_fake(grad_out, u, delta, A, B, C, D, delta_bias, z, softplus, ckpt):
+    batch, length, dim = u[0].shape
+    nstate = A[0].shape[-1]
+    like = u[0]
+    per_dir = [
+        [like.new_empty(batch, length, dim) for _ in u],
+        [like.new_empty(batch, length, dim) for _ in u],
+        [like.new_empty(dim, nstate) for _ in u],
+        [like.new_empty(batch, length, nstate) for _ in u],
+        [like.new_empty(batch, length, nstate) for _ in u],
+        [like.new_empty(dim) for _ in u],
+        [like.new_empty(dim) for _ in u],
+    ]
+    gz = like.new_empty(batch, length, dim) if z is not None else like.new_empty(0)
+    return [t for group in per_dir for t in group] + [gz]
+
+
+def _scan_setup(ctx, inputs, output) -> None:
+    u, delta, A, B, C, D, delta_bias, z, softplus, save = inputs
+    n = len(u)
+    ctx.n, ctx.softplus = n, softplus
+    ctx.has_D = [t is not None for t in D]
+    ctx.has_bias = [t is not None for t in delta_bias]
+    ctx.has_z = z is not None
+    ctx.save_for_backward(*u, *delta, *A, *B, *C, *D, *delta_bias, z, *output[1])
+
+
+def _scan_backward(ctx, grad_out, _grad_ckpt):
+    n = ctx.n
+    saved = list(ctx.saved_tensors)
+    u, delta, A, B, C, D, bias = (saved[i * n:(i + 1) * n] for i in range(7))
+    z, ckpt = saved[7 * n], saved[7 * n + 1:]
+    grads = torch.ops.ssamba_cpu.scan_bwd(grad_out, u, delta, A, B, C, D, bias, z, ctx.softplus, ckpt)
+    gu, gdelta, gA, gB, gC, gD, gbias = (grads[i * n:(i + 1) * n] for i in range(7))
+    gD = [g if has else None for g, has in zip(gD, ctx.has_D)]
+    gbias = [g if has else None for g, has in zip(gbias, ctx.has_bias)]
+    gz = grads[7 * n] if ctx.has_z else None
+    return gu, gdelta, gA, gB, gC, gD, gbias, gz, None, None
+
+
+def _conv_fwd_fake(x, w_f, b_f, w_b, b_b):
+    return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+def _conv_bwd_fake(g_f, g_b, x, w_f, b_f, w_b, b_b):
+    return [x.new_empty(x.shape), w_f.new_empty(w_f.shape), b_f.new_empty(b_f.shape),
+            w_b.new_empty(w_b.shape), b_b.new_empty(b_b.shape)]
+
+
+def _conv_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _conv_backward(ctx, g_f, g_b):
+    x = ctx.saved_tensors[0]
+    g_f = torch.zeros_like(x) if g_f is None else g_f
+    g_b = torch.zeros_like(x) if g_b is None else g_b
+    gx, gw_f, gb_f, gw_b, gb_b = torch.ops.ssamba_cpu.conv_silu_bwd(g_f, g_b, *ctx.saved_tensors)
+    return gx, gw_f, gb_f, gw_b, gb_b
+
+
+@functools.lru_cache(maxsize=None)
+def register() -> None:
+    """Attach fake and autograd implementations to the loaded operators (once; cpu.py calls this after loading)."""
+    lib = "ssamba_cpu::"
+    torch.library.register_fake(lib + "scan_fwd", _scan_fwd_fake)
+    torch.library.register_fake(lib + "scan_bwd", _scan_bwd_fake)
+    torch.library.register_fake(lib + "conv_silu_fwd", _conv_fwd_fake)
+    torch.library.register_fake(lib + "conv_silu_bwd", _conv_bwd_fake)
+    torch.library.register_autograd(lib + "scan_fwd", _scan_backward, setup_context=_scan_setup)
+    torch.library.register_autograd(lib + "conv_silu_fwd", _conv_backward, setup_context=_conv_setup)
