@@ -12,7 +12,7 @@ import functools
 import torch
 from torch import Tensor
 
-CHUNK = 64  # kChunk in csrc/args.h: scan steps between the states saved for backward
+CHUNK = 32  # kChunk in csrc/args.h: scan steps between the states saved for backward
 
 OptTensors = list  # list[Tensor | None]
 

@@ -8,7 +8,7 @@ namespace ssamba {
 
 constexpr int kMaxState = 256;    // largest d_state the kernels accept
 constexpr int kMaxConv = 8;       // largest depthwise-conv width
-constexpr int kChunk = 64;        // scan steps between saved states (backward recomputes within a chunk)
+constexpr int kChunk = 32;        // scan steps between saved states (backward recomputes within a chunk)
 constexpr int kMaxDirs = 2;
 
 // One scan direction over channels-last tensors: u, delta (B, L, D); B, C (B, L, N); A (D, N) contiguous.
@@ -66,9 +66,9 @@ struct KernelTable {
   void (*conv_bwd)(const ConvArgs&, int64_t b, int64_t blk);
 };
 
-// Scratch floats scan_bwd needs per task.
+// Scratch floats scan_bwd needs per task: 8 vectors per chunk step plus states and decays of a chunk.
 static inline int64_t scan_bwd_scratch_floats(int width, int64_t nstate) {
-  return (int64_t)width * ((2 * kChunk + 1) * nstate + 3 * kChunk + 4 * nstate + 64);
+  return (int64_t)width * (8 * kChunk + 2 * kChunk * nstate);
 }
 
 const KernelTable* kernels_avx512();

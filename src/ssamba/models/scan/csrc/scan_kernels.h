@@ -49,7 +49,7 @@ inline V update(V& s, V dt, V du, V a2, float b) {
 }
 
 // Per-step inputs of one chunk, computed in a separate pass: softplus and the gate have long dependency chains
-// (exp, divide, polynomial) that would otherwise sit in front of every step's state updates and stall them.
+// (exp, reciprocal, polynomial) that would otherwise sit in front of every step's state updates and stall them.
 struct StepInputs {
   V dt[kChunk];   // delta after bias and softplus
   V du[kChunk];   // dt * u
@@ -57,28 +57,48 @@ struct StepInputs {
   V gate[kChunk]; // scale * silu(z)
 };
 
+// What the backward pass needs per step on top of StepInputs.
+struct BwdSteps {
+  V gy[kChunk];   // dL/dy = g * scale * silu(z)
+  V gzf[kChunk];  // dL/dz = gzf * y
+  V sig[kChunk];  // softplus'(delta_raw + bias)
+  V y[kChunk];    // y before the gate (filled by the recompute)
+};
+
 inline int64_t time_index(const ScanDir& d, int64_t L, int64_t t) { return d.reverse ? L - 1 - t : t; }
 
+template <bool kBwd>
 inline void prepare_steps(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int len,
-                          V dskip, V bias, StepInputs& st) {
+                          V dskip, V bias, StepInputs& st, BwdSteps* bs) {
   const Mask m = bi.mask;
+  const int64_t D = a.dim;
   const float* u = d.u + b * d.u_sb + bi.c0;
   const float* dl_raw = d.delta + b * d.d_sb + bi.c0;
   const float* z = a.z ? a.z + b * a.z_sb + bi.c0 : nullptr;
+  const float* gout = kBwd ? a.gout + b * a.length * D + bi.c0 : nullptr;
+  const V scale = set1(a.scale), one = set1(1.0f);
   for (int j = 0; j < len; ++j) {
     const int64_t l = time_index(d, a.length, t0 + j);
     V dt = loadm(dl_raw + l * d.d_sl, m) + bias;
-    if (a.softplus) dt = softplusv(dt);
+    if (a.softplus) {
+      const V e = exp_neg_abs(dt);
+      if (kBwd) bs->sig[j] = sigmoid_from(dt, e);
+      dt = softplus_from(dt, e);
+    }
     const V ul = loadm(u + l * d.u_sl, m);
     st.dt[j] = dt;
     st.du[j] = dt * ul;
     st.y0[j] = dskip * ul;
-    V gate = set1(a.scale);
+    V gate = scale, g;
+    if (kBwd) g = loadm(gout + l * D, m);
     if (z) {
       const V zl = loadm(z + l * a.z_sl, m);
-      gate = gate * zl * sigmoidv(zl);
+      const V sz = sigmoidv(zl);
+      gate = gate * zl * sz;
+      if (kBwd) bs->gzf[j] = g * scale * sz * fmadd(zl, one - sz, one);
     }
     st.gate[j] = gate;
+    if (kBwd) bs->gy[j] = g * gate;
   }
 }
 
@@ -106,7 +126,7 @@ void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk) {
         float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
         for (int n = 0; n < N; ++n) storem(ck + n * D, s[n], m);
       }
-      prepare_steps(a, d, b, bi, t0, len, dskip, bias, st);
+      prepare_steps<false>(a, d, b, bi, t0, len, dskip, bias, st, nullptr);
       for (int j = 0; j < len; ++j) {
         const int64_t l = time_index(d, L, t0 + j);
         const V dt = st.dt[j], du = st.du[j];
@@ -131,44 +151,18 @@ void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk) {
   }
 }
 
-// Scratch layout of one backward task (floats, all multiples of V::W): see scan_bwd_scratch_floats in args.h.
-struct BwdScratch {
-  V* S;       // (kChunk + 1) x N: states; S[j] enters step j of the chunk
-  V* DA;      // kChunk x N: decays
-  V* DT;      // kChunk: delta after bias/softplus
-  V* Y;       // kChunk: y before the gate (D skip included)
-  V* lam;     // N: adjoint carried into the step being processed (already multiplied by its decay)
-  V* gA;      // N: chunk partial of dA-gradient
-  V* gBp;     // N: per-lane parts of dL/dB_l
-  V* gCp;     // N: per-lane parts of dL/dC_l
-  float* row; // N floats (+ padding): reduced row
-};
-
-inline BwdScratch carve(float* base, int N) {
-  BwdScratch s;
-  V* p = reinterpret_cast<V*>(base);
-  s.S = p; p += (kChunk + 1) * N;
-  s.DA = p; p += kChunk * N;
-  s.DT = p; p += kChunk;
-  s.Y = p; p += kChunk;
-  p += kChunk;  // reserved
-  s.lam = p; p += N;
-  s.gA = p; p += N;
-  s.gBp = p; p += N;
-  s.gCp = p; p += N;
-  s.row = reinterpret_cast<float*>(p);
-  return s;
-}
-
 template <int kN>
 void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
   const int N = kN ? kN : (int)a.nstate;
   const int64_t L = a.length, D = a.dim, nchunks = (L + kChunk - 1) / kChunk;
   const BlockInfo bi = block_info(D, blk);
   const Mask m = bi.mask;
-  BwdScratch w = carve(scratch, N);
-  V A2[kN ? kN : kMaxState];
-  V Aw[kN ? kN : kMaxState];
+  StepInputs& st = *reinterpret_cast<StepInputs*>(scratch);
+  BwdSteps& bs = *reinterpret_cast<BwdSteps*>(&st + 1);
+  V* S = reinterpret_cast<V*>(&bs + 1);  // kChunk x N: state entering each step
+  V* DA = S + kChunk * N;                 // kChunk x N: decays
+  V A2[kN ? kN : kMaxState], Aw[kN ? kN : kMaxState];
+  V s[kN ? kN : kMaxState], lam[kN ? kN : kMaxState], gA[kN ? kN : kMaxState], parts[kN ? kN : kMaxState];
   const float* gout = a.gout + b * L * D + bi.c0;
   float* gz = a.gz ? a.gz + b * L * D + bi.c0 : nullptr;
   const float* z = a.z ? a.z + b * a.z_sb + bi.c0 : nullptr;
@@ -177,7 +171,7 @@ void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
     for (int n = 0; n < N; ++n) {
       A2[n] = gather_column(d.A, N, bi, n, kLog2eD);
       Aw[n] = gather_column(d.A, N, bi, n, 1.0);
-      w.lam[n] = zero();
+      lam[n] = zero();
     }
     const V dskip = load_opt(d.Dskip, bi), bias = load_opt(d.bias, bi);
     const float* u = d.u + b * d.u_sb + bi.c0;
@@ -188,92 +182,93 @@ void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
     float* gdelta = d.gdelta + b * L * D + bi.c0;
     float* gB = d.gB + (blk * a.batch + b) * L * N;
     float* gC = d.gC + (blk * a.batch + b) * L * N;
-    double* gA = d.gA + (b * D + bi.c0) * N;
-    double* gDs = d.gD + b * D + bi.c0;
-    double* gbias = d.gbias + b * D + bi.c0;
+    double* gA_out = d.gA + (b * D + bi.c0) * N;
+    double* gD_out = d.gD + b * D + bi.c0;
+    double* gbias_out = d.gbias + b * D + bi.c0;
     for (int64_t k = nchunks - 1; k >= 0; --k) {
       const int64_t t0 = k * kChunk;
       const int len = (int)((L - t0) < kChunk ? (L - t0) : kChunk);
-      // 1. recompute the chunk's states from the saved one
+      // 1. per-step quantities, in passes with no loop-carried dependency
+      prepare_steps<true>(a, d, b, bi, t0, len, dskip, bias, st, &bs);
+      // 2. recompute the chunk's states from the saved one; dL/dC needs only the states and gy
       const float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
-      for (int n = 0; n < N; ++n) w.S[n] = loadm(ck + n * D, m);
+      for (int n = 0; n < N; ++n) s[n] = loadm(ck + n * D, m);
       for (int j = 0; j < len; ++j) {
-        const int64_t l = d.reverse ? L - 1 - (t0 + j) : t0 + j;
-        V dt = loadm(dl_raw + l * d.d_sl, m) + bias;
-        if (a.softplus) dt = softplusv(dt);
-        const V ul = loadm(u + l * d.u_sl, m);
-        const V du = dt * ul;
+        const int64_t l = time_index(d, L, t0 + j);
+        const V dt = st.dt[j], du = st.du[j], gy = bs.gy[j];
         const float* Bl = Bb + l * d.b_sl;
         const float* Cl = Cb + l * d.c_sl;
-        V y = dskip * ul;
-        const V* sp = w.S + j * N;
-        V* sn = w.S + (j + 1) * N;
-        V* da = w.DA + j * N;
+        V* Sj = S + j * N;
+        V* DAj = DA + j * N;
+        V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
 #pragma GCC unroll 16
         for (int n = 0; n < N; ++n) {
+          Sj[n] = s[n];
           const V dA = exp2v(dt * A2[n]);
-          da[n] = dA;
-          const V s = fmadd(dA, sp[n], du * set1(Bl[n]));
-          sn[n] = s;
-          y = fmadd(s, set1(Cl[n]), y);
+          DAj[n] = dA;
+          s[n] = fmadd(dA, s[n], du * set1(Bl[n]));
+          parts[n] = gy * s[n];
+          const V sc = s[n] * set1(Cl[n]);
+          if ((n & 3) == 0) y0 = y0 + sc;
+          else if ((n & 3) == 1) y1 = y1 + sc;
+          else if ((n & 3) == 2) y2 = y2 + sc;
+          else y3 = y3 + sc;
         }
-        w.DT[j] = dt;
-        w.Y[j] = y;
+        reduce_lanes(parts, N, gC + l * N);
+        bs.y[j] = (y0 + y1) + (y2 + y3);
       }
-      // 2. adjoint recurrence over the chunk, last step first
-      for (int n = 0; n < N; ++n) w.gA[n] = zero();
+      // 3. adjoint recurrence over the chunk, last step first
+      for (int n = 0; n < N; ++n) gA[n] = zero();
       V gD_acc = zero(), gbias_acc = zero();
       for (int j = len - 1; j >= 0; --j) {
-        const int64_t l = d.reverse ? L - 1 - (t0 + j) : t0 + j;
-        const V g = loadm(gout + l * D, m) * set1(a.scale);
-        V gy = g;
+        const int64_t l = time_index(d, L, t0 + j);
+        const V gy = bs.gy[j], dt = st.dt[j], du = st.du[j];
         if (z) {
-          const V zl = loadm(z + l * a.z_sl, m);
-          const V sz = sigmoidv(zl);
-          gy = g * zl * sz;
-          V gzl = g * w.Y[j] * sz * fmadd(zl, set1(1.0f) - sz, set1(1.0f));
+          V gzl = bs.gzf[j] * bs.y[j];
           if (dir > 0) gzl = gzl + loadm(gz + l * D, m);
           storem(gz + l * D, gzl, m);
         }
         const V ul = loadm(u + l * d.u_sl, m);
-        const V dt = w.DT[j];
-        const V du = dt * ul;
         gD_acc = fmadd(gy, ul, gD_acc);
         const float* Bl = Bb + l * d.b_sl;
         const float* Cl = Cb + l * d.c_sl;
-        const V* sp = w.S + j * N;
-        const V* sn = w.S + (j + 1) * N;
-        const V* da = w.DA + j * N;
-        V sumB = zero(), gdt = zero();
+        const V* Sj = S + j * N;
+        const V* DAj = DA + j * N;
+        V sumB0 = zero(), sumB1 = zero(), gdt0 = zero(), gdt1 = zero();
 #pragma GCC unroll 16
         for (int n = 0; n < N; ++n) {
-          const V lam = fmadd(gy, set1(Cl[n]), w.lam[n]);
-          w.gCp[n] = gy * sn[n];
-          w.gBp[n] = lam * du;
-          sumB = fmadd(lam, set1(Bl[n]), sumB);
-          const V ww = lam * sp[n] * da[n];
-          gdt = fmadd(ww, Aw[n], gdt);
-          w.gA[n] = fmadd(ww, dt, w.gA[n]);
-          w.lam[n] = da[n] * lam;
+          const V lm = fmadd(gy, set1(Cl[n]), lam[n]);  // lam_l
+          parts[n] = lm * du;
+          const V lc = DAj[n] * lm;                      // carried to step l-1
+          const V ww = lc * Sj[n];                        // lam_l * dA_l * s_{l-1}
+          if (n & 1) {
+            sumB1 = fmadd(lm, set1(Bl[n]), sumB1);
+            gdt1 = fmadd(ww, Aw[n], gdt1);
+          } else {
+            sumB0 = fmadd(lm, set1(Bl[n]), sumB0);
+            gdt0 = fmadd(ww, Aw[n], gdt0);
+          }
+          gA[n] = fmadd(ww, dt, gA[n]);
+          lam[n] = lc;
         }
-        reduce_lanes(w.gBp, N, gB + l * N);
-        reduce_lanes(w.gCp, N, gC + l * N);
+        reduce_lanes(parts, N, gB + l * N);
+        const V sumB = sumB0 + sumB1;
         storem(gu + l * D, fmadd(gy, dskip, dt * sumB), m);
-        gdt = fmadd(ul, sumB, gdt);
-        if (a.softplus) gdt = gdt * sigmoidv(loadm(dl_raw + l * d.d_sl, m) + bias);
+        V gdt = fmadd(ul, sumB, gdt0 + gdt1);
+        if (a.softplus) gdt = gdt * bs.sig[j];
         storem(gdelta + l * D, gdt, m);
         gbias_acc = gbias_acc + gdt;
       }
-      // 3. flush the chunk's parameter-gradient partials into double accumulators
+      // 4. flush the chunk's parameter-gradient partials into double accumulators
       alignas(64) float lanes[V::W];
       for (int n = 0; n < N; ++n) {
-        store(lanes, w.gA[n]);
-        for (int i = 0; i < bi.nc; ++i) gA[i * N + n] += lanes[i];
+        store(lanes, gA[n]);
+        for (int i = 0; i < bi.nc; ++i) gA_out[i * N + n] += lanes[i];
       }
       store(lanes, gD_acc);
-      for (int i = 0; i < bi.nc; ++i) gDs[i] += lanes[i];
+      for (int i = 0; i < bi.nc; ++i) gD_out[i] += lanes[i];
       store(lanes, gbias_acc);
-      for (int i = 0; i < bi.nc; ++i) gbias[i] += lanes[i];
+      for (int i = 0; i < bi.nc; ++i) gbias_out[i] += lanes[i];
     }
   }
 }

@@ -51,6 +51,12 @@ static inline V ldexp2(V p, V k) {
   return {_mm256_mul_ps(_mm256_mul_ps(p.v, s1), s2)};
 }
 
+static inline V recip_near1(V y) { return {_mm256_div_ps(_mm256_set1_ps(1.0f), y.v)}; }
+// x >= 0 ? a : b (b for NaN x)
+static inline V select_ge0(V x, V a, V b) {
+  return {_mm256_blendv_ps(b.v, a.v, _mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_GE_OQ))};
+}
+
 static inline float hsum(V a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));

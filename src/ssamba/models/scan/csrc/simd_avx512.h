@@ -40,6 +40,16 @@ static inline void split_round(V t, V& k, V& f) {
 // p * 2^k for integer-valued k; scalef handles overflow to inf and gradual underflow itself.
 static inline V ldexp2(V p, V k) { return {_mm512_scalef_ps(p.v, k.v)}; }
 
+// 1 / y for y in [1, 4] (or NaN): rcp14 plus one Newton step (~1 ulp), far cheaper than vdivps.
+static inline V recip_near1(V y) {
+  __m512 r = _mm512_rcp14_ps(y.v);
+  return {_mm512_mul_ps(r, _mm512_fnmadd_ps(y.v, r, _mm512_set1_ps(2.0f)))};
+}
+// x >= 0 ? a : b (b for NaN x)
+static inline V select_ge0(V x, V a, V b) {
+  return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_GE_OQ), b.v, a.v)};
+}
+
 static inline float hsum(V a) { return _mm512_reduce_add_ps(a.v); }
 
 // Horizontal sums of 16 vectors into one vector (lane i = sum of parts[i]) by a pairwise tree of lane shuffles:

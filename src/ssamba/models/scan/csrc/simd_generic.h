@@ -59,6 +59,10 @@ static inline V ldexp2(V p, V k) {
   return p;
 }
 
+static inline V recip_near1(V y) { SSAMBA_LANES y.v[i] = 1.0f / y.v[i]; return y; }
+// x >= 0 ? a : b (b for NaN x)
+static inline V select_ge0(V x, V a, V b) { SSAMBA_LANES a.v[i] = x.v[i] >= 0.0f ? a.v[i] : b.v[i]; return a; }
+
 static inline float hsum(V a) { float s = 0.0f; SSAMBA_LANES s += a.v[i]; return s; }
 static inline void reduce_lanes(const V* parts, int count, float* out) {
   for (int i = 0; i < count; ++i) out[i] = hsum(parts[i]);
