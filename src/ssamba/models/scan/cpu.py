@@ -62,10 +62,21 @@ def build_dir() -> Path:
     return base / f"ssamba_cpu_{_fingerprint()}"
 
 
+def _registered() -> bool:
+    """Whether this process already loaded the operators (a second library would abort on re-registration)."""
+    try:
+        torch.ops.ssamba_cpu.isa
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 def _build() -> None:
     """Compile (or load from the cache) and register the ``torch.ops.ssamba_cpu`` operators."""
     from torch.utils.cpp_extension import load
 
+    if _registered():
+        return
     directory = build_dir()
     directory.mkdir(parents=True, exist_ok=True)
     name = "ssamba_cpu"
@@ -103,6 +114,7 @@ def _load() -> ModuleType | None:
     return torch.ops.ssamba_cpu
 
 
+@torch.compiler.assume_constant_result  # torch.compile calls it eagerly instead of tracing the build
 def available() -> bool:
     """True when the kernels are built and loaded (builds them on the first call; warns once on failure)."""
     return _load() is not None

@@ -93,10 +93,17 @@ def _scan_backward(ctx, grad_out, _grad_ckpt):
     z, ckpt = saved[7 * n], saved[7 * n + 1:]
     grads = torch.ops.ssamba_cpu.scan_bwd(grad_out, u, delta, A, B, C, D, bias, z, ctx.softplus, ckpt)
     gu, gdelta, gA, gB, gC, gD, gbias = (grads[i * n:(i + 1) * n] for i in range(7))
-    gD = [g if has else None for g, has in zip(gD, ctx.has_D)]
-    gbias = [g if has else None for g, has in zip(gbias, ctx.has_bias)]
+    gD = _optional_grads(gD, ctx.has_D)
+    gbias = _optional_grads(gbias, ctx.has_bias)
     gz = grads[7 * n] if ctx.has_z else None
     return gu, gdelta, gA, gB, gC, gD, gbias, gz, None, None
+
+
+def _optional_grads(grads: list[Tensor], present: list[bool]) -> list[Tensor | None] | None:
+    """Gradients of a ``Tensor?[]`` argument: None where the input was None (a list of only Nones is one None)."""
+    if not any(present):
+        return None
+    return [g if has else None for g, has in zip(grads, present)]
 
 
 def _conv_fwd_fake(x, w_f, b_f, w_b, b_b):
