@@ -34,9 +34,11 @@ inline void slide(V* win, int K, V next) {
   win[K - 1] = next;
 }
 
-void conv_fwd_task(const ConvArgs& a, int64_t b, int64_t blk) {
+// kK: the conv width when known at compile time (the windows then live in registers), 0 for any width.
+template <int kK>
+void conv_fwd_block(const ConvArgs& a, int64_t b, int64_t blk) {
   const ConvBlock c = conv_block(a, blk);
-  const int K = c.K;
+  const int K = kK ? kK : c.K;
   const int64_t L = a.length, E = a.dim;
   const Mask m = c.bi.mask;
   const float* x = a.x + b * a.x_sb + c.bi.c0;
@@ -65,9 +67,10 @@ inline V dsilu_times(V a, V g) {  // g * d/da silu(a)
   return g * s * fmadd(a, set1(1.0f) - s, set1(1.0f));
 }
 
-void conv_bwd_task(const ConvArgs& a, int64_t b, int64_t blk) {
+template <int kK>
+void conv_bwd_block(const ConvArgs& a, int64_t b, int64_t blk) {
   const ConvBlock c = conv_block(a, blk);
-  const int K = c.K;
+  const int K = kK ? kK : c.K;
   const int64_t L = a.length, E = a.dim;
   const Mask m = c.bi.mask;
   const float* x = a.x + b * a.x_sb + c.bi.c0;
@@ -126,6 +129,16 @@ void conv_bwd_task(const ConvArgs& a, int64_t b, int64_t blk) {
     if ((i & 255) == 255) flush();
   }
   flush();
+}
+
+void conv_fwd_task(const ConvArgs& a, int64_t b, int64_t blk) {
+  if (a.width == 4) conv_fwd_block<4>(a, b, blk);
+  else conv_fwd_block<0>(a, b, blk);
+}
+
+void conv_bwd_task(const ConvArgs& a, int64_t b, int64_t blk) {
+  if (a.width == 4) conv_bwd_block<4>(a, b, blk);
+  else conv_bwd_block<0>(a, b, blk);
 }
 
 }  // namespace

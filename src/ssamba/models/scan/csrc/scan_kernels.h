@@ -67,39 +67,63 @@ struct BwdSteps {
 
 inline int64_t time_index(const ScanDir& d, int64_t L, int64_t t) { return d.reverse ? L - 1 - t : t; }
 
-template <bool kBwd>
-inline void prepare_steps(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int len,
-                          V dskip, V bias, StepInputs& st, BwdSteps* bs) {
+// Steps j0 .. j0+G-1 of a chunk, as one group of G vectors (see vgroup.h).
+template <bool kBwd, int G>
+inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int j0,
+                          V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
+  using T = VG<G>;
   const Mask m = bi.mask;
   const int64_t D = a.dim;
-  const float* u = d.u + b * d.u_sb + bi.c0;
-  const float* dl_raw = d.delta + b * d.d_sb + bi.c0;
-  const float* z = a.z ? a.z + b * a.z_sb + bi.c0 : nullptr;
-  const float* gout = kBwd ? a.gout + b * a.length * D + bi.c0 : nullptr;
-  const V scale = set1(a.scale), one = set1(1.0f);
-  for (int j = 0; j < len; ++j) {
-    const int64_t l = time_index(d, a.length, t0 + j);
-    V dt = loadm(dl_raw + l * d.d_sl, m) + bias;
-    if (a.softplus) {
-      const V e = exp_neg_abs(dt);
-      if (kBwd) bs->sig[j] = sigmoid_from(dt, e);
-      dt = softplus_from(dt, e);
-    }
-    const V ul = loadm(u + l * d.u_sl, m);
-    st.dt[j] = dt;
-    st.du[j] = dt * ul;
-    st.y0[j] = dskip * ul;
-    V gate = scale, g;
-    if (kBwd) g = loadm(gout + l * D, m);
-    if (z) {
-      const V zl = loadm(z + l * a.z_sl, m);
-      const V sz = sigmoidv(zl);
-      gate = gate * zl * sz;
-      if (kBwd) bs->gzf[j] = g * scale * sz * fmadd(zl, one - sz, one);
-    }
-    st.gate[j] = gate;
-    if (kBwd) bs->gy[j] = g * gate;
+  int64_t l[G];
+  T dt, ul;
+  for (int i = 0; i < G; ++i) {
+    l[i] = time_index(d, a.length, t0 + j0 + i);
+    dt.v[i] = loadm(d.delta + b * d.d_sb + l[i] * d.d_sl + bi.c0, m) + bias;
+    ul.v[i] = loadm(d.u + b * d.u_sb + l[i] * d.u_sl + bi.c0, m);
   }
+  if (a.softplus) {
+    const T e = exp_neg_abs(dt);
+    if (kBwd) {
+      const T sig = sigmoid_from(dt, e);
+      for (int i = 0; i < G; ++i) bs->sig[j0 + i] = sig.v[i];
+    }
+    dt = softplus_from(dt, e);
+  }
+  for (int i = 0; i < G; ++i) {
+    st.dt[j0 + i] = dt.v[i];
+    st.du[j0 + i] = dt.v[i] * ul.v[i];
+    st.y0[j0 + i] = dskip * ul.v[i];
+  }
+  if (!kBwd && !with_gate) return;
+  const T scale = splat<T>(a.scale), one = splat<T>(1.0f);
+  T gate = scale, g;
+  if (kBwd)
+    for (int i = 0; i < G; ++i) g.v[i] = loadm(a.gout + (b * a.length + l[i]) * D + bi.c0, m);
+  if (a.z) {
+    T zl;
+    for (int i = 0; i < G; ++i) zl.v[i] = loadm(a.z + b * a.z_sb + l[i] * a.z_sl + bi.c0, m);
+    const T sz = sigmoidv(zl);
+    gate = gate * zl * sz;
+    if (kBwd) {
+      const T gzf = g * scale * sz * fmadd(zl, one - sz, one);
+      for (int i = 0; i < G; ++i) bs->gzf[j0 + i] = gzf.v[i];
+    }
+  }
+  for (int i = 0; i < G; ++i) st.gate[j0 + i] = gate.v[i];
+  if (kBwd) {
+    const T gy = g * gate;
+    for (int i = 0; i < G; ++i) bs->gy[j0 + i] = gy.v[i];
+  }
+}
+
+// Per-step inputs of a chunk of len steps; with_gate: also fill st.gate (the forward pass gates once, after the
+// last direction).
+template <bool kBwd>
+inline void prepare_steps(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int len,
+                          V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
+  int j = 0;
+  for (; j + 4 <= len; j += 4) prepare_group<kBwd, 4>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
+  for (; j < len; ++j) prepare_group<kBwd, 1>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
 }
 
 template <int kN>
@@ -126,7 +150,8 @@ void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk) {
         float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
         for (int n = 0; n < N; ++n) storem(ck + n * D, s[n], m);
       }
-      prepare_steps<false>(a, d, b, bi, t0, len, dskip, bias, st, nullptr);
+      const bool last = dir == a.ndirs - 1;
+      prepare_steps<false>(a, d, b, bi, t0, len, dskip, bias, last, st, nullptr);
       for (int j = 0; j < len; ++j) {
         const int64_t l = time_index(d, L, t0 + j);
         const V dt = st.dt[j], du = st.du[j];
@@ -143,8 +168,10 @@ void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk) {
           y3 = fmadd(update(s[n + 3], dt, du, A2[n + 3], Bl[n + 3]), set1(Cl[n + 3]), y3);
         }
         for (; n < N; ++n) y0 = fmadd(update(s[n], dt, du, A2[n], Bl[n]), set1(Cl[n]), y0);
-        V y = ((y0 + y1) + (y2 + y3)) * st.gate[j];
+        // earlier directions leave their ungated y in out; the last one adds its own and gates the sum
+        V y = (y0 + y1) + (y2 + y3);
         if (dir > 0) y = y + loadm(out + l * D, m);
+        if (last) y = y * st.gate[j];
         storem(out + l * D, y, m);
       }
     }
@@ -189,7 +216,7 @@ void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
       const int64_t t0 = k * kChunk;
       const int len = (int)((L - t0) < kChunk ? (L - t0) : kChunk);
       // 1. per-step quantities, in passes with no loop-carried dependency
-      prepare_steps<true>(a, d, b, bi, t0, len, dskip, bias, st, &bs);
+      prepare_steps<true>(a, d, b, bi, t0, len, dskip, bias, true, st, &bs);
       // 2. recompute the chunk's states from the saved one; dL/dC needs only the states and gy
       const float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
       for (int n = 0; n < N; ++n) s[n] = loadm(ck + n * D, m);
