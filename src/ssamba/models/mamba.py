@@ -67,29 +67,34 @@ class BiMambaMixer(nn.Module):
         return F.linear(y, self.out_proj.weight)
 
     def _forward_fused(self, hidden: Tensor) -> Tensor:
-        """The same computation through the fused CPU ops (channels-last, float32 outside the matmuls)."""
+        """The same computation through the fused CPU ops, on channels-last activations.
+
+        The ops read float32 or bfloat16 activations (under bf16 autocast the matmul outputs stay bf16: no cast
+        passes) and compute in float32, like mamba_ssm's kernels.
+        """
         from ssamba.models.scan import ops
 
         e, n, r = self.d_inner, self.d_state, self.dt_rank
-        xz = F.linear(hidden, self.in_proj.weight).float()  # (B, L, 2E); autocast may run the matmul in bf16
+        act = lambda t: t if t.dtype in (torch.float32, torch.bfloat16) else t.float()  # noqa: E731
+        xz = act(F.linear(hidden, self.in_proj.weight))  # (B, L, 2E)
         x, z = xz.split([e, e], dim=-1)
         x_f, x_b = ops.conv_silu_bidir(
             x, self.conv1d.weight.float().view(e, -1), self.conv1d.bias.float(),
             self.conv1d_b.weight.float().view(e, -1), self.conv1d_b.bias.float(),
         )
-        dbl_f = F.linear(x_f, self.x_proj.weight).float()
-        dbl_b = F.linear(x_b, self.x_proj_b.weight).float()
+        dbl_f = F.linear(x_f, self.x_proj.weight).to(x_f.dtype)
+        dbl_b = F.linear(x_b, self.x_proj_b.weight).to(x_f.dtype)
         dt_f, b_f, c_f = dbl_f.split([r, n, n], dim=-1)
         dt_b, b_b, c_b = dbl_b.split([r, n, n], dim=-1)
         y = ops.scan(
             [x_f, x_b],
-            [F.linear(dt_f, self.dt_proj.weight).float(), F.linear(dt_b, self.dt_proj_b.weight).float()],
+            [F.linear(dt_f, self.dt_proj.weight).to(x_f.dtype), F.linear(dt_b, self.dt_proj_b.weight).to(x_f.dtype)],
             [-torch.exp(self.A_log.float()), -torch.exp(self.A_b_log.float())],
             [b_f, b_b], [c_f, c_b],
             [self.D.float(), self.D_b.float()],
             [self.dt_proj.bias.float(), self.dt_proj_b.bias.float()],
             z, True,
-        )  # (B, L, E): (y_f + y_b) / 2, gated
+        )  # (B, L, E) float32: silu(z) * (y_f + y_b) / 2
         return F.linear(y.to(self.out_proj.weight.dtype), self.out_proj.weight)
 
     def _branch(self, xz: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,

@@ -17,9 +17,15 @@ CHUNK = 32  # kChunk in csrc/args.h: scan steps between the states saved for bac
 OptTensors = list  # list[Tensor | None]
 
 
-def _cl(t: Tensor) -> Tensor:
-    """(batch, channels, length) -> contiguous float32 (batch, length, channels)."""
-    return t.transpose(1, 2).float().contiguous()
+def activation_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The kernels read activations as float32 or bfloat16 (all the same): bf16 only when every one is bf16."""
+    present = [t for t in tensors if t is not None]
+    return torch.bfloat16 if all(t.dtype == torch.bfloat16 for t in present) else torch.float32
+
+
+def _cl(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """(batch, channels, length) -> contiguous (batch, length, channels) of the kernels' activation dtype."""
+    return t.transpose(1, 2).to(dtype).contiguous()
 
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
@@ -28,15 +34,17 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
 
 def scan(u: list[Tensor], delta: list[Tensor], A: list[Tensor], B: list[Tensor], C: list[Tensor],
          D: OptTensors, delta_bias: OptTensors, z: Tensor | None, softplus: bool) -> Tensor:
-    """Selective scan on channels-last float32 tensors, one entry per direction (the second runs backwards in
-    time); returns ``sum_dir y_dir * silu(z) / n_dirs`` as (batch, length, channels)."""
+    """Selective scan on channels-last tensors, one entry per direction (the second runs backwards in time);
+    returns ``silu(z) * sum_dir y_dir / n_dirs`` as float32 (batch, length, channels).  The activations (u, delta,
+    B, C, z) are all float32 or all bfloat16; A, D and delta_bias are float32; the arithmetic is float32."""
     save = _needs_grad(*u, *delta, *A, *B, *C, *D, *delta_bias, z)
     out, _ = torch.ops.ssamba_cpu.scan_fwd(u, delta, A, B, C, D, delta_bias, z, softplus, save)
     return out
 
 
 def conv_silu_bidir(x: Tensor, w_f: Tensor, b_f: Tensor, w_b: Tensor, b_b: Tensor) -> tuple[Tensor, Tensor]:
-    """Causal (w_f) and anti-causal (w_b) depthwise conv + SiLU of channels-last x; weights (channels, width)."""
+    """Causal (w_f) and anti-causal (w_b) depthwise conv + SiLU of channels-last x (float32 or bfloat16; the
+    outputs have its dtype); float32 weights (channels, width)."""
     return torch.ops.ssamba_cpu.conv_silu_fwd(x, w_f, b_f, w_b, b_b)
 
 
@@ -45,8 +53,9 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
                        delta_softplus: bool = False) -> Tensor:
     """The "cpu" backend of ``selective_scan`` (mamba_ssm layout in and out, computed in float32)."""
     vec = lambda t: None if t is None else t.to(torch.float32).contiguous()  # noqa: E731
-    y = scan([_cl(u)], [_cl(delta)], [A.to(torch.float32).contiguous()], [_cl(B)], [_cl(C)], [vec(D)],
-             [vec(delta_bias)], None if z is None else _cl(z), delta_softplus)
+    act = activation_dtype(u, delta, B, C, z)
+    y = scan([_cl(u, act)], [_cl(delta, act)], [A.to(torch.float32).contiguous()], [_cl(B, act)], [_cl(C, act)],
+             [vec(D)], [vec(delta_bias)], None if z is None else _cl(z, act), delta_softplus)
     return y.transpose(1, 2).to(u.dtype)
 
 
@@ -55,14 +64,15 @@ def _scan_fwd_fake(u, delta, A, B, C, D, delta_bias, z, softplus, save):
     batch, length, dim = u[0].shape
     nstate = A[0].shape[-1]
     chunks = (length + CHUNK - 1) // CHUNK
-    ckpt = [u[0].new_empty(batch, chunks, nstate, dim) if save else u[0].new_empty(0) for _ in u]
-    return u[0].new_empty(batch, length, dim), ckpt
+    f32 = dict(dtype=torch.float32)
+    ckpt = [u[0].new_empty(batch, chunks, nstate, dim, **f32) if save else u[0].new_empty(0, **f32) for _ in u]
+    return u[0].new_empty(batch, length, dim, **f32), ckpt
 
 
 def _scan_bwd_fake(grad_out, u, delta, A, B, C, D, delta_bias, z, softplus, ckpt):
     batch, length, dim = u[0].shape
     nstate = A[0].shape[-1]
-    like = u[0]
+    like = A[0]  # gradients are float32
     per_dir = [
         [like.new_empty(batch, length, dim) for _ in u],
         [like.new_empty(batch, length, dim) for _ in u],
@@ -111,7 +121,7 @@ def _conv_fwd_fake(x, w_f, b_f, w_b, b_b):
 
 
 def _conv_bwd_fake(g_f, g_b, x, w_f, b_f, w_b, b_b):
-    return [x.new_empty(x.shape), w_f.new_empty(w_f.shape), b_f.new_empty(b_f.shape),
+    return [x.new_empty(x.shape, dtype=torch.float32), w_f.new_empty(w_f.shape), b_f.new_empty(b_f.shape),
             w_b.new_empty(w_b.shape), b_b.new_empty(b_b.shape)]
 
 

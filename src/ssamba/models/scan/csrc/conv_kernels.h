@@ -41,23 +41,21 @@ void conv_fwd_block(const ConvArgs& a, int64_t b, int64_t blk) {
   const int K = kK ? kK : c.K;
   const int64_t L = a.length, E = a.dim;
   const Mask m = c.bi.mask;
-  const float* x = a.x + b * a.x_sb + c.bi.c0;
-  float* yf = a.y_f + b * L * E + c.bi.c0;
-  float* yb = a.y_b + b * L * E + c.bi.c0;
+  const int64_t x0 = b * a.x_sb + c.bi.c0, y0 = b * L * E + c.bi.c0;
   V win[kMaxConv];
   for (int k = 0; k < K; ++k) win[k] = zero();
   for (int64_t i = 0; i < L + K - 1; ++i) {
-    slide(win, K, i < L ? loadm(x + i * a.x_sl, m) : zero());
+    slide(win, K, i < L ? load_act(a.x, x0 + i * a.x_sl, m, a.bf16) : zero());
     if (i < L) {
       V acc = c.bf;
       for (int k = 0; k < K; ++k) acc = fmadd(c.wf[k], win[k], acc);
-      storem(yf + i * E, acc * sigmoidv(acc), m);
+      store_act(a.y_f, y0 + i * E, acc * sigmoidv(acc), m, a.bf16);
     }
     const int64_t j = i - (K - 1);
     if (j >= 0) {
       V acc = c.bb;
       for (int k = 0; k < K; ++k) acc = fmadd(c.wb[k], win[K - 1 - k], acc);
-      storem(yb + j * E, acc * sigmoidv(acc), m);
+      store_act(a.y_b, y0 + j * E, acc * sigmoidv(acc), m, a.bf16);
     }
   }
 }
@@ -73,10 +71,8 @@ void conv_bwd_block(const ConvArgs& a, int64_t b, int64_t blk) {
   const int K = kK ? kK : c.K;
   const int64_t L = a.length, E = a.dim;
   const Mask m = c.bi.mask;
-  const float* x = a.x + b * a.x_sb + c.bi.c0;
-  const float* gf = a.g_f + b * L * E + c.bi.c0;
-  const float* gb = a.g_b + b * L * E + c.bi.c0;
-  float* gx = a.gx + b * L * E + c.bi.c0;
+  const int64_t x0 = b * a.x_sb + c.bi.c0, g0 = b * L * E + c.bi.c0;
+  float* gx = a.gx + g0;
   // ring[q] after step i: gaf[q] = dL/da_f[i-K+1+q]; gab[q] = dL/da_b[i-2K+2+q]
   V win[kMaxConv], gaf[kMaxConv], gab[kMaxConv], gwf[kMaxConv], gwb[kMaxConv];
   V gbf = zero(), gbb = zero();
@@ -101,12 +97,12 @@ void conv_bwd_block(const ConvArgs& a, int64_t b, int64_t blk) {
     gbf = gbb = zero();
   };
   for (int64_t i = 0; i < L + K - 1; ++i) {
-    slide(win, K, i < L ? loadm(x + i * a.x_sl, m) : zero());
+    slide(win, K, i < L ? load_act(a.x, x0 + i * a.x_sl, m, a.bf16) : zero());
     V ga = zero();
     if (i < L) {
       V acc = c.bf;
       for (int k = 0; k < K; ++k) acc = fmadd(c.wf[k], win[k], acc);
-      ga = dsilu_times(acc, loadm(gf + i * E, m));
+      ga = dsilu_times(acc, load_act(a.g_f, g0 + i * E, m, a.bf16));
       for (int k = 0; k < K; ++k) gwf[k] = fmadd(ga, win[k], gwf[k]);
       gbf = gbf + ga;
     }
@@ -116,7 +112,7 @@ void conv_bwd_block(const ConvArgs& a, int64_t b, int64_t blk) {
     if (j >= 0) {
       V acc = c.bb;
       for (int k = 0; k < K; ++k) acc = fmadd(c.wb[k], win[K - 1 - k], acc);
-      ga = dsilu_times(acc, loadm(gb + j * E, m));
+      ga = dsilu_times(acc, load_act(a.g_b, g0 + j * E, m, a.bf16));
       for (int k = 0; k < K; ++k) gwb[k] = fmadd(ga, win[K - 1 - k], gwb[k]);
       gbb = gbb + ga;
     }

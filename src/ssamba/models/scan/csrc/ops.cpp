@@ -63,9 +63,11 @@ void parallel_tasks(int64_t ntasks, int64_t scratch_floats, const F& f) {
   }
 }
 
-void check_cl(const Tensor& t, const char* name, int64_t d0, int64_t d1, int64_t d2) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "ssamba_cpu: ", name,
-              " must be a float32 CPU tensor, got ", t.scalar_type(), " on ", t.device());
+// A (batch, length, channels) CPU tensor with unit channel stride, of the given dtype (float32 or bfloat16).
+void check_cl(const Tensor& t, const char* name, int64_t d0, int64_t d1, int64_t d2,
+              at::ScalarType dtype = at::kFloat) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype, "ssamba_cpu: ", name, " must be a ", dtype,
+              " CPU tensor (like the other activations), got ", t.scalar_type(), " on ", t.device());
   TORCH_CHECK(t.dim() == 3 && t.size(0) == d0 && t.size(1) == d1 && t.size(2) == d2, "ssamba_cpu: ", name,
               " has shape ", t.sizes(), ", expected (", d0, ", ", d1, ", ", d2, ")");
   TORCH_CHECK(t.stride(2) == 1 || d2 == 1, "ssamba_cpu: ", name, " must have unit stride in its last dimension");
@@ -93,6 +95,9 @@ ScanArgs make_scan_args(const std::vector<Tensor>& u, const std::vector<Tensor>&
                   (int)C.size() == ndirs && (int)D.size() == ndirs && (int)bias.size() == ndirs,
               "ssamba_cpu: every per-direction list needs ", ndirs, " entries");
   ScanArgs a{};
+  const at::ScalarType act = u[0].scalar_type();
+  TORCH_CHECK(act == at::kFloat || act == at::kBFloat16, "ssamba_cpu: activations must be float32 or bfloat16");
+  a.bf16 = act == at::kBFloat16;
   a.batch = u[0].size(0);
   a.length = u[0].size(1);
   a.dim = u[0].size(2);
@@ -102,25 +107,25 @@ ScanArgs make_scan_args(const std::vector<Tensor>& u, const std::vector<Tensor>&
   a.scale = 1.0f / ndirs;
   TORCH_CHECK(a.nstate >= 1 && a.nstate <= kMaxState, "ssamba_cpu: d_state must be in [1, ", kMaxState, "]");
   if (z.has_value() && z->defined()) {
-    check_cl(*z, "z", a.batch, a.length, a.dim);
-    a.z = z->data_ptr<float>();
+    check_cl(*z, "z", a.batch, a.length, a.dim, act);
+    a.z = z->data_ptr();
     a.z_sb = z->stride(0);
     a.z_sl = z->stride(1);
   }
   for (int i = 0; i < ndirs; ++i) {
     ScanDir& d = a.dir[i];
-    check_cl(u[i], "u", a.batch, a.length, a.dim);
-    check_cl(delta[i], "delta", a.batch, a.length, a.dim);
-    check_cl(B[i], "B", a.batch, a.length, a.nstate);
-    check_cl(C[i], "C", a.batch, a.length, a.nstate);
+    check_cl(u[i], "u", a.batch, a.length, a.dim, act);
+    check_cl(delta[i], "delta", a.batch, a.length, a.dim, act);
+    check_cl(B[i], "B", a.batch, a.length, a.nstate, act);
+    check_cl(C[i], "C", a.batch, a.length, a.nstate, act);
     TORCH_CHECK(A[i].scalar_type() == at::kFloat && A[i].is_contiguous() && A[i].dim() == 2 &&
                     A[i].size(0) == a.dim && A[i].size(1) == a.nstate,
                 "ssamba_cpu: A must be a contiguous float32 (", a.dim, ", ", a.nstate, ") tensor");
-    d.u = u[i].data_ptr<float>(); d.u_sb = u[i].stride(0); d.u_sl = u[i].stride(1);
-    d.delta = delta[i].data_ptr<float>(); d.d_sb = delta[i].stride(0); d.d_sl = delta[i].stride(1);
+    d.u = u[i].data_ptr(); d.u_sb = u[i].stride(0); d.u_sl = u[i].stride(1);
+    d.delta = delta[i].data_ptr(); d.d_sb = delta[i].stride(0); d.d_sl = delta[i].stride(1);
     d.A = A[i].data_ptr<float>();
-    d.Bm = B[i].data_ptr<float>(); d.b_sb = B[i].stride(0); d.b_sl = B[i].stride(1);
-    d.Cm = C[i].data_ptr<float>(); d.c_sb = C[i].stride(0); d.c_sl = C[i].stride(1);
+    d.Bm = B[i].data_ptr(); d.b_sb = B[i].stride(0); d.b_sl = B[i].stride(1);
+    d.Cm = C[i].data_ptr(); d.c_sb = C[i].stride(0); d.c_sl = C[i].stride(1);
     d.Dskip = opt_ptr(D.get(i), "D", a.dim);
     d.bias = opt_ptr(bias.get(i), "delta_bias", a.dim);
     d.reverse = i == 1;
@@ -135,7 +140,7 @@ std::tuple<Tensor, std::vector<Tensor>> scan_fwd(std::vector<Tensor> u, std::vec
                                                  std::vector<Tensor> C, OptList D, OptList bias,
                                                  std::optional<Tensor> z, bool softplus, bool save) {
   ScanArgs a = make_scan_args(u, delta, A, B, C, D, bias, z, softplus);
-  const auto opts = u[0].options();
+  const auto opts = u[0].options().dtype(at::kFloat);
   Tensor out = at::empty({a.batch, a.length, a.dim}, opts);
   std::vector<Tensor> ckpts;
   for (int i = 0; i < a.ndirs; ++i) {
@@ -145,8 +150,10 @@ std::tuple<Tensor, std::vector<Tensor>> scan_fwd(std::vector<Tensor> u, std::vec
   a.out = out.data_ptr<float>();
   const KernelTable* k = current();
   const int64_t nblk = (a.dim + k->width - 1) / k->width;
-  if (a.length > 0)
-    parallel_tasks(a.batch * nblk, 0, [&](int64_t t, float*) { k->scan_fwd(a, t / nblk, t % nblk); });
+  if (a.length > 0) {
+    const int64_t scratch = scan_fwd_scratch_floats(k->width, a.nstate);
+    parallel_tasks(a.batch * nblk, scratch, [&](int64_t t, float* s) { k->scan_fwd(a, t / nblk, t % nblk, s); });
+  }
   return {out, ckpts};
 }
 
@@ -156,12 +163,12 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
                              std::optional<Tensor> z, bool softplus, std::vector<Tensor> ckpt) {
   ScanArgs a = make_scan_args(u, delta, A, B, C, D, bias, z, softplus);
   TORCH_CHECK((int)ckpt.size() == a.ndirs, "ssamba_cpu: one checkpoint tensor per direction expected");
-  gout = gout.contiguous();
+  gout = gout.to(at::kFloat).contiguous();
   check_cl(gout, "grad_out", a.batch, a.length, a.dim);
   a.gout = gout.data_ptr<float>();
   const KernelTable* k = current();
   const int64_t nblk = (a.dim + k->width - 1) / k->width;
-  const auto opts = u[0].options();
+  const auto opts = u[0].options().dtype(at::kFloat);  // gradients are float32 (autograd casts to the input's)
   const auto dopts = opts.dtype(at::kDouble);
   std::vector<Tensor> gu, gdelta, gA, gBp, gCp, gD, gbias;
   for (int i = 0; i < a.ndirs; ++i) {
@@ -213,14 +220,17 @@ ConvArgs make_conv_args(const Tensor& x, const Tensor& w_f, const Tensor& b_f, c
   a.length = x.size(1);
   a.dim = x.size(2);
   a.width = w_f.size(-1);
-  check_cl(x, "x", a.batch, a.length, a.dim);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "ssamba_cpu: conv input must be float32 or bfloat16");
+  a.bf16 = x.scalar_type() == at::kBFloat16;
+  check_cl(x, "x", a.batch, a.length, a.dim, x.scalar_type());
   TORCH_CHECK(a.width >= 1 && a.width <= kMaxConv, "ssamba_cpu: conv width must be in [1, ", kMaxConv, "]");
   for (const Tensor* w : {&w_f, &w_b})
     TORCH_CHECK(w->scalar_type() == at::kFloat && w->is_contiguous() && w->numel() == a.dim * a.width,
                 "ssamba_cpu: conv weights must be contiguous float32 (", a.dim, ", ", a.width, ")");
   check_vec(b_f, "conv bias", a.dim);
   check_vec(b_b, "conv bias", a.dim);
-  a.x = x.data_ptr<float>(); a.x_sb = x.stride(0); a.x_sl = x.stride(1);
+  a.x = x.data_ptr(); a.x_sb = x.stride(0); a.x_sl = x.stride(1);
   a.w_f = w_f.data_ptr<float>(); a.b_f = b_f.data_ptr<float>();
   a.w_b = w_b.data_ptr<float>(); a.b_b = b_b.data_ptr<float>();
   return a;
@@ -230,8 +240,8 @@ std::tuple<Tensor, Tensor> conv_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b
   ConvArgs a = make_conv_args(x, w_f, b_f, w_b, b_b);
   Tensor y_f = at::empty({a.batch, a.length, a.dim}, x.options());
   Tensor y_b = at::empty({a.batch, a.length, a.dim}, x.options());
-  a.y_f = y_f.data_ptr<float>();
-  a.y_b = y_b.data_ptr<float>();
+  a.y_f = y_f.data_ptr();
+  a.y_b = y_b.data_ptr();
   const KernelTable* k = current();
   const int64_t nblk = (a.dim + k->width - 1) / k->width;
   if (a.length > 0)
@@ -242,15 +252,15 @@ std::tuple<Tensor, Tensor> conv_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b
 // Gradients: gx, gw_f, gb_f, gw_b, gb_b.
 std::vector<Tensor> conv_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) {
   ConvArgs a = make_conv_args(x, w_f, b_f, w_b, b_b);
-  g_f = g_f.contiguous();
-  g_b = g_b.contiguous();
-  check_cl(g_f, "grad y_f", a.batch, a.length, a.dim);
-  check_cl(g_b, "grad y_b", a.batch, a.length, a.dim);
+  g_f = g_f.to(x.scalar_type()).contiguous();
+  g_b = g_b.to(x.scalar_type()).contiguous();
+  check_cl(g_f, "grad y_f", a.batch, a.length, a.dim, x.scalar_type());
+  check_cl(g_b, "grad y_b", a.batch, a.length, a.dim, x.scalar_type());
   const auto dopts = x.options().dtype(at::kDouble);
-  Tensor gx = at::empty({a.batch, a.length, a.dim}, x.options());
+  Tensor gx = at::empty({a.batch, a.length, a.dim}, x.options().dtype(at::kFloat));
   Tensor gw_f = at::zeros({a.batch, a.dim, a.width}, dopts), gw_b = at::zeros({a.batch, a.dim, a.width}, dopts);
   Tensor gb_f = at::zeros({a.batch, a.dim}, dopts), gb_b = at::zeros({a.batch, a.dim}, dopts);
-  a.g_f = g_f.data_ptr<float>(); a.g_b = g_b.data_ptr<float>();
+  a.g_f = g_f.data_ptr(); a.g_b = g_b.data_ptr();
   a.gx = gx.data_ptr<float>();
   a.gw_f = gw_f.data_ptr<double>(); a.gw_b = gw_b.data_ptr<double>();
   a.gb_f = gb_f.data_ptr<double>(); a.gb_b = gb_b.data_ptr<double>();

@@ -4,9 +4,11 @@
 //
 // Recurrence (spec §5), per channel c and state n:
 //   delta = softplus(delta_raw + bias);  s_l = exp(delta_l A) s_{l-1} + delta_l u_l B_l;  y_l = <s_l, C_l> + D u_l
-//   out_l = scale * y_l * silu(z_l), summed over directions (direction 1 runs from l = L-1 down to 0).
-// Backward keeps the state entering every kChunk steps (forward writes it), recomputes the states of one chunk
-// into scratch, and runs the adjoint recurrence  lam_l = gy_l C_l + exp(delta_{l+1} A) lam_{l+1}  backwards.
+//   out_l = scale * silu(z_l) * sum over directions of y_l (direction 1 runs from l = L-1 down to 0).
+// Time is processed in chunks of kChunk steps: a first pass per chunk computes everything that does not depend
+// on the state (softplus, gate, bf16 widening, B and C rows), so the state loop is pure exp + FMA.
+// Backward keeps the state entering every chunk (forward writes it), recomputes the states of one chunk into
+// scratch, and runs the adjoint recurrence  lam_l = gy_l C_l + exp(delta_{l+1} A) lam_{l+1}  backwards.
 #pragma once
 #include "args.h"
 
@@ -42,28 +44,58 @@ inline V gather_column(const float* a, int64_t nstate, const BlockInfo& bi, int 
 
 inline V load_opt(const float* p, const BlockInfo& bi) { return p ? loadm(p + bi.c0, bi.mask) : zero(); }
 
-// One state update s <- exp(dt A) s + dt u B_n; returns the new state.
-inline V update(V& s, V dt, V du, V a2, float b) {
-  s = fmadd(exp2v(dt * a2), s, du * set1(b));
-  return s;
+// An activation vector at element offset `off`: float32, or bfloat16 widened.
+inline V load_act(const void* base, int64_t off, Mask m, bool bf16) {
+  if (bf16) return load_bf16(static_cast<const uint16_t*>(base) + off, m);
+  return loadm(static_cast<const float*>(base) + off, m);
 }
 
-// Per-step inputs of one chunk, computed in a separate pass: softplus and the gate have long dependency chains
-// (exp, reciprocal, polynomial) that would otherwise sit in front of every step's state updates and stall them.
+inline void store_act(void* base, int64_t off, V v, Mask m, bool bf16) {
+  if (bf16) store_bf16(static_cast<uint16_t*>(base) + off, v, m);
+  else storem(static_cast<float*>(base) + off, v, m);
+}
+
+// Per-chunk buffers, carved from the task's scratch (layout sizes in args.h).
 struct StepInputs {
-  V dt[kChunk];   // delta after bias and softplus
-  V du[kChunk];   // dt * u
-  V y0[kChunk];   // D * u
-  V gate[kChunk]; // scale * silu(z)
+  V* dt;      // kChunk: delta after bias and softplus
+  V* du;      // kChunk: dt * u
+  V* u;       // kChunk
+  V* y0;      // kChunk: D * u
+  V* gate;    // kChunk: scale * silu(z)
+  float* B;   // kChunk x npad: B rows of the chunk, float32
+  float* C;   // kChunk x npad
+  int npad;
 };
 
 // What the backward pass needs per step on top of StepInputs.
 struct BwdSteps {
-  V gy[kChunk];   // dL/dy = g * scale * silu(z)
-  V gzf[kChunk];  // dL/dz = gzf * y
-  V sig[kChunk];  // softplus'(delta_raw + bias)
-  V y[kChunk];    // y before the gate (filled by the recompute)
+  V* gy;   // kChunk: dL/dy = g * scale * silu(z)
+  V* gzf;  // kChunk: dL/dz = gzf * y
+  V* sig;  // kChunk: softplus'(delta_raw + bias)
+  V* y;    // kChunk: y before the gate (filled by the recompute)
+  V* S;    // kChunk x N: state entering each step
+  V* DA;   // kChunk x N: decays
 };
+
+inline StepInputs carve_steps(float*& p, int64_t nstate) {
+  StepInputs st;
+  V* v = reinterpret_cast<V*>(p);
+  st.dt = v; st.du = v + kChunk; st.u = v + 2 * kChunk; st.y0 = v + 3 * kChunk; st.gate = v + 4 * kChunk;
+  p += 5 * kChunk * V::W;
+  st.npad = (int)state_pad(V::W, nstate);
+  st.B = p; p += kChunk * st.npad;
+  st.C = p; p += kChunk * st.npad;
+  return st;
+}
+
+inline BwdSteps carve_bwd(float*& p, int N) {
+  BwdSteps bs;
+  V* v = reinterpret_cast<V*>(p);
+  bs.gy = v; bs.gzf = v + kChunk; bs.sig = v + 2 * kChunk; bs.y = v + 3 * kChunk;
+  bs.S = v + 4 * kChunk; bs.DA = bs.S + kChunk * N;
+  p += (4 * kChunk + 2 * kChunk * N) * V::W;
+  return bs;
+}
 
 inline int64_t time_index(const ScanDir& d, int64_t L, int64_t t) { return d.reverse ? L - 1 - t : t; }
 
@@ -73,13 +105,12 @@ inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const 
                           V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
   using T = VG<G>;
   const Mask m = bi.mask;
-  const int64_t D = a.dim;
   int64_t l[G];
   T dt, ul;
   for (int i = 0; i < G; ++i) {
     l[i] = time_index(d, a.length, t0 + j0 + i);
-    dt.v[i] = loadm(d.delta + b * d.d_sb + l[i] * d.d_sl + bi.c0, m) + bias;
-    ul.v[i] = loadm(d.u + b * d.u_sb + l[i] * d.u_sl + bi.c0, m);
+    dt.v[i] = load_act(d.delta, b * d.d_sb + l[i] * d.d_sl + bi.c0, m, a.bf16) + bias;
+    ul.v[i] = load_act(d.u, b * d.u_sb + l[i] * d.u_sl + bi.c0, m, a.bf16);
   }
   if (a.softplus) {
     const T e = exp_neg_abs(dt);
@@ -92,16 +123,17 @@ inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const 
   for (int i = 0; i < G; ++i) {
     st.dt[j0 + i] = dt.v[i];
     st.du[j0 + i] = dt.v[i] * ul.v[i];
+    st.u[j0 + i] = ul.v[i];
     st.y0[j0 + i] = dskip * ul.v[i];
   }
   if (!kBwd && !with_gate) return;
   const T scale = splat<T>(a.scale), one = splat<T>(1.0f);
   T gate = scale, g;
   if (kBwd)
-    for (int i = 0; i < G; ++i) g.v[i] = loadm(a.gout + (b * a.length + l[i]) * D + bi.c0, m);
+    for (int i = 0; i < G; ++i) g.v[i] = loadm(a.gout + (b * a.length + l[i]) * a.dim + bi.c0, m);
   if (a.z) {
     T zl;
-    for (int i = 0; i < G; ++i) zl.v[i] = loadm(a.z + b * a.z_sb + l[i] * a.z_sl + bi.c0, m);
+    for (int i = 0; i < G; ++i) zl.v[i] = load_act(a.z, b * a.z_sb + l[i] * a.z_sl + bi.c0, m, a.bf16);
     const T sz = sigmoidv(zl);
     gate = gate * zl * sz;
     if (kBwd) {
@@ -124,10 +156,25 @@ inline void prepare_steps(const ScanArgs& a, const ScanDir& d, int64_t b, const 
   int j = 0;
   for (; j + 4 <= len; j += 4) prepare_group<kBwd, 4>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
   for (; j < len; ++j) prepare_group<kBwd, 1>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
+  const int N = (int)a.nstate;
+  for (j = 0; j < len; ++j) {  // B and C rows, widened to float32 and padded to whole vectors
+    const int64_t l = time_index(d, a.length, t0 + j);
+    for (int n0 = 0; n0 < N; n0 += V::W) {
+      const Mask mn = make_mask(N - n0 < V::W ? N - n0 : V::W);
+      store(st.B + j * st.npad + n0, load_act(d.Bm, b * d.b_sb + l * d.b_sl + n0, mn, a.bf16));
+      store(st.C + j * st.npad + n0, load_act(d.Cm, b * d.c_sb + l * d.c_sl + n0, mn, a.bf16));
+    }
+  }
+}
+
+// One state update s <- exp(dt A) s + dt u B_n; returns the new state.
+inline V update(V& s, V dt, V du, V a2, float b) {
+  s = fmadd(exp2v(dt * a2), s, du * set1(b));
+  return s;
 }
 
 template <int kN>
-void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk) {
+void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
   const int N = kN ? kN : (int)a.nstate;
   const int64_t L = a.length, D = a.dim, nchunks = (L + kChunk - 1) / kChunk;
   const BlockInfo bi = block_info(D, blk);
@@ -135,14 +182,13 @@ void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk) {
   float* out = a.out + b * L * D + bi.c0;
   V s[kN ? kN : kMaxState];
   V A2[kN ? kN : kMaxState];
-  StepInputs st;
+  StepInputs st = carve_steps(scratch, N);
   for (int dir = 0; dir < a.ndirs; ++dir) {
     const ScanDir& d = a.dir[dir];
+    const bool last = dir == a.ndirs - 1;
     for (int n = 0; n < N; ++n) A2[n] = gather_column(d.A, N, bi, n, kLog2eD);
     for (int n = 0; n < N; ++n) s[n] = zero();
     const V dskip = load_opt(d.Dskip, bi), bias = load_opt(d.bias, bi);
-    const float* Bb = d.Bm + b * d.b_sb;
-    const float* Cb = d.Cm + b * d.c_sb;
     for (int64_t k = 0; k < nchunks; ++k) {
       const int64_t t0 = k * kChunk;
       const int len = (int)((L - t0) < kChunk ? (L - t0) : kChunk);
@@ -150,13 +196,12 @@ void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk) {
         float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
         for (int n = 0; n < N; ++n) storem(ck + n * D, s[n], m);
       }
-      const bool last = dir == a.ndirs - 1;
       prepare_steps<false>(a, d, b, bi, t0, len, dskip, bias, last, st, nullptr);
       for (int j = 0; j < len; ++j) {
         const int64_t l = time_index(d, L, t0 + j);
         const V dt = st.dt[j], du = st.du[j];
-        const float* Bl = Bb + l * d.b_sl;
-        const float* Cl = Cb + l * d.c_sl;
+        const float* Bl = st.B + j * st.npad;
+        const float* Cl = st.C + j * st.npad;
         // four partial sums of <s, C>: one accumulator would chain 16 dependent FMAs per step
         V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
         int n = 0;
@@ -184,15 +229,11 @@ void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
   const int64_t L = a.length, D = a.dim, nchunks = (L + kChunk - 1) / kChunk;
   const BlockInfo bi = block_info(D, blk);
   const Mask m = bi.mask;
-  StepInputs& st = *reinterpret_cast<StepInputs*>(scratch);
-  BwdSteps& bs = *reinterpret_cast<BwdSteps*>(&st + 1);
-  V* S = reinterpret_cast<V*>(&bs + 1);  // kChunk x N: state entering each step
-  V* DA = S + kChunk * N;                 // kChunk x N: decays
+  StepInputs st = carve_steps(scratch, N);
+  BwdSteps bs = carve_bwd(scratch, N);
   V A2[kN ? kN : kMaxState], Aw[kN ? kN : kMaxState];
   V s[kN ? kN : kMaxState], lam[kN ? kN : kMaxState], gA[kN ? kN : kMaxState], parts[kN ? kN : kMaxState];
-  const float* gout = a.gout + b * L * D + bi.c0;
   float* gz = a.gz ? a.gz + b * L * D + bi.c0 : nullptr;
-  const float* z = a.z ? a.z + b * a.z_sb + bi.c0 : nullptr;
   for (int dir = 0; dir < a.ndirs; ++dir) {
     const ScanDir& d = a.dir[dir];
     for (int n = 0; n < N; ++n) {
@@ -201,10 +242,6 @@ void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
       lam[n] = zero();
     }
     const V dskip = load_opt(d.Dskip, bi), bias = load_opt(d.bias, bi);
-    const float* u = d.u + b * d.u_sb + bi.c0;
-    const float* dl_raw = d.delta + b * d.d_sb + bi.c0;
-    const float* Bb = d.Bm + b * d.b_sb;
-    const float* Cb = d.Cm + b * d.c_sb;
     float* gu = d.gu + b * L * D + bi.c0;
     float* gdelta = d.gdelta + b * L * D + bi.c0;
     float* gB = d.gB + (blk * a.batch + b) * L * N;
@@ -223,10 +260,10 @@ void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
       for (int j = 0; j < len; ++j) {
         const int64_t l = time_index(d, L, t0 + j);
         const V dt = st.dt[j], du = st.du[j], gy = bs.gy[j];
-        const float* Bl = Bb + l * d.b_sl;
-        const float* Cl = Cb + l * d.c_sl;
-        V* Sj = S + j * N;
-        V* DAj = DA + j * N;
+        const float* Bl = st.B + j * st.npad;
+        const float* Cl = st.C + j * st.npad;
+        V* Sj = bs.S + j * N;
+        V* DAj = bs.DA + j * N;
         V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
 #pragma GCC unroll 16
         for (int n = 0; n < N; ++n) {
@@ -249,18 +286,17 @@ void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
       V gD_acc = zero(), gbias_acc = zero();
       for (int j = len - 1; j >= 0; --j) {
         const int64_t l = time_index(d, L, t0 + j);
-        const V gy = bs.gy[j], dt = st.dt[j], du = st.du[j];
-        if (z) {
+        const V gy = bs.gy[j], dt = st.dt[j], du = st.du[j], ul = st.u[j];
+        if (gz) {
           V gzl = bs.gzf[j] * bs.y[j];
           if (dir > 0) gzl = gzl + loadm(gz + l * D, m);
           storem(gz + l * D, gzl, m);
         }
-        const V ul = loadm(u + l * d.u_sl, m);
         gD_acc = fmadd(gy, ul, gD_acc);
-        const float* Bl = Bb + l * d.b_sl;
-        const float* Cl = Cb + l * d.c_sl;
-        const V* Sj = S + j * N;
-        const V* DAj = DA + j * N;
+        const float* Bl = st.B + j * st.npad;
+        const float* Cl = st.C + j * st.npad;
+        const V* Sj = bs.S + j * N;
+        const V* DAj = bs.DA + j * N;
         V sumB0 = zero(), sumB1 = zero(), gdt0 = zero(), gdt1 = zero();
 #pragma GCC unroll 16
         for (int n = 0; n < N; ++n) {
@@ -300,9 +336,9 @@ void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
   }
 }
 
-void scan_fwd_task(const ScanArgs& a, int64_t b, int64_t blk) {
-  if (a.nstate == 16) scan_fwd_block<16>(a, b, blk);
-  else scan_fwd_block<0>(a, b, blk);
+void scan_fwd_task(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
+  if (a.nstate == 16) scan_fwd_block<16>(a, b, blk, scratch);
+  else scan_fwd_block<0>(a, b, blk, scratch);
 }
 
 void scan_bwd_task(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {

@@ -1,6 +1,7 @@
 // 16-lane float vectors on AVX-512 (F, DQ).  Included only by isa_avx512.cpp, compiled for that target.
 #pragma once
 #include <immintrin.h>
+#include <cstdint>
 
 #define SSAMBA_NS avx512
 
@@ -48,6 +49,20 @@ static inline V recip_near1(V y) {
 // x >= 0 ? a : b (b for NaN x)
 static inline V select_ge0(V x, V a, V b) {
   return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_GE_OQ), b.v, a.v)};
+}
+
+// bfloat16 activations are the upper half of a float32: widen by a shift; narrow with round-to-nearest-even
+// (NaN kept a quiet NaN).
+static inline V load_bf16(const uint16_t* p, Mask m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
+}
+static inline void store_bf16(uint16_t* p, V a, Mask m) {
+  const __m512i bits = _mm512_castps_si512(a.v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7fc00000));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
 }
 
 static inline float hsum(V a) { return _mm512_reduce_add_ps(a.v); }

@@ -63,6 +63,24 @@ static inline V recip_near1(V y) { SSAMBA_LANES y.v[i] = 1.0f / y.v[i]; return y
 // x >= 0 ? a : b (b for NaN x)
 static inline V select_ge0(V x, V a, V b) { SSAMBA_LANES a.v[i] = x.v[i] >= 0.0f ? a.v[i] : b.v[i]; return a; }
 
+// bfloat16 activations: widen by a shift; narrow with round-to-nearest-even (NaN kept a quiet NaN).
+static inline V load_bf16(const uint16_t* p, Mask m) {
+  V r;
+  SSAMBA_LANES {
+    uint32_t bits = i < m ? (uint32_t)p[i] << 16 : 0u;
+    __builtin_memcpy(&r.v[i], &bits, sizeof bits);
+  }
+  return r;
+}
+static inline void store_bf16(uint16_t* p, V a, Mask m) {
+  for (int i = 0; i < m; ++i) {
+    uint32_t bits;
+    __builtin_memcpy(&bits, &a.v[i], sizeof bits);
+    bits = a.v[i] != a.v[i] ? 0x7fc00000u : bits + 0x7fffu + ((bits >> 16) & 1u);
+    p[i] = (uint16_t)(bits >> 16);
+  }
+}
+
 static inline float hsum(V a) { float s = 0.0f; SSAMBA_LANES s += a.v[i]; return s; }
 static inline void reduce_lanes(const V* parts, int count, float* out) {
   for (int i = 0; i < count; ++i) out[i] = hsum(parts[i]);
