@@ -35,28 +35,36 @@ inline void slide(V* win, int K, V next) {
 }
 
 // kK: the conv width when known at compile time (the windows then live in registers), 0 for any width.
+// Rows go in groups of G so that the SiLU chains of G rows run side by side (vgroup.h).
 template <int kK>
 void conv_fwd_block(const ConvArgs& a, int64_t b, int64_t blk) {
+  constexpr int G = 4;
   const ConvBlock c = conv_block(a, blk);
   const int K = kK ? kK : c.K;
   const int64_t L = a.length, E = a.dim;
   const Mask m = c.bi.mask;
   const int64_t x0 = b * a.x_sb + c.bi.c0, y0 = b * L * E + c.bi.c0;
-  V win[kMaxConv];
-  for (int k = 0; k < K; ++k) win[k] = zero();
-  for (int64_t i = 0; i < L + K - 1; ++i) {
-    slide(win, K, i < L ? load_act(a.x, x0 + i * a.x_sl, m, a.bf16) : zero());
-    if (i < L) {
-      V acc = c.bf;
-      for (int k = 0; k < K; ++k) acc = fmadd(c.wf[k], win[k], acc);
-      store_act(a.y_f, y0 + i * E, acc * sigmoidv(acc), m, a.bf16);
+  V win[kMaxConv + G];  // win[q] = x[i - (K-1) + q]
+  for (int q = 0; q < K - 1; ++q) win[q] = zero();
+  for (int64_t i = 0; i < L + K - 1; i += G) {
+    for (int g = 0; g < G; ++g) win[K - 1 + g] = i + g < L ? load_act(a.x, x0 + (i + g) * a.x_sl, m, a.bf16) : zero();
+    VG<G> af, ab;
+    for (int g = 0; g < G; ++g) {
+      V f = c.bf, r = c.bb;
+      for (int k = 0; k < K; ++k) {
+        f = fmadd(c.wf[k], win[g + k], f);          // causal, row i+g
+        r = fmadd(c.wb[k], win[g + K - 1 - k], r);  // anti-causal, row i+g-(K-1)
+      }
+      af.v[g] = f;
+      ab.v[g] = r;
     }
-    const int64_t j = i - (K - 1);
-    if (j >= 0) {
-      V acc = c.bb;
-      for (int k = 0; k < K; ++k) acc = fmadd(c.wb[k], win[K - 1 - k], acc);
-      store_act(a.y_b, y0 + j * E, acc * sigmoidv(acc), m, a.bf16);
+    const VG<G> yf = af * sigmoidv(af), yb = ab * sigmoidv(ab);
+    for (int g = 0; g < G; ++g) {
+      const int64_t row_f = i + g, row_b = i + g - (K - 1);
+      if (row_f < L) store_act(a.y_f, y0 + row_f * E, yf.v[g], m, a.bf16);
+      if (row_b >= 0 && row_b < L) store_act(a.y_b, y0 + row_b * E, yb.v[g], m, a.bf16);
     }
+    for (int q = 0; q < K - 1; ++q) win[q] = win[q + G];
   }
 }
 

@@ -49,6 +49,11 @@ inline V load_act(const void* base, int64_t off, Mask m, bool bf16) {
   if (bf16) return load_bf16(static_cast<const uint16_t*>(base) + off, m);
   return loadm(static_cast<const float*>(base) + off, m);
 }
+template <bool kBf16>
+inline V load_act(const void* base, int64_t off, Mask m) {
+  if (kBf16) return load_bf16(static_cast<const uint16_t*>(base) + off, m);
+  return loadm(static_cast<const float*>(base) + off, m);
+}
 
 inline void store_act(void* base, int64_t off, V v, Mask m, bool bf16) {
   if (bf16) store_bf16(static_cast<uint16_t*>(base) + off, v, m);
@@ -99,8 +104,9 @@ inline BwdSteps carve_bwd(float*& p, int N) {
 
 inline int64_t time_index(const ScanDir& d, int64_t L, int64_t t) { return d.reverse ? L - 1 - t : t; }
 
-// Steps j0 .. j0+G-1 of a chunk, as one group of G vectors (see vgroup.h).
-template <bool kBwd, int G>
+// Steps j0 .. j0+G-1 of a chunk, as one group of G vectors (see vgroup.h).  The activation dtype is a template
+// parameter: a run-time test per load costs ~10% of the forward scan.
+template <bool kBwd, bool kBf16, int G>
 inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int j0,
                           V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
   using T = VG<G>;
@@ -109,8 +115,8 @@ inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const 
   T dt, ul;
   for (int i = 0; i < G; ++i) {
     l[i] = time_index(d, a.length, t0 + j0 + i);
-    dt.v[i] = load_act(d.delta, b * d.d_sb + l[i] * d.d_sl + bi.c0, m, a.bf16) + bias;
-    ul.v[i] = load_act(d.u, b * d.u_sb + l[i] * d.u_sl + bi.c0, m, a.bf16);
+    dt.v[i] = load_act<kBf16>(d.delta, b * d.d_sb + l[i] * d.d_sl + bi.c0, m) + bias;
+    ul.v[i] = load_act<kBf16>(d.u, b * d.u_sb + l[i] * d.u_sl + bi.c0, m);
   }
   if (a.softplus) {
     const T e = exp_neg_abs(dt);
@@ -123,7 +129,7 @@ inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const 
   for (int i = 0; i < G; ++i) {
     st.dt[j0 + i] = dt.v[i];
     st.du[j0 + i] = dt.v[i] * ul.v[i];
-    st.u[j0 + i] = ul.v[i];
+    if (kBwd) st.u[j0 + i] = ul.v[i];
     st.y0[j0 + i] = dskip * ul.v[i];
   }
   if (!kBwd && !with_gate) return;
@@ -133,7 +139,7 @@ inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const 
     for (int i = 0; i < G; ++i) g.v[i] = loadm(a.gout + (b * a.length + l[i]) * a.dim + bi.c0, m);
   if (a.z) {
     T zl;
-    for (int i = 0; i < G; ++i) zl.v[i] = load_act(a.z, b * a.z_sb + l[i] * a.z_sl + bi.c0, m, a.bf16);
+    for (int i = 0; i < G; ++i) zl.v[i] = load_act<kBf16>(a.z, b * a.z_sb + l[i] * a.z_sl + bi.c0, m);
     const T sz = sigmoidv(zl);
     gate = gate * zl * sz;
     if (kBwd) {
@@ -150,20 +156,40 @@ inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const 
 
 // Per-step inputs of a chunk of len steps; with_gate: also fill st.gate (the forward pass gates once, after the
 // last direction).
-template <bool kBwd>
-inline void prepare_steps(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int len,
+template <bool kBwd, bool kBf16>
+inline void prepare_chunk(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int len,
                           V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
   int j = 0;
-  for (; j + 4 <= len; j += 4) prepare_group<kBwd, 4>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
-  for (; j < len; ++j) prepare_group<kBwd, 1>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
+  for (; j + 4 <= len; j += 4) prepare_group<kBwd, kBf16, 4>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
+  for (; j < len; ++j) prepare_group<kBwd, kBf16, 1>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
+  if (!kBf16) return;  // float32 B and C rows are read in place (see bc_rows)
   const int N = (int)a.nstate;
-  for (j = 0; j < len; ++j) {  // B and C rows, widened to float32 and padded to whole vectors
+  for (j = 0; j < len; ++j) {  // bf16 B and C rows, widened to float32 and padded to whole vectors
     const int64_t l = time_index(d, a.length, t0 + j);
     for (int n0 = 0; n0 < N; n0 += V::W) {
       const Mask mn = make_mask(N - n0 < V::W ? N - n0 : V::W);
-      store(st.B + j * st.npad + n0, load_act(d.Bm, b * d.b_sb + l * d.b_sl + n0, mn, a.bf16));
-      store(st.C + j * st.npad + n0, load_act(d.Cm, b * d.c_sb + l * d.c_sl + n0, mn, a.bf16));
+      store(st.B + j * st.npad + n0, load_act<kBf16>(d.Bm, b * d.b_sb + l * d.b_sl + n0, mn));
+      store(st.C + j * st.npad + n0, load_act<kBf16>(d.Cm, b * d.c_sb + l * d.c_sl + n0, mn));
     }
+  }
+}
+
+template <bool kBwd>
+inline void prepare_steps(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int len,
+                          V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
+  if (a.bf16) prepare_chunk<kBwd, true>(a, d, b, bi, t0, len, dskip, bias, with_gate, st, bs);
+  else prepare_chunk<kBwd, false>(a, d, b, bi, t0, len, dskip, bias, with_gate, st, bs);
+}
+
+// B and C rows (float32) of chunk step j at time l: in place, or widened from bf16 by prepare_chunk.
+inline void bc_rows(const ScanArgs& a, const ScanDir& d, const StepInputs& st, int64_t b, int j, int64_t l,
+                    const float*& Bl, const float*& Cl) {
+  if (a.bf16) {
+    Bl = st.B + j * st.npad;
+    Cl = st.C + j * st.npad;
+  } else {
+    Bl = static_cast<const float*>(d.Bm) + b * d.b_sb + l * d.b_sl;
+    Cl = static_cast<const float*>(d.Cm) + b * d.c_sb + l * d.c_sl;
   }
 }
 
@@ -200,8 +226,8 @@ void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
       for (int j = 0; j < len; ++j) {
         const int64_t l = time_index(d, L, t0 + j);
         const V dt = st.dt[j], du = st.du[j];
-        const float* Bl = st.B + j * st.npad;
-        const float* Cl = st.C + j * st.npad;
+        const float *Bl, *Cl;
+        bc_rows(a, d, st, b, j, l, Bl, Cl);
         // four partial sums of <s, C>: one accumulator would chain 16 dependent FMAs per step
         V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
         int n = 0;
@@ -260,8 +286,8 @@ void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
       for (int j = 0; j < len; ++j) {
         const int64_t l = time_index(d, L, t0 + j);
         const V dt = st.dt[j], du = st.du[j], gy = bs.gy[j];
-        const float* Bl = st.B + j * st.npad;
-        const float* Cl = st.C + j * st.npad;
+        const float *Bl, *Cl;
+        bc_rows(a, d, st, b, j, l, Bl, Cl);
         V* Sj = bs.S + j * N;
         V* DAj = bs.DA + j * N;
         V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
@@ -293,8 +319,8 @@ void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
           storem(gz + l * D, gzl, m);
         }
         gD_acc = fmadd(gy, ul, gD_acc);
-        const float* Bl = st.B + j * st.npad;
-        const float* Cl = st.C + j * st.npad;
+        const float *Bl, *Cl;
+        bc_rows(a, d, st, b, j, l, Bl, Cl);
         const V* Sj = bs.S + j * N;
         const V* DAj = bs.DA + j * N;
         V sumB0 = zero(), sumB1 = zero(), gdt0 = zero(), gdt1 = zero();
