@@ -135,6 +135,15 @@ ScanArgs make_scan_args(const std::vector<Tensor>& u, const std::vector<Tensor>&
 
 int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
 
+// Grow-only scratch of the calling thread for the per-block partial sums of dL/dB and dL/dC (d_inner / 16 times
+// the size of those gradients).  Fresh multi-MB tensors would page-fault on every call (~2 us per 4 KB page:
+// several ms per backward at batch 4); this memory is faulted in once.
+float* partials_workspace(int64_t floats) {
+  thread_local std::vector<float> buffer;
+  if ((int64_t)buffer.size() < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
 std::tuple<Tensor, std::vector<Tensor>> scan_fwd(std::vector<Tensor> u, std::vector<Tensor> delta,
                                                  std::vector<Tensor> A, std::vector<Tensor> B,
                                                  std::vector<Tensor> C, OptList D, OptList bias,
@@ -171,6 +180,8 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
   const auto opts = u[0].options().dtype(at::kFloat);  // gradients are float32 (autograd casts to the input's)
   const auto dopts = opts.dtype(at::kDouble);
   std::vector<Tensor> gu, gdelta, gA, gBp, gCp, gD, gbias;
+  const int64_t part = nblk * a.batch * a.length * a.nstate;
+  float* ws = partials_workspace(2 * a.ndirs * part);
   for (int i = 0; i < a.ndirs; ++i) {
     TORCH_CHECK(ckpt[i].is_contiguous() && ckpt[i].numel() == a.batch * num_chunks(a.length) * a.nstate * a.dim,
                 "ssamba_cpu: the forward pass did not save its states (called with save=False?)");
@@ -178,8 +189,8 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
     d.ckpt = ckpt[i].data_ptr<float>();
     gu.push_back(at::empty({a.batch, a.length, a.dim}, opts));
     gdelta.push_back(at::empty({a.batch, a.length, a.dim}, opts));
-    gBp.push_back(at::empty({nblk, a.batch, a.length, a.nstate}, opts));
-    gCp.push_back(at::empty({nblk, a.batch, a.length, a.nstate}, opts));
+    gBp.push_back(at::from_blob(ws + (2 * i) * part, {nblk, a.batch, a.length, a.nstate}, opts));
+    gCp.push_back(at::from_blob(ws + (2 * i + 1) * part, {nblk, a.batch, a.length, a.nstate}, opts));
     gA.push_back(at::zeros({a.batch, a.dim, a.nstate}, dopts));
     gD.push_back(at::zeros({a.batch, a.dim}, dopts));
     gbias.push_back(at::zeros({a.batch, a.dim}, dopts));

@@ -60,6 +60,11 @@ inline void store_act(void* base, int64_t off, V v, Mask m, bool bf16) {
   else storem(static_cast<float*>(base) + off, v, m);
 }
 
+// Element offset -> byte address, for prefetching.
+inline const void* addr(const void* base, int64_t off, bool bf16) {
+  return static_cast<const char*>(base) + off * (bf16 ? 2 : 4);
+}
+
 // Per-chunk buffers, carved from the task's scratch (layout sizes in args.h).
 struct StepInputs {
   V* dt;      // kChunk: delta after bias and softplus
@@ -106,15 +111,36 @@ inline int64_t time_index(const ScanDir& d, int64_t L, int64_t t) { return d.rev
 
 // Steps j0 .. j0+G-1 of a chunk, as one group of G vectors (see vgroup.h).  The activation dtype is a template
 // parameter: a run-time test per load costs ~10% of the forward scan.
+// Rows of the task's columns are a cache line each, a whole row (all channels) apart: too far apart for the
+// hardware prefetchers once the tensors outgrow the L2 cache (batch > 1), so the rows of the chunk processed
+// next (starting at step next_t0) are prefetched here.
 template <bool kBwd, bool kBf16, int G>
 inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int j0,
-                          V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
+                          int64_t next_t0, V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
   using T = VG<G>;
   const Mask m = bi.mask;
   int64_t l[G];
   T dt, ul;
   for (int i = 0; i < G; ++i) {
+    const int64_t tn = next_t0 + j0 + i;
+    if (next_t0 >= 0 && tn < a.length) {
+      const int64_t ln = time_index(d, a.length, tn);
+      __builtin_prefetch(addr(d.delta, b * d.d_sb + ln * d.d_sl + bi.c0, kBf16));
+      __builtin_prefetch(addr(d.u, b * d.u_sb + ln * d.u_sl + bi.c0, kBf16));
+      __builtin_prefetch(addr(d.Bm, b * d.b_sb + ln * d.b_sl, kBf16));
+      __builtin_prefetch(addr(d.Cm, b * d.c_sb + ln * d.c_sl, kBf16));
+      if (a.z) __builtin_prefetch(addr(a.z, b * a.z_sb + ln * a.z_sl + bi.c0, kBf16));
+      if (kBwd) __builtin_prefetch(a.gout + (b * a.length + ln) * a.dim + bi.c0);
+    }
     l[i] = time_index(d, a.length, t0 + j0 + i);
+    // rows this chunk writes later (a store miss stalls as much as a load miss)
+    if (kBwd) {
+      __builtin_prefetch(d.gu + (b * a.length + l[i]) * a.dim + bi.c0, 1);
+      __builtin_prefetch(d.gdelta + (b * a.length + l[i]) * a.dim + bi.c0, 1);
+      if (a.gz) __builtin_prefetch(a.gz + (b * a.length + l[i]) * a.dim + bi.c0, 1);
+    } else {
+      __builtin_prefetch(a.out + (b * a.length + l[i]) * a.dim + bi.c0, 1);
+    }
     dt.v[i] = load_act<kBf16>(d.delta, b * d.d_sb + l[i] * d.d_sl + bi.c0, m) + bias;
     ul.v[i] = load_act<kBf16>(d.u, b * d.u_sb + l[i] * d.u_sl + bi.c0, m);
   }
@@ -159,9 +185,11 @@ inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const 
 template <bool kBwd, bool kBf16>
 inline void prepare_chunk(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int len,
                           V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
+  const int64_t next_t0 = kBwd ? t0 - kChunk : t0 + kChunk;  // backward walks the chunks last to first
   int j = 0;
-  for (; j + 4 <= len; j += 4) prepare_group<kBwd, kBf16, 4>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
-  for (; j < len; ++j) prepare_group<kBwd, kBf16, 1>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
+  for (; j + 4 <= len; j += 4)
+    prepare_group<kBwd, kBf16, 4>(a, d, b, bi, t0, j, next_t0, dskip, bias, with_gate, st, bs);
+  for (; j < len; ++j) prepare_group<kBwd, kBf16, 1>(a, d, b, bi, t0, j, next_t0, dskip, bias, with_gate, st, bs);
   if (!kBf16) return;  // float32 B and C rows are read in place (see bc_rows)
   const int N = (int)a.nstate;
   for (j = 0; j < len; ++j) {  // bf16 B and C rows, widened to float32 and padded to whole vectors
