@@ -46,10 +46,13 @@ def perturbed_mixer(seed: int) -> BiMambaMixer:
     return mixer
 
 
-def run(model: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def run(fn, x: torch.Tensor, grad: torch.Tensor, model: torch.nn.Module | None = None
+        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Output and all gradients (parameters of ``model``, default ``fn`` itself, and the input)."""
+    model = fn if model is None else model
     model.zero_grad()
     x = x.clone().requires_grad_()
-    out = model(x)
+    out = fn(x)
     out.backward(grad)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     grads["input"] = x.grad.clone()
@@ -60,10 +63,11 @@ def test_fused_path_is_taken_only_with_the_cpu_backend(backend, monkeypatch):
     mixer = perturbed_mixer(0)
     calls = []
     original = BiMambaMixer._forward_fused
-    monkeypatch.setattr(BiMambaMixer, "_forward_fused", lambda self, h: calls.append(1) or original(self, h))
+    monkeypatch.setattr(BiMambaMixer, "_forward_fused", lambda self, h, rev=False: calls.append(1) or original(self, h, rev))
     x = torch.randn(2, 10, 24)
     backend("reference")
     mixer(x)
+    mixer(x, reverse=True)
     assert not calls
     backend("cpu")
     mixer(x)
@@ -72,15 +76,18 @@ def test_fused_path_is_taken_only_with_the_cpu_backend(backend, monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("length", [1, 7, 45])
-def test_fused_mixer_matches_reference_mixer(backend, length):
+def test_fused_mixer_matches_reference_mixer(backend, length, reverse):
+    """reverse=True (the second block of a pair): the reference flips, the fused path swaps parameter sets."""
     mixer = perturbed_mixer(length)
     x = torch.randn(3, length, 24)
     grad = torch.randn(3, length, 24)
+    call = lambda h: mixer(h, reverse=reverse)  # noqa: E731
     backend("reference")
-    ref, ref_grads = run(mixer, x, grad)
+    ref, ref_grads = run(call, x, grad, mixer)
     backend("cpu")
-    out, grads = run(mixer, x, grad)
+    out, grads = run(call, x, grad, mixer)
     assert max_rel_err(out, ref) < 1e-5
     assert set(grads) == set(ref_grads) and len(grads) == 17  # 16 parameters and the input
     for name, g in grads.items():

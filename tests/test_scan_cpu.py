@@ -187,7 +187,7 @@ def test_bfloat16_through_the_backend_api():
     assert_rel_close(out.float(), ref.float(), 4e-3, "bf16 output (one bf16 rounding of the same float32 result)")
 
 
-def test_conv_silu_bfloat16_in_and_out():
+def test_conv_silu_bfloat16_in_and_out(isa):
     batch, length, dim = 2, 33, 40
     g = torch.Generator().manual_seed(9)
     x = torch.randn(batch, length, 2 * dim, generator=g).bfloat16()[..., :dim]

@@ -56,17 +56,28 @@ class BiMambaMixer(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """(B, L, d_model) -> (B, L, d_model)."""
+    def forward(self, hidden: Tensor, reverse: bool = False) -> Tensor:
+        """(B, L, d_model) -> (B, L, d_model).
+
+        ``reverse=True`` computes ``mixer(hidden.flip(1)).flip(1)`` (the second block of an SSAMBA pair) without
+        materialising the flips on the fused path: time-reversing the input swaps which parameter set scans
+        forward in time, and every other step is per token.
+        """
         if get_backend(hidden).name == "cpu":
-            return self._forward_fused(hidden)
+            return self._forward_fused(hidden, reverse)
+        if reverse:
+            return self._forward_reference(hidden.flip(1)).flip(1)
+        return self._forward_reference(hidden)
+
+    def _forward_reference(self, hidden: Tensor) -> Tensor:
+        """Spec §5 step by step (any scan backend): the oracle of the fused path."""
         xz = F.linear(hidden, self.in_proj.weight).transpose(1, 2)  # (B, 2E, L)
         y_f = self._branch(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
         y_b = self._branch(xz.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
         y = (y_f + y_b.flip(-1)).transpose(1, 2) / 2
         return F.linear(y, self.out_proj.weight)
 
-    def _forward_fused(self, hidden: Tensor) -> Tensor:
+    def _forward_fused(self, hidden: Tensor, reverse: bool = False) -> Tensor:
         """The same computation through the fused CPU ops, on channels-last activations.
 
         The ops read float32 or bfloat16 activations (under bf16 autocast the matmul outputs stay bf16: no cast
@@ -75,24 +86,25 @@ class BiMambaMixer(nn.Module):
         from ssamba.models.scan import ops
 
         e, n, r = self.d_inner, self.d_state, self.dt_rank
+        # (conv, x_proj, dt_proj, A_log, D) of the branch that scans forward in time, then the backward one
+        sets = [(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D),
+                (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)]
+        fwd, bwd = sets[::-1] if reverse else sets
         act = lambda t: t if t.dtype in (torch.float32, torch.bfloat16) else t.float()  # noqa: E731
         xz = act(F.linear(hidden, self.in_proj.weight))  # (B, L, 2E)
         x, z = xz.split([e, e], dim=-1)
         x_f, x_b = ops.conv_silu_bidir(
-            x, self.conv1d.weight.float().view(e, -1), self.conv1d.bias.float(),
-            self.conv1d_b.weight.float().view(e, -1), self.conv1d_b.bias.float(),
+            x, fwd[0].weight.float().view(e, -1), fwd[0].bias.float(),
+            bwd[0].weight.float().view(e, -1), bwd[0].bias.float(),
         )
-        dbl_f = F.linear(x_f, self.x_proj.weight).to(x_f.dtype)
-        dbl_b = F.linear(x_b, self.x_proj_b.weight).to(x_f.dtype)
-        dt_f, b_f, c_f = dbl_f.split([r, n, n], dim=-1)
-        dt_b, b_b, c_b = dbl_b.split([r, n, n], dim=-1)
+        dbl = [F.linear(u, p[1].weight).to(x_f.dtype).split([r, n, n], dim=-1) for u, p in ((x_f, fwd), (x_b, bwd))]
         y = ops.scan(
             [x_f, x_b],
-            [F.linear(dt_f, self.dt_proj.weight).to(x_f.dtype), F.linear(dt_b, self.dt_proj_b.weight).to(x_f.dtype)],
-            [-torch.exp(self.A_log.float()), -torch.exp(self.A_b_log.float())],
-            [b_f, b_b], [c_f, c_b],
-            [self.D.float(), self.D_b.float()],
-            [self.dt_proj.bias.float(), self.dt_proj_b.bias.float()],
+            [F.linear(d[0], p[2].weight).to(x_f.dtype) for d, p in zip(dbl, (fwd, bwd))],
+            [-torch.exp(p[3].float()) for p in (fwd, bwd)],
+            [d[1] for d in dbl], [d[2] for d in dbl],
+            [p[4].float() for p in (fwd, bwd)],
+            [p[2].bias.float() for p in (fwd, bwd)],
             z, True,
         )  # (B, L, E) float32: silu(z) * (y_f + y_b) / 2
         return F.linear(y.to(self.out_proj.weight.dtype), self.out_proj.weight)
