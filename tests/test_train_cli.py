@@ -98,5 +98,5 @@ def test_bad_config_is_a_clear_error(tmp_path, caplog):
     assert main(["finetune", recipe, "optim.lrr=1"]) == 2
     assert "lrr" in caplog.text
     assert main(["finetune", recipe, f"out_dir={tmp_path}", "model.init=null",
-                 f"data.fold_dir={tmp_path / 'absent'}"]) == 2
-    assert "absent" in caplog.text
+                 f"data.class_labels={tmp_path / 'absent.csv'}"]) == 2
+    assert "absent.csv" in caplog.text

@@ -64,7 +64,7 @@ class BiMambaMixer(nn.Module):
         materialising the flips on the fused path: time-reversing the input swaps which parameter set scans
         forward in time, and every other step is per token.
         """
-        if get_backend(hidden).name == "cpu":
+        if get_backend(hidden, self.scan_backend).name == "cpu":
             return self._forward_fused(hidden, reverse)
         if reverse:
             return self._forward_reference(hidden.flip(1)).flip(1)
