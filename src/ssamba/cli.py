@@ -73,6 +73,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from ssamba.demo import run_demo
+
+    summary = run_demo(args.out, quick=args.quick, bench=not args.no_bench)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"report, plots and runs in {args.out} ({summary['seconds']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssamba", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -108,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N files")
     p.add_argument("--preset", help="print the official statistics of audioset/esc50/speechcommands/urbansound8k")
     p.set_defaults(func=_stats)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a built-in synthetic corpus (minutes on a CPU)")
+    p.add_argument("--out", default="ssamba-demo", help="output folder (default ./ssamba-demo)")
+    p.add_argument("--quick", action="store_true", help="smaller budget: under 2 minutes")
+    p.add_argument("--no-bench", action="store_true", help="skip the efficiency comparison")
+    p.set_defaults(func=_demo)
 
     for name, text in [("pretrain", "self-supervised pretraining (joint masked-patch objective)"),
                        ("finetune", "fine-tune on a labelled manifest (or K folds)"),
