@@ -46,6 +46,9 @@ def _prepare(args: argparse.Namespace) -> int:
     options = {"test_root": Path(args.test_root)} if args.test_root else {}
     if args.classes:
         options["classes"] = args.classes
+    for name in ("clips_per_class", "unlabeled", "seed"):  # synthetic only; other recipes refuse them by name
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     report = prepare(args.corpus, args.root, args.out, cache=args.cache, sample_rate=args.sample_rate,
                      workers=args.workers, **options)
     classes = f", {report.num_classes} classes" if report.num_classes is not None else " (unlabeled)"
@@ -101,13 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="build manifests from a corpus's native download layout")
     p.add_argument("corpus", choices=sorted(RECIPES), help="corpus recipe")
-    p.add_argument("--root", required=True, help="the corpus's download folder")
+    p.add_argument("--root", help="the corpus's download folder (not used by synthetic, which is generated)")
     p.add_argument("--out", required=True, help="output folder for the manifests")
     p.add_argument("--cache", help="resample clips not at --sample-rate into this folder once (resumable)")
     p.add_argument("--sample-rate", type=int, default=16000, help="target rate of the cache (default 16000)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes for the cache")
     p.add_argument("--test-root", help="speechcommands-v1: the separate v0.01 test-set folder (SUPERB KS1)")
     p.add_argument("--classes", choices=["canonical", "found"], help="speechcommands: class set (default canonical)")
+    p.add_argument("--clips-per-class", type=int, help="synthetic: labeled clips per class (default 50)")
+    p.add_argument("--unlabeled", type=int, help="synthetic: unlabeled clips for pretraining (default 600)")
+    p.add_argument("--seed", type=int, help="synthetic: random seed (default 0)")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("stats", help="mean/std of the log-mel inputs of a manifest, for normalisation")
