@@ -85,6 +85,74 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictor(args: argparse.Namespace):
+    from ssamba.inference import LengthPolicy, Predictor
+    from ssamba.loading import load
+
+    stats = args.stats
+    if "," in stats:
+        mean, std = stats.split(",")
+        stats = (float(mean), float(std))
+    policy = LengthPolicy(args.min_frames, args.max_frames, args.overlap_frames)
+    model = load(args.model, sha256=args.sha256)
+    return Predictor(model, stats=stats, policy=policy, batch_size=args.batch_size, progress=True)
+
+
+def _report_failures(report) -> int:
+    for source, error in report.failures:
+        print(f"failed: {error}", file=sys.stderr)
+    print(f"{report.ok} of {report.total} inputs done, {len(report.failures)} failed", file=sys.stderr)
+    return 1 if report.failures else 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ssamba.inference.jobs import predict_files
+
+    predictor = _predictor(args)
+    if args.out:
+        with open(args.out, "w", newline="") as out:
+            report = predict_files(predictor, args.inputs, out, top_k=args.top_k, fmt=args.format,
+                                   per_second=args.per_second)
+    else:
+        report = predict_files(predictor, args.inputs, sys.stdout, top_k=args.top_k, fmt=args.format,
+                               per_second=args.per_second)
+    return _report_failures(report)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from ssamba.inference.jobs import embed_files
+
+    report = embed_files(_predictor(args), args.inputs, args.out, timestamps=args.timestamps, fmt=args.format)
+    return _report_failures(report)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ssamba.bench.efficiency import BenchSpec, render_from_csv, run_benchmark
+
+    spec = BenchSpec(sizes=args.sizes, batches=args.batches, max_tokens=args.max_tokens, tokens=args.tokens,
+                     variants=args.variants, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+                     device=args.device, depth=args.depth, clock=args.clock, timeout_s=args.timeout,
+                     memory_limit_gb=args.memory_limit_gb)
+    result = render_from_csv(args.from_csv, spec, args.out) if args.from_csv else run_benchmark(spec, args.out)
+    print(result.markdown)
+    return 0
+
+
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="audio files and/or folders (searched recursively)")
+    p.add_argument("--model", required=True, help="saved model folder, official .pth, or hf://OWNER/REPO/FILE")
+    p.add_argument("--sha256", help="pin the checkpoint file's sha256")
+    p.add_argument("--stats", default="audioset",
+                   help="input normalisation the model was trained with: audioset (default, pretraining), esc50, "
+                        "speechcommands, urbansound8k, or MEAN,STD")
+    p.add_argument("--batch-size", type=int, default=8, help="equally long runs per forward pass")
+    p.add_argument("--min-frames", type=int, help="pad shorter clips to this many frames (default: the model's "
+                                                  "trained input length)")
+    p.add_argument("--max-frames", type=int, help="window clips longer than this (default: 6000 = 60 s, or the "
+                                                  "model's trained length if longer)")
+    p.add_argument("--overlap-frames", type=int, default=1000, help="overlap of the windows (default 1000)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssamba", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -140,6 +208,44 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "evaluate":
             p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/last.pt")
         p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="top-k labels of audio files with a fine-tuned model")
+    _inference_options(p)
+    p.add_argument("--top-k", type=int, default=5, help="labels per clip (default 5)")
+    p.add_argument("--format", choices=["json", "csv"], default="json", help="output format (default json)")
+    p.add_argument("--per-second", action="store_true", help="also top-k labels for every second")
+    p.add_argument("--out", help="write results to this file instead of stdout")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("embed", help="clip (and time-stamped frame) embeddings of audio files")
+    _inference_options(p)
+    p.add_argument("--out", required=True, help="output folder (one file per input plus index.csv)")
+    p.add_argument("--timestamps", action="store_true", help="also frame embeddings with timestamps in ms")
+    p.add_argument("--format", choices=["npy", "safetensors"], default="npy", help="file format (default npy)")
+    p.set_defaults(func=_embed)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("efficiency", help="inference time and peak memory, SSAMBA vs SSAST, vs token count")
+    p.add_argument("--sizes", nargs="+", default=["tiny"], choices=["tiny", "small", "base"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--max-tokens", type=int, default=22000, help="largest token count (default 22000)")
+    p.add_argument("--tokens", nargs="+", type=int, help="explicit token counts (default 512, 1024, ... max)")
+    p.add_argument("--variants", nargs="+", default=["ssamba", "ssast-sdpa", "ssast-naive"],
+                   choices=["ssamba", "ssast-sdpa", "ssast-naive"])
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    p.add_argument("--threads", type=int, help="torch CPU threads in each run (default: torch's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--depth", type=int, help="override the depth (quick checks only; not the paper's models)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time shown in tables and plots: elapsed (default) or process CPU time (steadier on a "
+                        "shared CPU with --threads 1); the CSV has both")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration before giving up")
+    p.add_argument("--memory-limit-gb", type=float, help="skip configurations estimated above this (default: "
+                                                        "available memory)")
+    p.add_argument("--from-csv", nargs="+", help="render earlier results.csv files (merged) instead of running")
+    p.add_argument("--out", required=True, help="output folder: results.csv, results.md, *.png")
+    p.set_defaults(func=_bench)
     return parser
 
 

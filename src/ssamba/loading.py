@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ssamba.inference.hub import is_hub_ref, resolve, verify_sha256
+from ssamba.inference.mixin import with_inference
 from ssamba.models.base import AudioModel, load_state_strict
 from ssamba.models.checkpoint import (
-    CONFIG_NAME, CheckpointError, Geometry, config_from_official, convert_official_state, load_pretrained_files,
-    read_official, strip_module_prefix,
+    CONFIG_NAME, WEIGHTS_NAME, CheckpointError, Geometry, config_from_official, convert_official_state,
+    load_pretrained_files, read_official, strip_module_prefix,
 )
 from ssamba.models.classifier import AudioClassifier
 from ssamba.models.config import ModelConfig
@@ -20,7 +22,7 @@ _GEOMETRY = ("input_tdim", "fstride", "tstride", "input_fdim")
 _FINETUNE_OPTIONS = ("label_dim", *_GEOMETRY, "labels", "pooling")
 
 
-def load(path: str | Path, **options) -> AudioModel:
+def load(path: str | Path, *, sha256: str | None = None, **options) -> AudioModel:
     """Load a model from a directory written by ``save_pretrained`` or from an official ``.pth`` file.
 
     For a pretraining checkpoint, passing ``label_dim`` (and optionally ``input_tdim``, ``fstride``, ``tstride``,
@@ -28,11 +30,20 @@ def load(path: str | Path, **options) -> AudioModel:
     (spec §8); without them the pretraining model is returned.  For an official fine-tuning checkpoint,
     ``input_tdim``/``fstride``/``tstride`` declare its geometry (a state dict does not store the stride; it is
     inferred when not given).  The model is returned in eval mode.
+
+    ``path`` may be ``hf://OWNER/REPO/FILE`` (downloaded into the Hugging Face cache, see
+    :mod:`ssamba.inference.hub`); ``sha256`` pins the checkpoint file.  The returned model also has ``predict`` and
+    ``embed`` (:mod:`ssamba.inference.mixin`).
     """
     unknown = set(options) - set(_FINETUNE_OPTIONS)
     if unknown:
         raise TypeError(f"unknown options for ssamba.load: {sorted(unknown)}")
-    path = Path(path)
+    if is_hub_ref(path):
+        path = resolve(str(path), sha256)
+    else:
+        path = Path(path)
+        if sha256 is not None and path.exists():
+            verify_sha256(path / WEIGHTS_NAME if path.is_dir() else path, sha256)
     if path.is_dir():
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path}: directory has no {CONFIG_NAME}; not a saved ssamba model")
@@ -57,7 +68,7 @@ def load(path: str | Path, **options) -> AudioModel:
             if key in options:
                 setattr(model.config, key, options[key])
         model.config.__post_init__()  # validates the label count
-    return model.eval()
+    return with_inference(model.eval())
 
 
 def _is_pretrain_dir(path: Path) -> bool:

@@ -1,0 +1,1 @@
+"""Benchmarks (``ssamba bench ...``): efficiency of SSAMBA vs SSAST."""

@@ -1,0 +1,73 @@
+"""The HEAR 2021 common API (``load_model``, ``get_scene_embeddings``, ``get_timestamp_embeddings``), importable as
+``ssamba.hear`` so that ``hear-validator ssamba.hear -m CHECKPOINT`` and the hear-eval-kit can use it.
+
+Embeddings follow the any-length strategy of :mod:`ssamba.inference.long_audio`: timestamp embeddings are the
+final-layer patch tokens averaged over frequency, one per time column (every ``tstride * 10`` ms, centred on the
+column's audio span, only columns centred inside the audio); the scene embedding is their mean.  Audio longer than
+``max_frames`` is windowed, so 20-minute inputs run in bounded memory.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ssamba.audio.features import SAMPLE_RATE
+from ssamba.inference.engine import ClipEncoder, Encoded
+from ssamba.inference.inputs import MIN_SAMPLES
+from ssamba.inference.long_audio import LengthPolicy
+from ssamba.models.base import AudioModel
+
+#: used when ``load_model`` gets no path: the official SSAMBA-tiny pretrained checkpoint on the Hugging Face hub
+DEFAULT_MODEL = "hf://attentionisallyouneed369/ssamba/ssamba_tiny_400.pth"
+
+
+class HearModel(nn.Module):
+    """An ssamba model with the attributes HEAR requires; ``.to(device)`` moves it like any module."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, model: AudioModel, stats: str | tuple[float, float] = "audioset",
+                 policy: LengthPolicy | None = None, batch_size: int = 8) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.clip_encoder = ClipEncoder(model, stats, policy, batch_size)
+        dim = int(model.encoder.embed_dim)
+        self.scene_embedding_size = dim
+        self.timestamp_embedding_size = dim
+
+    def encode(self, audio: Tensor) -> list[Encoded]:
+        """``(n_sounds, n_samples)`` at 16 kHz -> one :class:`Encoded` per sound."""
+        if not isinstance(audio, Tensor) or audio.ndim != 2:
+            raise ValueError(f"HEAR audio must be a (n_sounds, n_samples) tensor, got "
+                             f"{getattr(audio, 'shape', type(audio).__name__)}")
+        if audio.shape[1] < MIN_SAMPLES:
+            raise ValueError(f"HEAR audio of {audio.shape[1]} samples is shorter than one 25 ms analysis window")
+        if not bool(torch.isfinite(audio).all()):
+            raise ValueError("HEAR audio contains NaN or infinite samples")
+        return self.clip_encoder.encode([a.detach().to("cpu", torch.float32) for a in audio])
+
+
+def load_model(model_file_path: str = "", *, stats: str | tuple[float, float] = "audioset",
+               min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int = 1000,
+               batch_size: int = 8, **load_options) -> HearModel:
+    """Load a checkpoint (our folder, an official ``.pth`` or ``hf://...``; the official SSAMBA-tiny from the hub
+    when empty) for the HEAR API.  ``load_options`` go to :func:`ssamba.load`."""
+    from ssamba.loading import load  # here: loading imports the inference package
+
+    model = load(model_file_path or DEFAULT_MODEL, **load_options)
+    return HearModel(model, stats, LengthPolicy(min_frames, max_frames, overlap_frames), batch_size)
+
+
+def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, Tensor]:
+    """``(n_sounds, n_timestamps, timestamp_embedding_size)`` float32 embeddings and ``(n_sounds, n_timestamps)``
+    timestamps in milliseconds, on the audio's device."""
+    encoded = model.encode(audio)
+    embeddings = torch.stack([e.columns for e in encoded]).to(audio.device, torch.float32)
+    stamps = torch.stack([e.timestamps_ms for e in encoded]).to(audio.device, torch.float32)
+    return embeddings, stamps
+
+
+def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
+    """``(n_sounds, scene_embedding_size)`` float32: the mean of each sound's timestamp embeddings."""
+    encoded = model.encode(audio)
+    return torch.stack([e.columns.mean(0) for e in encoded]).to(audio.device, torch.float32)

@@ -1,0 +1,101 @@
+"""``ssamba predict`` and ``ssamba embed`` over a folder with a corrupt file: every good file is processed, the bad
+one is reported (stderr, index, exit code 1)."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from _inference_helpers import FINETUNE, LABELS, one_thread, shallow_copy, tone, tts_files, write_wav  # noqa: F401
+from safetensors.numpy import load_file
+
+import ssamba
+from ssamba.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return shallow_copy(FINETUNE, tmp_path_factory.mktemp("m") / "shallow", labels=LABELS)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audio")
+    for word in ("yes", "no"):
+        (root / word).mkdir()
+        for k, f in enumerate(tts_files(word, 2)):
+            shutil.copy(f, root / word / f"clip{k}.wav")  # the same file names in both folders
+    (root / "no" / "broken.wav").write_bytes(b"not audio at all" * 50)
+    write_wav(root / "long.flac", tone(12.0), subtype="PCM_16")
+    return root
+
+
+def test_predict_folder_json_reports_the_corrupt_file_and_finishes(model_dir, folder, capsys):
+    assert main(["predict", str(folder), "--model", str(model_dir), "--top-k", "2"]) == 1
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert len(records) == 6  # 4 clips + broken + long, sorted by path
+    broken = [r for r in records if "error" in r]
+    assert [r["source"] for r in broken] == [str(folder / "no" / "broken.wav")]
+    assert "not a readable audio file" in broken[0]["error"]
+    assert "broken.wav" in captured.err and "5 of 6 inputs done, 1 failed" in captured.err
+    model = ssamba.load(model_dir)
+    for rec in records:
+        if "error" not in rec:
+            assert [t["label"] for t in rec["top"]] == [lab for lab, _ in model.predict(rec["source"], top_k=2).top]
+            assert all(t["label"] in LABELS for t in rec["top"])
+
+
+def test_predict_csv_per_second_to_a_file(model_dir, folder, tmp_path):
+    out = tmp_path / "labels.csv"
+    long_file = folder / "long.flac"
+    assert main(["predict", str(long_file), "--model", str(model_dir), "--format", "csv", "--top-k", "1",
+                 "--per-second", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["second"] for r in rows] == [""] + [str(s) for s in range(12)]
+    assert all(r["source"] == str(long_file) and r["rank"] == "1" and r["label"] in LABELS for r in rows)
+
+
+def test_embed_folder_writes_npy_per_file_and_an_index(model_dir, folder, tmp_path, capsys):
+    out = tmp_path / "emb"
+    assert main(["embed", str(folder), "--model", str(model_dir), "--out", str(out), "--timestamps"]) == 1
+    index = list(csv.DictReader((out / "index.csv").open()))
+    assert len(index) == 6 and [r["status"] for r in index].count("error") == 1
+    ok = [r for r in index if r["status"] == "ok"]
+    # yes/clip0.wav and no/clip0.wav stay apart: output stems mirror the folders
+    assert (out / "yes" / "clip0.npy").is_file() and (out / "no" / "clip0.npy").is_file()
+    assert not np.array_equal(np.load(out / "yes" / "clip0.npy"), np.load(out / "no" / "clip0.npy"))
+    assert not (out / "no" / "broken.npy").exists()
+    model = ssamba.load(model_dir)
+    for row in ok:
+        files = row["files"].split(";")
+        clip, frames, stamps = (np.load(out / f) for f in files)
+        expected = model.embed(row["source"])
+        np.testing.assert_allclose(clip, expected.clip, atol=1e-6)
+        assert frames.shape == (int(row["frames"]), 192) and stamps.shape == (int(row["frames"]),)
+    assert "broken.wav" in capsys.readouterr().err
+
+
+def test_embed_safetensors_without_timestamps(model_dir, tmp_path):
+    files = tts_files("down", 2)
+    out = tmp_path / "emb"
+    assert main(["embed", *map(str, files), "--model", str(model_dir), "--out", str(out),
+                 "--format", "safetensors", "--stats", "speechcommands"]) == 0
+    for f in files:
+        tensors = load_file(out / (f.stem + ".safetensors"))
+        assert set(tensors) == {"clip"} and tensors["clip"].shape == (192,)
+    expected = ssamba.load(model_dir).embed(files[0], stats="speechcommands").clip
+    np.testing.assert_allclose(load_file(out / (files[0].stem + ".safetensors"))["clip"], expected, atol=1e-6)
+
+
+def test_cli_errors_name_the_problem(model_dir, tmp_path, caplog):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert main(["predict", str(empty), "--model", str(model_dir)]) == 2
+    assert f"{empty}: folder holds no audio files" in caplog.text
+    assert main(["predict", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope'}: no such file or directory" in caplog.text
