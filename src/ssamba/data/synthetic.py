@@ -172,7 +172,7 @@ def background(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def place_event(rng: np.random.Generator, sound: SoundClass, n: int, min_fraction: float = 0.4) -> np.ndarray:
-    """One event of ``sound`` lasting 40-90 % of the clip at a random onset, unit RMS over its own span."""
+    """One event of ``sound`` lasting ``min_fraction``-90 % of the clip at a random onset, unit RMS over its span."""
     length = int(rng.uniform(min_fraction, 0.9) * n)
     onset = int(rng.integers(0, n - length + 1))
     event = sound.synth(rng, length) * _fade(length)
