@@ -135,6 +135,28 @@ ScanArgs make_scan_args(const std::vector<Tensor>& u, const std::vector<Tensor>&
 
 int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
 
+// Channel blocks per scan task: as many as keep >= 4 tasks per thread (dynamic scheduling still balances), so
+// that a task reads several adjacent cache lines of every row.  Results do not depend on it.
+int group_size(int64_t batch, int64_t nblk) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t g = (batch * nblk) / (4 * threads);
+  return (int)std::max<int64_t>(1, std::min<int64_t>({g, (int64_t)kMaxGroup, nblk}));
+}
+
+// Run the scan kernel `fn` over every (batch, group of channel blocks) task.
+template <class Fn>
+void scan_tasks(const ScanArgs& a, const KernelTable* k, bool backward, Fn fn) {
+  const int64_t nblk = (a.dim + k->width - 1) / k->width;
+  const int g = group_size(a.batch, nblk);
+  const int64_t ngroups = (nblk + g - 1) / g;
+  const int64_t scratch = backward ? scan_bwd_scratch_floats(k->width, a.nstate, g)
+                                   : scan_fwd_scratch_floats(k->width, a.nstate, g);
+  parallel_tasks(a.batch * ngroups, scratch, [&](int64_t t, float* s) {
+    const int64_t b = t / ngroups, blk0 = (t % ngroups) * g;
+    fn(a, b, blk0, (int)std::min<int64_t>(g, nblk - blk0), s);
+  });
+}
+
 // Grow-only scratch of the calling thread for the per-block partial sums of dL/dB and dL/dC (d_inner / 16 times
 // the size of those gradients).  Fresh multi-MB tensors would page-fault on every call (~2 us per 4 KB page:
 // several ms per backward at batch 4); this memory is faulted in once.
@@ -159,10 +181,7 @@ std::tuple<Tensor, std::vector<Tensor>> scan_fwd(std::vector<Tensor> u, std::vec
   a.out = out.data_ptr<float>();
   const KernelTable* k = current();
   const int64_t nblk = (a.dim + k->width - 1) / k->width;
-  if (a.length > 0) {
-    const int64_t scratch = scan_fwd_scratch_floats(k->width, a.nstate);
-    parallel_tasks(a.batch * nblk, scratch, [&](int64_t t, float* s) { k->scan_fwd(a, t / nblk, t % nblk, s); });
-  }
+  if (a.length > 0) scan_tasks(a, k, false, k->scan_fwd);
   return {out, ckpts};
 }
 
@@ -207,10 +226,7 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
     gz = at::empty({a.batch, a.length, a.dim}, opts);
     a.gz = gz.data_ptr<float>();
   }
-  if (a.length > 0) {
-    const int64_t scratch = scan_bwd_scratch_floats(k->width, a.nstate);
-    parallel_tasks(a.batch * nblk, scratch, [&](int64_t t, float* s) { k->scan_bwd(a, t / nblk, t % nblk, s); });
-  }
+  if (a.length > 0) scan_tasks(a, k, true, k->scan_bwd);
   std::vector<Tensor> result;
   for (auto& t : gu) result.push_back(t);
   for (auto& t : gdelta) result.push_back(t);
