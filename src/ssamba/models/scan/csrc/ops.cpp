@@ -258,6 +258,7 @@ ConvArgs make_conv_args(const Tensor& x, const Tensor& w_f, const Tensor& b_f, c
   check_vec(b_f, "conv bias", a.dim);
   check_vec(b_b, "conv bias", a.dim);
   a.x = x.data_ptr(); a.x_sb = x.stride(0); a.x_sl = x.stride(1);
+  a.nchunks = (a.length + kConvRows - 1) / kConvRows;
   a.w_f = w_f.data_ptr<float>(); a.b_f = b_f.data_ptr<float>();
   a.w_b = w_b.data_ptr<float>(); a.b_b = b_b.data_ptr<float>();
   return a;
@@ -270,9 +271,8 @@ std::tuple<Tensor, Tensor> conv_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b
   a.y_f = y_f.data_ptr();
   a.y_b = y_b.data_ptr();
   const KernelTable* k = current();
-  const int64_t nblk = (a.dim + k->width - 1) / k->width;
   if (a.length > 0)
-    parallel_tasks(a.batch * nblk, 0, [&](int64_t t, float*) { k->conv_fwd(a, t / nblk, t % nblk); });
+    parallel_tasks(a.batch * a.nchunks, 0, [&](int64_t t, float*) { k->conv_fwd(a, t / a.nchunks, t % a.nchunks); });
   return {y_f, y_b};
 }
 
@@ -285,17 +285,19 @@ std::vector<Tensor> conv_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tenso
   check_cl(g_b, "grad y_b", a.batch, a.length, a.dim, x.scalar_type());
   const auto dopts = x.options().dtype(at::kDouble);
   Tensor gx = at::empty({a.batch, a.length, a.dim}, x.options().dtype(at::kFloat));
-  Tensor gw_f = at::zeros({a.batch, a.dim, a.width}, dopts), gw_b = at::zeros({a.batch, a.dim, a.width}, dopts);
-  Tensor gb_f = at::zeros({a.batch, a.dim}, dopts), gb_b = at::zeros({a.batch, a.dim}, dopts);
+  Tensor gw_f = at::empty({a.batch * a.nchunks, a.dim, a.width}, dopts);
+  Tensor gw_b = at::empty({a.batch * a.nchunks, a.dim, a.width}, dopts);
+  Tensor gb_f = at::empty({a.batch * a.nchunks, a.dim}, dopts), gb_b = at::empty({a.batch * a.nchunks, a.dim}, dopts);
   a.g_f = g_f.data_ptr(); a.g_b = g_b.data_ptr();
   a.gx = gx.data_ptr<float>();
   a.gw_f = gw_f.data_ptr<double>(); a.gw_b = gw_b.data_ptr<double>();
   a.gb_f = gb_f.data_ptr<double>(); a.gb_b = gb_b.data_ptr<double>();
   const KernelTable* k = current();
-  const int64_t nblk = (a.dim + k->width - 1) / k->width;
   if (a.length > 0)
-    parallel_tasks(a.batch * nblk, 0, [&](int64_t t, float*) { k->conv_bwd(a, t / nblk, t % nblk); });
-  auto f = [](const Tensor& t) { return t.sum(0).to(at::kFloat); };
+    parallel_tasks(a.batch * a.nchunks, 0, [&](int64_t t, float*) { k->conv_bwd(a, t / a.nchunks, t % a.nchunks); });
+  else
+    for (Tensor* t : {&gw_f, &gw_b, &gb_f, &gb_b}) t->zero_();
+  auto f = [](const Tensor& t) { return t.sum(0).to(at::kFloat); };  // per-task partials, fixed order
   return {gx, f(gw_f).view(w_f.sizes()), f(gb_f), f(gw_b).view(w_b.sizes()), f(gb_b)};
 }
 
