@@ -147,8 +147,8 @@ def scan_table(quick: bool) -> None:
     print("mamba_ssm: CUDA only, not measured on this CPU machine")
     print("cpu = selective_scan(backend='cpu') in mamba_ssm's (B, D, L) layout, including the transposes to and from "
           "the kernels' channels-last layout; cpu-cl = the channels-last op itself, as the fused mixer calls it")
-    header = (f"{'backend':9} {'B':>2} {'L':>6} | {'fwd ms':>9} {'fwd+bwd ms':>11} | {'upd/s/core':>10} | "
-              f"{'peak MB fwd':>11} {'fwd+bwd':>8} | {'output MB':>9}")
+    header = (f"{'backend':9} {'B':>2} {'L':>6} | {'fwd ms':>9} {'fwd+bwd ms':>11} | {'upd/s/core':>10} "
+              f"{'(cpu-time)':>10} | {'peak MB fwd':>11} {'fwd+bwd':>8} | {'output MB':>9}")
     print(header)
     print("-" * len(header))
     lengths = (512, 1212, 4096) if quick else (512, 1212, 4096, 22000)
@@ -162,6 +162,7 @@ def scan_table(quick: bool) -> None:
                     print(f"{backend:9} {batch:2} {length:6} | {'skipped':>9}")
                     continue
                 fwd = timed(lambda: run_scan(backend, inputs, False), min_runs=3 if backend == "reference" else 5)
+                by_cpu = f"{updates / LAST_CPU[0]:10.2e}" if threads == 1 else f"{'':10}"
                 mem_f = peak_memory_mb(lambda: run_scan(backend, inputs, False))
                 if backend != "reference" or batch * length <= 2048:
                     both = timed(lambda: run_scan(backend, inputs, True), min_runs=3, warmup=1)
@@ -170,7 +171,7 @@ def scan_table(quick: bool) -> None:
                 else:
                     both_s, mem_b_s = f"{'skipped':>11}", f"{'':>8}"
                 print(f"{backend:9} {batch:2} {length:6} | {fwd * 1e3:9.2f} {both_s} | "
-                      f"{updates / fwd / threads:10.2e} | {_mb(mem_f):>11} {mem_b_s:>8} | {out_mb:9.1f}")
+                      f"{updates / fwd / threads:10.2e} {by_cpu} | {_mb(mem_f):>11} {mem_b_s:>8} | {out_mb:9.1f}")
 
 
 def _mb(x: float | None) -> str:
