@@ -35,20 +35,25 @@ LIBC = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" else None
 
 # ------------------------------------------------------------------------------------------------- measuring
 LAST_MIN = [0.0]  # fastest run of the latest timed() call, printed next to the median where noise matters
+LAST_CPU = [0.0]  # median CPU time of the calling thread: the work itself when single-threaded on a busy machine
 
 
 def timed(fn: Callable[[], object], min_runs: int = 5, min_time: float = 0.5, warmup: int = 1,
           max_runs: int = 200) -> float:
-    """Median wall time of fn() in seconds (the minimum is left in LAST_MIN)."""
+    """Median wall time of fn() in seconds (the minimum is left in LAST_MIN, the median thread CPU time in
+    LAST_CPU)."""
     for _ in range(warmup):
         fn()
     times: list[float] = []
+    cpu_times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_runs or (time.perf_counter() - start < min_time and len(times) < max_runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         fn()
+        cpu_times.append(time.thread_time() - c)
         times.append(time.perf_counter() - t)
     LAST_MIN[0] = min(times)
+    LAST_CPU[0] = statistics.median(cpu_times)
     return statistics.median(times)
 
 
@@ -142,8 +147,8 @@ def scan_table(quick: bool) -> None:
     print("mamba_ssm: CUDA only, not measured on this CPU machine")
     print("cpu = selective_scan(backend='cpu') in mamba_ssm's (B, D, L) layout, including the transposes to and from "
           "the kernels' channels-last layout; cpu-cl = the channels-last op itself, as the fused mixer calls it")
-    header = (f"{'backend':9} {'B':>2} {'L':>6} | {'fwd ms':>9} {'fwd+bwd ms':>11} | {'upd/s/core':>10} | "
-              f"{'peak MB fwd':>11} {'fwd+bwd':>8} | {'output MB':>9}")
+    header = (f"{'backend':9} {'B':>2} {'L':>6} | {'fwd ms':>9} {'fwd+bwd ms':>11} | {'upd/s/core':>10} "
+              f"{'(cpu-time)':>10} | {'peak MB fwd':>11} {'fwd+bwd':>8} | {'output MB':>9}")
     print(header)
     print("-" * len(header))
     lengths = (512, 1212, 4096) if quick else (512, 1212, 4096, 22000)
@@ -157,6 +162,7 @@ def scan_table(quick: bool) -> None:
                     print(f"{backend:9} {batch:2} {length:6} | {'skipped':>9}")
                     continue
                 fwd = timed(lambda: run_scan(backend, inputs, False), min_runs=3 if backend == "reference" else 5)
+                by_cpu = f"{updates / LAST_CPU[0]:10.2e}" if threads == 1 else f"{'':10}"
                 mem_f = peak_memory_mb(lambda: run_scan(backend, inputs, False))
                 if backend != "reference" or batch * length <= 2048:
                     both = timed(lambda: run_scan(backend, inputs, True), min_runs=3, warmup=1)
@@ -165,7 +171,7 @@ def scan_table(quick: bool) -> None:
                 else:
                     both_s, mem_b_s = f"{'skipped':>11}", f"{'':>8}"
                 print(f"{backend:9} {batch:2} {length:6} | {fwd * 1e3:9.2f} {both_s} | "
-                      f"{updates / fwd / threads:10.2e} | {_mb(mem_f):>11} {mem_b_s:>8} | {out_mb:9.1f}")
+                      f"{updates / fwd / threads:10.2e} {by_cpu} | {_mb(mem_f):>11} {mem_b_s:>8} | {out_mb:9.1f}")
 
 
 def _mb(x: float | None) -> str:
@@ -176,15 +182,18 @@ def single_thread_rate() -> float:
     inputs = scan_inputs(1, 4096)
     with with_threads(1):
         t = timed(lambda: run_scan("cpu-cl", inputs, False), min_runs=10)
-    rate = 4096 * D_INNER * D_STATE / t
-    print(f"\nscan forward (channels-last op), 1 thread, B=1 L=4096: median {t * 1e3:.2f} ms = {rate:.2e} state updates/s/core "
-          f"(fastest run {4096 * D_INNER * D_STATE / LAST_MIN[0]:.2e}; target >= 3e9)")
+    updates = 4096 * D_INNER * D_STATE
+    rate = updates / t
+    print(f"\nscan forward (channels-last op), 1 thread, B=1 L=4096: median {t * 1e3:.2f} ms = {rate:.2e} "
+          f"state updates/s/core (fastest run {updates / LAST_MIN[0]:.2e}, by thread CPU time "
+          f"{updates / LAST_CPU[0]:.2e}; target >= 3e9)")
     inputs = scan_inputs(4, 512)
     for threads in sorted({1, torch.get_num_threads()}):
         with with_threads(threads):
             both = timed(lambda: run_scan("cpu-cl", inputs, True), min_runs=10)
-        print(f"scan forward+backward (channels-last op), B=4 L=512, {threads} thread(s): median {both * 1e3:.2f} ms, fastest "
-              f"{LAST_MIN[0] * 1e3:.2f} ms (target <= 6 ms on 2 threads)")
+        cpu_note = f", thread CPU time {LAST_CPU[0] * 1e3:.2f} ms" if threads == 1 else ""
+        print(f"scan forward+backward (channels-last op), B=4 L=512, {threads} thread(s): median "
+              f"{both * 1e3:.2f} ms, fastest {LAST_MIN[0] * 1e3:.2f} ms{cpu_note} (target <= 6 ms on 2 threads)")
     return rate
 
 
@@ -221,12 +230,16 @@ def matmul_flops(tokens: int) -> tuple[float, list[tuple[int, int, int]]]:
     return sum(2.0 * m * k * o for m, k, o in shapes), per_layer + [(tokens, 256, d)]
 
 
+MATMUL_FLOPS_TIMED = [0.0]
+
+
 def matmul_rate(tokens: int) -> float:
     """fp32 FLOP/s of this machine on SSAMBA-tiny's own linear shapes (timed one layer's worth at a time)."""
     _, shapes = matmul_flops(tokens)
     xs = [(torch.randn(m, k), torch.randn(o, k)) for m, k, o in shapes]
     t = timed(lambda: [F.linear(x, w) for x, w in xs], min_runs=10)
-    return sum(2.0 * m * k * o for m, k, o in shapes) / t
+    MATMUL_FLOPS_TIMED[0] = sum(2.0 * m * k * o for m, k, o in shapes)
+    return MATMUL_FLOPS_TIMED[0] / t
 
 
 def mixer_scan_time(tokens: int) -> float:
@@ -248,34 +261,46 @@ def model_latency() -> None:
     flops, _ = matmul_flops(512)
     print(f"{'threads':>7} | {'fp32 ms':>8} {'(min)':>7} {'bf16 ms':>8} {'(min)':>7} {'bf16 speedup':>12} | "
           f"{'matmul GF/s':>11} {'matmul ms':>9} {'48 scans ms':>11} {'floor ms':>8} {'fp32/floor':>10}")
+    cpu_rows = []
     for threads in THREADS:
         with with_threads(threads):
             fp32 = forward_time(model, 1024)
-            fp32_min = LAST_MIN[0]
+            fp32_min, fp32_cpu = LAST_MIN[0], LAST_CPU[0]
             bf16 = forward_time(model, 1024, bf16=True)
-            bf16_min = LAST_MIN[0]
+            bf16_min, bf16_cpu = LAST_MIN[0], LAST_CPU[0]
             rate = matmul_rate(512)
+            rate_cpu = MATMUL_FLOPS_TIMED[0] / LAST_CPU[0]
             scans = 24 * mixer_scan_time(512)
+            scans_cpu = 24 * LAST_CPU[0]
         floor = flops / rate + scans
         print(f"{threads:7} | {fp32 * 1e3:8.1f} {fp32_min * 1e3:7.1f} {bf16 * 1e3:8.1f} {bf16_min * 1e3:7.1f} "
               f"{fp32 / bf16:11.2f}x | {rate / 1e9:11.1f} {flops / rate * 1e3:9.1f} {scans * 1e3:11.1f} "
               f"{floor * 1e3:8.1f} {fp32 / floor:10.2f}")
+        if threads == 1:
+            cpu_rows.append((fp32_cpu, bf16_cpu, flops / rate_cpu, scans_cpu))
+    for fp32_cpu, bf16_cpu, mm_cpu, scans_cpu in cpu_rows:
+        floor_cpu = mm_cpu + scans_cpu
+        print(f"1 thread by thread CPU time (immune to waiting for a core): fp32 {fp32_cpu * 1e3:.1f} ms, "
+              f"bf16 {bf16_cpu * 1e3:.1f} ms ({fp32_cpu / bf16_cpu:.2f}x); floor = matmul {mm_cpu * 1e3:.1f} + "
+              f"48 scans {scans_cpu * 1e3:.1f} = {floor_cpu * 1e3:.1f} ms, fp32/floor {fp32_cpu / floor_cpu:.2f}")
     print(f"(matmul FLOPs {flops / 1e9:.2f} G; targets: fp32 within 1.25x of the floor, bf16 >= 1.5x faster)")
 
 
 def versus_ssast(quick: bool) -> None:
     threads = torch.get_num_threads()
     print(f"\n## SSAMBA-tiny vs SSAST-tiny (sdpa), B=1 forward, fp32, {threads} threads")
-    print(f"{'tokens':>6} | {'SSAMBA ms':>10} {'SSAST ms':>10} {'ratio':>6} | {'fastest runs':>12} | target")
+    print(f"{'tokens':>6} | {'SSAMBA ms':>10} {'SSAST ms':>10} {'ratio':>6} | {'fastest runs':>12} | "
+          f"{'cpu-time':>9} | target")
     targets = {512: 1.2, 2048: 0.8, 22000: 0.15}
     for tokens in ((512, 2048) if quick else (512, 2048, 22000)):
         tdim = tokens_to_tdim(tokens)
         runs = 3 if tokens > 4096 else 7
         a = forward_time(ssamba_tiny(tdim), tdim, min_runs=runs)
-        a_min = LAST_MIN[0]
+        a_min, a_cpu = LAST_MIN[0], LAST_CPU[0]
         b = forward_time(ssast_tiny(tdim), tdim, min_runs=runs)
-        b_min = LAST_MIN[0]
-        print(f"{tokens:6} | {a * 1e3:10.1f} {b * 1e3:10.1f} {a / b:6.2f} | {a_min / b_min:12.2f} | "
+        b_min, b_cpu = LAST_MIN[0], LAST_CPU[0]
+        cpu_ratio = f"{a_cpu / b_cpu:9.2f}" if threads == 1 else f"{'':9}"
+        print(f"{tokens:6} | {a * 1e3:10.1f} {b * 1e3:10.1f} {a / b:6.2f} | {a_min / b_min:12.2f} | {cpu_ratio} | "
               f"<= {targets[tokens]}")
 
 
@@ -293,7 +318,8 @@ def training_step() -> None:
             opt.step()
         t = timed(step, min_runs=3, min_time=0.0)
         what = "one forward pass (both heads)" if single else "official joint objective, two forward passes"
-        print(f"{what:46}: median {t:.3f} s, fastest {LAST_MIN[0]:.3f} s (target <= 1.0 s)")
+        cpu_note = f", thread CPU time {LAST_CPU[0]:.3f} s" if threads == 1 else ""
+        print(f"{what:46}: median {t:.3f} s, fastest {LAST_MIN[0]:.3f} s{cpu_note} (target <= 1.0 s)")
 
 
 def main() -> None:

@@ -124,8 +124,9 @@ def test_two_directions_average_and_gate_like_two_reference_scans():
         assert_rel_close(a, e, 1e-5, f"grad {i}")
 
 
-def test_conv_silu_both_directions_match_conv1d(isa):
-    batch, length, dim, width = 2, 37, 21, 4
+@pytest.mark.parametrize("length", [1, 37, 300])  # 300: several row chunks (128) with their halos
+def test_conv_silu_both_directions_match_conv1d(isa, length):
+    batch, dim, width = 2, 21, 4
     g = torch.Generator().manual_seed(5)
     xz = torch.randn(batch, length, 2 * dim, generator=g)
     x = xz[..., :dim].requires_grad_()  # strided view, as the mixer passes it
@@ -135,14 +136,19 @@ def test_conv_silu_both_directions_match_conv1d(isa):
     y_f, y_b = ops.conv_silu_bidir(x, *params)
 
     def ref_conv(x64, w, b, flip):
-        xt = x64.transpose(1, 2)
-        xt = xt.flip(-1) if flip else xt
-        y = F.silu(F.conv1d(xt, w.unsqueeze(1), b, padding=width - 1, groups=dim)[..., :length])
-        return (y.flip(-1) if flip else y).transpose(1, 2)
+        """Spec §5 step 2 written out: causal shift-and-add (F.conv1d's float64 backward takes seconds)."""
+        xt = x64.flip(1) if flip else x64
+        xp = F.pad(xt, (0, 0, width - 1, 0))  # zeros before t = 0
+        y = F.silu(b + sum(w[:, k] * xp[:, k:k + length] for k in range(width)))
+        return y.flip(1) if flip else y
 
     p64 = [p.double() for p in params]
     x64 = x.double()
     r_f, r_b = ref_conv(x64, p64[0], p64[1], False), ref_conv(x64, p64[2], p64[3], True)
+    with torch.no_grad():  # the written-out reference is F.conv1d(padding=K-1)[..., :L] (spec §5)
+        conv = F.conv1d(x64.detach().transpose(1, 2), p64[0].detach().unsqueeze(1), p64[1].detach(),
+                        padding=width - 1, groups=dim)[..., :length]
+        torch.testing.assert_close(r_f.detach(), F.silu(conv).transpose(1, 2))
     assert_rel_close(y_f, r_f, 1e-6, "y_f")
     assert_rel_close(y_b, r_b, 1e-6, "y_b")
     gf, gb = torch.randn(2, batch, length, dim, generator=g)
@@ -188,7 +194,7 @@ def test_bfloat16_through_the_backend_api():
 
 
 def test_conv_silu_bfloat16_in_and_out(isa):
-    batch, length, dim = 2, 33, 40
+    batch, length, dim = 2, 150, 40
     g = torch.Generator().manual_seed(9)
     x = torch.randn(batch, length, 2 * dim, generator=g).bfloat16()[..., :dim]
     w = [torch.randn(dim, 4, generator=g), torch.randn(dim, generator=g)] * 2

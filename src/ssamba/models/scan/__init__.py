@@ -7,7 +7,8 @@ automatically ("auto"): the fastest registered backend that supports the input's
 
 Backends: ``mamba_ssm`` (CUDA, when installed), ``cpu`` (the C++ kernels of ``scan/csrc``, compiled on first use;
 if they cannot be built, a warning says so once and "auto" falls back to the reference), ``reference`` (pure
-PyTorch, the oracle).
+PyTorch, the oracle).  With the ``cpu`` backend the Mamba mixer also runs fused (``BiMambaMixer._forward_fused``).
+Environment: ``SSAMBA_EXT_DIR`` (where the kernels are cached), ``SSAMBA_SCAN_ISA`` (force avx512/avx2/generic).
 """
 from __future__ import annotations
 

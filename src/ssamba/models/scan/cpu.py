@@ -18,7 +18,6 @@ import platform
 import time
 import warnings
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
@@ -84,7 +83,7 @@ def _build() -> None:
     if cached:
         logger.debug("loading the cached CPU scan kernels from %s", directory)
     else:
-        logger.warning("ssamba: compiling the CPU selective-scan kernels (once, about a minute) into %s", directory)
+        logger.warning("ssamba: compiling the CPU selective-scan kernels (once, up to a minute) into %s", directory)
     start = time.perf_counter()
     load(name=name, sources=[str(p) for p in sources()], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
          build_directory=str(directory), is_python_module=False, verbose=False)
@@ -93,7 +92,8 @@ def _build() -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _load() -> ModuleType | None:
+def _load() -> object | None:
+    """The ``torch.ops.ssamba_cpu`` namespace once built and registered, None (after one warning) if not."""
     try:
         _build()
         isa = os.environ.get(ISA_VAR, "auto")
@@ -105,7 +105,7 @@ def _load() -> ModuleType | None:
             RuntimeWarning,
             stacklevel=3,
         )
-        logger.warning("CPU kernel build failed", exc_info=exc)
+        logger.debug("CPU kernel build failed", exc_info=exc)
         return None
     from ssamba.models.scan import ops  # registers autograd and fake implementations
 

@@ -14,9 +14,6 @@ from torch import Tensor
 
 CHUNK = 32  # kChunk in csrc/args.h: scan steps between the states saved for backward
 
-OptTensors = list  # list[Tensor | None]
-
-
 def activation_dtype(*tensors: Tensor | None) -> torch.dtype:
     """The kernels read activations as float32 or bfloat16 (all the same): bf16 only when every one is bf16."""
     present = [t for t in tensors if t is not None]
@@ -33,7 +30,7 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
 
 
 def scan(u: list[Tensor], delta: list[Tensor], A: list[Tensor], B: list[Tensor], C: list[Tensor],
-         D: OptTensors, delta_bias: OptTensors, z: Tensor | None, softplus: bool) -> Tensor:
+         D: list[Tensor | None], delta_bias: list[Tensor | None], z: Tensor | None, softplus: bool) -> Tensor:
     """Selective scan on channels-last tensors, one entry per direction (the second runs backwards in time);
     returns ``silu(z) * sum_dir y_dir / n_dirs`` as float32 (batch, length, channels).  The activations (u, delta,
     B, C, z) are all float32 or all bfloat16; A, D and delta_bias are float32; the arithmetic is float32."""

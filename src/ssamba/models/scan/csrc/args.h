@@ -10,6 +10,7 @@ constexpr int kMaxState = 256;    // largest d_state the kernels accept
 constexpr int kMaxConv = 8;       // largest depthwise-conv width
 constexpr int kChunk = 32;        // scan steps between saved states (backward recomputes within a chunk)
 constexpr int kMaxDirs = 2;
+constexpr int kConvRows = 128;    // rows (time steps) per conv task
 
 // One scan direction over channels-last tensors: u, delta (B, L, D); B, C (B, L, N); A (D, N) contiguous.
 // Channel (and state) stride is 1; the other strides are in elements.  The activations u, delta, B, C (and z)
@@ -49,6 +50,7 @@ struct ScanArgs {
 // g are float32, or bfloat16 when bf16.
 struct ConvArgs {
   int64_t batch, length, dim, width;
+  int64_t nchunks;  // row chunks of kConvRows (tasks per batch entry)
   bool bf16;
   const void* x; int64_t x_sb, x_sl;
   const float* w_f; const float* b_f;
@@ -57,27 +59,32 @@ struct ConvArgs {
   // backward
   const void* g_f; const void* g_b;     // (B, L, E) contiguous
   float* gx;                             // (B, L, E) contiguous
-  double* gw_f; double* gb_f; double* gw_b; double* gb_b;  // per batch partials (B, E, K), (B, E)
+  double* gw_f; double* gb_f; double* gw_b; double* gb_b;  // per task partials (B, nchunks, E, K), (B, nchunks, E)
 };
 
-// Entry points of one instruction-set build.  Each call handles one (batch, channel block) task.
+// Entry points of one instruction-set build.  A scan call handles one task: batch b, channel blocks
+// blk0 .. blk0+nb-1; a conv call one (batch, chunk of kConvRows rows).
 struct KernelTable {
   const char* name;
   int width;  // channels per block (SIMD lanes)
-  void (*scan_fwd)(const ScanArgs&, int64_t b, int64_t blk, float* scratch);
-  void (*scan_bwd)(const ScanArgs&, int64_t b, int64_t blk, float* scratch);
-  void (*conv_fwd)(const ConvArgs&, int64_t b, int64_t blk);
-  void (*conv_bwd)(const ConvArgs&, int64_t b, int64_t blk);
+  void (*scan_fwd)(const ScanArgs&, int64_t b, int64_t blk0, int nb, float* scratch);
+  void (*scan_bwd)(const ScanArgs&, int64_t b, int64_t blk0, int nb, float* scratch);
+  void (*conv_fwd)(const ConvArgs&, int64_t b, int64_t chunk);
+  void (*conv_bwd)(const ConvArgs&, int64_t b, int64_t chunk);
 };
 
-// Scratch floats per task: 5 vectors per chunk step and the chunk's B and C rows (forward); the backward adds
-// 4 vectors per step and the states and decays of a chunk.
+constexpr int kMaxGroup = 8;  // channel blocks per scan task
+
+// Scratch floats per scan task of nb blocks: 5 vectors per chunk step and the chunk's B and C rows (forward);
+// the backward adds 4 vectors per step and the states and decays of a chunk; then N vectors per block for each
+// quantity a block carries between chunks (forward: state, A; backward: adjoint, A, A log2(e)).
 static inline int64_t state_pad(int width, int64_t nstate) { return (nstate + width - 1) / width * width; }
-static inline int64_t scan_fwd_scratch_floats(int width, int64_t nstate) {
-  return (int64_t)width * 5 * kChunk + 2 * kChunk * state_pad(width, nstate);
+static inline int64_t scan_fwd_scratch_floats(int width, int64_t nstate, int nb) {
+  return (int64_t)width * 5 * kChunk + 2 * kChunk * state_pad(width, nstate) + (int64_t)width * 2 * nb * nstate;
 }
-static inline int64_t scan_bwd_scratch_floats(int width, int64_t nstate) {
-  return scan_fwd_scratch_floats(width, nstate) + (int64_t)width * (4 * kChunk + 2 * kChunk * nstate);
+static inline int64_t scan_bwd_scratch_floats(int width, int64_t nstate, int nb) {
+  return scan_fwd_scratch_floats(width, nstate, 0) + (int64_t)width * (4 * kChunk + 2 * kChunk * nstate) +
+         (int64_t)width * 3 * nb * nstate;
 }
 
 const KernelTable* kernels_avx512();

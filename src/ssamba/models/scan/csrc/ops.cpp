@@ -135,6 +135,28 @@ ScanArgs make_scan_args(const std::vector<Tensor>& u, const std::vector<Tensor>&
 
 int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
 
+// Channel blocks per scan task: as many as keep >= 4 tasks per thread (dynamic scheduling still balances), so
+// that a task reads several adjacent cache lines of every row.  Results do not depend on it.
+int group_size(int64_t batch, int64_t nblk) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t g = (batch * nblk) / (4 * threads);
+  return (int)std::max<int64_t>(1, std::min<int64_t>({g, (int64_t)kMaxGroup, nblk}));
+}
+
+// Run the scan kernel `fn` over every (batch, group of channel blocks) task.
+template <class Fn>
+void scan_tasks(const ScanArgs& a, const KernelTable* k, bool backward, Fn fn) {
+  const int64_t nblk = (a.dim + k->width - 1) / k->width;
+  const int g = group_size(a.batch, nblk);
+  const int64_t ngroups = (nblk + g - 1) / g;
+  const int64_t scratch = backward ? scan_bwd_scratch_floats(k->width, a.nstate, g)
+                                   : scan_fwd_scratch_floats(k->width, a.nstate, g);
+  parallel_tasks(a.batch * ngroups, scratch, [&](int64_t t, float* s) {
+    const int64_t b = t / ngroups, blk0 = (t % ngroups) * g;
+    fn(a, b, blk0, (int)std::min<int64_t>(g, nblk - blk0), s);
+  });
+}
+
 // Grow-only scratch of the calling thread for the per-block partial sums of dL/dB and dL/dC (d_inner / 16 times
 // the size of those gradients).  Fresh multi-MB tensors would page-fault on every call (~2 us per 4 KB page:
 // several ms per backward at batch 4); this memory is faulted in once.
@@ -159,10 +181,7 @@ std::tuple<Tensor, std::vector<Tensor>> scan_fwd(std::vector<Tensor> u, std::vec
   a.out = out.data_ptr<float>();
   const KernelTable* k = current();
   const int64_t nblk = (a.dim + k->width - 1) / k->width;
-  if (a.length > 0) {
-    const int64_t scratch = scan_fwd_scratch_floats(k->width, a.nstate);
-    parallel_tasks(a.batch * nblk, scratch, [&](int64_t t, float* s) { k->scan_fwd(a, t / nblk, t % nblk, s); });
-  }
+  if (a.length > 0) scan_tasks(a, k, false, k->scan_fwd);
   return {out, ckpts};
 }
 
@@ -207,10 +226,7 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
     gz = at::empty({a.batch, a.length, a.dim}, opts);
     a.gz = gz.data_ptr<float>();
   }
-  if (a.length > 0) {
-    const int64_t scratch = scan_bwd_scratch_floats(k->width, a.nstate);
-    parallel_tasks(a.batch * nblk, scratch, [&](int64_t t, float* s) { k->scan_bwd(a, t / nblk, t % nblk, s); });
-  }
+  if (a.length > 0) scan_tasks(a, k, true, k->scan_bwd);
   std::vector<Tensor> result;
   for (auto& t : gu) result.push_back(t);
   for (auto& t : gdelta) result.push_back(t);
@@ -242,6 +258,7 @@ ConvArgs make_conv_args(const Tensor& x, const Tensor& w_f, const Tensor& b_f, c
   check_vec(b_f, "conv bias", a.dim);
   check_vec(b_b, "conv bias", a.dim);
   a.x = x.data_ptr(); a.x_sb = x.stride(0); a.x_sl = x.stride(1);
+  a.nchunks = (a.length + kConvRows - 1) / kConvRows;
   a.w_f = w_f.data_ptr<float>(); a.b_f = b_f.data_ptr<float>();
   a.w_b = w_b.data_ptr<float>(); a.b_b = b_b.data_ptr<float>();
   return a;
@@ -254,9 +271,8 @@ std::tuple<Tensor, Tensor> conv_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b
   a.y_f = y_f.data_ptr();
   a.y_b = y_b.data_ptr();
   const KernelTable* k = current();
-  const int64_t nblk = (a.dim + k->width - 1) / k->width;
   if (a.length > 0)
-    parallel_tasks(a.batch * nblk, 0, [&](int64_t t, float*) { k->conv_fwd(a, t / nblk, t % nblk); });
+    parallel_tasks(a.batch * a.nchunks, 0, [&](int64_t t, float*) { k->conv_fwd(a, t / a.nchunks, t % a.nchunks); });
   return {y_f, y_b};
 }
 
@@ -269,17 +285,19 @@ std::vector<Tensor> conv_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tenso
   check_cl(g_b, "grad y_b", a.batch, a.length, a.dim, x.scalar_type());
   const auto dopts = x.options().dtype(at::kDouble);
   Tensor gx = at::empty({a.batch, a.length, a.dim}, x.options().dtype(at::kFloat));
-  Tensor gw_f = at::zeros({a.batch, a.dim, a.width}, dopts), gw_b = at::zeros({a.batch, a.dim, a.width}, dopts);
-  Tensor gb_f = at::zeros({a.batch, a.dim}, dopts), gb_b = at::zeros({a.batch, a.dim}, dopts);
+  Tensor gw_f = at::empty({a.batch * a.nchunks, a.dim, a.width}, dopts);
+  Tensor gw_b = at::empty({a.batch * a.nchunks, a.dim, a.width}, dopts);
+  Tensor gb_f = at::empty({a.batch * a.nchunks, a.dim}, dopts), gb_b = at::empty({a.batch * a.nchunks, a.dim}, dopts);
   a.g_f = g_f.data_ptr(); a.g_b = g_b.data_ptr();
   a.gx = gx.data_ptr<float>();
   a.gw_f = gw_f.data_ptr<double>(); a.gw_b = gw_b.data_ptr<double>();
   a.gb_f = gb_f.data_ptr<double>(); a.gb_b = gb_b.data_ptr<double>();
   const KernelTable* k = current();
-  const int64_t nblk = (a.dim + k->width - 1) / k->width;
   if (a.length > 0)
-    parallel_tasks(a.batch * nblk, 0, [&](int64_t t, float*) { k->conv_bwd(a, t / nblk, t % nblk); });
-  auto f = [](const Tensor& t) { return t.sum(0).to(at::kFloat); };
+    parallel_tasks(a.batch * a.nchunks, 0, [&](int64_t t, float*) { k->conv_bwd(a, t / a.nchunks, t % a.nchunks); });
+  else
+    for (Tensor* t : {&gw_f, &gw_b, &gb_f, &gb_b}) t->zero_();
+  auto f = [](const Tensor& t) { return t.sum(0).to(at::kFloat); };  // per-task partials, fixed order
   return {gx, f(gw_f).view(w_f.sizes()), f(gb_f), f(gw_b).view(w_b.sizes()), f(gb_b)};
 }
 

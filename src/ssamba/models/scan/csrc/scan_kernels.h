@@ -111,36 +111,15 @@ inline int64_t time_index(const ScanDir& d, int64_t L, int64_t t) { return d.rev
 
 // Steps j0 .. j0+G-1 of a chunk, as one group of G vectors (see vgroup.h).  The activation dtype is a template
 // parameter: a run-time test per load costs ~10% of the forward scan.
-// Rows of the task's columns are a cache line each, a whole row (all channels) apart: too far apart for the
-// hardware prefetchers once the tensors outgrow the L2 cache (batch > 1), so the rows of the chunk processed
-// next (starting at step next_t0) are prefetched here.
 template <bool kBwd, bool kBf16, int G>
 inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int j0,
-                          int64_t next_t0, V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
+                          V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
   using T = VG<G>;
   const Mask m = bi.mask;
   int64_t l[G];
   T dt, ul;
   for (int i = 0; i < G; ++i) {
-    const int64_t tn = next_t0 + j0 + i;
-    if (next_t0 >= 0 && tn < a.length) {
-      const int64_t ln = time_index(d, a.length, tn);
-      __builtin_prefetch(addr(d.delta, b * d.d_sb + ln * d.d_sl + bi.c0, kBf16));
-      __builtin_prefetch(addr(d.u, b * d.u_sb + ln * d.u_sl + bi.c0, kBf16));
-      __builtin_prefetch(addr(d.Bm, b * d.b_sb + ln * d.b_sl, kBf16));
-      __builtin_prefetch(addr(d.Cm, b * d.c_sb + ln * d.c_sl, kBf16));
-      if (a.z) __builtin_prefetch(addr(a.z, b * a.z_sb + ln * a.z_sl + bi.c0, kBf16));
-      if (kBwd) __builtin_prefetch(a.gout + (b * a.length + ln) * a.dim + bi.c0);
-    }
     l[i] = time_index(d, a.length, t0 + j0 + i);
-    // rows this chunk writes later (a store miss stalls as much as a load miss)
-    if (kBwd) {
-      __builtin_prefetch(d.gu + (b * a.length + l[i]) * a.dim + bi.c0, 1);
-      __builtin_prefetch(d.gdelta + (b * a.length + l[i]) * a.dim + bi.c0, 1);
-      if (a.gz) __builtin_prefetch(a.gz + (b * a.length + l[i]) * a.dim + bi.c0, 1);
-    } else {
-      __builtin_prefetch(a.out + (b * a.length + l[i]) * a.dim + bi.c0, 1);
-    }
     dt.v[i] = load_act<kBf16>(d.delta, b * d.d_sb + l[i] * d.d_sl + bi.c0, m) + bias;
     ul.v[i] = load_act<kBf16>(d.u, b * d.u_sb + l[i] * d.u_sl + bi.c0, m);
   }
@@ -185,11 +164,9 @@ inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const 
 template <bool kBwd, bool kBf16>
 inline void prepare_chunk(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int len,
                           V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
-  const int64_t next_t0 = kBwd ? t0 - kChunk : t0 + kChunk;  // backward walks the chunks last to first
   int j = 0;
-  for (; j + 4 <= len; j += 4)
-    prepare_group<kBwd, kBf16, 4>(a, d, b, bi, t0, j, next_t0, dskip, bias, with_gate, st, bs);
-  for (; j < len; ++j) prepare_group<kBwd, kBf16, 1>(a, d, b, bi, t0, j, next_t0, dskip, bias, with_gate, st, bs);
+  for (; j + 4 <= len; j += 4) prepare_group<kBwd, kBf16, 4>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
+  for (; j < len; ++j) prepare_group<kBwd, kBf16, 1>(a, d, b, bi, t0, j, dskip, bias, with_gate, st, bs);
   if (!kBf16) return;  // float32 B and C rows are read in place (see bc_rows)
   const int N = (int)a.nstate;
   for (j = 0; j < len; ++j) {  // bf16 B and C rows, widened to float32 and padded to whole vectors
@@ -221,183 +198,258 @@ inline void bc_rows(const ScanArgs& a, const ScanDir& d, const StepInputs& st, i
   }
 }
 
+// Rows of a block's columns are one cache line each, a whole row (all channels) apart: once the tensors
+// outgrow the caches (batch > 1, long sequences) the hardware prefetchers do not keep up, and a burst of
+// software prefetches stalls on the line-fill buffers.  So the state loops prefetch, one row per step, what the
+// block-chunk processed next will read: spread over compute-bound steps, the misses overlap with the math.
+struct NextWork {
+  int64_t t0;   // first step of the next block-chunk (< 0 or >= L: none)
+  BlockInfo bi;
+  bool new_chunk;  // the B and C rows change too
+};
+
+inline NextWork next_work(const ScanArgs& a, int64_t blk0, int nb, int g, int64_t t0, bool backward) {
+  NextWork w;
+  w.new_chunk = g + 1 == nb;
+  w.t0 = w.new_chunk ? (backward ? t0 - kChunk : t0 + kChunk) : t0;
+  w.bi = block_info(a.dim, w.new_chunk ? blk0 : blk0 + g + 1);
+  return w;
+}
+
+inline void prefetch_step(const ScanArgs& a, const ScanDir& d, int64_t b, const NextWork& w, int j, bool bwd) {
+  const int64_t t = w.t0 + j;
+  if (t < 0 || t >= a.length) return;
+  const int64_t l = time_index(d, a.length, t), c0 = w.bi.c0;
+  __builtin_prefetch(addr(d.delta, b * d.d_sb + l * d.d_sl + c0, a.bf16));
+  __builtin_prefetch(addr(d.u, b * d.u_sb + l * d.u_sl + c0, a.bf16));
+  if (a.z) __builtin_prefetch(addr(a.z, b * a.z_sb + l * a.z_sl + c0, a.bf16));
+  if (w.new_chunk) {
+    __builtin_prefetch(addr(d.Bm, b * d.b_sb + l * d.b_sl, a.bf16));
+    __builtin_prefetch(addr(d.Cm, b * d.c_sb + l * d.c_sl, a.bf16));
+  }
+  const int64_t row = (b * a.length + l) * a.dim + c0;
+  if (bwd) __builtin_prefetch(a.gout + row);
+  else __builtin_prefetch(a.out + row, 1);
+}
+
 // One state update s <- exp(dt A) s + dt u B_n; returns the new state.
 inline V update(V& s, V dt, V du, V a2, float b) {
   s = fmadd(exp2v(dt * a2), s, du * set1(b));
   return s;
 }
 
+// A task owns nb consecutive channel blocks and walks time chunk by chunk, running every block of the group
+// over a chunk before the next chunk.  Rows of the group's columns (nb cache lines side by side) are then read
+// together, which the hardware prefetchers follow far better than one line per row; each block's state and
+// decays live in the task's scratch between chunks.
 template <int kN>
-void scan_fwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
+void scan_fwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* scratch) {
   const int N = kN ? kN : (int)a.nstate;
   const int64_t L = a.length, D = a.dim, nchunks = (L + kChunk - 1) / kChunk;
-  const BlockInfo bi = block_info(D, blk);
-  const Mask m = bi.mask;
-  float* out = a.out + b * L * D + bi.c0;
+  StepInputs st = carve_steps(scratch, N);
+  V* states = reinterpret_cast<V*>(scratch);  // nb x N
+  V* decays = states + nb * N;                // nb x N: A * log2(e)
   V s[kN ? kN : kMaxState];
   V A2[kN ? kN : kMaxState];
-  StepInputs st = carve_steps(scratch, N);
   for (int dir = 0; dir < a.ndirs; ++dir) {
     const ScanDir& d = a.dir[dir];
     const bool last = dir == a.ndirs - 1;
-    for (int n = 0; n < N; ++n) A2[n] = gather_column(d.A, N, bi, n, kLog2eD);
-    for (int n = 0; n < N; ++n) s[n] = zero();
-    const V dskip = load_opt(d.Dskip, bi), bias = load_opt(d.bias, bi);
+    for (int g = 0; g < nb; ++g) {
+      const BlockInfo bi = block_info(D, blk0 + g);
+      for (int n = 0; n < N; ++n) {
+        decays[g * N + n] = gather_column(d.A, N, bi, n, kLog2eD);
+        states[g * N + n] = zero();
+      }
+    }
     for (int64_t k = 0; k < nchunks; ++k) {
       const int64_t t0 = k * kChunk;
       const int len = (int)((L - t0) < kChunk ? (L - t0) : kChunk);
-      if (d.ckpt) {
-        float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
-        for (int n = 0; n < N; ++n) storem(ck + n * D, s[n], m);
-      }
-      prepare_steps<false>(a, d, b, bi, t0, len, dskip, bias, last, st, nullptr);
-      for (int j = 0; j < len; ++j) {
-        const int64_t l = time_index(d, L, t0 + j);
-        const V dt = st.dt[j], du = st.du[j];
-        const float *Bl, *Cl;
-        bc_rows(a, d, st, b, j, l, Bl, Cl);
-        // four partial sums of <s, C>: one accumulator would chain 16 dependent FMAs per step
-        V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
-        int n = 0;
-#pragma GCC unroll 4
-        for (; n + 4 <= N; n += 4) {
-          y0 = fmadd(update(s[n], dt, du, A2[n], Bl[n]), set1(Cl[n]), y0);
-          y1 = fmadd(update(s[n + 1], dt, du, A2[n + 1], Bl[n + 1]), set1(Cl[n + 1]), y1);
-          y2 = fmadd(update(s[n + 2], dt, du, A2[n + 2], Bl[n + 2]), set1(Cl[n + 2]), y2);
-          y3 = fmadd(update(s[n + 3], dt, du, A2[n + 3], Bl[n + 3]), set1(Cl[n + 3]), y3);
+      for (int g = 0; g < nb; ++g) {
+        const BlockInfo bi = block_info(D, blk0 + g);
+        const Mask m = bi.mask;
+        float* out = a.out + b * L * D + bi.c0;
+        const V dskip = load_opt(d.Dskip, bi), bias = load_opt(d.bias, bi);
+        for (int n = 0; n < N; ++n) {
+          s[n] = states[g * N + n];
+          A2[n] = decays[g * N + n];
         }
-        for (; n < N; ++n) y0 = fmadd(update(s[n], dt, du, A2[n], Bl[n]), set1(Cl[n]), y0);
-        // earlier directions leave their ungated y in out; the last one adds its own and gates the sum
-        V y = (y0 + y1) + (y2 + y3);
-        if (dir > 0) y = y + loadm(out + l * D, m);
-        if (last) y = y * st.gate[j];
-        storem(out + l * D, y, m);
+        if (d.ckpt) {
+          float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
+          for (int n = 0; n < N; ++n) storem(ck + n * D, s[n], m);
+        }
+        prepare_steps<false>(a, d, b, bi, t0, len, dskip, bias, last, st, nullptr);
+        const NextWork next = next_work(a, blk0, nb, g, t0, false);
+        for (int j = 0; j < len; ++j) {
+          const int64_t l = time_index(d, L, t0 + j);
+          prefetch_step(a, d, b, next, j, false);
+          const V dt = st.dt[j], du = st.du[j];
+          const float *Bl, *Cl;
+          bc_rows(a, d, st, b, j, l, Bl, Cl);
+          // four partial sums of <s, C>: one accumulator would chain 16 dependent FMAs per step
+          V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
+          int n = 0;
+#pragma GCC unroll 4
+          for (; n + 4 <= N; n += 4) {
+            y0 = fmadd(update(s[n], dt, du, A2[n], Bl[n]), set1(Cl[n]), y0);
+            y1 = fmadd(update(s[n + 1], dt, du, A2[n + 1], Bl[n + 1]), set1(Cl[n + 1]), y1);
+            y2 = fmadd(update(s[n + 2], dt, du, A2[n + 2], Bl[n + 2]), set1(Cl[n + 2]), y2);
+            y3 = fmadd(update(s[n + 3], dt, du, A2[n + 3], Bl[n + 3]), set1(Cl[n + 3]), y3);
+          }
+          for (; n < N; ++n) y0 = fmadd(update(s[n], dt, du, A2[n], Bl[n]), set1(Cl[n]), y0);
+          // earlier directions leave their ungated y in out; the last one adds its own and gates the sum
+          V y = (y0 + y1) + (y2 + y3);
+          if (dir > 0) y = y + loadm(out + l * D, m);
+          if (last) y = y * st.gate[j];
+          storem(out + l * D, y, m);
+        }
+        for (int n = 0; n < N; ++n) states[g * N + n] = s[n];
       }
     }
   }
 }
 
 template <int kN>
-void scan_bwd_block(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
+void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* scratch) {
   const int N = kN ? kN : (int)a.nstate;
   const int64_t L = a.length, D = a.dim, nchunks = (L + kChunk - 1) / kChunk;
-  const BlockInfo bi = block_info(D, blk);
-  const Mask m = bi.mask;
   StepInputs st = carve_steps(scratch, N);
   BwdSteps bs = carve_bwd(scratch, N);
+  V* lams = reinterpret_cast<V*>(scratch);  // nb x N: adjoint carried between chunks
+  V* decays = lams + nb * N;                // nb x N: A * log2(e)
+  V* avals = decays + nb * N;               // nb x N: A
   V A2[kN ? kN : kMaxState], Aw[kN ? kN : kMaxState];
   V s[kN ? kN : kMaxState], lam[kN ? kN : kMaxState], gA[kN ? kN : kMaxState], parts[kN ? kN : kMaxState];
-  float* gz = a.gz ? a.gz + b * L * D + bi.c0 : nullptr;
   for (int dir = 0; dir < a.ndirs; ++dir) {
     const ScanDir& d = a.dir[dir];
-    for (int n = 0; n < N; ++n) {
-      A2[n] = gather_column(d.A, N, bi, n, kLog2eD);
-      Aw[n] = gather_column(d.A, N, bi, n, 1.0);
-      lam[n] = zero();
+    for (int g = 0; g < nb; ++g) {
+      const BlockInfo bi = block_info(D, blk0 + g);
+      for (int n = 0; n < N; ++n) {
+        decays[g * N + n] = gather_column(d.A, N, bi, n, kLog2eD);
+        avals[g * N + n] = gather_column(d.A, N, bi, n, 1.0);
+        lams[g * N + n] = zero();
+      }
     }
-    const V dskip = load_opt(d.Dskip, bi), bias = load_opt(d.bias, bi);
-    float* gu = d.gu + b * L * D + bi.c0;
-    float* gdelta = d.gdelta + b * L * D + bi.c0;
-    float* gB = d.gB + (blk * a.batch + b) * L * N;
-    float* gC = d.gC + (blk * a.batch + b) * L * N;
-    double* gA_out = d.gA + (b * D + bi.c0) * N;
-    double* gD_out = d.gD + b * D + bi.c0;
-    double* gbias_out = d.gbias + b * D + bi.c0;
     for (int64_t k = nchunks - 1; k >= 0; --k) {
       const int64_t t0 = k * kChunk;
       const int len = (int)((L - t0) < kChunk ? (L - t0) : kChunk);
-      // 1. per-step quantities, in passes with no loop-carried dependency
-      prepare_steps<true>(a, d, b, bi, t0, len, dskip, bias, true, st, &bs);
-      // 2. recompute the chunk's states from the saved one; dL/dC needs only the states and gy
-      const float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
-      for (int n = 0; n < N; ++n) s[n] = loadm(ck + n * D, m);
-      for (int j = 0; j < len; ++j) {
-        const int64_t l = time_index(d, L, t0 + j);
-        const V dt = st.dt[j], du = st.du[j], gy = bs.gy[j];
-        const float *Bl, *Cl;
-        bc_rows(a, d, st, b, j, l, Bl, Cl);
-        V* Sj = bs.S + j * N;
-        V* DAj = bs.DA + j * N;
-        V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
-#pragma GCC unroll 16
+      for (int g = 0; g < nb; ++g) {
+        const int64_t blk = blk0 + g;
+        const BlockInfo bi = block_info(D, blk);
+        const Mask m = bi.mask;
+        const V dskip = load_opt(d.Dskip, bi), bias = load_opt(d.bias, bi);
+        float* gz = a.gz ? a.gz + b * L * D + bi.c0 : nullptr;
+        float* gu = d.gu + b * L * D + bi.c0;
+        float* gdelta = d.gdelta + b * L * D + bi.c0;
+        float* gB = d.gB + (blk * a.batch + b) * L * N;
+        float* gC = d.gC + (blk * a.batch + b) * L * N;
         for (int n = 0; n < N; ++n) {
-          Sj[n] = s[n];
-          const V dA = exp2v(dt * A2[n]);
-          DAj[n] = dA;
-          s[n] = fmadd(dA, s[n], du * set1(Bl[n]));
-          parts[n] = gy * s[n];
-          const V sc = s[n] * set1(Cl[n]);
-          if ((n & 3) == 0) y0 = y0 + sc;
-          else if ((n & 3) == 1) y1 = y1 + sc;
-          else if ((n & 3) == 2) y2 = y2 + sc;
-          else y3 = y3 + sc;
+          A2[n] = decays[g * N + n];
+          Aw[n] = avals[g * N + n];
+          lam[n] = lams[g * N + n];
         }
-        reduce_lanes(parts, N, gC + l * N);
-        bs.y[j] = (y0 + y1) + (y2 + y3);
-      }
-      // 3. adjoint recurrence over the chunk, last step first
-      for (int n = 0; n < N; ++n) gA[n] = zero();
-      V gD_acc = zero(), gbias_acc = zero();
-      for (int j = len - 1; j >= 0; --j) {
-        const int64_t l = time_index(d, L, t0 + j);
-        const V gy = bs.gy[j], dt = st.dt[j], du = st.du[j], ul = st.u[j];
-        if (gz) {
-          V gzl = bs.gzf[j] * bs.y[j];
-          if (dir > 0) gzl = gzl + loadm(gz + l * D, m);
-          storem(gz + l * D, gzl, m);
-        }
-        gD_acc = fmadd(gy, ul, gD_acc);
-        const float *Bl, *Cl;
-        bc_rows(a, d, st, b, j, l, Bl, Cl);
-        const V* Sj = bs.S + j * N;
-        const V* DAj = bs.DA + j * N;
-        V sumB0 = zero(), sumB1 = zero(), gdt0 = zero(), gdt1 = zero();
+        // 1. per-step quantities, in passes with no loop-carried dependency
+        prepare_steps<true>(a, d, b, bi, t0, len, dskip, bias, true, st, &bs);
+        // 2. recompute the chunk's states from the saved one; dL/dC needs only the states and gy
+        const float* ck = d.ckpt + ((b * nchunks + k) * N) * D + bi.c0;
+        for (int n = 0; n < N; ++n) s[n] = loadm(ck + n * D, m);
+        for (int j = 0; j < len; ++j) {
+          const int64_t l = time_index(d, L, t0 + j);
+          const int64_t row = (b * L + l) * D + bi.c0;  // rows the adjoint pass below writes
+          __builtin_prefetch(d.gu + row, 1);
+          __builtin_prefetch(d.gdelta + row, 1);
+          if (gz) __builtin_prefetch(a.gz + row, 1);
+          const V dt = st.dt[j], du = st.du[j], gy = bs.gy[j];
+          const float *Bl, *Cl;
+          bc_rows(a, d, st, b, j, l, Bl, Cl);
+          V* Sj = bs.S + j * N;
+          V* DAj = bs.DA + j * N;
+          V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
 #pragma GCC unroll 16
-        for (int n = 0; n < N; ++n) {
-          const V lm = fmadd(gy, set1(Cl[n]), lam[n]);  // lam_l
-          parts[n] = lm * du;
-          const V lc = DAj[n] * lm;                      // carried to step l-1
-          const V ww = lc * Sj[n];                        // lam_l * dA_l * s_{l-1}
-          if (n & 1) {
-            sumB1 = fmadd(lm, set1(Bl[n]), sumB1);
-            gdt1 = fmadd(ww, Aw[n], gdt1);
-          } else {
-            sumB0 = fmadd(lm, set1(Bl[n]), sumB0);
-            gdt0 = fmadd(ww, Aw[n], gdt0);
+          for (int n = 0; n < N; ++n) {
+            Sj[n] = s[n];
+            const V dA = exp2v(dt * A2[n]);
+            DAj[n] = dA;
+            s[n] = fmadd(dA, s[n], du * set1(Bl[n]));
+            parts[n] = gy * s[n];
+            const V sc = s[n] * set1(Cl[n]);
+            if ((n & 3) == 0) y0 = y0 + sc;
+            else if ((n & 3) == 1) y1 = y1 + sc;
+            else if ((n & 3) == 2) y2 = y2 + sc;
+            else y3 = y3 + sc;
           }
-          gA[n] = fmadd(ww, dt, gA[n]);
-          lam[n] = lc;
+          reduce_lanes(parts, N, gC + l * N);
+          bs.y[j] = (y0 + y1) + (y2 + y3);
         }
-        reduce_lanes(parts, N, gB + l * N);
-        const V sumB = sumB0 + sumB1;
-        storem(gu + l * D, fmadd(gy, dskip, dt * sumB), m);
-        V gdt = fmadd(ul, sumB, gdt0 + gdt1);
-        if (a.softplus) gdt = gdt * bs.sig[j];
-        storem(gdelta + l * D, gdt, m);
-        gbias_acc = gbias_acc + gdt;
+        // 3. adjoint recurrence over the chunk, last step first
+        for (int n = 0; n < N; ++n) gA[n] = zero();
+        V gD_acc = zero(), gbias_acc = zero();
+        const NextWork next = next_work(a, blk0, nb, g, t0, true);
+        for (int j = len - 1; j >= 0; --j) {
+          const int64_t l = time_index(d, L, t0 + j);
+          prefetch_step(a, d, b, next, j, true);
+          const V gy = bs.gy[j], dt = st.dt[j], du = st.du[j], ul = st.u[j];
+          if (gz) {
+            V gzl = bs.gzf[j] * bs.y[j];
+            if (dir > 0) gzl = gzl + loadm(gz + l * D, m);
+            storem(gz + l * D, gzl, m);
+          }
+          gD_acc = fmadd(gy, ul, gD_acc);
+          const float *Bl, *Cl;
+          bc_rows(a, d, st, b, j, l, Bl, Cl);
+          const V* Sj = bs.S + j * N;
+          const V* DAj = bs.DA + j * N;
+          V sumB0 = zero(), sumB1 = zero(), gdt0 = zero(), gdt1 = zero();
+#pragma GCC unroll 16
+          for (int n = 0; n < N; ++n) {
+            const V lm = fmadd(gy, set1(Cl[n]), lam[n]);  // lam_l
+            parts[n] = lm * du;
+            const V lc = DAj[n] * lm;                      // carried to step l-1
+            const V ww = lc * Sj[n];                        // lam_l * dA_l * s_{l-1}
+            if (n & 1) {
+              sumB1 = fmadd(lm, set1(Bl[n]), sumB1);
+              gdt1 = fmadd(ww, Aw[n], gdt1);
+            } else {
+              sumB0 = fmadd(lm, set1(Bl[n]), sumB0);
+              gdt0 = fmadd(ww, Aw[n], gdt0);
+            }
+            gA[n] = fmadd(ww, dt, gA[n]);
+            lam[n] = lc;
+          }
+          reduce_lanes(parts, N, gB + l * N);
+          const V sumB = sumB0 + sumB1;
+          storem(gu + l * D, fmadd(gy, dskip, dt * sumB), m);
+          V gdt = fmadd(ul, sumB, gdt0 + gdt1);
+          if (a.softplus) gdt = gdt * bs.sig[j];
+          storem(gdelta + l * D, gdt, m);
+          gbias_acc = gbias_acc + gdt;
+        }
+        for (int n = 0; n < N; ++n) lams[g * N + n] = lam[n];
+        // 4. flush the chunk's parameter-gradient partials into double accumulators
+        double* gA_out = d.gA + (b * D + bi.c0) * N;
+        double* gD_out = d.gD + b * D + bi.c0;
+        double* gbias_out = d.gbias + b * D + bi.c0;
+        alignas(64) float lanes[V::W];
+        for (int n = 0; n < N; ++n) {
+          store(lanes, gA[n]);
+          for (int i = 0; i < bi.nc; ++i) gA_out[i * N + n] += lanes[i];
+        }
+        store(lanes, gD_acc);
+        for (int i = 0; i < bi.nc; ++i) gD_out[i] += lanes[i];
+        store(lanes, gbias_acc);
+        for (int i = 0; i < bi.nc; ++i) gbias_out[i] += lanes[i];
       }
-      // 4. flush the chunk's parameter-gradient partials into double accumulators
-      alignas(64) float lanes[V::W];
-      for (int n = 0; n < N; ++n) {
-        store(lanes, gA[n]);
-        for (int i = 0; i < bi.nc; ++i) gA_out[i * N + n] += lanes[i];
-      }
-      store(lanes, gD_acc);
-      for (int i = 0; i < bi.nc; ++i) gD_out[i] += lanes[i];
-      store(lanes, gbias_acc);
-      for (int i = 0; i < bi.nc; ++i) gbias_out[i] += lanes[i];
     }
   }
 }
 
-void scan_fwd_task(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
-  if (a.nstate == 16) scan_fwd_block<16>(a, b, blk, scratch);
-  else scan_fwd_block<0>(a, b, blk, scratch);
+void scan_fwd_task(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* scratch) {
+  if (a.nstate == 16) scan_fwd_group<16>(a, b, blk0, nb, scratch);
+  else scan_fwd_group<0>(a, b, blk0, nb, scratch);
 }
 
-void scan_bwd_task(const ScanArgs& a, int64_t b, int64_t blk, float* scratch) {
-  if (a.nstate == 16) scan_bwd_block<16>(a, b, blk, scratch);
-  else scan_bwd_block<0>(a, b, blk, scratch);
+void scan_bwd_task(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* scratch) {
+  if (a.nstate == 16) scan_bwd_group<16>(a, b, blk0, nb, scratch);
+  else scan_bwd_group<0>(a, b, blk0, nb, scratch);
 }
 
 }  // namespace

@@ -77,7 +77,8 @@ static inline void store_bf16(uint16_t* p, V a, Mask m) {
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
   __m256i r = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
   const __m256 nan = _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q);
-  r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)), nan));
+  const __m256 qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
+  r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r), qnan, nan));
   alignas(32) int32_t tmp[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), _mm256_srli_epi32(r, 16));
   for (int i = 0; i < m.n; ++i) p[i] = (uint16_t)tmp[i];

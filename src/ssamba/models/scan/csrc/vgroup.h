@@ -25,7 +25,10 @@ template <int G> static inline VG<G> vabs(VG<G> a) { SSAMBA_G a.v[i] = vabs(a.v[
 template <int G> static inline void split_round(const VG<G>& t, VG<G>& k, VG<G>& f) {
   SSAMBA_G split_round(t.v[i], k.v[i], f.v[i]);
 }
-template <int G> static inline VG<G> ldexp2(VG<G> p, const VG<G>& k) { SSAMBA_G p.v[i] = ldexp2(p.v[i], k.v[i]); return p; }
+template <int G> static inline VG<G> ldexp2(VG<G> p, const VG<G>& k) {
+  SSAMBA_G p.v[i] = ldexp2(p.v[i], k.v[i]);
+  return p;
+}
 template <int G> static inline VG<G> recip_near1(VG<G> y) { SSAMBA_G y.v[i] = recip_near1(y.v[i]); return y; }
 template <int G> static inline VG<G> select_ge0(const VG<G>& x, const VG<G>& a, VG<G> b) {
   SSAMBA_G b.v[i] = select_ge0(x.v[i], a.v[i], b.v[i]);
