@@ -31,7 +31,7 @@ def shallow(tmp_path_factory):
 
 
 def test_load_gives_models_with_predict_and_embed(official):
-    assert isinstance(official, AudioClassifier) and callable(official.predict) and callable(official.embed)
+    assert type(official) is AudioClassifier and callable(official.predict) and callable(official.embed)
     assert official.config.labels == LABELS and not official.training
 
 

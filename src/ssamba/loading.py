@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from ssamba.inference.hub import is_hub_ref, resolve, verify_sha256
-from ssamba.inference.mixin import with_inference
+from ssamba.inference.mixin import install as install_inference
 from ssamba.models.base import AudioModel, load_state_strict
 from ssamba.models.checkpoint import (
     CONFIG_NAME, WEIGHTS_NAME, CheckpointError, Geometry, config_from_official, convert_official_state,
@@ -16,6 +16,7 @@ from ssamba.models.config import ModelConfig
 from ssamba.pretrain.model import MaskedPatchModel
 
 logger = logging.getLogger(__name__)
+install_inference()  # models get predict/embed (the methods live in ssamba.inference, see its mixin module)
 
 MODEL_CLASSES: dict[str, type[AudioModel]] = {"pretrain": MaskedPatchModel, "classify": AudioClassifier}
 _GEOMETRY = ("input_tdim", "fstride", "tstride", "input_fdim")
@@ -68,7 +69,7 @@ def load(path: str | Path, *, sha256: str | None = None, **options) -> AudioMode
             if key in options:
                 setattr(model.config, key, options[key])
         model.config.__post_init__()  # validates the label count
-    return with_inference(model.eval())
+    return model.eval()
 
 
 def _is_pretrain_dir(path: Path) -> bool:

@@ -1,8 +1,9 @@
 """``predict``/``embed`` methods on the models that ``ssamba.load`` returns.
 
-``models/`` must not depend on inference code, so the methods live here, in a mixin; ``ssamba.load`` switches the
-loaded model's class to the matching subclass below (:func:`with_inference`).  The subclasses add no state, are
-still :class:`AudioClassifier` / :class:`MaskedPatchModel` instances, and pickle like any module.
+``models/`` must not depend on inference code, so the methods live here, in :class:`InferenceMixin`, and
+:func:`install` (run by :mod:`ssamba.loading`, i.e. on ``import ssamba``) attaches them to the model base class
+:class:`ssamba.models.base.AudioModel`.  Models keep their own classes (an :class:`AudioClassifier` stays exactly
+that type) and gain no state; ``predict`` needs a classification head, ``embed`` works on any model.
 """
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ from ssamba.inference.inputs import Audio
 from ssamba.inference.long_audio import LengthPolicy
 from ssamba.inference.predictor import Activation, Embedding, OnError, Prediction, Predictor
 from ssamba.models.base import AudioModel
-from ssamba.models.classifier import AudioClassifier
-from ssamba.pretrain.model import MaskedPatchModel
 
 
 class InferenceMixin:
@@ -42,20 +41,15 @@ class InferenceMixin:
                                                on_error=on_error)
 
 
-class Classifier(InferenceMixin, AudioClassifier):
-    """An :class:`AudioClassifier` with ``predict``/``embed``."""
+_METHODS = ("predictor", "predict", "embed")
 
 
-class PretrainModel(InferenceMixin, MaskedPatchModel):
-    """A :class:`MaskedPatchModel` with ``embed`` (``predict`` needs a classification head)."""
-
-
-_SUBCLASSES: dict[type, type] = {AudioClassifier: Classifier, MaskedPatchModel: PretrainModel}
-
-
-def with_inference(model: AudioModel) -> AudioModel:
-    """Give ``model`` the inference methods in place (returns it); other model types are returned unchanged."""
-    subclass = _SUBCLASSES.get(type(model))
-    if subclass is not None:
-        model.__class__ = subclass
-    return model
+def install() -> None:
+    """Give every :class:`AudioModel` (classifiers and pretraining models, however they were built) the methods of
+    :class:`InferenceMixin`.  Called once when :mod:`ssamba.loading` is imported; idempotent.  Installing on the
+    base class keeps ``type(ssamba.load(...))`` the plain model class."""
+    for name in _METHODS:
+        current = AudioModel.__dict__.get(name)
+        if current is not None and current is not InferenceMixin.__dict__[name]:
+            raise RuntimeError(f"AudioModel already defines {name!r}; refusing to replace it")
+        setattr(AudioModel, name, InferenceMixin.__dict__[name])
