@@ -44,15 +44,16 @@ class DemoBudget:
     bench_tokens: tuple[int, ...]
 
 
-QUICK = DemoBudget(clips_per_class=30, unlabeled=240, depth=4, pretrain_steps=60, finetune_epochs=8,
-                   bench_tokens=(512, 2048))
+QUICK = DemoBudget(clips_per_class=30, unlabeled=240, depth=4, pretrain_steps=40, finetune_epochs=8,
+                   bench_tokens=(512, 1024))
 FULL = DemoBudget(clips_per_class=80, unlabeled=1200, depth=8, pretrain_steps=600, finetune_epochs=20,
                   bench_tokens=(512, 2048, 8192))
 FRAMES = 100  # 1-s clips
 
 
 def _run_config(out: Path, task: str, budget: DemoBudget, corpus: Path, stats, **extra: Any) -> RunConfig:
-    data: dict[str, Any] = {"dataset": {"features": {"target_length": FRAMES, "mean": stats[0], "std": stats[1]}}}
+    data: dict[str, Any] = {"dataset": {"features": {"target_length": FRAMES, "mean": stats[0], "std": stats[1]},
+                                        "feature_cache": str(corpus.parent / "feature_cache")}}
     if task == "pretrain":
         data.update(train=str(corpus / "unlabeled.json"), valid=str(corpus / "unlabeled_valid.json"))
     else:
