@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 # The CPU build of torch; a plain "torch" requirement would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup test clean
+.PHONY: setup test demo clean
 
 setup: $(VENV)/.ssamba-installed
 
@@ -18,6 +18,10 @@ $(VENV)/.ssamba-installed: pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# The main job on a built-in default: synthetic corpus -> pretrain -> fine-tune vs scratch -> evaluate -> efficiency
+demo: setup
+	$(VENV)/bin/ssamba demo --out ssamba-demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

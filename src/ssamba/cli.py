@@ -46,6 +46,9 @@ def _prepare(args: argparse.Namespace) -> int:
     options = {"test_root": Path(args.test_root)} if args.test_root else {}
     if args.classes:
         options["classes"] = args.classes
+    for name in ("clips_per_class", "unlabeled", "seed"):  # synthetic only; other recipes refuse them by name
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     report = prepare(args.corpus, args.root, args.out, cache=args.cache, sample_rate=args.sample_rate,
                      workers=args.workers, **options)
     classes = f", {report.num_classes} classes" if report.num_classes is not None else " (unlabeled)"
@@ -70,6 +73,15 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     cfg.task = {"pretrain": "pretrain", "finetune": "finetune", "probe": "probe"}[args.command]
     run(cfg, resume=args.resume)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ssamba.demo import run_demo
+
+    summary = run_demo(args.out, quick=args.quick, bench=not args.no_bench)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"report, plots and runs in {args.out} ({summary['seconds']:.0f} s)")
     return 0
 
 
@@ -160,13 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="build manifests from a corpus's native download layout")
     p.add_argument("corpus", choices=sorted(RECIPES), help="corpus recipe")
-    p.add_argument("--root", required=True, help="the corpus's download folder")
+    p.add_argument("--root", help="the corpus's download folder (not used by synthetic, which is generated)")
     p.add_argument("--out", required=True, help="output folder for the manifests")
     p.add_argument("--cache", help="resample clips not at --sample-rate into this folder once (resumable)")
     p.add_argument("--sample-rate", type=int, default=16000, help="target rate of the cache (default 16000)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes for the cache")
     p.add_argument("--test-root", help="speechcommands-v1: the separate v0.01 test-set folder (SUPERB KS1)")
     p.add_argument("--classes", choices=["canonical", "found"], help="speechcommands: class set (default canonical)")
+    p.add_argument("--clips-per-class", type=int, help="synthetic: labeled clips per class (default 50)")
+    p.add_argument("--unlabeled", type=int, help="synthetic: unlabeled clips for pretraining (default 600)")
+    p.add_argument("--seed", type=int, help="synthetic: random seed (default 0)")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("stats", help="mean/std of the log-mel inputs of a manifest, for normalisation")
@@ -176,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N files")
     p.add_argument("--preset", help="print the official statistics of audioset/esc50/speechcommands/urbansound8k")
     p.set_defaults(func=_stats)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a built-in synthetic corpus (minutes on a CPU)")
+    p.add_argument("--out", default="ssamba-demo", help="output folder (default ./ssamba-demo)")
+    p.add_argument("--quick", action="store_true", help="smaller budget: under 2 minutes")
+    p.add_argument("--no-bench", action="store_true", help="skip the efficiency comparison")
+    p.set_defaults(func=_demo)
 
     for name, text in [("pretrain", "self-supervised pretraining (joint masked-patch objective)"),
                        ("finetune", "fine-tune on a labelled manifest (or K folds)"),

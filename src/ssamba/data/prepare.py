@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ssamba.data.cache import resample_to_cache
-from ssamba.data.corpora import RECIPES, Corpus
+from ssamba.data.corpora import GENERATED, RECIPES, Corpus
 from ssamba.data.manifest import write_class_labels, write_csv_manifest, write_json_manifest
 
 log = logging.getLogger(__name__)
@@ -60,15 +60,22 @@ def write_corpus(corpus: Corpus, out: Path) -> list[Path]:
     return files
 
 
-def prepare(corpus: str, root: str | Path, out: str | Path, *, cache: str | Path | None = None,
+def prepare(corpus: str, root: str | Path | None, out: str | Path, *, cache: str | Path | None = None,
             sample_rate: int = 16000, workers: int = 1, **options: Any) -> PrepareReport:
     """Build the manifests of ``corpus`` (a key of :data:`RECIPES`) found at ``root`` into ``out``.
 
     With ``cache``, clips not at ``sample_rate`` are first resampled into that folder (once, in ``workers``
     processes, resumable) and the manifests point there. ``options`` go to the recipe (e.g. ``test_root``).
+    Generated corpora (:data:`GENERATED`, e.g. ``synthetic``) take ``root=None`` and write their audio into ``out``.
     """
     if corpus not in RECIPES:
         raise ValueError(f"unknown corpus {corpus!r}; known: {', '.join(RECIPES)}")
+    if root is None:
+        if corpus not in GENERATED:
+            raise ValueError(f"corpus {corpus!r} needs --root, its download folder "
+                             f"(only {', '.join(sorted(GENERATED))} is generated without one)")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        root = out
     root, out = Path(root).resolve(), Path(out).resolve()  # manifests hold absolute paths
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: corpus root is not a directory")

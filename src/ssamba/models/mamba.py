@@ -3,6 +3,11 @@
 One mixer scans the sequence in both directions with separate conv/x_proj/dt_proj/A/D parameters per direction,
 shares ``in_proj`` (hence the gate ``z``) and ``out_proj``, and averages the two directions before ``out_proj``.
 Parameter names equal the official state dict so released weights load without renaming.
+
+Two code paths compute the same function.  With the "cpu" scan backend the mixer runs fused: the channels-last
+matmul outputs go straight into two C++ ops (both directions' conv + SiLU in one pass; both directions' scans with
+softplus, D skip, z gate and the average in another), with no transposes or flips.  Every other backend (the
+reference oracle, mamba_ssm on CUDA) runs the step-by-step path below, which mirrors spec §5 line by line.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssamba.models.scan import selective_scan
+from ssamba.models.scan import get_backend, selective_scan
 
 
 class BiMambaMixer(nn.Module):
@@ -52,13 +57,58 @@ class BiMambaMixer(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """(B, L, d_model) -> (B, L, d_model)."""
+    def forward(self, hidden: Tensor, reverse: bool = False) -> Tensor:
+        """(B, L, d_model) -> (B, L, d_model).
+
+        ``reverse=True`` computes ``mixer(hidden.flip(1)).flip(1)`` (the second block of an SSAMBA pair) without
+        materialising the flips on the fused path: time-reversing the input swaps which parameter set scans
+        forward in time, and every other step is per token.
+        """
+        if get_backend(hidden, self.scan_backend).name == "cpu":
+            return self._forward_fused(hidden, reverse)
+        if reverse:
+            return self._forward_reference(hidden.flip(1)).flip(1)
+        return self._forward_reference(hidden)
+
+    def _forward_reference(self, hidden: Tensor) -> Tensor:
+        """Spec §5 step by step (any scan backend): the oracle of the fused path."""
         xz = F.linear(hidden, self.in_proj.weight).transpose(1, 2)  # (B, 2E, L)
         y_f = self._branch(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
         y_b = self._branch(xz.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
         y = (y_f + y_b.flip(-1)).transpose(1, 2) / 2
         return F.linear(y, self.out_proj.weight)
+
+    def _forward_fused(self, hidden: Tensor, reverse: bool = False) -> Tensor:
+        """The same computation through the fused CPU ops, on channels-last activations.
+
+        The ops read float32 or bfloat16 activations (under bf16 autocast the matmul outputs stay bf16: no cast
+        passes) and compute in float32, like mamba_ssm's kernels.
+        """
+        from ssamba.models.scan import ops
+
+        e, n, r = self.d_inner, self.d_state, self.dt_rank
+        # (conv, x_proj, dt_proj, A_log, D) of the branch that scans forward in time, then the backward one
+        sets = [(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D),
+                (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)]
+        fwd, bwd = sets[::-1] if reverse else sets
+        act = lambda t: t if t.dtype in (torch.float32, torch.bfloat16) else t.float()  # noqa: E731
+        xz = act(F.linear(hidden, self.in_proj.weight))  # (B, L, 2E)
+        x, z = xz.split([e, e], dim=-1)
+        x_f, x_b = ops.conv_silu_bidir(
+            x, fwd[0].weight.float().view(e, -1), fwd[0].bias.float(),
+            bwd[0].weight.float().view(e, -1), bwd[0].bias.float(),
+        )
+        dbl = [F.linear(u, p[1].weight).to(x_f.dtype).split([r, n, n], dim=-1) for u, p in ((x_f, fwd), (x_b, bwd))]
+        y = ops.scan(
+            [x_f, x_b],
+            [F.linear(d[0], p[2].weight).to(x_f.dtype) for d, p in zip(dbl, (fwd, bwd))],
+            [-torch.exp(p[3].float()) for p in (fwd, bwd)],
+            [d[1] for d in dbl], [d[2] for d in dbl],
+            [p[4].float() for p in (fwd, bwd)],
+            [p[2].bias.float() for p in (fwd, bwd)],
+            z, True,
+        )  # (B, L, E) float32: silu(z) * (y_f + y_b) / 2
+        return F.linear(y.to(self.out_proj.weight.dtype), self.out_proj.weight)
 
     def _branch(self, xz: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
                 a_log: Tensor, d_skip: Tensor) -> Tensor:

@@ -28,9 +28,10 @@ class MambaBlock(nn.Module):
         self.norm = make_norm(config.norm, config.embed_dim, config.norm_eps)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, hidden: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, hidden: Tensor, residual: Tensor | None, reverse: bool = False) -> tuple[Tensor, Tensor]:
+        """``reverse=True``: the block applied to the time-reversed sequence, result reversed back."""
         residual = hidden if residual is None else residual + self.drop_path(hidden)
-        return self.mixer(self.norm(residual)), residual
+        return self.mixer(self.norm(residual), reverse=reverse), residual
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
@@ -69,8 +70,10 @@ class SSAMBAEncoder(PatchEncoder):
         hidden, residual = tokens, None
         for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
             h_f, r_f = fwd(hidden, residual)
-            h_b, r_b = bwd(hidden.flip(1), None if residual is None else residual.flip(1))
-            hidden, residual = h_f + h_b.flip(1), r_f + r_b.flip(1)
+            # bwd sees the flipped sequence; norm, drop path and residual add are per token, so the flip is
+            # the mixer's business (free on the fused CPU path)
+            h_b, r_b = bwd(hidden, residual, reverse=True)
+            hidden, residual = h_f + h_b, r_f + r_b
             if collect is not None:
                 collect.append(residual + hidden)
         return residual + self.drop_path(hidden)

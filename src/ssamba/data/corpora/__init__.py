@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ssamba.data.corpora import audioset, esc50, folders, iemocap, speechcommands, urbansound8k, voxceleb1
+from ssamba.data.corpora import (audioset, esc50, folders, iemocap, speechcommands, synthetic, urbansound8k,
+                                  voxceleb1)
 from ssamba.data.corpora._common import Corpus
 
 Recipe = Callable[..., Corpus]
@@ -20,6 +21,10 @@ RECIPES: dict[str, Recipe] = {
     "librispeech": folders.prepare_librispeech,
     "folder": folders.prepare_folder,
     "folder-per-class": folders.prepare_folder_per_class,
+    "synthetic": synthetic.prepare,
 }
 
-__all__ = ["Corpus", "RECIPES", "Recipe"]
+#: corpora generated into ``out`` rather than read from a download folder: they take no ``root``
+GENERATED: frozenset[str] = frozenset({"synthetic"})
+
+__all__ = ["Corpus", "GENERATED", "RECIPES", "Recipe"]

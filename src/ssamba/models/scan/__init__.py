@@ -4,6 +4,11 @@
 a drop-in for the others.  The backend is chosen, in order of precedence, by the ``backend=`` argument, by
 ``set_backend()`` (what model configs call), by the ``SSAMBA_SCAN_BACKEND`` environment variable, and otherwise
 automatically ("auto"): the fastest registered backend that supports the input's device.
+
+Backends: ``mamba_ssm`` (CUDA, when installed), ``cpu`` (the C++ kernels of ``scan/csrc``, compiled on first use;
+if they cannot be built, a warning says so once and "auto" falls back to the reference), ``reference`` (pure
+PyTorch, the oracle).  With the ``cpu`` backend the Mamba mixer also runs fused (``BiMambaMixer._forward_fused``).
+Environment: ``SSAMBA_EXT_DIR`` (where the kernels are cached), ``SSAMBA_SCAN_ISA`` (force avx512/avx2/generic).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Callable
 
 from torch import Tensor
 
+from ssamba.models.scan import cpu as _cpu
 from ssamba.models.scan.reference import selective_scan_reference
 
 logger = logging.getLogger(__name__)
@@ -131,6 +137,13 @@ register_backend(
     supports=lambda u: True,
     priority=0,
 )
+def _cpu_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    from ssamba.models.scan.ops import selective_scan_cpu
+
+    return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+register_backend("cpu", _cpu_scan, supports=_cpu.supports, priority=50)
 register_backend(
     "mamba_ssm",
     _mamba_ssm_scan,

@@ -1,0 +1,358 @@
+"""Benchmark of the CPU selective scan and of SSAMBA-tiny on CPU (issue 3).
+
+Prints: the scan per backend (B in {1, 4}, L in {512, 1212, 4096, 22000}; forward and forward+backward time,
+state updates per second per core, peak memory); the single-thread scan rate; SSAMBA-tiny forward latency at
+512 tokens (1 and 2 threads, fp32 and bf16 autocast) with its floor (matmul FLOPs at the measured matmul rate plus
+48 scans at the measured scan rate); SSAMBA-tiny vs SSAST-tiny (sdpa) at 512, 2k and 22k tokens; an SSAMBA-tiny
+training step (B=4, 128x1024).  Times are medians; ratios come from the same run.
+
+    PYTHONPATH=src python benchmarks/scan.py [--quick] [--threads N]
+
+On a machine shared with other jobs, numbers move with the load: the header prints the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ssamba.models import build_encoder, scan
+from ssamba.models.config import ModelConfig, preset
+from ssamba.models.scan import cpu, ops
+from ssamba.pretrain.model import MaskedPatchModel
+
+D_INNER, D_STATE = 384, 16  # SSAMBA-tiny: d_inner = 2 * 192
+THREADS = (1, 2)  # thread counts of the model-latency table
+LIBC = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" else None
+
+
+# ------------------------------------------------------------------------------------------------- measuring
+LAST_MIN = [0.0]  # fastest run of the latest timed() call, printed next to the median where noise matters
+LAST_CPU = [0.0]  # median CPU time of the calling thread: the work itself when single-threaded on a busy machine
+
+
+def timed(fn: Callable[[], object], min_runs: int = 5, min_time: float = 0.5, warmup: int = 1,
+          max_runs: int = 200) -> float:
+    """Median wall time of fn() in seconds (the minimum is left in LAST_MIN, the median thread CPU time in
+    LAST_CPU)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    cpu_times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or (time.perf_counter() - start < min_time and len(times) < max_runs):
+        t, c = time.perf_counter(), time.thread_time()
+        fn()
+        cpu_times.append(time.thread_time() - c)
+        times.append(time.perf_counter() - t)
+    LAST_MIN[0] = min(times)
+    LAST_CPU[0] = statistics.median(cpu_times)
+    return statistics.median(times)
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_memory_mb(fn: Callable[[], object]) -> float | None:
+    """Peak resident memory added while fn() runs (Linux: reset VmHWM through clear_refs), in MB."""
+    if LIBC is None:
+        return None
+    LIBC.malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    base = _status_kb("VmRSS")
+    fn()
+    peak = _status_kb("VmHWM")
+    return None if base is None or peak is None else max(peak - base, 0) / 1024
+
+
+def with_threads(n: int):
+    class _Threads:
+        def __enter__(self):
+            self.old = torch.get_num_threads()
+            torch.set_num_threads(n)
+
+        def __exit__(self, *exc):
+            torch.set_num_threads(self.old)
+    return _Threads()
+
+
+# ------------------------------------------------------------------------------------------------- the scan
+def scan_inputs(batch: int, length: int, seed: int = 0) -> list[torch.Tensor]:
+    """One SSAMBA branch's scan: u, delta, A, B, C, D, z, delta_bias in mamba_ssm layout."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return [r(batch, D_INNER, length), r(batch, D_INNER, length) * 0.5 - 1,
+            -torch.exp(r(D_INNER, D_STATE) * 0.5), r(batch, D_STATE, length), r(batch, D_STATE, length),
+            r(D_INNER), r(batch, D_INNER, length), r(D_INNER) * 0.5]
+
+
+def run_scan(backend: str, inputs: list[torch.Tensor], backward: bool) -> None:
+    """One scan through ``selective_scan`` (mamba_ssm layout), or "cpu-cl": the channels-last op the mixer calls."""
+    if backend == "cpu-cl":
+        return run_scan_cl(inputs, backward)
+    if backward:
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        out = scan.selective_scan(*leaves, delta_softplus=True, backend=backend)
+        out.backward(torch.ones_like(out))
+    else:
+        with torch.no_grad():
+            scan.selective_scan(*inputs, delta_softplus=True, backend=backend)
+
+
+_CL_CACHE: dict[int, list] = {}
+
+
+def run_scan_cl(inputs: list[torch.Tensor], backward: bool) -> None:
+    key = id(inputs)
+    if key not in _CL_CACHE:  # the layout the mixer's matmuls produce, converted once outside the timing
+        u, delta, A, B, C, D, z, bias = inputs
+        cl = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731
+        _CL_CACHE.clear()
+        _CL_CACHE[key] = [cl(u), cl(delta), A, cl(B), cl(C), D, cl(z), bias]
+    u, delta, A, B, C, D, z, bias = _CL_CACHE[key]
+    if backward:
+        u, delta, B, C, z = (t.detach().requires_grad_() for t in (u, delta, B, C, z))
+        out = ops.scan([u], [delta], [A], [B], [C], [D], [bias], z, True)
+        out.backward(torch.ones_like(out))
+    else:
+        with torch.no_grad():
+            ops.scan([u], [delta], [A], [B], [C], [D], [bias], z, True)
+
+
+def scan_table(quick: bool) -> None:
+    threads = torch.get_num_threads()
+    print(f"\n## Selective scan, one direction (d_inner={D_INNER}, d_state={D_STATE}, softplus, D skip, z gate), "
+          f"{threads} threads")
+    print("reference only where affordable: forward for B*L <= 4096, forward+backward for B*L <= 2048 "
+          "(its Python time loop takes ~0.1 ms per step; backward keeps every state)")
+    print("mamba_ssm: CUDA only, not measured on this CPU machine")
+    print("cpu = selective_scan(backend='cpu') in mamba_ssm's (B, D, L) layout, including the transposes to and from "
+          "the kernels' channels-last layout; cpu-cl = the channels-last op itself, as the fused mixer calls it")
+    header = (f"{'backend':9} {'B':>2} {'L':>6} | {'fwd ms':>9} {'fwd+bwd ms':>11} | {'upd/s/core':>10} "
+              f"{'(cpu-time)':>10} | {'peak MB fwd':>11} {'fwd+bwd':>8} | {'output MB':>9}")
+    print(header)
+    print("-" * len(header))
+    lengths = (512, 1212, 4096) if quick else (512, 1212, 4096, 22000)
+    for batch in (1, 4):
+        for length in lengths:
+            inputs = scan_inputs(batch, length)
+            updates = batch * length * D_INNER * D_STATE
+            out_mb = batch * length * D_INNER * 4 / 2**20
+            for backend in ("cpu-cl", "cpu", "reference"):
+                if backend == "reference" and batch * length > 4096:
+                    print(f"{backend:9} {batch:2} {length:6} | {'skipped':>9}")
+                    continue
+                fwd = timed(lambda: run_scan(backend, inputs, False), min_runs=3 if backend == "reference" else 5)
+                by_cpu = f"{updates / LAST_CPU[0]:10.2e}" if threads == 1 else f"{'':10}"
+                mem_f = peak_memory_mb(lambda: run_scan(backend, inputs, False))
+                if backend != "reference" or batch * length <= 2048:
+                    both = timed(lambda: run_scan(backend, inputs, True), min_runs=3, warmup=1)
+                    mem_b = peak_memory_mb(lambda: run_scan(backend, inputs, True))
+                    both_s, mem_b_s = f"{both * 1e3:11.2f}", _mb(mem_b)
+                else:
+                    both_s, mem_b_s = f"{'skipped':>11}", f"{'':>8}"
+                print(f"{backend:9} {batch:2} {length:6} | {fwd * 1e3:9.2f} {both_s} | "
+                      f"{updates / fwd / threads:10.2e} {by_cpu} | {_mb(mem_f):>11} {mem_b_s:>8} | {out_mb:9.1f}")
+
+
+def _mb(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def single_thread_rate() -> float:
+    inputs = scan_inputs(1, 4096)
+    with with_threads(1):
+        t = timed(lambda: run_scan("cpu-cl", inputs, False), min_runs=10)
+    updates = 4096 * D_INNER * D_STATE
+    rate = updates / t
+    print(f"\nscan forward (channels-last op), 1 thread, B=1 L=4096: median {t * 1e3:.2f} ms = {rate:.2e} "
+          f"state updates/s/core (fastest run {updates / LAST_MIN[0]:.2e}, by thread CPU time "
+          f"{updates / LAST_CPU[0]:.2e}; target >= 3e9)")
+    inputs = scan_inputs(4, 512)
+    for threads in sorted({1, torch.get_num_threads()}):
+        with with_threads(threads):
+            both = timed(lambda: run_scan("cpu-cl", inputs, True), min_runs=10)
+        cpu_note = f", thread CPU time {LAST_CPU[0] * 1e3:.2f} ms" if threads == 1 else ""
+        print(f"scan forward+backward (channels-last op), B=4 L=512, {threads} thread(s): median "
+              f"{both * 1e3:.2f} ms, fastest {LAST_MIN[0] * 1e3:.2f} ms{cpu_note} (target <= 6 ms on 2 threads)")
+    return rate
+
+
+# ------------------------------------------------------------------------------------------------- models
+def ssamba_tiny(tdim: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_encoder(preset("ssamba", "tiny", input_tdim=tdim)).eval()
+
+
+def ssast_tiny(tdim: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_encoder(preset("ssast", "tiny", input_tdim=tdim, attention="sdpa")).eval()
+
+
+def tokens_to_tdim(tokens: int) -> int:
+    return tokens // 8 * 16  # 128 mel bins -> 8 patch rows, stride 16
+
+
+def forward_time(model: torch.nn.Module, tdim: int, bf16: bool = False, min_runs: int = 5) -> float:
+    x = torch.randn(1, tdim, 128)
+
+    def step():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(x)
+    return timed(step, min_runs=min_runs, min_time=1.0)
+
+
+def matmul_flops(tokens: int) -> tuple[float, list[tuple[int, int, int]]]:
+    """SSAMBA-tiny's matmul FLOPs for one clip and its (rows, in, out) linear shapes, per layer and patch embed."""
+    d, e, n, r = 192, D_INNER, D_STATE, 12
+    per_layer = [(tokens, d, 2 * e), (tokens, e, r + 2 * n), (tokens, e, r + 2 * n), (tokens, r, e), (tokens, r, e),
+                 (tokens, e, d)]
+    shapes = per_layer * 24 + [(tokens, 256, d)]
+    return sum(2.0 * m * k * o for m, k, o in shapes), per_layer + [(tokens, 256, d)]
+
+
+MATMUL_FLOPS_TIMED = [0.0]
+
+
+def matmul_rate(tokens: int) -> float:
+    """fp32 FLOP/s of this machine on SSAMBA-tiny's own linear shapes (timed one layer's worth at a time)."""
+    _, shapes = matmul_flops(tokens)
+    xs = [(torch.randn(m, k), torch.randn(o, k)) for m, k, o in shapes]
+    t = timed(lambda: [F.linear(x, w) for x, w in xs], min_runs=10)
+    MATMUL_FLOPS_TIMED[0] = sum(2.0 * m * k * o for m, k, o in shapes)
+    return MATMUL_FLOPS_TIMED[0] / t
+
+
+def mixer_scan_time(tokens: int) -> float:
+    """One mixer's scan op (both directions, softplus, D, gate, average) at B=1."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    dbl = [r(1, tokens, 12 + 2 * D_STATE) for _ in range(2)]
+    args = ([r(1, tokens, D_INNER) for _ in range(2)], [r(1, tokens, D_INNER) * 0.5 - 1 for _ in range(2)],
+            [-torch.exp(r(D_INNER, D_STATE) * 0.5) for _ in range(2)],
+            [t[..., 12:12 + D_STATE] for t in dbl], [t[..., 12 + D_STATE:] for t in dbl],
+            [r(D_INNER) for _ in range(2)], [r(D_INNER) for _ in range(2)], r(1, tokens, D_INNER), True)
+    with torch.no_grad():
+        return timed(lambda: ops.scan(*args), min_runs=20)
+
+
+def model_latency() -> None:
+    print("\n## SSAMBA-tiny forward, B=1, 512 tokens (128x1024 input)")
+    model = ssamba_tiny(1024)
+    flops, _ = matmul_flops(512)
+    print(f"{'threads':>7} | {'fp32 ms':>8} {'(min)':>7} {'bf16 ms':>8} {'(min)':>7} {'bf16 speedup':>12} | "
+          f"{'matmul GF/s':>11} {'matmul ms':>9} {'48 scans ms':>11} {'floor ms':>8} {'fp32/floor':>10}")
+    cpu_rows = []
+    for threads in THREADS:
+        with with_threads(threads):
+            fp32 = forward_time(model, 1024)
+            fp32_min, fp32_cpu = LAST_MIN[0], LAST_CPU[0]
+            bf16 = forward_time(model, 1024, bf16=True)
+            bf16_min, bf16_cpu = LAST_MIN[0], LAST_CPU[0]
+            rate = matmul_rate(512)
+            rate_cpu = MATMUL_FLOPS_TIMED[0] / LAST_CPU[0]
+            scans = 24 * mixer_scan_time(512)
+            scans_cpu = 24 * LAST_CPU[0]
+        floor = flops / rate + scans
+        print(f"{threads:7} | {fp32 * 1e3:8.1f} {fp32_min * 1e3:7.1f} {bf16 * 1e3:8.1f} {bf16_min * 1e3:7.1f} "
+              f"{fp32 / bf16:11.2f}x | {rate / 1e9:11.1f} {flops / rate * 1e3:9.1f} {scans * 1e3:11.1f} "
+              f"{floor * 1e3:8.1f} {fp32 / floor:10.2f}")
+        if threads == 1:
+            cpu_rows.append((fp32_cpu, bf16_cpu, flops / rate_cpu, scans_cpu))
+    for fp32_cpu, bf16_cpu, mm_cpu, scans_cpu in cpu_rows:
+        floor_cpu = mm_cpu + scans_cpu
+        print(f"1 thread by thread CPU time (immune to waiting for a core): fp32 {fp32_cpu * 1e3:.1f} ms, "
+              f"bf16 {bf16_cpu * 1e3:.1f} ms ({fp32_cpu / bf16_cpu:.2f}x); floor = matmul {mm_cpu * 1e3:.1f} + "
+              f"48 scans {scans_cpu * 1e3:.1f} = {floor_cpu * 1e3:.1f} ms, fp32/floor {fp32_cpu / floor_cpu:.2f}")
+    print(f"(matmul FLOPs {flops / 1e9:.2f} G; targets: fp32 within 1.25x of the floor, bf16 >= 1.5x faster)")
+
+
+def versus_ssast(quick: bool) -> None:
+    threads = torch.get_num_threads()
+    print(f"\n## SSAMBA-tiny vs SSAST-tiny (sdpa), B=1 forward, fp32, {threads} threads")
+    print(f"{'tokens':>6} | {'SSAMBA ms':>10} {'SSAST ms':>10} {'ratio':>6} | {'fastest runs':>12} | "
+          f"{'cpu-time':>9} | target")
+    targets = {512: 1.2, 2048: 0.8, 22000: 0.15}
+    for tokens in ((512, 2048) if quick else (512, 2048, 22000)):
+        tdim = tokens_to_tdim(tokens)
+        runs = 3 if tokens > 4096 else 7
+        a = forward_time(ssamba_tiny(tdim), tdim, min_runs=runs)
+        a_min, a_cpu = LAST_MIN[0], LAST_CPU[0]
+        b = forward_time(ssast_tiny(tdim), tdim, min_runs=runs)
+        b_min, b_cpu = LAST_MIN[0], LAST_CPU[0]
+        cpu_ratio = f"{a_cpu / b_cpu:9.2f}" if threads == 1 else f"{'':9}"
+        print(f"{tokens:6} | {a * 1e3:10.1f} {b * 1e3:10.1f} {a / b:6.2f} | {a_min / b_min:12.2f} | {cpu_ratio} | "
+              f"<= {targets[tokens]}")
+
+
+def training_step() -> None:
+    threads = torch.get_num_threads()
+    print(f"\n## SSAMBA-tiny training step, B=4, 128x1024, fp32, {threads} threads (AdamW)")
+    torch.manual_seed(0)
+    model = MaskedPatchModel(ModelConfig(encoder=preset("ssamba", "tiny"), task="pretrain")).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(4, 1024, 128)
+    for single in (True, False):
+        def step():
+            opt.zero_grad(set_to_none=True)
+            model.pretraining_loss(x, mask_size=400, single_pass=single)["loss"].backward()
+            opt.step()
+        t = timed(step, min_runs=3, min_time=0.0)
+        what = "one forward pass (both heads)" if single else "official joint objective, two forward passes"
+        cpu_note = f", thread CPU time {LAST_CPU[0]:.3f} s" if threads == 1 else ""
+        print(f"{what:46}: median {t:.3f} s, fastest {LAST_MIN[0]:.3f} s{cpu_note} (target <= 1.0 s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="skip L=22000 and 22k tokens")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the scan table, SSAST comparison and training step (default: torch's)")
+    parser.add_argument("--sections", default="scan,rate,latency,ssast,train",
+                        help="comma-separated subset of: scan, rate, latency, ssast, train")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sections = set(args.sections.split(","))
+    if not cpu.available():
+        raise SystemExit("the CPU kernels could not be built; nothing to benchmark")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    print(f"torch {torch.__version__}, kernels: {cpu.isa()}, {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} threads, load average {load}")
+    if os.cpu_count() and load[0] != "n/a" and load[0] > 0.5:
+        print(f"note: other processes keep {load[0]:.1f} CPUs busy: medians are inflated, multi-threaded runs "
+              "wait on preempted threads; the fastest runs are closer to an idle machine")
+    if "scan" in sections:
+        scan_table(args.quick)
+    if "rate" in sections:
+        single_thread_rate()
+    if "latency" in sections:
+        model_latency()
+    if "ssast" in sections:
+        versus_ssast(args.quick)
+    if "train" in sections:
+        training_step()
+    print(f"\nload average at the end: {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Build and load the C++ CPU kernels (``csrc/``) on first use.
+
+The extension is compiled once with ``torch.utils.cpp_extension.load`` into a directory keyed by a hash of the
+sources and flags, so an edited kernel is rebuilt and an unchanged one is loaded from the cache.  The cache root is
+``$SSAMBA_EXT_DIR`` if set (handy for CI: compile once per run), else torch's extension directory.
+
+When the build fails (no compiler, no ninja, ...) the library warns once and the scan backend registry falls back
+to the pure-PyTorch reference scan; that is never silent.  ``SSAMBA_SCAN_ISA`` (auto, avx512, avx2, generic)
+forces an instruction set, e.g. to test the fallbacks on a machine that has AVX-512.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CSRC = Path(__file__).with_name("csrc")
+EXT_DIR_VAR = "SSAMBA_EXT_DIR"
+ISA_VAR = "SSAMBA_SCAN_ISA"
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+# -O3 only: no -ffast-math (it would let the compiler rewrite the exp range reduction and NaN handling).
+CFLAGS = ["-O3", "-fopenmp", "-std=c++17"] + (["-DSSAMBA_X86"] if _X86 else [])
+LDFLAGS = ["-fopenmp"]
+
+
+class KernelBuildError(RuntimeError):
+    """The C++ kernels could not be compiled or loaded."""
+
+
+def sources() -> list[Path]:
+    isas = ("avx512", "avx2", "generic") if _X86 else ("generic",)
+    return [CSRC / "ops.cpp"] + [CSRC / f"isa_{isa}.cpp" for isa in isas]
+
+
+def _fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(CSRC.iterdir()):
+        if path.suffix in (".cpp", ".h"):
+            digest.update(path.name.encode() + path.read_bytes())
+    digest.update(" ".join(CFLAGS + LDFLAGS).encode() + torch.__version__.encode())
+    return digest.hexdigest()[:12]
+
+
+def build_dir() -> Path:
+    root = os.environ.get(EXT_DIR_VAR)
+    if root:
+        base = Path(root)
+    else:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        base = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    return base / f"ssamba_cpu_{_fingerprint()}"
+
+
+def _registered() -> bool:
+    """Whether this process already loaded the operators (a second library would abort on re-registration)."""
+    try:
+        torch.ops.ssamba_cpu.isa
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _build() -> None:
+    """Compile (or load from the cache) and register the ``torch.ops.ssamba_cpu`` operators."""
+    from torch.utils.cpp_extension import load
+
+    if _registered():
+        return
+    directory = build_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    name = "ssamba_cpu"
+    cached = (directory / f"{name}.so").exists()
+    if cached:
+        logger.debug("loading the cached CPU scan kernels from %s", directory)
+    else:
+        logger.warning("ssamba: compiling the CPU selective-scan kernels (once, up to a minute) into %s", directory)
+    start = time.perf_counter()
+    load(name=name, sources=[str(p) for p in sources()], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+         build_directory=str(directory), is_python_module=False, verbose=False)
+    if not cached:
+        logger.warning("ssamba: CPU kernels built in %.0f s", time.perf_counter() - start)
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> object | None:
+    """The ``torch.ops.ssamba_cpu`` namespace once built and registered, None (after one warning) if not."""
+    try:
+        _build()
+        isa = os.environ.get(ISA_VAR, "auto")
+        torch.ops.ssamba_cpu.set_isa(isa)
+    except Exception as exc:  # compiler missing, build error, unsupported ISA requested, ...
+        warnings.warn(
+            f"ssamba: the CPU selective-scan kernels are unavailable ({type(exc).__name__}: {exc}); "
+            "falling back to the pure-PyTorch reference scan, which is 10-100x slower.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        logger.debug("CPU kernel build failed", exc_info=exc)
+        return None
+    from ssamba.models.scan import ops  # registers autograd and fake implementations
+
+    ops.register()
+    logger.info("ssamba: CPU scan kernels ready (instruction set %s)", torch.ops.ssamba_cpu.isa())
+    return torch.ops.ssamba_cpu
+
+
+@torch.compiler.assume_constant_result  # torch.compile calls it eagerly instead of tracing the build
+def available() -> bool:
+    """True when the kernels are built and loaded (builds them on the first call; warns once on failure)."""
+    return _load() is not None
+
+
+def isa() -> str:
+    """Instruction set the kernels run with ("avx512", "avx2" or "generic")."""
+    if not available():
+        raise KernelBuildError("the CPU kernels are not available")
+    return torch.ops.ssamba_cpu.isa()
+
+
+def set_isa(name: str) -> str:
+    """Force an instruction set ("auto" restores the best one); returns the one in use."""
+    if not available():
+        raise KernelBuildError("the CPU kernels are not available")
+    return torch.ops.ssamba_cpu.set_isa(name)
+
+
+def supports(t: torch.Tensor) -> bool:
+    """Whether the CPU backend can run a scan on ``t``: CPU tensor, float32/bf16/fp16, kernels built."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16, torch.float16) and available()

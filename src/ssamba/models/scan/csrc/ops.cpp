@@ -1,0 +1,347 @@
+// Torch glue of the CPU kernels: operator schemas (namespace ssamba_cpu), argument checks, allocation, the
+// OpenMP loop over (batch, channel block) tasks, and the run-time choice of instruction set.
+// Autograd and fake (meta) implementations are registered from Python (ssamba/models/scan/ops.py).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "args.h"
+
+namespace ssamba {
+namespace {
+
+using at::Tensor;
+using OptList = c10::List<std::optional<Tensor>>;
+
+bool cpu_supports(const std::string& isa) {
+#if defined(SSAMBA_X86)
+  __builtin_cpu_init();
+  if (isa == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  if (isa == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return isa == "generic";
+}
+
+const KernelTable* table_for(const std::string& isa) {
+#if defined(SSAMBA_X86)
+  if (isa == "avx512") return kernels_avx512();
+  if (isa == "avx2") return kernels_avx2();
+#endif
+  return kernels_generic();
+}
+
+const KernelTable* best_table() {
+  for (const char* isa : {"avx512", "avx2"})
+    if (cpu_supports(isa)) return table_for(isa);
+  return kernels_generic();
+}
+
+const KernelTable*& current() {
+  static const KernelTable* table = best_table();
+  return table;
+}
+
+// Run f(task) for every task on the torch thread count, dynamically scheduled: a static split stalls when
+// another process takes a core.  Each thread gets `scratch_floats` of private scratch (64-byte aligned).
+template <class F>
+void parallel_tasks(int64_t ntasks, int64_t scratch_floats, const F& f) {
+  const int nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks));
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+  {
+    std::vector<float> buffer(scratch_floats + 16);
+    float* scratch = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < ntasks; ++t) f(t, scratch);
+  }
+}
+
+// A (batch, length, channels) CPU tensor with unit channel stride, of the given dtype (float32 or bfloat16).
+void check_cl(const Tensor& t, const char* name, int64_t d0, int64_t d1, int64_t d2,
+              at::ScalarType dtype = at::kFloat) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype, "ssamba_cpu: ", name, " must be a ", dtype,
+              " CPU tensor (like the other activations), got ", t.scalar_type(), " on ", t.device());
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == d0 && t.size(1) == d1 && t.size(2) == d2, "ssamba_cpu: ", name,
+              " has shape ", t.sizes(), ", expected (", d0, ", ", d1, ", ", d2, ")");
+  TORCH_CHECK(t.stride(2) == 1 || d2 == 1, "ssamba_cpu: ", name, " must have unit stride in its last dimension");
+}
+
+void check_vec(const Tensor& t, const char* name, int64_t n) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == 1 &&
+                  t.size(0) == n,
+              "ssamba_cpu: ", name, " must be a contiguous float32 CPU tensor of shape (", n, ")");
+}
+
+const float* opt_ptr(const std::optional<Tensor>& t, const char* name, int64_t n) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  check_vec(*t, name, n);
+  return t->data_ptr<float>();
+}
+
+// Fill ScanArgs from the per-direction tensor lists (direction 1, if present, scans backwards in time).
+ScanArgs make_scan_args(const std::vector<Tensor>& u, const std::vector<Tensor>& delta, const std::vector<Tensor>& A,
+                        const std::vector<Tensor>& B, const std::vector<Tensor>& C, const OptList& D,
+                        const OptList& bias, const std::optional<Tensor>& z, bool softplus) {
+  const int ndirs = (int)u.size();
+  TORCH_CHECK(ndirs >= 1 && ndirs <= kMaxDirs, "ssamba_cpu: 1 or 2 scan directions, got ", ndirs);
+  TORCH_CHECK((int)delta.size() == ndirs && (int)A.size() == ndirs && (int)B.size() == ndirs &&
+                  (int)C.size() == ndirs && (int)D.size() == ndirs && (int)bias.size() == ndirs,
+              "ssamba_cpu: every per-direction list needs ", ndirs, " entries");
+  ScanArgs a{};
+  const at::ScalarType act = u[0].scalar_type();
+  TORCH_CHECK(act == at::kFloat || act == at::kBFloat16, "ssamba_cpu: activations must be float32 or bfloat16");
+  a.bf16 = act == at::kBFloat16;
+  a.batch = u[0].size(0);
+  a.length = u[0].size(1);
+  a.dim = u[0].size(2);
+  a.nstate = A[0].size(-1);
+  a.ndirs = ndirs;
+  a.softplus = softplus;
+  a.scale = 1.0f / ndirs;
+  TORCH_CHECK(a.nstate >= 1 && a.nstate <= kMaxState, "ssamba_cpu: d_state must be in [1, ", kMaxState, "]");
+  if (z.has_value() && z->defined()) {
+    check_cl(*z, "z", a.batch, a.length, a.dim, act);
+    a.z = z->data_ptr();
+    a.z_sb = z->stride(0);
+    a.z_sl = z->stride(1);
+  }
+  for (int i = 0; i < ndirs; ++i) {
+    ScanDir& d = a.dir[i];
+    check_cl(u[i], "u", a.batch, a.length, a.dim, act);
+    check_cl(delta[i], "delta", a.batch, a.length, a.dim, act);
+    check_cl(B[i], "B", a.batch, a.length, a.nstate, act);
+    check_cl(C[i], "C", a.batch, a.length, a.nstate, act);
+    TORCH_CHECK(A[i].scalar_type() == at::kFloat && A[i].is_contiguous() && A[i].dim() == 2 &&
+                    A[i].size(0) == a.dim && A[i].size(1) == a.nstate,
+                "ssamba_cpu: A must be a contiguous float32 (", a.dim, ", ", a.nstate, ") tensor");
+    d.u = u[i].data_ptr(); d.u_sb = u[i].stride(0); d.u_sl = u[i].stride(1);
+    d.delta = delta[i].data_ptr(); d.d_sb = delta[i].stride(0); d.d_sl = delta[i].stride(1);
+    d.A = A[i].data_ptr<float>();
+    d.Bm = B[i].data_ptr(); d.b_sb = B[i].stride(0); d.b_sl = B[i].stride(1);
+    d.Cm = C[i].data_ptr(); d.c_sb = C[i].stride(0); d.c_sl = C[i].stride(1);
+    d.Dskip = opt_ptr(D.get(i), "D", a.dim);
+    d.bias = opt_ptr(bias.get(i), "delta_bias", a.dim);
+    d.reverse = i == 1;
+  }
+  return a;
+}
+
+int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
+
+// Channel blocks per scan task: as many as keep >= 4 tasks per thread (dynamic scheduling still balances), so
+// that a task reads several adjacent cache lines of every row.  Results do not depend on it.
+int group_size(int64_t batch, int64_t nblk) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t g = (batch * nblk) / (4 * threads);
+  return (int)std::max<int64_t>(1, std::min<int64_t>({g, (int64_t)kMaxGroup, nblk}));
+}
+
+// Run the scan kernel `fn` over every (batch, group of channel blocks) task.
+template <class Fn>
+void scan_tasks(const ScanArgs& a, const KernelTable* k, bool backward, Fn fn) {
+  const int64_t nblk = (a.dim + k->width - 1) / k->width;
+  const int g = group_size(a.batch, nblk);
+  const int64_t ngroups = (nblk + g - 1) / g;
+  const int64_t scratch = backward ? scan_bwd_scratch_floats(k->width, a.nstate, g)
+                                   : scan_fwd_scratch_floats(k->width, a.nstate, g);
+  parallel_tasks(a.batch * ngroups, scratch, [&](int64_t t, float* s) {
+    const int64_t b = t / ngroups, blk0 = (t % ngroups) * g;
+    fn(a, b, blk0, (int)std::min<int64_t>(g, nblk - blk0), s);
+  });
+}
+
+// Grow-only scratch of the calling thread for the per-block partial sums of dL/dB and dL/dC (d_inner / 16 times
+// the size of those gradients).  Fresh multi-MB tensors would page-fault on every call (~2 us per 4 KB page:
+// several ms per backward at batch 4); this memory is faulted in once.
+float* partials_workspace(int64_t floats) {
+  thread_local std::vector<float> buffer;
+  if ((int64_t)buffer.size() < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+std::tuple<Tensor, std::vector<Tensor>> scan_fwd(std::vector<Tensor> u, std::vector<Tensor> delta,
+                                                 std::vector<Tensor> A, std::vector<Tensor> B,
+                                                 std::vector<Tensor> C, OptList D, OptList bias,
+                                                 std::optional<Tensor> z, bool softplus, bool save) {
+  ScanArgs a = make_scan_args(u, delta, A, B, C, D, bias, z, softplus);
+  const auto opts = u[0].options().dtype(at::kFloat);
+  Tensor out = at::empty({a.batch, a.length, a.dim}, opts);
+  std::vector<Tensor> ckpts;
+  for (int i = 0; i < a.ndirs; ++i) {
+    ckpts.push_back(save ? at::empty({a.batch, num_chunks(a.length), a.nstate, a.dim}, opts) : at::empty({0}, opts));
+    a.dir[i].ckpt = save ? ckpts.back().data_ptr<float>() : nullptr;
+  }
+  a.out = out.data_ptr<float>();
+  const KernelTable* k = current();
+  const int64_t nblk = (a.dim + k->width - 1) / k->width;
+  if (a.length > 0) scan_tasks(a, k, false, k->scan_fwd);
+  return {out, ckpts};
+}
+
+// Gradients, flat: gu[dirs], gdelta[dirs], gA[dirs], gB[dirs], gC[dirs], gD[dirs], gbias[dirs], gz.
+std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Tensor> delta, std::vector<Tensor> A,
+                             std::vector<Tensor> B, std::vector<Tensor> C, OptList D, OptList bias,
+                             std::optional<Tensor> z, bool softplus, std::vector<Tensor> ckpt) {
+  ScanArgs a = make_scan_args(u, delta, A, B, C, D, bias, z, softplus);
+  TORCH_CHECK((int)ckpt.size() == a.ndirs, "ssamba_cpu: one checkpoint tensor per direction expected");
+  gout = gout.to(at::kFloat).contiguous();
+  check_cl(gout, "grad_out", a.batch, a.length, a.dim);
+  a.gout = gout.data_ptr<float>();
+  const KernelTable* k = current();
+  const int64_t nblk = (a.dim + k->width - 1) / k->width;
+  const auto opts = u[0].options().dtype(at::kFloat);  // gradients are float32 (autograd casts to the input's)
+  const auto dopts = opts.dtype(at::kDouble);
+  std::vector<Tensor> gu, gdelta, gA, gBp, gCp, gD, gbias;
+  const int64_t part = nblk * a.batch * a.length * a.nstate;
+  float* ws = partials_workspace(2 * a.ndirs * part);
+  for (int i = 0; i < a.ndirs; ++i) {
+    TORCH_CHECK(ckpt[i].is_contiguous() && ckpt[i].numel() == a.batch * num_chunks(a.length) * a.nstate * a.dim,
+                "ssamba_cpu: the forward pass did not save its states (called with save=False?)");
+    ScanDir& d = a.dir[i];
+    d.ckpt = ckpt[i].data_ptr<float>();
+    gu.push_back(at::empty({a.batch, a.length, a.dim}, opts));
+    gdelta.push_back(at::empty({a.batch, a.length, a.dim}, opts));
+    gBp.push_back(at::from_blob(ws + (2 * i) * part, {nblk, a.batch, a.length, a.nstate}, opts));
+    gCp.push_back(at::from_blob(ws + (2 * i + 1) * part, {nblk, a.batch, a.length, a.nstate}, opts));
+    gA.push_back(at::zeros({a.batch, a.dim, a.nstate}, dopts));
+    gD.push_back(at::zeros({a.batch, a.dim}, dopts));
+    gbias.push_back(at::zeros({a.batch, a.dim}, dopts));
+    d.gu = gu.back().data_ptr<float>();
+    d.gdelta = gdelta.back().data_ptr<float>();
+    d.gB = gBp.back().data_ptr<float>();
+    d.gC = gCp.back().data_ptr<float>();
+    d.gA = gA.back().data_ptr<double>();
+    d.gD = gD.back().data_ptr<double>();
+    d.gbias = gbias.back().data_ptr<double>();
+  }
+  Tensor gz;
+  if (a.z) {
+    gz = at::empty({a.batch, a.length, a.dim}, opts);
+    a.gz = gz.data_ptr<float>();
+  }
+  if (a.length > 0) scan_tasks(a, k, true, k->scan_bwd);
+  std::vector<Tensor> result;
+  for (auto& t : gu) result.push_back(t);
+  for (auto& t : gdelta) result.push_back(t);
+  for (auto& t : gA) result.push_back(t.sum(0).to(at::kFloat));
+  for (auto& t : gBp) result.push_back(t.sum(0));  // per-block partials, summed in a fixed order
+  for (auto& t : gCp) result.push_back(t.sum(0));
+  for (auto& t : gD) result.push_back(t.sum(0).to(at::kFloat));
+  for (auto& t : gbias) result.push_back(t.sum(0).to(at::kFloat));
+  result.push_back(gz.defined() ? gz : at::empty({0}, opts));
+  return result;
+}
+
+ConvArgs make_conv_args(const Tensor& x, const Tensor& w_f, const Tensor& b_f, const Tensor& w_b,
+                        const Tensor& b_b) {
+  ConvArgs a{};
+  TORCH_CHECK(x.dim() == 3, "ssamba_cpu: conv input must be (batch, length, channels)");
+  a.batch = x.size(0);
+  a.length = x.size(1);
+  a.dim = x.size(2);
+  a.width = w_f.size(-1);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "ssamba_cpu: conv input must be float32 or bfloat16");
+  a.bf16 = x.scalar_type() == at::kBFloat16;
+  check_cl(x, "x", a.batch, a.length, a.dim, x.scalar_type());
+  TORCH_CHECK(a.width >= 1 && a.width <= kMaxConv, "ssamba_cpu: conv width must be in [1, ", kMaxConv, "]");
+  for (const Tensor* w : {&w_f, &w_b})
+    TORCH_CHECK(w->scalar_type() == at::kFloat && w->is_contiguous() && w->numel() == a.dim * a.width,
+                "ssamba_cpu: conv weights must be contiguous float32 (", a.dim, ", ", a.width, ")");
+  check_vec(b_f, "conv bias", a.dim);
+  check_vec(b_b, "conv bias", a.dim);
+  a.x = x.data_ptr(); a.x_sb = x.stride(0); a.x_sl = x.stride(1);
+  a.nchunks = (a.length + kConvRows - 1) / kConvRows;
+  a.w_f = w_f.data_ptr<float>(); a.b_f = b_f.data_ptr<float>();
+  a.w_b = w_b.data_ptr<float>(); a.b_b = b_b.data_ptr<float>();
+  return a;
+}
+
+std::tuple<Tensor, Tensor> conv_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) {
+  ConvArgs a = make_conv_args(x, w_f, b_f, w_b, b_b);
+  Tensor y_f = at::empty({a.batch, a.length, a.dim}, x.options());
+  Tensor y_b = at::empty({a.batch, a.length, a.dim}, x.options());
+  a.y_f = y_f.data_ptr();
+  a.y_b = y_b.data_ptr();
+  const KernelTable* k = current();
+  if (a.length > 0)
+    parallel_tasks(a.batch * a.nchunks, 0, [&](int64_t t, float*) { k->conv_fwd(a, t / a.nchunks, t % a.nchunks); });
+  return {y_f, y_b};
+}
+
+// Gradients: gx, gw_f, gb_f, gw_b, gb_b.
+std::vector<Tensor> conv_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) {
+  ConvArgs a = make_conv_args(x, w_f, b_f, w_b, b_b);
+  g_f = g_f.to(x.scalar_type()).contiguous();
+  g_b = g_b.to(x.scalar_type()).contiguous();
+  check_cl(g_f, "grad y_f", a.batch, a.length, a.dim, x.scalar_type());
+  check_cl(g_b, "grad y_b", a.batch, a.length, a.dim, x.scalar_type());
+  const auto dopts = x.options().dtype(at::kDouble);
+  Tensor gx = at::empty({a.batch, a.length, a.dim}, x.options().dtype(at::kFloat));
+  Tensor gw_f = at::empty({a.batch * a.nchunks, a.dim, a.width}, dopts);
+  Tensor gw_b = at::empty({a.batch * a.nchunks, a.dim, a.width}, dopts);
+  Tensor gb_f = at::empty({a.batch * a.nchunks, a.dim}, dopts), gb_b = at::empty({a.batch * a.nchunks, a.dim}, dopts);
+  a.g_f = g_f.data_ptr(); a.g_b = g_b.data_ptr();
+  a.gx = gx.data_ptr<float>();
+  a.gw_f = gw_f.data_ptr<double>(); a.gw_b = gw_b.data_ptr<double>();
+  a.gb_f = gb_f.data_ptr<double>(); a.gb_b = gb_b.data_ptr<double>();
+  const KernelTable* k = current();
+  if (a.length > 0)
+    parallel_tasks(a.batch * a.nchunks, 0, [&](int64_t t, float*) { k->conv_bwd(a, t / a.nchunks, t % a.nchunks); });
+  else
+    for (Tensor* t : {&gw_f, &gw_b, &gb_f, &gb_b}) t->zero_();
+  auto f = [](const Tensor& t) { return t.sum(0).to(at::kFloat); };  // per-task partials, fixed order
+  return {gx, f(gw_f).view(w_f.sizes()), f(gb_f), f(gw_b).view(w_b.sizes()), f(gb_b)};
+}
+
+std::string isa() { return current()->name; }
+
+// Select the instruction set ("avx512", "avx2", "generic", or "auto"); returns the one now in use.
+std::string set_isa(std::string name) {
+  if (name == "auto" || name.empty()) {
+    current() = best_table();
+  } else {
+    TORCH_CHECK(name == "avx512" || name == "avx2" || name == "generic", "ssamba_cpu: unknown isa '", name,
+                "' (choose auto, avx512, avx2, generic)");
+    TORCH_CHECK(cpu_supports(name), "ssamba_cpu: this CPU does not support ", name);
+    current() = table_for(name);
+  }
+  return current()->name;
+}
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> out;
+  for (const char* isa : {"avx512", "avx2", "generic"})
+    if (cpu_supports(isa)) out.push_back(isa);
+  return out;
+}
+
+}  // namespace
+}  // namespace ssamba
+
+TORCH_LIBRARY(ssamba_cpu, m) {
+  m.def("scan_fwd(Tensor[] u, Tensor[] delta, Tensor[] A, Tensor[] B, Tensor[] C, Tensor?[] D, "
+        "Tensor?[] delta_bias, Tensor? z, bool softplus, bool save) -> (Tensor, Tensor[])");
+  m.def("scan_bwd(Tensor grad_out, Tensor[] u, Tensor[] delta, Tensor[] A, Tensor[] B, Tensor[] C, Tensor?[] D, "
+        "Tensor?[] delta_bias, Tensor? z, bool softplus, Tensor[] ckpt) -> Tensor[]");
+  m.def("conv_silu_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) -> (Tensor, Tensor)");
+  m.def("conv_silu_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) "
+        "-> Tensor[]");
+  m.def("isa() -> str", &ssamba::isa);
+  m.def("set_isa(str name) -> str", &ssamba::set_isa);
+  m.def("supported_isas() -> str[]", &ssamba::supported_isas);
+}
+
+TORCH_LIBRARY_IMPL(ssamba_cpu, CPU, m) {
+  m.impl("scan_fwd", &ssamba::scan_fwd);
+  m.impl("scan_bwd", &ssamba::scan_bwd);
+  m.impl("conv_silu_fwd", &ssamba::conv_fwd);
+  m.impl("conv_silu_bwd", &ssamba::conv_bwd);
+}

@@ -1,0 +1,262 @@
+"""The C++ CPU selective scan against the float64 reference: forward, every gradient, every instruction set."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssamba.models import scan
+from ssamba.models.scan import cpu, ops
+from ssamba.models.scan.reference import selective_scan_reference
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="the CPU kernels could not be built here")
+
+ISAS = torch.ops.ssamba_cpu.supported_isas() if cpu.available() else []
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, what: str) -> None:
+    """Elementwise |a - e| <= rel * (|e| + max|e|): relative to the tensor's scale, so near-zero entries count."""
+    a, e = actual.detach().double(), expected.detach().double()
+    scale = e.abs().max().clamp_min(1e-30)
+    err = ((a - e).abs() / (e.abs() + scale)).max().item()
+    assert err <= rel, f"{what}: relative error {err:.2e} > {rel:.0e}"
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    cpu.set_isa(request.param)
+    yield request.param
+    cpu.set_isa("auto")
+
+
+def make_inputs(batch: int, dim: int, length: int, nstate: int, *, z: bool, bias: bool, skip: bool,
+                noncontiguous: bool, seed: int) -> dict[str, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        if noncontiguous and len(shape) == 3:  # same values, (B, L, X) memory layout seen through a transpose
+            return (torch.randn(shape[0], shape[2], shape[1], generator=g) * scale).transpose(1, 2)
+        return torch.randn(*shape, generator=g) * scale
+
+    A = -torch.exp(torch.randn(dim, nstate, generator=g) * 0.5)
+    if noncontiguous:
+        A = torch.cat([A, A], dim=1)[:, ::2]
+    return {
+        "u": rnd(batch, dim, length),
+        "delta": rnd(batch, dim, length, scale=0.7),
+        "A": A,
+        "B": rnd(batch, nstate, length),
+        "C": rnd(batch, nstate, length),
+        "D": torch.randn(dim, generator=g) if skip else None,
+        "z": rnd(batch, dim, length) if z else None,
+        "delta_bias": torch.randn(dim, generator=g) * 0.5 if bias else None,
+    }
+
+
+CASES = [
+    # batch, dim, length, nstate, z, bias, D, softplus, noncontiguous
+    (1, 16, 1, 16, True, True, True, True, False),        # L = 1
+    (2, 37, 100, 16, True, True, True, True, False),      # L not a multiple of the chunk, D not of the lanes
+    (3, 24, 65, 5, False, False, False, False, False),    # other d_state, nothing optional
+    (2, 20, 77, 16, True, False, True, True, True),       # non-contiguous inputs
+    (1, 9, 131, 3, False, True, True, True, True),        # several chunks, tiny dims
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}D{}L{}N{}".format(*c[:4]))
+def test_forward_and_every_gradient_match_float64_reference(case, isa):
+    batch, dim, length, nstate, z, bias, skip, softplus, noncontig = case
+    inputs = make_inputs(batch, dim, length, nstate, z=z, bias=bias, skip=skip, noncontiguous=noncontig,
+                         seed=sum(case[:4]))
+    if noncontig:
+        assert not inputs["u"].is_contiguous() and not inputs["A"].is_contiguous()
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if v is not None}
+    leaves64 = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
+    out = scan.selective_scan(**{k: leaves.get(k) for k in NAMES}, delta_softplus=softplus, backend="cpu")
+    ref = selective_scan_reference(**{k: leaves64.get(k) for k in NAMES}, delta_softplus=softplus)
+    assert out.dtype == torch.float32 and out.shape == (batch, dim, length)
+    assert_rel_close(out, ref, 1e-5, "output")
+
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
+    got = torch.autograd.grad(out, list(leaves.values()), grad)
+    want = torch.autograd.grad(ref, list(leaves64.values()), grad.double())
+    for name, g_got, g_want in zip(leaves, got, want):
+        assert g_got.shape == leaves[name].shape
+        if name == "A" and length == 1:  # s_{-1} = 0: dA is exactly zero
+            assert g_got.abs().max() == 0 and g_want.abs().max() == 0
+            continue
+        assert_rel_close(g_got, g_want, 1e-5, f"grad {name}")
+
+
+def test_two_directions_average_and_gate_like_two_reference_scans():
+    """The mixer's op: direction 1 runs backwards in time; outputs are gated by silu(z) and averaged."""
+    batch, length, dim, nstate = 2, 70, 24, 16
+    g = torch.Generator().manual_seed(3)
+    t = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    per_dir = [
+        dict(u=t(batch, length, dim), delta=t(batch, length, dim) * 0.5, A=-torch.exp(t(dim, nstate) * 0.3),
+             B=t(batch, length, nstate), C=t(batch, length, nstate), D=t(dim), bias=t(dim) * 0.3)
+        for _ in range(2)
+    ]
+    z = t(batch, length, dim).requires_grad_()
+    for d in per_dir:
+        for v in d.values():
+            v.requires_grad_()
+    out = ops.scan(*[[d[k] for d in per_dir] for k in ("u", "delta", "A", "B", "C", "D", "bias")], z, True)
+
+    def ref_dir(d, flip):
+        f = (lambda x: x.flip(1)) if flip else (lambda x: x)
+        cl = lambda x: f(x.double()).transpose(1, 2)  # noqa: E731
+        y = selective_scan_reference(cl(d["u"]), cl(d["delta"]), d["A"].double(), cl(d["B"]), cl(d["C"]),
+                                     d["D"].double(), cl(z), d["bias"].double(), True)
+        return f(y.transpose(1, 2))
+
+    ref = (ref_dir(per_dir[0], False) + ref_dir(per_dir[1], True)) / 2
+    assert_rel_close(out, ref, 1e-5, "output")
+    leaves = [v for d in per_dir for v in d.values()] + [z]
+    grad = t(batch, length, dim)
+    got = torch.autograd.grad(out, leaves, grad)
+    want = torch.autograd.grad(ref, leaves, grad.double())
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert_rel_close(a, e, 1e-5, f"grad {i}")
+
+
+@pytest.mark.parametrize("length", [1, 37, 300])  # 300: several row chunks (128) with their halos
+def test_conv_silu_both_directions_match_conv1d(isa, length):
+    batch, dim, width = 2, 21, 4
+    g = torch.Generator().manual_seed(5)
+    xz = torch.randn(batch, length, 2 * dim, generator=g)
+    x = xz[..., :dim].requires_grad_()  # strided view, as the mixer passes it
+    params = [torch.randn(dim, width, generator=g) * 0.5, torch.randn(dim, generator=g),
+              torch.randn(dim, width, generator=g) * 0.5, torch.randn(dim, generator=g)]
+    params = [p.requires_grad_() for p in params]
+    y_f, y_b = ops.conv_silu_bidir(x, *params)
+
+    def ref_conv(x64, w, b, flip):
+        """Spec §5 step 2 written out: causal shift-and-add (F.conv1d's float64 backward takes seconds)."""
+        xt = x64.flip(1) if flip else x64
+        xp = F.pad(xt, (0, 0, width - 1, 0))  # zeros before t = 0
+        y = F.silu(b + sum(w[:, k] * xp[:, k:k + length] for k in range(width)))
+        return y.flip(1) if flip else y
+
+    p64 = [p.double() for p in params]
+    x64 = x.double()
+    r_f, r_b = ref_conv(x64, p64[0], p64[1], False), ref_conv(x64, p64[2], p64[3], True)
+    with torch.no_grad():  # the written-out reference is F.conv1d(padding=K-1)[..., :L] (spec §5)
+        conv = F.conv1d(x64.detach().transpose(1, 2), p64[0].detach().unsqueeze(1), p64[1].detach(),
+                        padding=width - 1, groups=dim)[..., :length]
+        torch.testing.assert_close(r_f.detach(), F.silu(conv).transpose(1, 2))
+    assert_rel_close(y_f, r_f, 1e-6, "y_f")
+    assert_rel_close(y_b, r_b, 1e-6, "y_b")
+    gf, gb = torch.randn(2, batch, length, dim, generator=g)
+    got = torch.autograd.grad((y_f * gf).sum() + (y_b * gb).sum(), [x] + params)
+    want = torch.autograd.grad((r_f * gf).sum() + (r_b * gb).sum(), [x] + params)
+    for name, a, e in zip(("x", "w_f", "b_f", "w_b", "b_b"), got, want):
+        assert_rel_close(a, e, 1e-5, f"grad {name}")
+
+
+def test_auto_backend_is_cpu_for_float32_and_reference_for_float64():
+    assert scan.get_backend(torch.zeros(1, 2, 3)).name == "cpu"
+    assert scan.get_backend(torch.zeros(1, 2, 3, dtype=torch.float64)).name == "reference"
+
+
+def test_bfloat16_activations_are_read_exactly_and_computed_in_float32(isa):
+    """Under bf16 autocast the matmuls hand the scan bf16 activations: same result as float64 math on them."""
+    x = make_inputs(2, 21, 70, 16, z=True, bias=True, skip=True, noncontiguous=False, seed=1)
+    cl = lambda t: t.transpose(1, 2).bfloat16().contiguous().requires_grad_()  # noqa: E731
+    acts = {k: cl(x[k]) for k in ("u", "delta", "B", "C", "z")}
+    params = {k: x[k].requires_grad_() for k in ("A", "D", "delta_bias")}
+    out = ops.scan([acts["u"]], [acts["delta"]], [params["A"]], [acts["B"]], [acts["C"]], [params["D"]],
+                   [params["delta_bias"]], acts["z"], True)
+    assert out.dtype == torch.float32
+    ref_leaves = {k: v.detach().double().transpose(1, 2).requires_grad_() for k, v in acts.items()}
+    ref_leaves.update({k: v.detach().double().requires_grad_() for k, v in params.items()})
+    ref = selective_scan_reference(*(ref_leaves[k] for k in NAMES), delta_softplus=True).transpose(1, 2)
+    assert_rel_close(out, ref, 1e-5, "output")
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    got = dict(zip(["u", "A"], torch.autograd.grad(out, [acts["u"], params["A"]], grad)))
+    want = dict(zip(["u", "A"], torch.autograd.grad(ref, [ref_leaves["u"], ref_leaves["A"]], grad.double())))
+    assert got["u"].dtype == torch.bfloat16 and got["A"].dtype == torch.float32  # autograd casts per input
+    assert_rel_close(got["A"], want["A"], 1e-5, "grad A")
+    assert_rel_close(got["u"].float(), want["u"].transpose(1, 2), 4e-3, "grad u (rounded to bf16)")
+
+
+def test_bfloat16_through_the_backend_api():
+    x = make_inputs(2, 16, 40, 16, z=True, bias=True, skip=True, noncontiguous=False, seed=1)
+    half = {k: (v.bfloat16() if v is not None and v.dim() == 3 else v) for k, v in x.items()}
+    out = scan.selective_scan(**half, delta_softplus=True, backend="cpu")
+    ref = selective_scan_reference(**half, delta_softplus=True)
+    assert out.dtype == torch.bfloat16
+    assert_rel_close(out.float(), ref.float(), 4e-3, "bf16 output (one bf16 rounding of the same float32 result)")
+
+
+def test_conv_silu_bfloat16_in_and_out(isa):
+    batch, length, dim = 2, 150, 40
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(batch, length, 2 * dim, generator=g).bfloat16()[..., :dim]
+    w = [torch.randn(dim, 4, generator=g), torch.randn(dim, generator=g)] * 2
+    y_f, y_b = ops.conv_silu_bidir(x, *w)
+    f_f, f_b = ops.conv_silu_bidir(x.float(), *w)
+    assert y_f.dtype == y_b.dtype == torch.bfloat16
+    assert torch.equal(y_f, f_f.bfloat16()) and torch.equal(y_b, f_b.bfloat16())  # round-to-nearest-even
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_operators_pass_opcheck(dtype):
+    """Schema, fake (meta) implementation and autograd registration are consistent (what torch.compile needs)."""
+    x = make_inputs(2, 20, 40, 16, z=True, bias=True, skip=True, noncontiguous=False, seed=2)
+    cl = lambda t: t.transpose(1, 2).to(dtype).contiguous().requires_grad_()  # noqa: E731
+    args = ([cl(x["u"])], [cl(x["delta"])], [x["A"].requires_grad_()], [cl(x["B"])], [cl(x["C"])],
+            [x["D"].requires_grad_()], [x["delta_bias"].requires_grad_()], cl(x["z"]), True, True)
+    torch.library.opcheck(torch.ops.ssamba_cpu.scan_fwd.default, args)
+    conv_args = (cl(x["u"]), torch.randn(20, 4), torch.randn(20), torch.randn(20, 4), torch.randn(20))
+    torch.library.opcheck(torch.ops.ssamba_cpu.conv_silu_fwd.default, conv_args)
+
+
+def test_checkpoints_are_a_fraction_of_the_output():
+    """Backward memory: states are kept every CHUNK steps only (N/CHUNK of the output), never per step."""
+    x = make_inputs(1, 32, 1000, 16, z=False, bias=False, skip=False, noncontiguous=False, seed=4)
+    cl = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731
+    out, ckpt = torch.ops.ssamba_cpu.scan_fwd([cl(x["u"])], [cl(x["delta"])], [x["A"]], [cl(x["B"])],
+                                              [cl(x["C"])], [None], [None], None, False, True)
+    assert ckpt[0].shape == (1, -(-1000 // ops.CHUNK), 16, 32)
+    assert ckpt[0].numel() <= out.numel() * 16 / ops.CHUNK + 16 * 32
+    _, no_ckpt = torch.ops.ssamba_cpu.scan_fwd([cl(x["u"])], [cl(x["delta"])], [x["A"]], [cl(x["B"])],
+                                               [cl(x["C"])], [None], [None], None, False, False)
+    assert no_ckpt[0].numel() == 0
+
+
+def test_isa_selection():
+    assert cpu.set_isa("auto") == ISAS[0]
+    assert "generic" in ISAS
+    with pytest.raises(RuntimeError, match="unknown isa"):
+        cpu.set_isa("sse9")
+
+
+def test_failed_build_warns_once_and_falls_back_to_reference(monkeypatch):
+    """No compiler: "auto" must still work, through the reference scan, and say so (never silently)."""
+    def broken_build():
+        raise OSError("no C++ compiler found (simulated)")
+
+    monkeypatch.setattr(cpu, "_build", broken_build)
+    cpu._load.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not cpu.available()
+            u = torch.randn(1, 4, 5)
+            assert scan.get_backend(u).name == "reference"
+            out = scan.selective_scan(u, torch.rand(1, 4, 5), -torch.ones(4, 2), torch.randn(1, 2, 5),
+                                      torch.randn(1, 2, 5))
+            assert out.shape == (1, 4, 5)
+            with pytest.raises(RuntimeError, match="cannot run"):
+                scan.get_backend(u, "cpu")
+        messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(messages) == 1 and "falling back to the pure-PyTorch reference scan" in messages[0]
+        assert "simulated" in messages[0]
+    finally:
+        monkeypatch.undo()
+        cpu._load.cache_clear()
+        assert cpu.available()
