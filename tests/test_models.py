@@ -174,3 +174,9 @@ def test_hidden_states_per_layer(arch, units):
         final_norm = enc.norm_f if arch == "ssamba" else enc.norm
         once = final_norm(states[-2])  # eval: the last layer's stream is the pre-norm residual
         assert torch.allclose(final_norm(once) if arch == "ssamba" else once, states[-1], atol=1e-5)
+
+
+def test_with_input_size_keeps_the_train_eval_mode():
+    enc = build_encoder(preset("ssamba", "tiny", depth=2, input_tdim=64, drop_path_rate=0.5))
+    assert not enc.eval().with_input_size(input_tdim=128).training  # no stray drop path at inference
+    assert enc.train().with_input_size(input_tdim=128).training

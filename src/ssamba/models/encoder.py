@@ -101,4 +101,4 @@ class PatchEncoder(nn.Module):
         state["pos_embed"] = adapt_position_embedding(state["pos_embed"], self.num_cls_tokens, self.grid, cfg.grid)
         new = type(self)(cfg)
         new.load_state_dict(state)
-        return new.to(self.pos_embed.device)
+        return new.to(self.pos_embed.device).train(self.training)
