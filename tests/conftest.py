@@ -1,10 +1,16 @@
 """Shared test helpers: the project's shared data folder sits beside the repository (``../shared``)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter; the switch is read when Triton is first imported, so it
+# is set here, before any test (or torch.compile) imports it.  "auto" never picks the triton backend on CPU tensors.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 OFFICIAL = SHARED / "fixtures" / "official"

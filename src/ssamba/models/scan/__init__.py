@@ -5,9 +5,10 @@ a drop-in for the others.  The backend is chosen, in order of precedence, by the
 ``set_backend()`` (what model configs call), by the ``SSAMBA_SCAN_BACKEND`` environment variable, and otherwise
 automatically ("auto"): the fastest registered backend that supports the input's device.
 
-Backends: ``mamba_ssm`` (CUDA, when installed), ``cpu`` (the C++ kernels of ``scan/csrc``, compiled on first use;
-if they cannot be built, a warning says so once and "auto" falls back to the reference), ``reference`` (pure
-PyTorch, the oracle).  With the ``cpu`` backend the Mamba mixer also runs fused (``BiMambaMixer._forward_fused``).
+Backends: ``triton`` (CUDA, whenever Triton is importable -- every CUDA build of torch ships it -- so "auto" picks
+it on GPUs; ``triton_ops``), ``mamba_ssm`` (CUDA, when installed; "auto" prefers triton), ``cpu`` (the C++
+kernels of ``scan/csrc``, compiled on first use; if they cannot be built, a warning says so once and "auto" falls
+back to the reference), ``reference`` (pure PyTorch, the oracle).  With the ``cpu`` backend the Mamba mixer also runs fused (``BiMambaMixer._forward_fused``).
 Environment: ``SSAMBA_EXT_DIR`` (where the kernels are cached), ``SSAMBA_SCAN_ISA`` (force avx512/avx2/generic).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Callable
 from torch import Tensor
 
 from ssamba.models.scan import cpu as _cpu
+from ssamba.models.scan import triton_ops as _triton
 from ssamba.models.scan.reference import selective_scan_reference
 
 logger = logging.getLogger(__name__)
@@ -31,21 +33,27 @@ ScanFn = Callable[..., Tensor]
 
 @dataclass(frozen=True)
 class ScanBackend:
-    """A scan implementation. ``supports(u)`` says whether it can run on this input (device, availability)."""
+    """A scan implementation. ``supports(u)`` says whether "auto" may pick it for this input (device,
+    availability); ``runs(u)``, whether it can run it when selected by name (default: the same)."""
 
     name: str
     fn: ScanFn
     supports: Callable[[Tensor], bool]
     priority: int  # higher wins under "auto"
+    runs: Callable[[Tensor], bool] | None = None
+
+    def can_run(self, u: Tensor) -> bool:
+        return (self.runs or self.supports)(u)
 
 
 _BACKENDS: dict[str, ScanBackend] = {}
 _selected: str | None = None
 
 
-def register_backend(name: str, fn: ScanFn, supports: Callable[[Tensor], bool], priority: int) -> None:
-    """Add a backend; later issues plug their kernels in here."""
-    _BACKENDS[name] = ScanBackend(name, fn, supports, priority)
+def register_backend(name: str, fn: ScanFn, supports: Callable[[Tensor], bool], priority: int,
+                     runs: Callable[[Tensor], bool] | None = None) -> None:
+    """Add a backend (see ``ScanBackend``)."""
+    _BACKENDS[name] = ScanBackend(name, fn, supports, priority, runs)
 
 
 def available_backends() -> list[str]:
@@ -72,7 +80,7 @@ def get_backend(u: Tensor, name: str | None = None) -> ScanBackend:
             f"choose from auto, {', '.join(available_backends())}"
         )
     backend = _BACKENDS[name]
-    if not backend.supports(u):
+    if not backend.can_run(u):
         raise RuntimeError(f"scan backend {name!r} cannot run on a {u.device.type} tensor here (is it installed?)")
     return backend
 
@@ -143,13 +151,21 @@ def _cpu_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
+def _triton_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    return _triton.selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
 register_backend("cpu", _cpu_scan, supports=_cpu.supports, priority=50)
+# Under "auto" on CUDA: triton (nothing to build) ahead of mamba_ssm, which "auto" takes only without Triton.
 register_backend(
     "mamba_ssm",
     _mamba_ssm_scan,
     supports=lambda u: u.is_cuda and _mamba_ssm_fn() is not None,
-    priority=100,
+    priority=80,
 )
+# CPU tensors run only by name and only in Triton's interpreter (the test suite's way to check the kernels).
+register_backend("triton", _triton_scan, supports=lambda u: u.is_cuda and _triton.available(), priority=100,
+                 runs=_triton.supports)
 
 __all__ = [
     "selective_scan",

@@ -1,0 +1,365 @@
+"""The "triton" scan backend: Mamba-1 selective scan for GPUs, with nothing to compile by hand.
+
+PyTorch's CUDA builds ship Triton, so this backend gives GPU users a fast scan without building ``mamba_ssm``.
+
+Algorithm.  A program owns one batch element and a block of ``block_d`` channels, and walks the sequence in chunks of
+``chunk`` steps, carrying the state ``h`` (block_d, N) between chunks.  Inside a chunk the recurrence
+``h_t = a_t h_{t-1} + b_t`` (``a = exp(delta A)``, ``b = delta u B``) is an associative scan over time on a
+(block_d, N, chunk) tile, so every step of the chunk is computed in parallel.  The forward saves the state at each
+chunk start (N floats per chunk and channel); the backward walks the chunks in reverse, recomputes the states of a
+chunk from its saved start (an exclusive scan, so ``h_{t-1}`` is exact rather than ``(h_t - b_t) / a_t``), and runs
+the adjoint recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` as a reverse associative scan, carrying ``g`` across
+chunks.  dB and dC sum over channels, so each program adds its block's share atomically; the other parameter
+gradients are reduced per program and summed in PyTorch.
+
+The same kernels run on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1`` set before Triton is first
+imported), which is how the test suite checks them without a GPU (slowly: use small shapes).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+try:  # an optional extra (pip install ssamba[gpu]); CUDA builds of torch already ship it
+    import triton
+    import triton.language as tl
+except Exception:  # ImportError, or a broken install raising at import
+    triton = None
+    tl = None
+
+CONFIG_VAR = "SSAMBA_TRITON_CONFIG"
+
+
+def available() -> bool:
+    """Whether Triton can be imported."""
+    return triton is not None
+
+
+def interpreted() -> bool:
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1`` when it was imported)."""
+    return available() and bool(triton.knobs.runtime.interpret)
+
+
+def supports(t: Tensor) -> bool:
+    """CUDA tensors when Triton is installed; CPU tensors only in interpreter mode (tests)."""
+    return available() and (t.is_cuda or (t.device.type == "cpu" and interpreted()))
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """Launch shape: channels per program, steps per chunk (both powers of two), warps per program.
+
+    The default was the fastest forward and backward of ``benchmarks/gpu_check.py``'s sweep on an H200 (B=2,
+    d_inner=384, N=16, L=16384)."""
+
+    block_d: int = 2
+    chunk: int = 32
+    num_warps: int = 4
+
+    @classmethod
+    def parse(cls, text: str) -> "TritonConfig":
+        """``"block_d,chunk,num_warps"``, e.g. from ``$SSAMBA_TRITON_CONFIG``."""
+        try:
+            block_d, chunk, warps = (int(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"{CONFIG_VAR}={text!r}: expected three integers 'block_d,chunk,num_warps'") from None
+        config = cls(block_d, chunk, warps)
+        for name in ("block_d", "chunk", "num_warps"):
+            value = getattr(config, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{CONFIG_VAR}={text!r}: {name} must be a power of two, got {value}")
+        return config
+
+
+_config_override: TritonConfig | None = None
+
+
+def set_config(config: TritonConfig | None) -> None:
+    """Choose the launch shape for the whole process (``None`` restores the default / ``$SSAMBA_TRITON_CONFIG``)."""
+    global _config_override
+    _config_override = config
+
+
+def current_config() -> TritonConfig:
+    if _config_override is not None:
+        return _config_override
+    text = os.environ.get(CONFIG_VAR)
+    return TritonConfig.parse(text) if text else TritonConfig()
+
+
+# --------------------------------------------------------------------------------------------------------- kernels
+# Written as plain functions and jitted on first use, so that importing this module never needs Triton.
+
+if triton is not None:
+
+    @triton.jit
+    def _combine(a_l, b_l, a_r, b_r):
+        """(a_l, b_l) then (a_r, b_r): h -> a_r (a_l h + b_l) + b_r."""
+        return a_l * a_r, a_r * b_l + b_r
+
+
+def _fwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr,
+    dim, length, d_state, n_chunks,
+    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, CHUNK)
+    mask_d = offs_d < dim
+    mask_n = offs_n < d_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    log2e = 1.4426950408889634
+    A2 = tl.load(A_ptr + offs_d[:, None] * d_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * log2e
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]  # + ci * d_state
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    for ci in range(n_chunks):
+        t = ci * CHUNK + offs_t
+        mask_t = t < length
+        mask_x = mask_d[:, None] & mask_t[None, :]
+        x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
+        u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+        dl = tl.load(dl_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dl = dl + bias[:, None]
+        if SOFTPLUS:
+            dl = tl.where(dl <= 20.0, tl.log(1.0 + tl.exp(dl)), dl)
+        dl = tl.where(mask_x, dl, 0.0)  # steps past the end are the identity (a = 1, b = 0)
+        bc_off = pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :] * s_bl
+        mask_bc = mask_n[:, None] & mask_t[None, :]
+        Bt = tl.load(B_ptr + bc_off, mask=mask_bc, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + bc_off, mask=mask_bc, other=0.0).to(tl.float32)
+        if SAVE_STATES:
+            tl.store(states_ptr + state_off + ci * d_state, h, mask=mask_dn)
+        dA = tl.exp2(dl[:, None, :] * A2[:, :, None])
+        dBu = (dl * u)[:, None, :] * Bt[None, :, :]
+        pa, pb = tl.associative_scan((dA, dBu), axis=2, combine_fn=_combine)
+        hs = pb + pa * h[:, :, None]
+        y = tl.sum(hs * Ct[None, :, :], axis=1)
+        if HAS_D:
+            y = y + Dv[:, None] * u
+        if HAS_Z:
+            zt = tl.load(z_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+            y = y * zt * tl.sigmoid(zt)
+        tl.store(out_ptr + x_off, y, mask=mask_x)
+        h = tl.sum(tl.where((offs_t == CHUNK - 1)[None, None, :], hs, 0.0), axis=2)
+
+
+def _bwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    dim, length, d_state, n_chunks,
+    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, CHUNK)
+    mask_d = offs_d < dim
+    mask_n = offs_n < d_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    log2e = 1.4426950408889634
+    A = tl.load(A_ptr + offs_d[:, None] * d_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A * log2e
+    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
+    g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # adjoint of the state after this chunk
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for i in range(n_chunks):
+        ci = n_chunks - 1 - i
+        t0 = ci * CHUNK
+        t = t0 + offs_t
+        mask_t = t < length
+        mask_x = mask_d[:, None] & mask_t[None, :]
+        x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
+        bc_off = pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :] * s_bl
+        mask_bc = mask_n[:, None] & mask_t[None, :]
+        u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+        dl_pre = tl.load(dl_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32) + bias[:, None]
+        dl = dl_pre
+        if SOFTPLUS:
+            dl = tl.where(dl_pre <= 20.0, tl.log(1.0 + tl.exp(dl_pre)), dl_pre)
+        dl = tl.where(mask_x, dl, 0.0)
+        Bt = tl.load(B_ptr + bc_off, mask=mask_bc, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + bc_off, mask=mask_bc, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+
+        # h_{t-1} by an exclusive scan: step t of the chunk scans the inputs of step t-1 (identity at the start)
+        mask_p = mask_d[:, None] & ((offs_t >= 1) & (t - 1 < length))[None, :]
+        u_p = tl.load(u_ptr + x_off - s_xl, mask=mask_p, other=0.0).to(tl.float32)
+        dl_p = tl.load(dl_ptr + x_off - s_xl, mask=mask_p, other=0.0).to(tl.float32) + bias[:, None]
+        if SOFTPLUS:
+            dl_p = tl.where(dl_p <= 20.0, tl.log(1.0 + tl.exp(dl_p)), dl_p)
+        dl_p = tl.where(mask_p, dl_p, 0.0)
+        mask_bp = mask_n[:, None] & ((offs_t >= 1) & (t - 1 < length))[None, :]
+        B_p = tl.load(B_ptr + bc_off - s_bl, mask=mask_bp, other=0.0).to(tl.float32)
+        h_in = tl.load(states_ptr + state_off + ci * d_state, mask=mask_dn, other=0.0)
+        pa, pb = tl.associative_scan(
+            (tl.exp2(dl_p[:, None, :] * A2[:, :, None]), (dl_p * u_p)[:, None, :] * B_p[None, :, :]),
+            axis=2, combine_fn=_combine,
+        )
+        h_prev = pb + pa * h_in[:, :, None]
+        dA = tl.exp2(dl[:, None, :] * A2[:, :, None])
+        h = dA * h_prev + (dl * u)[:, None, :] * Bt[None, :, :]
+
+        dy = dout
+        if HAS_Z:
+            zt = tl.load(z_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+            y = tl.sum(h * Ct[None, :, :], axis=1) + Dv[:, None] * u
+            sz = tl.sigmoid(zt)
+            tl.store(dz_ptr + x_off, dout * y * sz * (1.0 + zt * (1.0 - sz)), mask=mask_x)
+            dy = dout * zt * sz
+        dD_acc += tl.sum(dy * u, axis=1)
+
+        # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, a reverse scan whose last step reaches into the next chunk
+        mask_nx = mask_d[:, None] & (t + 1 < length)[None, :]
+        dl_n = tl.load(dl_ptr + x_off + s_xl, mask=mask_nx, other=0.0).to(tl.float32) + bias[:, None]
+        if SOFTPLUS:
+            dl_n = tl.where(dl_n <= 20.0, tl.log(1.0 + tl.exp(dl_n)), dl_n)
+        dl_n = tl.where(mask_nx, dl_n, 0.0)
+        ga, gb = tl.associative_scan(
+            (tl.exp2(dl_n[:, None, :] * A2[:, :, None]), Ct[None, :, :] * dy[:, None, :]),
+            axis=2, combine_fn=_combine, reverse=True,
+        )
+        gs = gb + ga * g[:, :, None]
+
+        gB = tl.sum(gs * Bt[None, :, :], axis=1)
+        du = gB * dl + Dv[:, None] * dy
+        decay_term = gs * dA * h_prev  # d h_t / d a_t contributions
+        ddl = gB * u + tl.sum(decay_term * A[:, :, None], axis=1)
+        dA_acc += tl.sum(decay_term * dl[:, None, :], axis=2)
+        if SOFTPLUS:
+            ddl = ddl * tl.where(dl_pre <= 20.0, tl.sigmoid(dl_pre), 1.0)
+        ddl = tl.where(mask_x, ddl, 0.0)
+        dbias_acc += tl.sum(ddl, axis=1)
+        tl.store(du_ptr + x_off, du, mask=mask_x)
+        tl.store(ddl_ptr + x_off, ddl, mask=mask_x)
+        out_bc = (pid_b * d_state + offs_n[:, None]) * length + t[None, :]
+        tl.atomic_add(dB_ptr + out_bc, tl.sum(gs * (dl * u)[:, None, :], axis=0), mask=mask_bc)
+        tl.atomic_add(dC_ptr + out_bc, tl.sum(h * dy[:, None, :], axis=0), mask=mask_bc)
+        g = tl.sum(tl.where((offs_t == 0)[None, None, :], gs, 0.0), axis=2)
+    tl.store(dA_ptr + (pid_b * dim + offs_d[:, None]) * d_state + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name: str):
+    return triton.jit({"fwd": _fwd_kernel, "bwd": _bwd_kernel}[name])
+
+
+# ------------------------------------------------------------------------------------------------------ autograd
+def _launch_shape(config: TritonConfig, batch: int, dim: int, length: int) -> tuple[tuple[int, int], int]:
+    chunk = min(config.chunk, max(1, triton.next_power_of_2(length)))
+    return (batch, triton.cdiv(dim, config.block_d)), chunk
+
+
+class _SelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        batch, dim, length = u.shape
+        d_state = A.shape[1]
+        u_, dl_ = u.contiguous(), delta.contiguous()
+        z_ = None if z is None else z.contiguous()
+        B_, C_ = B.contiguous(), C.contiguous()
+        A_ = A.float().contiguous()
+        config = current_config()
+        grid, chunk = _launch_shape(config, batch, dim, length)
+        n_chunks = triton.cdiv(length, chunk)
+        save = any(ctx.needs_input_grad)
+        f32 = dict(dtype=torch.float32, device=u.device)
+        out = torch.empty_like(u_)
+        states = torch.empty(batch, dim, n_chunks if save else 0, d_state, **f32)
+        dummy = A_
+        _kernel("fwd")[grid](
+            u_, dl_, A_, B_, C_, dummy if D is None else D.float().contiguous(), dummy if z_ is None else z_,
+            dummy if delta_bias is None else delta_bias.float().contiguous(), out, states if save else dummy,
+            dim, length, d_state, n_chunks,
+            u_.stride(0), u_.stride(1), u_.stride(2), B_.stride(0), B_.stride(1), B_.stride(2),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+            SAVE_STATES=save, BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(d_state), CHUNK=chunk,
+            num_warps=config.num_warps,
+        )
+        if save:
+            ctx.save_for_backward(u_, dl_, A_, B_, C_, D, z_, delta_bias, states)
+            ctx.delta_softplus = bool(delta_softplus)
+            ctx.config = config
+            ctx.dtypes = (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, dl, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        batch, dim, length = u.shape
+        d_state = A.shape[1]
+        config = ctx.config
+        grid, chunk = _launch_shape(config, batch, dim, length)
+        n_chunks = states.shape[2]
+        f32 = dict(dtype=torch.float32, device=u.device)
+        dout = dout.contiguous()
+        du = torch.empty(u.shape, **f32)
+        ddl = torch.empty(u.shape, **f32)
+        dz = torch.empty(u.shape, **f32) if z is not None else None
+        dA = torch.empty(batch, dim, d_state, **f32)
+        dB = torch.zeros(batch, d_state, length, **f32)
+        dC = torch.zeros(batch, d_state, length, **f32)
+        dD = torch.empty(batch, dim, **f32)
+        dbias = torch.empty(batch, dim, **f32)
+        dummy = A
+        _kernel("bwd")[grid](
+            u, dl, A, B, C, dummy if D is None else D.float().contiguous(), dummy if z is None else z,
+            dummy if delta_bias is None else delta_bias.float().contiguous(), dout, states,
+            du, ddl, dummy if dz is None else dz, dA, dB, dC, dD, dbias,
+            dim, length, d_state, n_chunks,
+            u.stride(0), u.stride(1), u.stride(2), B.stride(0), B.stride(1), B.stride(2),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
+            BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(d_state), CHUNK=chunk,
+            num_warps=config.num_warps,
+        )
+        u_t, dl_t, A_t, B_t, C_t = ctx.dtypes
+        grads = [du.to(u_t), ddl.to(dl_t), dA.sum(0).to(A_t), dB.to(B_t), dC.to(C_t),
+                 None if D is None else dD.sum(0).to(D.dtype),
+                 None if z is None else dz.to(z.dtype),
+                 None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), None]
+        return tuple(grads)
+
+
+def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                          z: Tensor | None = None, delta_bias: Tensor | None = None,
+                          delta_softplus: bool = False) -> Tensor:
+    """The "triton" backend of ``selective_scan`` (mamba_ssm layout; float32 arithmetic, output in u's dtype)."""
+    if triton is None:
+        raise RuntimeError("the triton scan backend needs Triton: pip install 'ssamba[gpu]' (or a CUDA torch)")
+    if not supports(u):
+        raise RuntimeError(f"the triton scan backend runs CUDA tensors (CPU tensors only with TRITON_INTERPRET=1 set "
+                           f"before Triton is imported); got a {u.device.type} tensor")
+    if u.shape[-1] == 0:
+        return u.new_zeros(u.shape)
+    return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+

@@ -1,0 +1,133 @@
+"""The Triton scan backend against the float64 reference, forward and every gradient.
+
+Without a GPU the kernels run in Triton's interpreter (conftest sets ``TRITON_INTERPRET=1``), so the shapes are
+small; on a CUDA machine the same tests run the compiled kernels (``benchmarks/gpu_check.py`` adds large shapes).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import rel_err
+from test_scan import GRAD_NAMES, make_inputs
+
+from ssamba.models import scan
+from ssamba.models.mamba import BiMambaMixer
+from ssamba.models.scan import selective_scan, selective_scan_reference
+from ssamba.models.scan import triton_ops
+from ssamba.models.scan.triton_ops import TritonConfig
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = [
+    pytest.mark.skipif(not triton_ops.available(), reason="Triton is not installed (pip install 'ssamba[gpu]')"),
+    pytest.mark.skipif(DEVICE == "cpu" and triton_ops.available() and not triton_ops.interpreted(),
+                       reason="no GPU and Triton was imported without TRITON_INTERPRET=1"),
+]
+
+
+@pytest.fixture
+def config():
+    """Small launch shapes so that several chunks and channel blocks (some partial) are crossed."""
+    triton_ops.set_config(TritonConfig(block_d=2, chunk=8, num_warps=1))
+    yield
+    triton_ops.set_config(None)
+
+
+def run(fn, inputs, dtype, softplus):
+    leaves = {k: (v.detach().to(DEVICE, dtype).requires_grad_() if v is not None else None)
+              for k, v in inputs.items()}
+    out = fn(**leaves, delta_softplus=softplus)
+    weight = torch.linspace(-1, 1, out.numel(), dtype=dtype, device=DEVICE).reshape(out.shape)
+    (out * weight).sum().backward()
+    return out, {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+CASES = [
+    dict(batch=2, dim=3, length=19, n=4),                  # 3 chunks, the last partial; a partial channel block
+    dict(batch=1, dim=4, length=8, n=16),                  # exactly one chunk, the usual d_state
+    dict(batch=2, dim=5, length=17, n=5, noncontig=True),  # d_state padded to 8; strided inputs
+    dict(batch=1, dim=3, length=7, n=3, with_z=False, with_bias=False),
+    dict(batch=1, dim=2, length=1, n=4),
+]
+
+
+@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "raw-delta"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_forward_and_gradients_match_float64(case, softplus, config):
+    inputs = make_inputs(**case)
+    out, grads = run(triton_ops.selective_scan_triton, inputs, torch.float32, softplus)
+    out64, grads64 = run(selective_scan_reference, inputs, torch.float64, softplus)
+    assert out.dtype == torch.float32 and out.shape == inputs["u"].shape
+    assert rel_err(out, out64) < 1e-4
+    assert set(grads) == {k for k in GRAD_NAMES if inputs[k] is not None}
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32 and grad.shape == inputs[name].shape, name
+        assert rel_err(grad, grads64[name]) < 1e-4, name
+
+
+def test_default_launch_shape_matches_reference():
+    """The shipped default (wider blocks, one long chunk here) computes the same function."""
+    inputs = make_inputs(batch=1, dim=5, length=40, n=16)
+    out, grads = run(triton_ops.selective_scan_triton, inputs, torch.float32, True)
+    out64, grads64 = run(selective_scan_reference, inputs, torch.float64, True)
+    assert rel_err(out, out64) < 1e-4
+    for name, grad in grads.items():
+        assert rel_err(grad, grads64[name]) < 1e-4, name
+
+
+def test_bfloat16_activations(config):
+    """Activations in bf16 (as under autocast) are read as such, computed in float32, returned in u's dtype."""
+    inputs = make_inputs(batch=1, dim=3, length=12, n=4)
+    inputs = {k: (v.bfloat16() if v is not None and k in ("u", "delta", "B", "C", "z") else v)
+              for k, v in inputs.items()}
+    with torch.no_grad():
+        out = triton_ops.selective_scan_triton(**{k: v.to(DEVICE) if v is not None else None
+                                                  for k, v in inputs.items()}, delta_softplus=True)
+        ref = selective_scan_reference(**{k: v.double() if v is not None else None for k, v in inputs.items()},
+                                       delta_softplus=True)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < 1e-2
+
+
+def test_mixer_through_the_triton_backend_equals_reference(config):
+    """The whole bidirectional mixer (conv, projections, both scan directions, flips) with the triton backend."""
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(d_model=4, d_state=4, expand=2).to(DEVICE)
+    x = torch.randn(2, 11, 4, device=DEVICE)
+    results = []
+    for backend in ("triton", "reference"):
+        mixer.scan_backend = backend
+        mixer.zero_grad()
+        xi = x.clone().requires_grad_()
+        out = mixer(xi, reverse=True)
+        (out * torch.linspace(-1, 1, out.numel(), device=DEVICE).reshape(out.shape)).sum().backward()
+        results.append((out.detach(), xi.grad, {n: p.grad.clone() for n, p in mixer.named_parameters()}))
+    (out_t, dx_t, g_t), (out_r, dx_r, g_r) = results
+    assert rel_err(out_t, out_r) < 1e-5 and rel_err(dx_t, dx_r) < 1e-5
+    for name in g_r:
+        assert rel_err(g_t[name], g_r[name]) < 1e-4, name
+
+
+def test_registry_prefers_triton_on_cuda_and_never_picks_it_for_cpu_under_auto():
+    backends = scan._BACKENDS
+    assert backends["triton"].priority > backends["mamba_ssm"].priority > backends["cpu"].priority
+    cpu_tensor = torch.zeros(1, 1, 1)
+    assert scan.get_backend(cpu_tensor).name != "triton"
+    if DEVICE == "cpu":  # by name, CPU tensors run in the interpreter
+        assert scan.get_backend(cpu_tensor, "triton").name == "triton"
+    else:
+        assert scan.get_backend(torch.zeros(1, 1, 1, device="cuda")).name == "triton"
+
+
+def test_selective_scan_dispatches_to_triton(config):
+    inputs = {k: (v.to(DEVICE) if v is not None else None) for k, v in make_inputs(batch=1, dim=2, length=9, n=4).items()}
+    out = selective_scan(**inputs, delta_softplus=True, backend="triton")
+    ref = selective_scan(**inputs, delta_softplus=True, backend="reference")
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("text, message", [("4,32", "three integers"), ("3,32,4", "power of two"),
+                                           ("4,0,4", "power of two")])
+def test_config_string_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        TritonConfig.parse(text)
+    assert TritonConfig.parse("8,16,2") == TritonConfig(8, 16, 2)
