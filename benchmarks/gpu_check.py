@@ -78,8 +78,12 @@ def correctness() -> bool:
     ok = True
     cases = [((2, 3, 19, 4), {}, TritonConfig(2, 8, 1)), ((2, 5, 17, 5), dict(noncontig=True), TritonConfig(2, 8, 1)),
              ((1, 3, 7, 3), dict(z=False, bias=False), TritonConfig(2, 8, 1)),
+             ((2, 5, 17, 5), dict(noncontig=True), TritonConfig(2, 8, 1, "loop")),
              ((2, D_INNER, 1000, D_STATE), {}, None), ((1, 64, 4099, D_STATE), {}, None),
-             ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), None)]
+             ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), None),
+             ((2, D_INNER, 1000, D_STATE), {}, TritonConfig(1, 512, 4, "loop")),
+             ((1, 64, 4099, D_STATE), {}, TritonConfig(1, 1024, 4, "loop")),
+             ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), TritonConfig(2, 512, 4, "loop"))]
     for shape, kw, config in cases:
         triton_ops.set_config(config)
         inp = inputs(*shape, **kw)
@@ -161,10 +165,11 @@ def scan_times(batch: int, length: int) -> tuple[float, float, float]:
 
 def sweep(budget: float) -> TritonConfig:
     say("## 2. Launch shapes (B=2, d_inner=384, N=16, L=16384; forward no-grad / forward+backward, ms)")
-    say("| block_d, chunk, warps | forward | forward+backward |")
+    say("| block_d, chunk, warps, algo | forward | forward+backward |")
     say("|---|---|---|")
-    configs = [TritonConfig(*c) for c in ((2, 32, 4), (4, 32, 4), (1, 32, 1), (1, 64, 2), (2, 32, 2), (2, 64, 4),
-                                          (1, 128, 4), (2, 16, 2), (4, 16, 2))]
+    configs = [TritonConfig(*c) for c in ((2, 32, 4), (4, 32, 4), (1, 64, 2), (2, 64, 4),
+                                          (1, 256, 4, "loop"), (1, 512, 4, "loop"), (1, 1024, 4, "loop"),
+                                          (2, 512, 4, "loop"), (1, 1024, 8, "loop"), (1, 2048, 8, "loop"))]
     best, best_t = TritonConfig(), float("inf")
     for c in configs:
         if elapsed() > budget:
@@ -174,9 +179,10 @@ def sweep(budget: float) -> TritonConfig:
         try:
             fwd, both, _ = scan_times(2, 16384)
         except Exception as exc:  # a shape that does not compile or runs out of resources
-            say(f"| {c.block_d}, {c.chunk}, {c.num_warps} | failed: {type(exc).__name__}: {str(exc)[:80]} | |")
+            say(f"| {c.block_d}, {c.chunk}, {c.num_warps}, {c.algo} | failed: {type(exc).__name__}: "
+                f"{str(exc)[:80]} | |")
             continue
-        say(f"| {c.block_d}, {c.chunk}, {c.num_warps} | {fwd:.3f} | {both:.3f} |")
+        say(f"| {c.block_d}, {c.chunk}, {c.num_warps}, {c.algo} | {fwd:.3f} | {both:.3f} |")
         if fwd + both < best_t:
             best, best_t = c, fwd + both
     triton_ops.set_config(None)
@@ -205,7 +211,7 @@ def model_table(config: TritonConfig, out: Path, budget_s: float) -> None:
     from ssamba.bench.efficiency import BenchSpec, run_benchmark
 
     say("## 4. SSAMBA-tiny vs SSAST-tiny, batch 2, inference (ssamba.bench.efficiency)")
-    os.environ[triton_ops.CONFIG_VAR] = f"{config.block_d},{config.chunk},{config.num_warps}"
+    os.environ[triton_ops.CONFIG_VAR] = f"{config.block_d},{config.chunk},{config.num_warps},{config.algo}"
     tokens = [512, 1024, 2048, 4096, 8192, 22000, 75000]  # 1k .. 150k frames
     spec = BenchSpec(sizes=["tiny"], batches=[2], tokens=tokens, repeats=3, warmup=1, device="cuda",
                      timeout_s=min(90.0, max(30.0, budget_s)))

@@ -24,10 +24,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def config():
-    """Small launch shapes so that several chunks and channel blocks (some partial) are crossed."""
-    triton_ops.set_config(TritonConfig(block_d=2, chunk=8, num_warps=1))
+@pytest.fixture(params=["tile", "loop"])
+def config(request):
+    """Small launch shapes so that several chunks and channel blocks (some partial) are crossed; both algorithms."""
+    triton_ops.set_config(TritonConfig(block_d=2, chunk=8, num_warps=1, algo=request.param))
     yield
     triton_ops.set_config(None)
 
@@ -50,8 +50,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "raw-delta"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("case, softplus", [(c, True) for c in CASES] + [(CASES[0], False)],
+                         ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()) if isinstance(c, dict) else
+                         ("softplus" if c else "raw-delta"))
 def test_forward_and_gradients_match_float64(case, softplus, config):
     inputs = make_inputs(**case)
     out, grads = run(triton_ops.selective_scan_triton, inputs, torch.float32, softplus)
@@ -131,3 +132,6 @@ def test_config_string_errors(text, message):
     with pytest.raises(ValueError, match=message):
         TritonConfig.parse(text)
     assert TritonConfig.parse("8,16,2") == TritonConfig(8, 16, 2)
+    assert TritonConfig.parse("1,512,4,loop") == TritonConfig(1, 512, 4, "loop")
+    with pytest.raises(ValueError, match="algo"):
+        TritonConfig.parse("1,512,4,fast")

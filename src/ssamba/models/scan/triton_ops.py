@@ -55,7 +55,8 @@ def supports(t: Tensor) -> bool:
 
 @dataclass(frozen=True)
 class TritonConfig:
-    """Launch shape: channels per program, steps per chunk (both powers of two), warps per program.
+    """Launch shape and algorithm: channels per program, steps per chunk (both powers of two), warps per program;
+    ``algo`` "tile" scans a (channels, states, time) tile, "loop" loops over the states (``triton_loop``).
 
     The default was the fastest forward and backward of ``benchmarks/gpu_check.py``'s sweep on an H200 (B=2,
     d_inner=384, N=16, L=16384)."""
@@ -63,15 +64,22 @@ class TritonConfig:
     block_d: int = 2
     chunk: int = 32
     num_warps: int = 4
+    algo: str = "tile"
 
     @classmethod
     def parse(cls, text: str) -> "TritonConfig":
-        """``"block_d,chunk,num_warps"``, e.g. from ``$SSAMBA_TRITON_CONFIG``."""
+        """``"block_d,chunk,num_warps[,algo]"``, e.g. from ``$SSAMBA_TRITON_CONFIG``."""
+        fields = text.split(",")
         try:
-            block_d, chunk, warps = (int(v) for v in text.split(","))
+            block_d, chunk, warps = (int(v) for v in fields[:3])
+            if len(fields) not in (3, 4):
+                raise ValueError
         except ValueError:
-            raise ValueError(f"{CONFIG_VAR}={text!r}: expected three integers 'block_d,chunk,num_warps'") from None
-        config = cls(block_d, chunk, warps)
+            raise ValueError(f"{CONFIG_VAR}={text!r}: expected 'block_d,chunk,num_warps[,algo]' "
+                             f"with three integers") from None
+        config = cls(block_d, chunk, warps, *fields[3:])
+        if config.algo not in ("tile", "loop"):
+            raise ValueError(f"{CONFIG_VAR}={text!r}: algo must be 'tile' or 'loop', got {config.algo!r}")
         for name in ("block_d", "chunk", "num_warps"):
             value = getattr(config, name)
             if value < 1 or value & (value - 1):
@@ -270,7 +278,11 @@ def _bwd_kernel(
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(name: str):
+def _kernel(name: str, algo: str):
+    if algo == "loop":
+        from ssamba.models.scan import triton_loop
+
+        return triton.jit({"fwd": triton_loop.fwd_loop_kernel, "bwd": triton_loop.bwd_loop_kernel}[name])
     return triton.jit({"fwd": _fwd_kernel, "bwd": _bwd_kernel}[name])
 
 
@@ -296,10 +308,13 @@ class _SelectiveScan(torch.autograd.Function):
         f32 = dict(dtype=torch.float32, device=u.device)
         out = torch.empty_like(u_)
         states = torch.empty(batch, dim, n_chunks if save else 0, d_state, **f32)
+        loop = config.algo == "loop"
+        ypre = torch.empty(u.shape, **f32) if (loop and save and z is not None) else None
         dummy = A_
-        _kernel("fwd")[grid](
+        _kernel("fwd", config.algo)[grid](
             u_, dl_, A_, B_, C_, dummy if D is None else D.float().contiguous(), dummy if z_ is None else z_,
             dummy if delta_bias is None else delta_bias.float().contiguous(), out, states if save else dummy,
+            *([dummy if ypre is None else ypre] if loop else []),
             dim, length, d_state, n_chunks,
             u_.stride(0), u_.stride(1), u_.stride(2), B_.stride(0), B_.stride(1), B_.stride(2),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
@@ -307,7 +322,7 @@ class _SelectiveScan(torch.autograd.Function):
             num_warps=config.num_warps,
         )
         if save:
-            ctx.save_for_backward(u_, dl_, A_, B_, C_, D, z_, delta_bias, states)
+            ctx.save_for_backward(u_, dl_, A_, B_, C_, D, z_, delta_bias, states, ypre)
             ctx.delta_softplus = bool(delta_softplus)
             ctx.config = config
             ctx.dtypes = (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype)
@@ -315,7 +330,7 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        u, dl, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        u, dl, A, B, C, D, z, delta_bias, states, ypre = ctx.saved_tensors
         batch, dim, length = u.shape
         d_state = A.shape[1]
         config = ctx.config
@@ -332,9 +347,10 @@ class _SelectiveScan(torch.autograd.Function):
         dD = torch.empty(batch, dim, **f32)
         dbias = torch.empty(batch, dim, **f32)
         dummy = A
-        _kernel("bwd")[grid](
+        _kernel("bwd", config.algo)[grid](
             u, dl, A, B, C, dummy if D is None else D.float().contiguous(), dummy if z is None else z,
             dummy if delta_bias is None else delta_bias.float().contiguous(), dout, states,
+            *([dummy if ypre is None else ypre] if config.algo == "loop" else []),
             du, ddl, dummy if dz is None else dz, dA, dB, dC, dD, dbias,
             dim, length, d_state, n_chunks,
             u.stride(0), u.stride(1), u.stride(2), B.stride(0), B.stride(1), B.stride(2),

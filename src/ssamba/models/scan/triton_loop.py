@@ -1,0 +1,177 @@
+"""The "loop" algorithm of the triton scan: the state index is a loop, time is the tile.
+
+Where ``triton_ops``' "tile" kernels scan a (channels, states, time) tile, whose layout spreads the time axis over
+the lanes of a warp (every scan level is a shuffle) and sums the states across lanes, these kernels hold a
+(channels, time) tile and loop over the N states, like mamba_ssm's CUDA kernel: each thread scans its consecutive
+steps sequentially and only the per-thread partials cross lanes, and ``y`` accumulates over the states in
+registers with no reduction.  Long chunks (hundreds of steps) amortise the per-chunk state hand-over.
+
+Same signatures, state layout and semantics as the tile kernels (see ``triton_ops``); with a ``z`` gate the forward
+also saves the pre-gate output, which the backward needs for dz (as mamba_ssm does).
+"""
+from __future__ import annotations
+
+from ssamba.models.scan.triton_ops import _combine, tl
+
+
+def fwd_loop_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, ypre_ptr,
+    dim, length, d_state, n_chunks,
+    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, CHUNK)
+    mask_d = offs_d < dim
+    mask_dn = mask_d[:, None] & (offs_n < d_state)[None, :]
+    log2e = 1.4426950408889634
+    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
+    carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # state of every (channel, n) at the chunk start
+    for ci in range(n_chunks):
+        t = ci * CHUNK + offs_t
+        mask_t = t < length
+        mask_x = mask_d[:, None] & mask_t[None, :]
+        x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
+        u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+        dl = tl.load(dl_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32) + bias[:, None]
+        if SOFTPLUS:
+            dl = tl.where(dl <= 20.0, tl.log(1.0 + tl.exp(dl)), dl)
+        dl = tl.where(mask_x, dl, 0.0)  # steps past the end are the identity
+        dlu = dl * u
+        if SAVE_STATES:
+            tl.store(states_ptr + state_off + ci * d_state, carry, mask=mask_dn)
+        y = Dv[:, None] * u
+        for n in range(d_state):
+            A_n = tl.load(A_ptr + offs_d * d_state + n, mask=mask_d, other=0.0).to(tl.float32) * log2e
+            bc = pid_b * s_bb + n * s_bn + t * s_bl
+            B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+            h0 = tl.sum(tl.where(offs_n[None, :] == n, carry, 0.0), axis=1)
+            pa, pb = tl.associative_scan((tl.exp2(dl * A_n[:, None]), dlu * B_n[None, :]), axis=1,
+                                         combine_fn=_combine)
+            h = pb + pa * h0[:, None]
+            y += h * C_n[None, :]
+            h_last = tl.sum(tl.where((offs_t == CHUNK - 1)[None, :], h, 0.0), axis=1)
+            carry = tl.where(offs_n[None, :] == n, h_last[:, None], carry)
+        if HAS_Z:
+            if SAVE_STATES:
+                tl.store(ypre_ptr + x_off, y, mask=mask_x)
+            zt = tl.load(z_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+            y = y * zt * tl.sigmoid(zt)
+        tl.store(out_ptr + x_off, y, mask=mask_x)
+
+
+def bwd_loop_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, ypre_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    dim, length, d_state, n_chunks,
+    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, CHUNK)
+    mask_d = offs_d < dim
+    mask_dn = mask_d[:, None] & (offs_n < d_state)[None, :]
+    log2e = 1.4426950408889634
+    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
+    g_carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # adjoint of the state after this chunk
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for i in range(n_chunks):
+        ci = n_chunks - 1 - i
+        t = ci * CHUNK + offs_t
+        mask_t = t < length
+        mask_x = mask_d[:, None] & mask_t[None, :]
+        x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
+        u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+        dl_pre = tl.load(dl_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32) + bias[:, None]
+        dl = dl_pre
+        if SOFTPLUS:
+            dl = tl.where(dl_pre <= 20.0, tl.log(1.0 + tl.exp(dl_pre)), dl_pre)
+        dl = tl.where(mask_x, dl, 0.0)
+        # the step before (inside this chunk only: the saved chunk-start state stands for the rest)
+        prev_ok = (offs_t >= 1) & (t - 1 < length)
+        mask_p = mask_d[:, None] & prev_ok[None, :]
+        u_p = tl.load(u_ptr + x_off - s_xl, mask=mask_p, other=0.0).to(tl.float32)
+        dl_p = tl.load(dl_ptr + x_off - s_xl, mask=mask_p, other=0.0).to(tl.float32) + bias[:, None]
+        if SOFTPLUS:
+            dl_p = tl.where(dl_p <= 20.0, tl.log(1.0 + tl.exp(dl_p)), dl_p)
+        dl_p = tl.where(mask_p, dl_p, 0.0)
+        # the step after (reaching into the next chunk)
+        mask_nx = mask_d[:, None] & (t + 1 < length)[None, :]
+        dl_n = tl.load(dl_ptr + x_off + s_xl, mask=mask_nx, other=0.0).to(tl.float32) + bias[:, None]
+        if SOFTPLUS:
+            dl_n = tl.where(dl_n <= 20.0, tl.log(1.0 + tl.exp(dl_n)), dl_n)
+        dl_n = tl.where(mask_nx, dl_n, 0.0)
+
+        dout = tl.load(dout_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+        dy = dout
+        if HAS_Z:
+            zt = tl.load(z_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+            y = tl.load(ypre_ptr + x_off, mask=mask_x, other=0.0)
+            sz = tl.sigmoid(zt)
+            tl.store(dz_ptr + x_off, dout * y * sz * (1.0 + zt * (1.0 - sz)), mask=mask_x)
+            dy = dout * zt * sz
+        dD_acc += tl.sum(dy * u, axis=1)
+        h_in_all = tl.load(states_ptr + state_off + ci * d_state, mask=mask_dn, other=0.0)
+        dlu = dl * u
+        dlu_p = dl_p * u_p
+        du = Dv[:, None] * dy
+        ddl = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+        for n in range(d_state):
+            A_n = tl.load(A_ptr + offs_d * d_state + n, mask=mask_d, other=0.0).to(tl.float32)
+            A2_n = A_n * log2e
+            bc = pid_b * s_bb + n * s_bn + t * s_bl
+            B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+            B_p = tl.load(B_ptr + bc - s_bl, mask=prev_ok, other=0.0).to(tl.float32)
+            sel = offs_n[None, :] == n
+            h_in = tl.sum(tl.where(sel, h_in_all, 0.0), axis=1)
+            pa, pb = tl.associative_scan((tl.exp2(dl_p * A2_n[:, None]), dlu_p * B_p[None, :]), axis=1,
+                                         combine_fn=_combine)
+            h_prev = pb + pa * h_in[:, None]
+            dA = tl.exp2(dl * A2_n[:, None])
+            h = dA * h_prev + dlu * B_n[None, :]
+            g_next = tl.sum(tl.where(sel, g_carry, 0.0), axis=1)
+            ga, gb = tl.associative_scan((tl.exp2(dl_n * A2_n[:, None]), C_n[None, :] * dy), axis=1,
+                                         combine_fn=_combine, reverse=True)
+            gs = gb + ga * g_next[:, None]
+            gB = gs * B_n[None, :]
+            du += gB * dl
+            decay_term = gs * dA * h_prev
+            ddl += gB * u + decay_term * A_n[:, None]
+            dA_acc = tl.where(sel, dA_acc + tl.sum(decay_term * dl, axis=1)[:, None], dA_acc)
+            tl.atomic_add(dB_ptr + (pid_b * d_state + n) * length + t, tl.sum(gs * dlu, axis=0), mask=mask_t)
+            tl.atomic_add(dC_ptr + (pid_b * d_state + n) * length + t, tl.sum(h * dy, axis=0), mask=mask_t)
+            g_first = tl.sum(tl.where((offs_t == 0)[None, :], gs, 0.0), axis=1)
+            g_carry = tl.where(sel, g_first[:, None], g_carry)
+        if SOFTPLUS:
+            ddl = ddl * tl.where(dl_pre <= 20.0, tl.sigmoid(dl_pre), 1.0)
+        ddl = tl.where(mask_x, ddl, 0.0)
+        dbias_acc += tl.sum(ddl, axis=1)
+        tl.store(du_ptr + x_off, du, mask=mask_x)
+        tl.store(ddl_ptr + x_off, ddl, mask=mask_x)
+    tl.store(dA_ptr + (pid_b * dim + offs_d[:, None]) * d_state + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
