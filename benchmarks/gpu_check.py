@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ssamba.models.scan import selective_scan_reference, triton_ops
+from ssamba.models.scan import selective_scan, triton_ops
 from ssamba.models.scan.triton_ops import TritonConfig
 
 D_INNER, D_STATE = 384, 16
@@ -57,9 +57,9 @@ def inputs(batch: int, dim: int, length: int, n: int, *, z: bool = True, bias: b
     return out
 
 
-def run(fn, inp: dict, dtype: torch.dtype):
+def run(fn, inp: dict, dtype: torch.dtype, reverse: bool = False):
     leaves = {k: (v.detach().to(dtype).requires_grad_() if v is not None else None) for k, v in inp.items()}
-    out = fn(**leaves, delta_softplus=True)
+    out = fn(**leaves, delta_softplus=True, reverse=reverse)
     (out * torch.linspace(-1, 1, out.numel(), dtype=dtype, device="cuda").reshape(out.shape)).sum().backward()
     return out, {k: v.grad for k, v in leaves.items() if v is not None}
 
@@ -83,12 +83,19 @@ def correctness() -> bool:
              ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), None),
              ((2, D_INNER, 1000, D_STATE), {}, TritonConfig(1, 512, 4, "loop")),
              ((1, 64, 4099, D_STATE), {}, TritonConfig(1, 1024, 4, "loop")),
-             ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), TritonConfig(2, 512, 4, "loop"))]
+             ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), TritonConfig(2, 512, 4, "loop")),
+             ((2, D_INNER, 1000, D_STATE), dict(reverse=True), None),
+             ((2, D_INNER, 1000, D_STATE), dict(reverse=True), TritonConfig(2, 32, 4, "tile"))]
+    triton_scan = lambda **kw: selective_scan(**kw, backend="triton")  # noqa: E731
+    reference_scan = lambda **kw: selective_scan(**kw, backend="reference")  # noqa: E731
     for shape, kw, config in cases:
         triton_ops.set_config(config)
+        reverse = kw.pop("reverse", False)
         inp = inputs(*shape, **kw)
-        out, grads = run(triton_ops.selective_scan_triton, inp, torch.float32)
-        out64, grads64 = run(selective_scan_reference, inp, torch.float64)
+        out, grads = run(triton_scan, inp, torch.float32, reverse)
+        out64, grads64 = run(reference_scan, inp, torch.float64, reverse)
+        if reverse:
+            kw = dict(kw, reverse=True)
         errs = {k: rel_err(g, grads64[k]) for k, g in grads.items()}
         worst = max(errs, key=errs.get)
         e_out = rel_err(out, out64)
@@ -123,7 +130,8 @@ def correctness() -> bool:
     worst = max(errs, key=errs.get)
     good = e_out < 1e-4 and e_all < 1e-4
     ok &= good
-    say(f"| SSAMBA-tiny 24 blocks, 512 tokens, triton vs reference backend (fp32) | default | {e_out:.1e} | "
+    say(f"| SSAMBA-tiny 24 blocks, 512 tokens, triton (flip-free mixer) vs reference backend (literal spec path), "
+        f"fp32 | default | {e_out:.1e} | "
         f"all gradients {e_all:.1e}; worst parameter {worst} {errs[worst]:.1e} (norm "
         f"{res['reference'][1][worst].norm():.1e}){'' if good else ' FAIL'} |")
     say(f"\ncorrectness: {'PASS' if ok else 'FAIL'} ({elapsed():.0f} s)\n")
@@ -219,11 +227,35 @@ def model_table(config: TritonConfig, out: Path, budget_s: float) -> None:
     say(result.markdown)
 
 
+def profile_model(tokens: int = 22000, batch: int = 2) -> None:
+    """Where SSAMBA-tiny's inference time goes at a long input (torch.profiler, CUDA kernel time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ssamba.models import build_encoder
+    from ssamba.models.config import preset
+
+    frames = tokens // 8 * 16
+    enc = build_encoder(preset("ssamba", "tiny", input_tdim=frames, drop_path_rate=0.0)).cuda().eval()
+    x = torch.randn(batch, frames, 128, device="cuda")
+    with torch.inference_mode():
+        enc(x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            enc(x)
+            torch.cuda.synchronize()
+    say(f"## Profile: SSAMBA-tiny inference, batch {batch}, {tokens} tokens (CUDA time by op)")
+    say("```")
+    say(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+    say("```")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu-check", help="folder for the report and the benchmark's files")
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new sections after this")
     parser.add_argument("--skip-model", action="store_true", help="scan only (sections 1-3)")
+    parser.add_argument("--skip-sweep", action="store_true", help="use the default launch shape (no section 2)")
+    parser.add_argument("--profile", action="store_true", help="top CUDA kernels of SSAMBA-tiny at 22k tokens")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,8 +278,10 @@ def main() -> int:
     try:
         ok = guarded(correctness) or False
         bandwidth = guarded(copy_bandwidth) or 3e12
-        best = guarded(sweep, args.budget_s * 0.45) or best
+        best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.45) or best)
         guarded(scan_table, best, bandwidth, args.budget_s * 0.6)
+        if args.profile:
+            guarded(profile_model)
         if not args.skip_model:
             guarded(model_table, best, out, max(30.0, args.budget_s - elapsed()))
     finally:

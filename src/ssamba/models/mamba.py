@@ -6,8 +6,10 @@ Parameter names equal the official state dict so released weights load without r
 
 Two code paths compute the same function.  With the "cpu" scan backend the mixer runs fused: the channels-last
 matmul outputs go straight into two C++ ops (both directions' conv + SiLU in one pass; both directions' scans with
-softplus, D skip, z gate and the average in another), with no transposes or flips.  Every other backend (the
-reference oracle, mamba_ssm on CUDA) runs the step-by-step path below, which mirrors spec §5 line by line.
+softplus, D skip, z gate and the average in another), with no transposes or flips.  Backends that scan backwards in
+time natively (triton) run ``_forward_flip_free``: the backward direction is an anti-causal conv and a reverse scan
+on the unflipped activations, which saves three sequence-sized copies per mixer.  Every other backend (the reference
+oracle, mamba_ssm on CUDA) runs the step-by-step path, which mirrors spec §5 line by line.
 """
 from __future__ import annotations
 
@@ -64,8 +66,11 @@ class BiMambaMixer(nn.Module):
         materialising the flips on the fused path: time-reversing the input swaps which parameter set scans
         forward in time, and every other step is per token.
         """
-        if get_backend(hidden, self.scan_backend).name == "cpu":
+        backend = get_backend(hidden, self.scan_backend)
+        if backend.name == "cpu":
             return self._forward_fused(hidden, reverse)
+        if backend.reverses:
+            return self._forward_flip_free(hidden, reverse)
         if reverse:
             return self._forward_reference(hidden.flip(1)).flip(1)
         return self._forward_reference(hidden)
@@ -77,6 +82,15 @@ class BiMambaMixer(nn.Module):
         y_b = self._branch(xz.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
         y = (y_f + y_b.flip(-1)).transpose(1, 2) / 2
         return F.linear(y, self.out_proj.weight)
+
+    def _forward_flip_free(self, hidden: Tensor, reverse: bool = False) -> Tensor:
+        """``_forward_reference`` without flips: each parameter set scans its own direction of the unflipped
+        sequence (``reverse`` swaps the directions, as the time-reversed input would)."""
+        xz = F.linear(hidden, self.in_proj.weight).transpose(1, 2)  # (B, 2E, L)
+        y = self._branch(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, backwards=reverse)
+        y = y + self._branch(xz, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b,
+                             backwards=not reverse)
+        return F.linear(y.transpose(1, 2) / 2, self.out_proj.weight)
 
     def _forward_fused(self, hidden: Tensor, reverse: bool = False) -> Tensor:
         """The same computation through the fused CPU ops, on channels-last activations.
@@ -111,15 +125,23 @@ class BiMambaMixer(nn.Module):
         return F.linear(y.to(self.out_proj.weight.dtype), self.out_proj.weight)
 
     def _branch(self, xz: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
-                a_log: Tensor, d_skip: Tensor) -> Tensor:
-        """One scan direction: causal conv + SiLU, input-dependent (dt, B, C), selective scan, SiLU(z) gate."""
-        length = xz.shape[-1]
+                a_log: Tensor, d_skip: Tensor, backwards: bool = False) -> Tensor:
+        """One scan direction: causal conv + SiLU, input-dependent (dt, B, C), selective scan, SiLU(z) gate.
+
+        ``backwards=True`` runs it from the last step to the first on the unflipped input: the conv becomes
+        anti-causal (flipped taps, outputs aligned to the left end) and the scan runs in reverse."""
+        length, pad = xz.shape[-1], self.d_conv - 1
         x, z = xz.chunk(2, dim=1)
-        x = F.silu(F.conv1d(x, conv.weight, conv.bias, padding=self.d_conv - 1, groups=self.d_inner)[..., :length])
+        if backwards:
+            x = F.conv1d(x, conv.weight.flip(-1), conv.bias, padding=pad, groups=self.d_inner)[..., pad:]
+        else:
+            x = F.conv1d(x, conv.weight, conv.bias, padding=pad, groups=self.d_inner)[..., :length]
+        x = F.silu(x)
         x_dbl = F.linear(x.transpose(1, 2), x_proj.weight)  # (B, L, R + 2N)
         dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, E, L); bias goes in as delta_bias
         return selective_scan(
             x, delta, -torch.exp(a_log.float()), b.transpose(1, 2), c.transpose(1, 2),
             D=d_skip.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True, backend=self.scan_backend,
+            reverse=backwards,
         )

@@ -41,6 +41,7 @@ class ScanBackend:
     supports: Callable[[Tensor], bool]
     priority: int  # higher wins under "auto"
     runs: Callable[[Tensor], bool] | None = None
+    reverses: bool = False  # scans backwards in time natively (``fn(..., reverse=True)``), without flipped copies
 
     def can_run(self, u: Tensor) -> bool:
         return (self.runs or self.supports)(u)
@@ -51,9 +52,9 @@ _selected: str | None = None
 
 
 def register_backend(name: str, fn: ScanFn, supports: Callable[[Tensor], bool], priority: int,
-                     runs: Callable[[Tensor], bool] | None = None) -> None:
+                     runs: Callable[[Tensor], bool] | None = None, reverses: bool = False) -> None:
     """Add a backend (see ``ScanBackend``)."""
-    _BACKENDS[name] = ScanBackend(name, fn, supports, priority, runs)
+    _BACKENDS[name] = ScanBackend(name, fn, supports, priority, runs, reverses)
 
 
 def available_backends() -> list[str]:
@@ -97,10 +98,20 @@ def selective_scan(
     delta_softplus: bool = False,
     *,
     backend: str | None = None,
+    reverse: bool = False,
 ) -> Tensor:
-    """Mamba-1 selective scan (spec §5). u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,)."""
+    """Mamba-1 selective scan (spec §5). u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,).
+
+    ``reverse=True`` scans from the last step to the first (outputs stay at their time index): the same as
+    flipping every time axis, scanning and flipping back, which is what happens for backends that cannot do it
+    natively."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     impl = get_backend(u, backend)
+    if reverse and impl.reverses:
+        return impl.fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=True)
+    if reverse:
+        flip = lambda t: None if t is None else t.flip(-1)  # noqa: E731
+        return impl.fn(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), delta_bias, delta_softplus).flip(-1)
     return impl.fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
@@ -151,8 +162,8 @@ def _cpu_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
-def _triton_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    return _triton.selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+def _triton_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=False):
+    return _triton.selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=reverse)
 
 
 register_backend("cpu", _cpu_scan, supports=_cpu.supports, priority=50)
@@ -165,7 +176,7 @@ register_backend(
 )
 # CPU tensors run only by name and only in Triton's interpreter (the test suite's way to check the kernels).
 register_backend("triton", _triton_scan, supports=lambda u: u.is_cuda and _triton.available(), priority=100,
-                 runs=_triton.supports)
+                 runs=_triton.supports, reverses=True)
 
 __all__ = [
     "selective_scan",

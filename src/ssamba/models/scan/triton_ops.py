@@ -4,8 +4,11 @@ PyTorch's CUDA builds ship Triton, so this backend gives GPU users a fast scan w
 
 Algorithm.  A program owns one batch element and a block of ``block_d`` channels, and walks the sequence in chunks of
 ``chunk`` steps, carrying the state ``h`` (block_d, N) between chunks.  Inside a chunk the recurrence
-``h_t = a_t h_{t-1} + b_t`` (``a = exp(delta A)``, ``b = delta u B``) is an associative scan over time on a
-(block_d, N, chunk) tile, so every step of the chunk is computed in parallel.  The forward saves the state at each
+``h_t = a_t h_{t-1} + b_t`` (``a = exp(delta A)``, ``b = delta u B``) is an associative scan over time, so every step
+of the chunk is computed in parallel.  Two algorithms (``TritonConfig.algo``): "tile" (this module) scans a
+(block_d, N, chunk) tile; "loop" (``triton_loop``, the default: 1.4x faster forward on an H200) loops over the N
+states with a (block_d, chunk) tile, so ``y`` needs no reduction over the states and each thread scans several
+consecutive steps before any cross-lane exchange.  The forward saves the state at each
 chunk start (N floats per chunk and channel); the backward walks the chunks in reverse, recomputes the states of a
 chunk from its saved start (an exclusive scan, so ``h_{t-1}`` is exact rather than ``(h_t - b_t) / a_t``), and runs
 the adjoint recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` as a reverse associative scan, carrying ``g`` across
@@ -58,13 +61,13 @@ class TritonConfig:
     """Launch shape and algorithm: channels per program, steps per chunk (both powers of two), warps per program;
     ``algo`` "tile" scans a (channels, states, time) tile, "loop" loops over the states (``triton_loop``).
 
-    The default was the fastest forward and backward of ``benchmarks/gpu_check.py``'s sweep on an H200 (B=2,
-    d_inner=384, N=16, L=16384)."""
+    The default was the fastest forward + backward of ``benchmarks/gpu_check.py``'s sweep on an H200 (B=2,
+    d_inner=384, N=16, L=16384; docs/bench/tiny-h200-triton/gpu_check.md)."""
 
-    block_d: int = 2
-    chunk: int = 32
+    block_d: int = 1
+    chunk: int = 512
     num_warps: int = 4
-    algo: str = "tile"
+    algo: str = "loop"
 
     @classmethod
     def parse(cls, text: str) -> "TritonConfig":
@@ -292,9 +295,20 @@ def _launch_shape(config: TritonConfig, batch: int, dim: int, length: int) -> tu
     return (batch, triton.cdiv(dim, config.block_d)), chunk
 
 
+def _at(t: Tensor, reverse: bool) -> Tensor:
+    """The pointer a kernel walks the time axis from: the last step when scanning backwards (with a negated
+    time stride), so a reverse scan needs no flipped copies."""
+    return t[..., t.shape[-1] - 1:] if reverse else t
+
+
+def _time_strides(x: Tensor, b: Tensor, reverse: bool) -> tuple[int, ...]:
+    sign = -1 if reverse else 1
+    return x.stride(0), x.stride(1), sign * x.stride(2), b.stride(0), b.stride(1), sign * b.stride(2)
+
+
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         batch, dim, length = u.shape
         d_state = A.shape[1]
         u_, dl_ = u.contiguous(), delta.contiguous()
@@ -311,12 +325,12 @@ class _SelectiveScan(torch.autograd.Function):
         loop = config.algo == "loop"
         ypre = torch.empty(u.shape, **f32) if (loop and save and z is not None) else None
         dummy = A_
+        r = bool(reverse)
         _kernel("fwd", config.algo)[grid](
-            u_, dl_, A_, B_, C_, dummy if D is None else D.float().contiguous(), dummy if z_ is None else z_,
-            dummy if delta_bias is None else delta_bias.float().contiguous(), out, states if save else dummy,
-            *([dummy if ypre is None else ypre] if loop else []),
-            dim, length, d_state, n_chunks,
-            u_.stride(0), u_.stride(1), u_.stride(2), B_.stride(0), B_.stride(1), B_.stride(2),
+            _at(u_, r), _at(dl_, r), A_, _at(B_, r), _at(C_, r), dummy if D is None else D.float().contiguous(),
+            dummy if z_ is None else _at(z_, r), dummy if delta_bias is None else delta_bias.float().contiguous(),
+            _at(out, r), states if save else dummy, *([dummy if ypre is None else _at(ypre, r)] if loop else []),
+            dim, length, d_state, n_chunks, *_time_strides(u_, B_, r),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
             SAVE_STATES=save, BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(d_state), CHUNK=chunk,
             num_warps=config.num_warps,
@@ -324,6 +338,7 @@ class _SelectiveScan(torch.autograd.Function):
         if save:
             ctx.save_for_backward(u_, dl_, A_, B_, C_, D, z_, delta_bias, states, ypre)
             ctx.delta_softplus = bool(delta_softplus)
+            ctx.reverse = r
             ctx.config = config
             ctx.dtypes = (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype)
         return out
@@ -347,29 +362,32 @@ class _SelectiveScan(torch.autograd.Function):
         dD = torch.empty(batch, dim, **f32)
         dbias = torch.empty(batch, dim, **f32)
         dummy = A
+        r = ctx.reverse
         _kernel("bwd", config.algo)[grid](
-            u, dl, A, B, C, dummy if D is None else D.float().contiguous(), dummy if z is None else z,
-            dummy if delta_bias is None else delta_bias.float().contiguous(), dout, states,
-            *([dummy if ypre is None else ypre] if config.algo == "loop" else []),
-            du, ddl, dummy if dz is None else dz, dA, dB, dC, dD, dbias,
-            dim, length, d_state, n_chunks,
-            u.stride(0), u.stride(1), u.stride(2), B.stride(0), B.stride(1), B.stride(2),
+            _at(u, r), _at(dl, r), A, _at(B, r), _at(C, r), dummy if D is None else D.float().contiguous(),
+            dummy if z is None else _at(z, r), dummy if delta_bias is None else delta_bias.float().contiguous(),
+            _at(dout, r), states, *([dummy if ypre is None else _at(ypre, r)] if config.algo == "loop" else []),
+            _at(du, r), _at(ddl, r), dummy if dz is None else _at(dz, r), dA, dB, dC, dD, dbias,
+            dim, length, d_state, n_chunks, *_time_strides(u, B, r),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
             BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(d_state), CHUNK=chunk,
             num_warps=config.num_warps,
         )
+        if r:  # the kernels accumulate dB and dC by step of the scan, which runs backwards in time
+            dB, dC = dB.flip(-1), dC.flip(-1)
         u_t, dl_t, A_t, B_t, C_t = ctx.dtypes
         grads = [du.to(u_t), ddl.to(dl_t), dA.sum(0).to(A_t), dB.to(B_t), dC.to(C_t),
                  None if D is None else dD.sum(0).to(D.dtype),
                  None if z is None else dz.to(z.dtype),
-                 None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), None]
+                 None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), None, None]
         return tuple(grads)
 
 
 def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                           z: Tensor | None = None, delta_bias: Tensor | None = None,
-                          delta_softplus: bool = False) -> Tensor:
-    """The "triton" backend of ``selective_scan`` (mamba_ssm layout; float32 arithmetic, output in u's dtype)."""
+                          delta_softplus: bool = False, reverse: bool = False) -> Tensor:
+    """The "triton" backend of ``selective_scan`` (mamba_ssm layout; float32 arithmetic, output in u's dtype);
+    ``reverse=True`` scans from the last step to the first."""
     if triton is None:
         raise RuntimeError("the triton scan backend needs Triton: pip install 'ssamba[gpu]' (or a CUDA torch)")
     if not supports(u):
@@ -377,5 +395,5 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
                            f"before Triton is imported); got a {u.device.type} tensor")
     if u.shape[-1] == 0:
         return u.new_zeros(u.shape)
-    return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
