@@ -46,7 +46,8 @@ def test_finetuning_learns_and_writes_logs(tmp_path):
     data = toy_classification()
     trainer = make_trainer(tmp_path, small_classifier(), ClassificationTask(), epochs=4)
     result = trainer.fit(data, toy_classification(n=24, seed=1))
-    assert result["step"] == 4 * 6
+    assert result["step"] == 4 * 6 and result["epoch"] == 4
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]  # the last epoch counts as finished too
     assert result["best"]["acc"] >= 0.9  # chance is 1/3
     assert (tmp_path / "best" / "model.safetensors").is_file() and (tmp_path / "final" / "config.json").is_file()
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -149,7 +149,8 @@ class Trainer:
                 if hasattr(train_set, "set_epoch"):  # per-epoch augmentation seeds (AudioDataset)
                     train_set.set_epoch(self.epoch)
                 loader = self._loader(train_set, sampler, cfg.batch_size, drop_last=True)
-                if not self._train_epoch(loader, valid_set, bar, total):  # stopped mid-epoch by max_steps
+                finished = self._train_epoch(loader, valid_set, bar, total)
+                if not finished and self.step < (self.epoch + 1) * per_epoch:  # stopped mid-epoch by max_steps
                     break
                 self.epoch, self.consumed = self.epoch + 1, 0
                 metric = self._validate(valid_set) if valid_set is not None and cfg.eval_every is None else None
@@ -165,7 +166,8 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "best": self.best, "history": self.history}
 
     def _train_epoch(self, loader: DataLoader, valid_set: Dataset | None, bar, total: int) -> bool:
-        """One (possibly resumed) epoch; False if it stopped early at ``total`` steps."""
+        """One (possibly resumed) epoch; False if it stopped on reaching ``total`` steps, which may also be the
+        epoch's last step (the caller tells the two apart, so a finished last epoch still counts as finished)."""
         cfg, accum = self.cfg, self.optim_cfg.accum_steps
         self.ddp.train()
         self.optimizer.zero_grad(set_to_none=True)  # drop a partial accumulation left by the previous epoch
