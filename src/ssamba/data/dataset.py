@@ -135,12 +135,16 @@ class AudioDataset(Dataset):
             target = mix_targets(target, self.target(other), lam)
         else:
             logmel = self._logmel(entry.path)
+        return self.finish(logmel, generator), target
+
+    def finish(self, logmel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The official steps after the fbank: pad/cut -> [SpecAugment] -> normalise -> [noise + roll]."""
+        aug, feat = self.config.augment, self.config.features
         x = fit_length(logmel, feat.target_length)
         x = freq_mask(x, aug.freqm, generator) if aug.freqm else x
         x = time_mask(x, aug.timem, generator) if aug.timem else x
         x = normalize(x, feat.mean, feat.std) if feat.normalize else x
-        x = add_noise_and_roll(x, generator) if aug.noise else x
-        return x, target
+        return add_noise_and_roll(x, generator) if aug.noise else x
 
     def target(self, entry: Entry) -> torch.Tensor:
         """Multi-hot float vector or class index; an empty tensor for unlabeled data."""

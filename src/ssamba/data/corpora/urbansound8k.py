@@ -1,7 +1,7 @@
 """UrbanSound8K (``metadata/UrbanSound8K.csv`` + ``audio/fold{1..10}/``): 8,732 clips, 10 classes, 10 folds.
 
 Class index = ``classID``; split = ``fold1``..``fold10``. (SSAMBA's Urban8K task concatenates clips into 60-s
-inputs; that happens at training time, not here.)
+inputs at training time: ssamba.data.sequences.)
 """
 from __future__ import annotations
 
