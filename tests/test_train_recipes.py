@@ -10,10 +10,13 @@ import soundfile as sf
 import torch
 
 from ssamba.config import load_config
+from ssamba.data.manifest import ClassLabels
 from ssamba.models.classifier import AudioClassifier
+from ssamba.models.heads import pool_official_1sec
 from ssamba.pretrain.model import MaskedPatchModel
-from ssamba.train.build import build_model, class_labels, make_dataset
+from ssamba.train.build import build_model, class_labels, make_dataset, make_task
 from ssamba.train.config import RunConfig
+from ssamba.train.per_second import PerSecondTask
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -58,7 +61,32 @@ def test_recipe_builds_model_and_data(recipe, tmp_path):
     assert model.config.encoder.input_tdim == frames
     train_manifest = cfg.data.train or str(Path(cfg.data.fold_dir) / f"{cfg.data.folds[0]}_train.json")
     dataset = make_dataset(train_manifest, labels, cfg, train=True)
-    x, target = dataset[1]
+    x, target = dataset[min(1, len(dataset) - 1)]  # the four clips make a single 60-s sequence
     assert x.shape == (frames, 128) and torch.isfinite(x).all()
-    if labels is not None:
+    task = make_task(cfg)
+    if isinstance(task, PerSecondTask):
+        assert target.shape == (cfg.data.sequence.seconds,) and target.dtype == torch.long
+        assert set(target.tolist()) <= {cfg.data.sequence.ignore_index, *range(len(labels))}
+    elif labels is not None:
         assert target.shape == (len(labels),)
+
+
+def test_urbansound8k_60s_is_the_official_setting():
+    """Spec §10 (Urban8K column) and §2 (8 x 384 patches, 3073 tokens), with 60 outputs per sequence."""
+    cfg = load_config(RunConfig, RECIPES[0].parent / "urbansound8k_60s.yaml", ["model.init=null"])
+    labels = ClassLabels.from_names(f"c{k}" for k in range(10))
+    with torch.device("meta"):
+        model = build_model(cfg, labels)
+    assert model.config.encoder.grid == (8, 384) and 1 + model.config.encoder.num_patches == 3073
+    task = make_task(cfg)
+    assert isinstance(task, PerSecondTask) and (task.num_segments, task.pooling, task.metric) == (60, "time", "acc")
+    assert cfg.data.dataset.features.target_length == 6144 and cfg.data.sequence.clips_per_sequence == 15
+    aug, o = cfg.data.dataset.augment, cfg.optim
+    assert (aug.freqm, aug.timem, aug.mixup, aug.noise) == (48, 192, 0.0, False)
+    assert (o.name, o.lr, o.head_lr_mult, o.weight_decay, o.warmup_steps) == ("adam", 1e-4, 1.0, 5e-7, 0)
+    assert (o.scheduler, o.decay_start, o.decay_every, o.decay_rate) == ("multistep", 20, 10, 0.85)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.finetune.loss) == (50, 5, "ce")
+    tokens = torch.randn(2, 3073, 4)  # the official pooling: 51 frequency-major tokens per "second" (Q11)
+    with torch.no_grad():
+        assert model.pool(tokens.to("meta"), "official_1sec", 60).shape == (2, 60, 4)
+    assert pool_official_1sec(tokens, 60)[:, 1].allclose(tokens[:, 51:102].mean(1))

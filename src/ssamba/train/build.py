@@ -11,6 +11,7 @@ import torch
 from ssamba.audio.augment import AugmentConfig
 from ssamba.data.dataset import AudioDataset
 from ssamba.data.manifest import ClassLabels, read_class_labels, read_manifest
+from ssamba.data.sequences import FRAMES_PER_SECOND, SequenceDataset
 from ssamba.loading import load
 from ssamba.models.base import AudioModel
 from ssamba.models.classifier import AudioClassifier
@@ -18,6 +19,7 @@ from ssamba.models.config import ModelConfig, preset
 from ssamba.pretrain.model import MaskedPatchModel
 from ssamba.train.config import RunConfig
 from ssamba.train.engine import TrainingError
+from ssamba.train.per_second import PerSecondTask
 from ssamba.train.tasks import ClassificationTask, PretrainTask
 
 logger = logging.getLogger(__name__)
@@ -35,9 +37,17 @@ def class_labels(cfg: RunConfig) -> ClassLabels:
     return read_class_labels(cfg.data.class_labels)
 
 
+def per_second(cfg: RunConfig) -> bool:
+    return cfg.task == "finetune" and cfg.finetune.task == "per_second"
+
+
 def make_dataset(manifest: str, labels: ClassLabels | None, cfg: RunConfig, train: bool) -> AudioDataset:
-    """Training sets get the recipe's augmentation; evaluation sets the same features without it."""
+    """Training sets get the recipe's augmentation (and sequence jitter); evaluation sets the same features and
+    sequences without them. The per-second task reads sequences of concatenated clips."""
     config = cfg.data.dataset if train else dataclasses.replace(cfg.data.dataset, augment=AugmentConfig())
+    if per_second(cfg):
+        sequence = cfg.data.sequence if train else dataclasses.replace(cfg.data.sequence, jitter=False)
+        return SequenceDataset(read_manifest(manifest), labels, config, sequence)
     return AudioDataset(read_manifest(manifest), labels, config)
 
 
@@ -71,8 +81,16 @@ def build_model(cfg: RunConfig, labels: ClassLabels | None) -> AudioModel:
                                        pooling=m.pooling))
 
 
-def make_task(cfg: RunConfig):
+def make_task(cfg: RunConfig) -> PretrainTask | ClassificationTask | PerSecondTask:
     if cfg.task == "pretrain":
         p = cfg.pretrain
         return PretrainTask(mask_size=p.mask_size, eval_mask_size=p.eval_mask_size, single_pass=p.single_pass)
+    if per_second(cfg):
+        seq, frames = cfg.data.sequence, cfg.data.dataset.features.target_length
+        if frames < seq.seconds * FRAMES_PER_SECOND:
+            raise TrainingError(f"data.dataset.features.target_length={frames} frames cannot hold the "
+                                f"data.sequence.seconds={seq.seconds} labelled seconds "
+                                f"({seq.seconds * FRAMES_PER_SECOND} frames)")
+        return PerSecondTask(num_segments=seq.seconds, pooling=cfg.finetune.pooling, metric=cfg.finetune.metric,
+                             ignore_index=seq.ignore_index)
     return ClassificationTask(loss=cfg.finetune.loss, metric=cfg.finetune.metric)

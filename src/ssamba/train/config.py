@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssamba.data.dataset import DatasetConfig
+from ssamba.data.sequences import SequenceConfig
 from ssamba.train.engine import TrainConfig
 from ssamba.train.optim import OptimConfig
 
@@ -32,6 +33,8 @@ class DataSection:
     folds: list[str] = field(default_factory=list)
     fold_dir: str | None = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # features + training augmentation
+    #: how clips are concatenated into labelled sequences (only read when finetune.task is per_second)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
 
 @dataclass
@@ -45,6 +48,16 @@ class PretrainSection:
 class FinetuneSection:
     loss: Literal["ce", "bce"] = "ce"
     metric: Literal["acc", "mAP"] = "acc"
+    #: "clip": one label per clip; "per_second": one label per second of clips concatenated into sequences
+    #: (data.sequence), SSAMBA's Urban8K task
+    task: Literal["clip", "per_second"] = "clip"
+    #: per-second pooling: "time" (time-aligned columns) or "official_1sec" (the official ft_avgtok_1sec, quirk Q11)
+    pooling: Literal["time", "official_1sec"] = "time"
+
+    def __post_init__(self) -> None:
+        if self.task == "per_second" and self.loss != "ce":
+            raise ValueError(f"task=per_second trains with CE over the labelled seconds; loss={self.loss!r} is not "
+                             "supported")
 
 
 @dataclass
