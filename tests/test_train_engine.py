@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from ssamba.models import mamba
 from ssamba.models.classifier import AudioClassifier
 from ssamba.models.config import ModelConfig, preset
 from ssamba.pretrain.model import MaskedPatchModel
@@ -182,3 +184,54 @@ def test_gradient_accumulation_equals_large_batch(tmp_path):
     assert runs["big"].step == runs["acc"].step == 2
     for a, b in zip(runs["big"].model.parameters(), runs["acc"].model.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+
+def test_bf16_autocast_on_cpu_trains_in_bfloat16(tmp_path):
+    """``train.amp=bf16`` on CPU (with this machine's default scan backend): activations are bf16 while the
+    weights stay float32, the loss is finite and falls, and every parameter learns."""
+    torch.manual_seed(0)
+    model = small_classifier()
+    x = toy_classification(n=8, seed=2).tensors[0]
+    with torch.no_grad():
+        full = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(x)
+    err = ((half.double() - full.double()).norm() / full.double().norm()).item()
+    assert half.dtype == torch.bfloat16 and 0 < err < 3e-2, err  # bf16 rounding (eps 2^-8), not float32's
+    mixer_out = []
+    model.encoder.layers[0].mixer.register_forward_hook(lambda m, i, o: mixer_out.append(o.dtype))
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = make_trainer(tmp_path, model, ClassificationTask(), epochs=3, amp="bf16")
+    result = trainer.fit(toy_classification(n=16), toy_classification(n=8, seed=1))
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())
+              if r["split"] == "train"]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-2:]) < 0.5 * sum(losses[:2]), losses
+    assert math.isfinite(result["best"]["loss"]) and result["epoch"] == 3
+    assert mixer_out and set(mixer_out) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_reference_scan_computes_in_float32_under_autocast(monkeypatch):
+    """The step-by-step mixer path calls the scan outside autocast, from bf16 inputs, like the fused path: the
+    reference scan's einsum would otherwise run in bf16."""
+    torch.manual_seed(0)
+    mixer = mamba.BiMambaMixer(d_model=24, scan_backend="reference")
+    calls = []
+    scan = mamba.selective_scan
+
+    def spy(*args, **kwargs):
+        calls.append((torch.is_autocast_enabled("cpu"), args[0].dtype))
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(mamba, "selective_scan", spy)
+    x = torch.randn(2, 20, 24)
+    full = mixer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = mixer(x)
+    half.float().sum().backward()
+    assert calls == [(False, torch.float32)] * 2 + [(False, torch.bfloat16)] * 2
+    err = ((half.double() - full.double()).norm() / full.double().norm()).item()
+    assert half.dtype == torch.bfloat16 and 0 < err < 3e-2, err

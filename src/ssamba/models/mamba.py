@@ -140,8 +140,12 @@ class BiMambaMixer(nn.Module):
         x_dbl = F.linear(x.transpose(1, 2), x_proj.weight)  # (B, L, R + 2N)
         dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, E, L); bias goes in as delta_bias
-        return selective_scan(
-            x, delta, -torch.exp(a_log.float()), b.transpose(1, 2), c.transpose(1, 2),
-            D=d_skip.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True, backend=self.scan_backend,
-            reverse=backwards,
-        )
+        # Scans compute in float32 from low-precision inputs, like mamba_ssm's kernel and the fused path. Under
+        # autocast the reference scan's output contraction (an einsum, i.e. bmm) would run in bf16/fp16: even from
+        # float32 inputs its result then carries a bf16-sized error (3e-3 relative).
+        with torch.autocast(x.device.type, enabled=False):
+            return selective_scan(
+                x, delta, -torch.exp(a_log.float()), b.transpose(1, 2), c.transpose(1, 2),
+                D=d_skip.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
+                backend=self.scan_backend, reverse=backwards,
+            )
