@@ -180,3 +180,18 @@ def test_with_input_size_keeps_the_train_eval_mode():
     enc = build_encoder(preset("ssamba", "tiny", depth=2, input_tdim=64, drop_path_rate=0.5))
     assert not enc.eval().with_input_size(input_tdim=128).training  # no stray drop path at inference
     assert enc.train().with_input_size(input_tdim=128).training
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_ssamba_inference_path_equals_the_autograd_path_bit_for_bit(backend):
+    """Without autograd, each pair forms its shared residual once and frees its inputs early (memory); the numbers
+    must be exactly those of the path that keeps both blocks' residuals (used whenever gradients are on)."""
+    torch.manual_seed(0)
+    enc = build_encoder(preset("ssamba", "tiny", input_tdim=64, depth=4, drop_path_rate=0.1,
+                               scan_backend=backend)).eval()
+    x = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        fast, fast_states = enc(x), enc.hidden_states(x)
+    slow, slow_states = enc(x).detach(), [s.detach() for s in enc.hidden_states(x)]
+    assert torch.equal(fast, slow)
+    assert len(fast_states) == len(slow_states) and all(torch.equal(a, b) for a, b in zip(fast_states, slow_states))

@@ -19,8 +19,13 @@ class DropPath(nn.Module):
         super().__init__()
         self.rate = float(rate)
 
+    @property
+    def identity(self) -> bool:
+        """Whether this module currently passes its input through unchanged."""
+        return self.rate == 0.0 or not self.training
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.rate == 0.0 or not self.training:
+        if self.identity:
             return x
         keep = 1.0 - self.rate
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)

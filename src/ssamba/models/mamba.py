@@ -106,13 +106,14 @@ class BiMambaMixer(nn.Module):
                 (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)]
         fwd, bwd = sets[::-1] if reverse else sets
         act = lambda t: t if t.dtype in (torch.float32, torch.bfloat16) else t.float()  # noqa: E731
-        xz = act(F.linear(hidden, self.in_proj.weight))  # (B, L, 2E)
-        x, z = xz.split([e, e], dim=-1)
+        # in_proj in two halves: x is dead once convolved, before z is made (one (B, L, E) less at the peak)
+        w_x, w_z = self.in_proj.weight.split([e, e], dim=0)
         x_f, x_b = ops.conv_silu_bidir(
-            x, fwd[0].weight.float().view(e, -1), fwd[0].bias.float(),
+            act(F.linear(hidden, w_x)), fwd[0].weight.float().view(e, -1), fwd[0].bias.float(),
             bwd[0].weight.float().view(e, -1), bwd[0].bias.float(),
         )
         dbl = [F.linear(u, p[1].weight).to(x_f.dtype).split([r, n, n], dim=-1) for u, p in ((x_f, fwd), (x_b, bwd))]
+        z = act(F.linear(hidden, w_z))
         y = ops.scan(
             [x_f, x_b],
             [F.linear(d[0], p[2].weight).to(x_f.dtype) for d, p in zip(dbl, (fwd, bwd))],

@@ -69,6 +69,19 @@ class SSAMBAEncoder(PatchEncoder):
         """
         hidden, residual = tokens, None
         for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
+            if not torch.is_grad_enabled() and fwd.drop_path.identity and bwd.drop_path.identity:
+                # inference: both blocks add the same residual, so form it once and let the pair's inputs go
+                # (three sequence-sized tensors fewer alive during the mixers; the same numbers bit for bit)
+                r = hidden if residual is None else residual + hidden
+                hidden = residual = None
+                h_f = fwd.mixer(fwd.norm(r))
+                hidden = h_f + bwd.mixer(bwd.norm(r), reverse=True)
+                del h_f
+                residual = r + r
+                del r
+                if collect is not None:
+                    collect.append(residual + hidden)
+                continue
             h_f, r_f = fwd(hidden, residual)
             # bwd sees the flipped sequence; norm, drop path and residual add are per token, so the flip is
             # the mixer's business (free on the fused CPU path)
