@@ -21,15 +21,11 @@ imported), which is how the test suite checks them without a GPU (slowly: use sm
 from __future__ import annotations
 
 import functools
-import logging
-import math
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-logger = logging.getLogger(__name__)
 
 try:  # an optional extra (pip install ssamba[gpu]); CUDA builds of torch already ship it
     import triton
@@ -48,7 +44,12 @@ def available() -> bool:
 
 def interpreted() -> bool:
     """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1`` when it was imported)."""
-    return available() and bool(triton.knobs.runtime.interpret)
+    if not available():
+        return False
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4; older ones read the variable directly
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def supports(t: Tensor) -> bool:
