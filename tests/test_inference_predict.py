@@ -190,3 +190,18 @@ def test_predictor_options(shallow):
     assert dict(sig.top) == pytest.approx({k: 1 / (1 + np.exp(-v)) for k, v in logits.top}, abs=1e-6)
     with pytest.raises(ValueError, match="batch_size must be positive"):
         Predictor(shallow, batch_size=0)
+
+
+def test_stereo_files_follow_the_mono_option(shallow, tmp_path):
+    """A stereo file's embedding is its first channel's by default and the channel mean with ``mono="mean"``."""
+    import soundfile as sf
+
+    left, right = tone(1.0, freq=440.0), tone(1.0, freq=1330.0, seed=1)
+    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "left.wav", left, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "mean.wav", (left + right) / 2, 16000, subtype="FLOAT")
+    first = shallow.embed(str(tmp_path / "stereo.wav"))
+    mean = shallow.embed(str(tmp_path / "stereo.wav"), mono="mean")
+    assert np.allclose(first.clip, shallow.embed(str(tmp_path / "left.wav")).clip, atol=1e-5)
+    assert np.allclose(mean.clip, shallow.embed(str(tmp_path / "mean.wav")).clip, atol=1e-5)
+    assert not np.allclose(first.clip, mean.clip, atol=1e-3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ssamba.audio.features import SAMPLE_RATE
+from ssamba.audio.io import MonoPolicy
 from ssamba.inference.engine import Stats
 from ssamba.inference.inputs import Audio
 from ssamba.inference.long_audio import LengthPolicy
@@ -22,9 +23,10 @@ class InferenceMixin:
 
     def predictor(self, *, stats: Stats = "audioset", batch_size: int = 8, progress: bool = False,
                   min_frames: int | None = None, max_frames: int | None = None,
-                  overlap_frames: int = 1000) -> Predictor:
+                  overlap_frames: int = 1000, mono: MonoPolicy = "first") -> Predictor:
+        """``mono``: how multichannel files become mono ("first" channel, or "mean" of all channels)."""
         return Predictor(self, stats=stats, batch_size=batch_size, progress=progress,  # type: ignore[arg-type]
-                         policy=LengthPolicy(min_frames, max_frames, overlap_frames))
+                         policy=LengthPolicy(min_frames, max_frames, overlap_frames), mono=mono)
 
     def predict(self, audio: Audio | Iterable[Audio], top_k: int = 5, *, sample_rate: int = SAMPLE_RATE,
                 per_second: bool = False, activation: Activation = "auto", on_error: OnError = "report",
