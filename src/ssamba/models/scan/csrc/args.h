@@ -76,14 +76,14 @@ struct KernelTable {
 constexpr int kMaxGroup = 8;  // channel blocks per scan task
 
 // Scratch floats per scan task of nb blocks: 5 vectors per chunk step and the chunk's B and C rows (forward);
-// the backward adds 4 vectors per step and the states and decays of a chunk; then N vectors per block for each
+// the backward adds 4 vectors per step and the states of a chunk; then N vectors per block for each
 // quantity a block carries between chunks (forward: state, A; backward: adjoint, A, A log2(e)).
 static inline int64_t state_pad(int width, int64_t nstate) { return (nstate + width - 1) / width * width; }
 static inline int64_t scan_fwd_scratch_floats(int width, int64_t nstate, int nb) {
   return (int64_t)width * 5 * kChunk + 2 * kChunk * state_pad(width, nstate) + (int64_t)width * 2 * nb * nstate;
 }
 static inline int64_t scan_bwd_scratch_floats(int width, int64_t nstate, int nb) {
-  return scan_fwd_scratch_floats(width, nstate, 0) + (int64_t)width * (4 * kChunk + 2 * kChunk * nstate) +
+  return scan_fwd_scratch_floats(width, nstate, 0) + (int64_t)width * (4 * kChunk + kChunk * nstate) +
          (int64_t)width * 3 * nb * nstate;
 }
 

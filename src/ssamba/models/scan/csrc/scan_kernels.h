@@ -9,6 +9,10 @@
 // on the state (softplus, gate, bf16 widening, B and C rows), so the state loop is pure exp + FMA.
 // Backward keeps the state entering every chunk (forward writes it), recomputes the states of one chunk into
 // scratch, and runs the adjoint recurrence  lam_l = gy_l C_l + exp(delta_{l+1} A) lam_{l+1}  backwards.
+// The adjoint pass recomputes the decays exp(delta A) (the same exp2v of the same inputs, so bit-identical)
+// rather than reading them from scratch: the backward is bound by memory stalls more than by arithmetic, and
+// storing them too doubled the chunk's scratch (64 KB with AVX-512 at d_state 16, more than L1) and the
+// stores per step.
 #pragma once
 #include "args.h"
 
@@ -84,7 +88,6 @@ struct BwdSteps {
   V* sig;  // kChunk: softplus'(delta_raw + bias)
   V* y;    // kChunk: y before the gate (filled by the recompute)
   V* S;    // kChunk x N: state entering each step
-  V* DA;   // kChunk x N: decays
 };
 
 inline StepInputs carve_steps(float*& p, int64_t nstate) {
@@ -102,8 +105,8 @@ inline BwdSteps carve_bwd(float*& p, int N) {
   BwdSteps bs;
   V* v = reinterpret_cast<V*>(p);
   bs.gy = v; bs.gzf = v + kChunk; bs.sig = v + 2 * kChunk; bs.y = v + 3 * kChunk;
-  bs.S = v + 4 * kChunk; bs.DA = bs.S + kChunk * N;
-  p += (4 * kChunk + 2 * kChunk * N) * V::W;
+  bs.S = v + 4 * kChunk;
+  p += (4 * kChunk + kChunk * N) * V::W;
   return bs;
 }
 
@@ -354,22 +357,25 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
         for (int n = 0; n < N; ++n) s[n] = loadm(ck + n * D, m);
         for (int j = 0; j < len; ++j) {
           const int64_t l = time_index(d, L, t0 + j);
-          const int64_t row = (b * L + l) * D + bi.c0;  // rows the adjoint pass below writes
+          // Prefetch the lines this chunk writes.  A store that misses the caches holds up every later store
+          // until its line arrives, and these loops store a lot (the states here), so unprefetched output rows
+          // stall the core: the rows the adjoint pass below writes, including this step's dL/dB partial row, and
+          // the dL/dC partial row of a step 8 ahead (rows are 16 floats, one cache line for d_state 16).
+          const int64_t row = (b * L + l) * D + bi.c0;
           __builtin_prefetch(d.gu + row, 1);
           __builtin_prefetch(d.gdelta + row, 1);
           if (gz) __builtin_prefetch(a.gz + row, 1);
+          __builtin_prefetch(gB + l * N, 1);
+          if (j + 8 < len) __builtin_prefetch(gC + time_index(d, L, t0 + j + 8) * N, 1);
           const V dt = st.dt[j], du = st.du[j], gy = bs.gy[j];
           const float *Bl, *Cl;
           bc_rows(a, d, st, b, j, l, Bl, Cl);
           V* Sj = bs.S + j * N;
-          V* DAj = bs.DA + j * N;
           V y0 = st.y0[j], y1 = zero(), y2 = zero(), y3 = zero();
 #pragma GCC unroll 16
           for (int n = 0; n < N; ++n) {
             Sj[n] = s[n];
-            const V dA = exp2v(dt * A2[n]);
-            DAj[n] = dA;
-            s[n] = fmadd(dA, s[n], du * set1(Bl[n]));
+            s[n] = fmadd(exp2v(dt * A2[n]), s[n], du * set1(Bl[n]));
             parts[n] = gy * s[n];
             const V sc = s[n] * set1(Cl[n]);
             if ((n & 3) == 0) y0 = y0 + sc;
@@ -397,13 +403,12 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
           const float *Bl, *Cl;
           bc_rows(a, d, st, b, j, l, Bl, Cl);
           const V* Sj = bs.S + j * N;
-          const V* DAj = bs.DA + j * N;
           V sumB0 = zero(), sumB1 = zero(), gdt0 = zero(), gdt1 = zero();
 #pragma GCC unroll 16
           for (int n = 0; n < N; ++n) {
             const V lm = fmadd(gy, set1(Cl[n]), lam[n]);  // lam_l
             parts[n] = lm * du;
-            const V lc = DAj[n] * lm;                      // carried to step l-1
+            const V lc = exp2v(dt * A2[n]) * lm;           // carried to step l-1
             const V ww = lc * Sj[n];                        // lam_l * dA_l * s_{l-1}
             if (n & 1) {
               sumB1 = fmadd(lm, set1(Bl[n]), sumB1);
