@@ -60,7 +60,8 @@ def supports(t: Tensor) -> bool:
 @dataclass(frozen=True)
 class TritonConfig:
     """Launch shape and algorithm: channels per program, steps per chunk (both powers of two), warps per program;
-    ``algo`` "tile" scans a (channels, states, time) tile, "loop" loops over the states (``triton_loop``).
+    ``algo`` "tile" scans a (channels, states, time) tile, "loop" loops over the states (``triton_loop``).  "loop" is
+    faster; "tile" keeps no pre-gate output for the backward (one (B, D, L) float32 buffer less when training).
 
     The default was the fastest forward + backward of ``benchmarks/gpu_check.py``'s sweep on an H200 (B=2,
     d_inner=384, N=16, L=16384; docs/bench/tiny-h200-triton/gpu_check.md)."""
