@@ -11,7 +11,7 @@ also saves the pre-gate output, which the backward needs for dz (as mamba_ssm do
 """
 from __future__ import annotations
 
-from ssamba.models.scan.triton_ops import _combine, tl
+from ssamba.models.scan.triton_ops import _combine, _load_delta, tl
 
 
 def fwd_loop_kernel(
@@ -43,10 +43,7 @@ def fwd_loop_kernel(
         mask_x = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
-        dl = tl.load(dl_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32) + bias[:, None]
-        if SOFTPLUS:
-            dl = tl.where(dl <= 20.0, tl.log(1.0 + tl.exp(dl)), dl)
-        dl = tl.where(mask_x, dl, 0.0)  # steps past the end are the identity
+        dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)  # 0 past the end: the identity step
         dlu = dl * u
         if SAVE_STATES:
             tl.store(states_ptr + state_off + ci * d_state, carry, mask=mask_dn)
@@ -105,25 +102,15 @@ def bwd_loop_kernel(
         mask_x = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
-        dl_pre = tl.load(dl_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32) + bias[:, None]
-        dl = dl_pre
-        if SOFTPLUS:
-            dl = tl.where(dl_pre <= 20.0, tl.log(1.0 + tl.exp(dl_pre)), dl_pre)
-        dl = tl.where(mask_x, dl, 0.0)
+        dl, dl_pre = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)
         # the step before (inside this chunk only: the saved chunk-start state stands for the rest)
         prev_ok = (offs_t >= 1) & (t - 1 < length)
         mask_p = mask_d[:, None] & prev_ok[None, :]
         u_p = tl.load(u_ptr + x_off - s_xl, mask=mask_p, other=0.0).to(tl.float32)
-        dl_p = tl.load(dl_ptr + x_off - s_xl, mask=mask_p, other=0.0).to(tl.float32) + bias[:, None]
-        if SOFTPLUS:
-            dl_p = tl.where(dl_p <= 20.0, tl.log(1.0 + tl.exp(dl_p)), dl_p)
-        dl_p = tl.where(mask_p, dl_p, 0.0)
+        dl_p, _ = _load_delta(dl_ptr + x_off - s_xl, mask_p, bias, SOFTPLUS)
         # the step after (reaching into the next chunk)
         mask_nx = mask_d[:, None] & (t + 1 < length)[None, :]
-        dl_n = tl.load(dl_ptr + x_off + s_xl, mask=mask_nx, other=0.0).to(tl.float32) + bias[:, None]
-        if SOFTPLUS:
-            dl_n = tl.where(dl_n <= 20.0, tl.log(1.0 + tl.exp(dl_n)), dl_n)
-        dl_n = tl.where(mask_nx, dl_n, 0.0)
+        dl_n, _ = _load_delta(dl_ptr + x_off + s_xl, mask_nx, bias, SOFTPLUS)
 
         dout = tl.load(dout_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
         dy = dout

@@ -118,6 +118,16 @@ if triton is not None:
         """(a_l, b_l) then (a_r, b_r): h -> a_r (a_l h + b_l) + b_r."""
         return a_l * a_r, a_r * b_l + b_r
 
+    @triton.jit
+    def _load_delta(ptrs, mask, bias, SOFTPLUS: tl.constexpr):
+        """(delta, pre): softplus(delta + bias) as float32, 0 where masked (a step outside the sequence is the
+        identity, a = 1 and b = 0), and the pre-softplus value (its sigmoid is softplus' derivative)."""
+        pre = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + bias[:, None]
+        dl = pre
+        if SOFTPLUS:
+            dl = tl.where(pre <= 20.0, tl.log(1.0 + tl.exp(pre)), pre)
+        return tl.where(mask, dl, 0.0), pre
+
 
 def _fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr,
@@ -138,6 +148,7 @@ def _fwd_kernel(
     A2 = tl.load(A_ptr + offs_d[:, None] * d_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * log2e
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]  # + ci * d_state
@@ -148,12 +159,7 @@ def _fwd_kernel(
         mask_x = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
-        dl = tl.load(dl_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dl = dl + bias[:, None]
-        if SOFTPLUS:
-            dl = tl.where(dl <= 20.0, tl.log(1.0 + tl.exp(dl)), dl)
-        dl = tl.where(mask_x, dl, 0.0)  # steps past the end are the identity (a = 1, b = 0)
+        dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)
         bc_off = pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :] * s_bl
         mask_bc = mask_n[:, None] & mask_t[None, :]
         Bt = tl.load(B_ptr + bc_off, mask=mask_bc, other=0.0).to(tl.float32)
@@ -214,11 +220,7 @@ def _bwd_kernel(
         bc_off = pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :] * s_bl
         mask_bc = mask_n[:, None] & mask_t[None, :]
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
-        dl_pre = tl.load(dl_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32) + bias[:, None]
-        dl = dl_pre
-        if SOFTPLUS:
-            dl = tl.where(dl_pre <= 20.0, tl.log(1.0 + tl.exp(dl_pre)), dl_pre)
-        dl = tl.where(mask_x, dl, 0.0)
+        dl, dl_pre = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)
         Bt = tl.load(B_ptr + bc_off, mask=mask_bc, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + bc_off, mask=mask_bc, other=0.0).to(tl.float32)
         dout = tl.load(dout_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
@@ -226,10 +228,7 @@ def _bwd_kernel(
         # h_{t-1} by an exclusive scan: step t of the chunk scans the inputs of step t-1 (identity at the start)
         mask_p = mask_d[:, None] & ((offs_t >= 1) & (t - 1 < length))[None, :]
         u_p = tl.load(u_ptr + x_off - s_xl, mask=mask_p, other=0.0).to(tl.float32)
-        dl_p = tl.load(dl_ptr + x_off - s_xl, mask=mask_p, other=0.0).to(tl.float32) + bias[:, None]
-        if SOFTPLUS:
-            dl_p = tl.where(dl_p <= 20.0, tl.log(1.0 + tl.exp(dl_p)), dl_p)
-        dl_p = tl.where(mask_p, dl_p, 0.0)
+        dl_p, _ = _load_delta(dl_ptr + x_off - s_xl, mask_p, bias, SOFTPLUS)
         mask_bp = mask_n[:, None] & ((offs_t >= 1) & (t - 1 < length))[None, :]
         B_p = tl.load(B_ptr + bc_off - s_bl, mask=mask_bp, other=0.0).to(tl.float32)
         h_in = tl.load(states_ptr + state_off + ci * d_state, mask=mask_dn, other=0.0)
@@ -252,10 +251,7 @@ def _bwd_kernel(
 
         # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, a reverse scan whose last step reaches into the next chunk
         mask_nx = mask_d[:, None] & (t + 1 < length)[None, :]
-        dl_n = tl.load(dl_ptr + x_off + s_xl, mask=mask_nx, other=0.0).to(tl.float32) + bias[:, None]
-        if SOFTPLUS:
-            dl_n = tl.where(dl_n <= 20.0, tl.log(1.0 + tl.exp(dl_n)), dl_n)
-        dl_n = tl.where(mask_nx, dl_n, 0.0)
+        dl_n, _ = _load_delta(dl_ptr + x_off + s_xl, mask_nx, bias, SOFTPLUS)
         ga, gb = tl.associative_scan(
             (tl.exp2(dl_n[:, None, :] * A2[:, :, None]), Ct[None, :, :] * dy[:, None, :]),
             axis=2, combine_fn=_combine, reverse=True,
