@@ -124,6 +124,34 @@ def test_two_directions_average_and_gate_like_two_reference_scans():
         assert_rel_close(a, e, 1e-5, f"grad {i}")
 
 
+@pytest.mark.parametrize("length", [70, 1400])  # B*L*E = 54k (cached: 4 tasks per thread), 1.08M (streaming)
+def test_results_do_not_depend_on_threads_or_task_grouping(length):
+    """Tasks group channel blocks by thread count and tensor size (csrc/ops.cpp, group_size); every grouping
+    must give bit-identical outputs and gradients (the dB/dC partials are summed per block, in a fixed order)."""
+    batch, dim, nstate = 2, 384, 16
+    g = torch.Generator().manual_seed(11)
+    t = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    per_dir = [dict(u=t(batch, length, dim), delta=t(batch, length, dim) * 0.5 - 1,
+                    A=-torch.exp(t(dim, nstate) * 0.3), B=t(batch, length, nstate), C=t(batch, length, nstate),
+                    D=t(dim), bias=t(dim) * 0.3) for _ in range(2)]
+    z, grad = t(batch, length, dim), t(batch, length, dim)
+
+    def run(threads: int) -> list[torch.Tensor]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            leaves = [v.clone().requires_grad_() for d in per_dir for v in d.values()] + [z.clone().requires_grad_()]
+            args = [[leaves[7 * i + j] for i in range(2)] for j in range(7)]
+            out = ops.scan(*args, leaves[-1], True)
+            return [out.detach()] + list(torch.autograd.grad(out, leaves, grad))
+        finally:
+            torch.set_num_threads(before)
+
+    one, three = run(1), run(3)  # 1 thread: the widest groups; 3 threads: narrower ones and a ragged last task
+    for i, (a, b) in enumerate(zip(one, three)):
+        assert torch.equal(a, b), f"tensor {i} differs between 1 and 3 threads"
+
+
 @pytest.mark.parametrize("length", [1, 37, 300])  # 300: several row chunks (128) with their halos
 def test_conv_silu_both_directions_match_conv1d(isa, length):
     batch, dim, width = 2, 21, 4

@@ -73,7 +73,7 @@ struct KernelTable {
   void (*conv_bwd)(const ConvArgs&, int64_t b, int64_t chunk);
 };
 
-constexpr int kMaxGroup = 8;  // channel blocks per scan task
+constexpr int kMaxGroup = 64;  // channel blocks per scan task
 
 // Scratch floats per scan task of nb blocks: 5 vectors per chunk step and the chunk's B and C rows (forward);
 // the backward adds 4 vectors per step and the states of a chunk; then N vectors per block for each
