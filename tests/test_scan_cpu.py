@@ -124,6 +124,35 @@ def test_two_directions_average_and_gate_like_two_reference_scans():
         assert_rel_close(a, e, 1e-5, f"grad {i}")
 
 
+def test_decay_exp_is_accurate_across_its_range_and_propagates_nan(isa):
+    """The kernels' vectorised exp (vmath.h) seen through the scan: with one state, B = C = 1, u = (1, 0) and
+    delta = (1, d), y_1 = exp(d * A).  Per channel, d * A sweeps decays from 1 (d = 0 and tiny d) through
+    the polynomial's whole range to underflow; a NaN delta must come out NaN in its own channel only."""
+    t = torch.cat([torch.tensor([0.0, -1e-30, -1e-7, -0.5, -1.0, -87.0, -88.5, -103.0, -104.0, -500.0]),
+                   -torch.logspace(-6, 2, 300, dtype=torch.float64).float(),
+                   -torch.rand(300, generator=torch.Generator().manual_seed(2)) * 3])
+    dim = t.numel() + 1
+    A = torch.ones(dim, 1)
+    A[:-1, 0] = t
+    delta = torch.ones(1, dim, 2)
+    delta[0, -1, 1] = float("nan")
+    u = torch.zeros(1, dim, 2)
+    u[..., 0] = 1.0
+    B = C = torch.ones(1, 1, 2)
+    y = scan.selective_scan(u, delta, A, B, C, backend="cpu")[0, :, 1]
+    want = torch.exp(t.double())
+    got = y[:-1].double()
+    rel = ((got - want).abs() / want.clamp_min(1e-300)).where(want > 1e-37, torch.zeros_like(want))
+    # 2 ulp of the polynomial, plus the float32 rounding of the argument t * log2(e) (relative error of the result
+    # ~1.2e-7 * |t|: exp amplifies it; mamba_ssm's exp2f of delta * A * log2(e) shares it)
+    bound = 4e-7 + 1.2e-7 * t.double().abs()
+    assert (rel <= bound).all(), f"relative error {rel.max():.2e} at exp({t[(rel / bound).argmax()]})"
+    tiny = want <= 1e-37  # subnormal and underflowed decays: absolute error
+    assert tiny.sum() >= 5 and ((got - want)[tiny].abs() <= 1e-38).all()
+    assert y[0] == 1.0  # d * A = 0: exactly no decay
+    assert torch.isnan(y[-1]) and not torch.isnan(y[:-1]).any()
+
+
 @pytest.mark.parametrize("length", [70, 1400])  # B*L*E = 54k (cached: 4 tasks per thread), 1.08M (streaming)
 def test_results_do_not_depend_on_threads_or_task_grouping(length):
     """Tasks group channel blocks by thread count and tensor size (csrc/ops.cpp, group_size); every grouping
@@ -153,8 +182,9 @@ def test_results_do_not_depend_on_threads_or_task_grouping(length):
 
 
 @pytest.mark.parametrize("length", [1, 37, 300])  # 300: several row chunks (128) with their halos
-def test_conv_silu_both_directions_match_conv1d(isa, length):
-    batch, dim, width = 2, 21, 4
+@pytest.mark.parametrize("dim", [21, 83])  # 83: groups of 4 channel blocks and single ones, a partial last block
+def test_conv_silu_both_directions_match_conv1d(isa, length, dim):
+    batch, width = 2, 4
     g = torch.Generator().manual_seed(5)
     xz = torch.randn(batch, length, 2 * dim, generator=g)
     x = xz[..., :dim].requires_grad_()  # strided view, as the mixer passes it

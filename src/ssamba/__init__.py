@@ -5,13 +5,9 @@ official checkpoints and reproduce their outputs.
 """
 from __future__ import annotations
 
-import os
+from ssamba import cpu_memory
 
-# Ask torch's CPU allocator for transparent huge pages on buffers >= 2 MB (a torch feature, read once at its first
-# allocation, so this only takes effect when ssamba is imported before torch allocates anything; the CLI always
-# is).  Long inputs are TLB-bound without it: SSAMBA-tiny at 22k tokens runs 1.7x faster on CPU with it.  Opt out
-# with THP_MEM_ALLOC_ENABLE=0.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+cpu_memory.configure()  # before torch allocates anything: huge pages and heap reuse for long inputs (see there)
 
 __version__ = "0.1.0"
 

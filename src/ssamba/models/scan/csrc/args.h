@@ -69,8 +69,9 @@ struct KernelTable {
   int width;  // channels per block (SIMD lanes)
   void (*scan_fwd)(const ScanArgs&, int64_t b, int64_t blk0, int nb, float* scratch);
   void (*scan_bwd)(const ScanArgs&, int64_t b, int64_t blk0, int nb, float* scratch);
-  void (*conv_fwd)(const ConvArgs&, int64_t b, int64_t chunk);
+  void (*conv_fwd)(const ConvArgs&, int64_t b, int64_t chunk, float* scratch);
   void (*conv_bwd)(const ConvArgs&, int64_t b, int64_t chunk);
+  int64_t conv_block_floats;  // scratch per channel block of conv_fwd (its taps)
 };
 
 constexpr int kMaxGroup = 64;  // channel blocks per scan task

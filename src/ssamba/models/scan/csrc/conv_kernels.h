@@ -36,40 +36,52 @@ inline void slide(V* win, int K, V next) {
   win[K - 1] = next;
 }
 
-// kK: the conv width when known at compile time (the windows then live in registers), 0 for any width.
-// Rows go in groups of G so that the SiLU chains of G rows run side by side (vgroup.h).
-template <int kK>
-void conv_fwd_block(const ConvArgs& a, int64_t b, int64_t blk, int64_t r0, int64_t r1) {
-  constexpr int G = 4;
-  const ConvBlock c = conv_block(a, blk);
-  const int K = kK ? kK : c.K;
+// Rows go outer and channel blocks inner: each step reads and writes whole rows, so the memory access is one
+// sequential stream per tensor (with one cache line per row and block, long inputs were bound by memory
+// latency: 20-27 ms per call at L=22000).  The K-1 earlier rows of the window are still in L1.  Blocks go in
+// groups of G so that the SiLU chains of G blocks run side by side (vgroup.h); `w` holds every block's taps.
+template <int kK, int G>
+inline void conv_fwd_row_group(const ConvArgs& a, const ConvBlock* w, int64_t blk, int64_t b, int64_t i,
+                               int64_t r0, int64_t r1) {
+  const int K = kK ? kK : (int)a.width;
   const int64_t L = a.length, E = a.dim;
-  const Mask m = c.bi.mask;
-  const int64_t x0 = b * a.x_sb + c.bi.c0, y0 = b * L * E + c.bi.c0;
-  V win[kMaxConv + G];  // win[q] = x[i - (K-1) + q]
-  for (int q = 0; q < K - 1; ++q) {
-    const int64_t row = r0 - (K - 1) + q;
-    win[q] = row >= 0 ? load_act(a.x, x0 + row * a.x_sl, m, a.bf16) : zero();
+  const int64_t first = i - (K - 1);  // window rows first .. i: output row i (causal), row `first` (anti-causal)
+  const bool do_f = i < r1, do_b = first >= r0;
+  VG<G> af, ab;
+  for (int g = 0; g < G; ++g) {
+    const ConvBlock& c = w[blk + g];
+    const int64_t x0 = b * a.x_sb + c.bi.c0;
+    V f = c.bf, r = c.bb;
+    for (int k = 0; k < K; ++k) {
+      const int64_t row = first + k;
+      const V xk = row >= 0 && row < L ? load_act(a.x, x0 + row * a.x_sl, c.bi.mask, a.bf16) : zero();
+      f = fmadd(c.wf[k], xk, f);          // y_f[i]     = b_f + sum_k w_f[k] x[i - (K-1) + k]
+      r = fmadd(c.wb[K - 1 - k], xk, r);  // y_b[first] = b_b + sum_k w_b[k] x[first + (K-1) - k]
+    }
+    af.v[g] = f;
+    ab.v[g] = r;
   }
-  for (int64_t i = r0; i < r1 + K - 1; i += G) {
-    for (int g = 0; g < G; ++g) win[K - 1 + g] = i + g < L ? load_act(a.x, x0 + (i + g) * a.x_sl, m, a.bf16) : zero();
-    VG<G> af, ab;
-    for (int g = 0; g < G; ++g) {
-      V f = c.bf, r = c.bb;
-      for (int k = 0; k < K; ++k) {
-        f = fmadd(c.wf[k], win[g + k], f);          // causal, row i+g
-        r = fmadd(c.wb[k], win[g + K - 1 - k], r);  // anti-causal, row i+g-(K-1)
-      }
-      af.v[g] = f;
-      ab.v[g] = r;
-    }
-    const VG<G> yf = af * sigmoidv(af), yb = ab * sigmoidv(ab);
-    for (int g = 0; g < G; ++g) {
-      const int64_t row_f = i + g, row_b = i + g - (K - 1);
-      if (row_f < r1) store_act(a.y_f, y0 + row_f * E, yf.v[g], m, a.bf16);
-      if (row_b >= r0 && row_b < r1) store_act(a.y_b, y0 + row_b * E, yb.v[g], m, a.bf16);
-    }
-    for (int q = 0; q < K - 1; ++q) win[q] = win[q + G];
+  if (do_f) {
+    const VG<G> y = af * sigmoidv(af);
+    for (int g = 0; g < G; ++g) store_act(a.y_f, b * L * E + i * E + w[blk + g].bi.c0, y.v[g], w[blk + g].bi.mask, a.bf16);
+  }
+  if (do_b) {
+    const VG<G> y = ab * sigmoidv(ab);
+    for (int g = 0; g < G; ++g)
+      store_act(a.y_b, b * L * E + first * E + w[blk + g].bi.c0, y.v[g], w[blk + g].bi.mask, a.bf16);
+  }
+}
+
+// Rows [r0, r1) of batch entry b, every channel block; w: the blocks' taps (conv_block of each).
+template <int kK>
+void conv_fwd_rows(const ConvArgs& a, const ConvBlock* w, int64_t b, int64_t r0, int64_t r1) {
+  constexpr int G = 4;
+  const int K = kK ? kK : (int)a.width;
+  const int64_t nblk = (a.dim + V::W - 1) / V::W;
+  for (int64_t i = r0; i < r1 + K - 1; ++i) {
+    int64_t blk = 0;
+    for (; blk + G <= nblk; blk += G) conv_fwd_row_group<kK, G>(a, w, blk, b, i, r0, r1);
+    for (; blk < nblk; ++blk) conv_fwd_row_group<kK, 1>(a, w, blk, b, i, r0, r1);
   }
 }
 
@@ -145,14 +157,14 @@ void conv_bwd_block(const ConvArgs& a, int64_t b, int64_t blk, int64_t chunk, in
   for (int i = 0; i < c.bi.nc; ++i) gbb_out[i] = lanes[i];
 }
 
-// One task: batch b, rows of chunk `chunk`, every channel block.
-void conv_fwd_task(const ConvArgs& a, int64_t b, int64_t chunk) {
+// One task: batch b, rows of chunk `chunk`, every channel block; scratch holds the blocks' taps.
+void conv_fwd_task(const ConvArgs& a, int64_t b, int64_t chunk, float* scratch) {
   const int64_t r0 = chunk * kConvRows, r1 = r0 + kConvRows < a.length ? r0 + kConvRows : a.length;
   const int64_t nblk = (a.dim + V::W - 1) / V::W;
-  for (int64_t blk = 0; blk < nblk; ++blk) {
-    if (a.width == 4) conv_fwd_block<4>(a, b, blk, r0, r1);
-    else conv_fwd_block<0>(a, b, blk, r0, r1);
-  }
+  ConvBlock* w = reinterpret_cast<ConvBlock*>(scratch);
+  for (int64_t blk = 0; blk < nblk; ++blk) w[blk] = conv_block(a, blk);
+  if (a.width == 4) conv_fwd_rows<4>(a, w, b, r0, r1);
+  else conv_fwd_rows<0>(a, w, b, r0, r1);
 }
 
 void conv_bwd_task(const ConvArgs& a, int64_t b, int64_t chunk) {

@@ -278,8 +278,11 @@ std::tuple<Tensor, Tensor> conv_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b
   a.y_f = y_f.data_ptr();
   a.y_b = y_b.data_ptr();
   const KernelTable* k = current();
-  if (a.length > 0)
-    parallel_tasks(a.batch * a.nchunks, 0, [&](int64_t t, float*) { k->conv_fwd(a, t / a.nchunks, t % a.nchunks); });
+  if (a.length > 0) {
+    const int64_t taps = k->conv_block_floats * ((a.dim + k->width - 1) / k->width);  // every block's taps
+    parallel_tasks(a.batch * a.nchunks, taps,
+                   [&](int64_t t, float* s) { k->conv_fwd(a, t / a.nchunks, t % a.nchunks, s); });
+  }
   return {y_f, y_b};
 }
 

@@ -36,10 +36,10 @@ static inline V fmadd(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; 
 static inline V vmax(V a, V b) { return {_mm256_max_ps(a.v, b.v)}; }
 static inline V vmin(V a, V b) { return {_mm256_min_ps(a.v, b.v)}; }
 static inline V vabs(V a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)}; }
-// t = k + f with k = round(t), t clamped to [-252, 254] first (max(lo, t): NaN passes through).
-static inline void split_round(V t, V& k, V& f) {
+// t = k + f with k = floor(t), f in [0, 1), t clamped to [-252, 254] first (max(lo, t): NaN passes through).
+static inline void split_floor(V t, V& k, V& f) {
   t = vmin(set1(254.0f), vmax(set1(-252.0f), t));
-  k.v = _mm256_round_ps(t.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  k.v = _mm256_round_ps(t.v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   f = t - k;
 }
 

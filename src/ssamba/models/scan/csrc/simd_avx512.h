@@ -32,13 +32,14 @@ static inline V fmadd(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; 
 static inline V vmax(V a, V b) { return {_mm512_max_ps(a.v, b.v)}; }
 static inline V vmin(V a, V b) { return {_mm512_min_ps(a.v, b.v)}; }
 static inline V vabs(V a) { return {_mm512_abs_ps(a.v)}; }
-// t = k + f, k = round(t): vreduceps gives f = t - round(t) exactly in one instruction (0 for +-inf, so
-// exp2 needs no clamp), and k = t - f.
-static inline void split_round(V t, V& k, V& f) {
-  f.v = _mm512_reduce_ps(t.v, _MM_FROUND_TO_NEAREST_INT);
-  k.v = _mm512_sub_ps(t.v, f.v);
+// t = k + f with f = t - floor(t) in [0, 1): vreduceps (round-down mode) computes f exactly in one instruction
+// (0 for +-inf, so exp2 needs no clamp).  k is t itself: ldexp2's vscalefps floors its exponent operand, which
+// saves the subtraction k = t - f.
+static inline void split_floor(V t, V& k, V& f) {
+  f.v = _mm512_reduce_ps(t.v, _MM_FROUND_TO_NEG_INF);
+  k = t;
 }
-// p * 2^k for integer-valued k; scalef handles overflow to inf and gradual underflow itself.
+// p * 2^floor(k); scalef handles overflow to inf and gradual underflow itself.
 static inline V ldexp2(V p, V k) { return {_mm512_scalef_ps(p.v, k.v)}; }
 
 // 1 / y for y in [1, 4] (or NaN): rcp14 plus one Newton step (~1 ulp), far cheaper than vdivps.

@@ -35,12 +35,15 @@ static inline V fmadd(V a, V b, V c) { SSAMBA_LANES a.v[i] = a.v[i] * b.v[i] + c
 static inline V vmax(V a, V b) { SSAMBA_LANES a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return a; }
 static inline V vmin(V a, V b) { SSAMBA_LANES a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }
 static inline V vabs(V a) { SSAMBA_LANES a.v[i] = __builtin_fabsf(a.v[i]); return a; }
-// t = k + f with k = round(t) (half to even via the 1.5 * 2^23 shift, not folded away without -ffast-math),
-// t clamped to [-252, 254] first (NaN passes through).
-static inline void split_round(V t, V& k, V& f) {
+// t = k + f with k = floor(t), f in [0, 1): rounded by the 1.5 * 2^23 shift (not folded away without
+// -ffast-math), then one less where that rounded up; t clamped to [-252, 254] first (NaN passes through).
+static inline void split_floor(V t, V& k, V& f) {
   const float magic = 12582912.0f;
   t = vmin(set1(254.0f), vmax(set1(-252.0f), t));
-  SSAMBA_LANES k.v[i] = (t.v[i] + magic) - magic;
+  SSAMBA_LANES {
+    const float r = (t.v[i] + magic) - magic;  // round to nearest; one less where that rounded up: floor
+    k.v[i] = r > t.v[i] ? r - 1.0f : r;
+  }
   f = t - k;
 }
 static inline float pow2i(int32_t k) {  // 2^k for k in [-126, 127]

@@ -22,8 +22,8 @@ template <int G> static inline VG<G> fmadd(VG<G> a, const VG<G>& b, const VG<G>&
 }
 template <int G> static inline VG<G> vmax(VG<G> a, const VG<G>& b) { SSAMBA_G a.v[i] = vmax(a.v[i], b.v[i]); return a; }
 template <int G> static inline VG<G> vabs(VG<G> a) { SSAMBA_G a.v[i] = vabs(a.v[i]); return a; }
-template <int G> static inline void split_round(const VG<G>& t, VG<G>& k, VG<G>& f) {
-  SSAMBA_G split_round(t.v[i], k.v[i], f.v[i]);
+template <int G> static inline void split_floor(const VG<G>& t, VG<G>& k, VG<G>& f) {
+  SSAMBA_G split_floor(t.v[i], k.v[i], f.v[i]);
 }
 template <int G> static inline VG<G> ldexp2(VG<G> p, const VG<G>& k) {
   SSAMBA_G p.v[i] = ldexp2(p.v[i], k.v[i]);

@@ -8,19 +8,20 @@
 namespace ssamba {
 namespace SSAMBA_NS {
 
-// 2^f on [-1/2, 1/2], degree 5 with p(0) = 1 exactly: least-squares fit of the relative error, max 1.6e-7 in
-// float32 (about 2 ulp, like the __expf of mamba_ssm's CUDA kernels).  p(0) = 1 keeps long products of decays
-// close to 1 unbiased.  (Degree 6 reaches 8e-8 for one more FMA per state update, ~7% of the scan.)
-constexpr float kP1 = 0.6931468844413757f, kP2 = 0.24022237956523895f, kP3 = 0.05550893023610115f,
-                kP4 = 0.009671698324382305f, kP5 = 0.0013218672247603536f;
+// 2^f on [0, 1], degree 5 with p(0) = 1 and p(1) = 2 exactly: minimax fit of the relative error, max 1.7e-7 in
+// float32 (about 2 ulp, like the __expf of mamba_ssm's CUDA kernels).  The exact ends keep long products of
+// decays close to 1 (t -> 0 from below: f -> 1, k = -1) unbiased.  (Degree 6 would reach ~1e-8 for one more FMA
+// per state update, ~8% of the scan.)
+constexpr float kP1 = 0.6931517124176025f, kP2 = 0.240159273147583f, kP3 = 0.05581867694854736f,
+                kP4 = 0.008990994654595852f, kP5 = 0.001879318617284298f;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// 2^t = 2^k * 2^f with k = round(t), |f| <= 1/2 (split_round is per instruction set and also keeps k in the
+// 2^t = 2^k * 2^f with k = floor(t), f in [0, 1) (split_floor is per instruction set and also keeps k in the
 // range ldexp2 handles, passing NaN through).
 template <class T>
 static inline T exp2v(T t) {
   T k, f;
-  split_round(t, k, f);
+  split_floor(t, k, f);
   T p = fmadd(splat<T>(kP5), f, splat<T>(kP4));
   p = fmadd(p, f, splat<T>(kP3));
   p = fmadd(p, f, splat<T>(kP2));
