@@ -40,6 +40,7 @@ inline void slide(V* win, int K, V next) {
 // sequential stream per tensor (with one cache line per row and block, long inputs were bound by memory
 // latency: 20-27 ms per call at L=22000).  The K-1 earlier rows of the window are still in L1.  Blocks go in
 // groups of G so that the SiLU chains of G blocks run side by side (vgroup.h); `w` holds every block's taps.
+// kK: the conv width when known at compile time (the tap loops unroll), 0 for any width.
 template <int kK, int G>
 inline void conv_fwd_row_group(const ConvArgs& a, const ConvBlock* w, int64_t blk, int64_t b, int64_t i,
                                int64_t r0, int64_t r1) {
@@ -63,7 +64,8 @@ inline void conv_fwd_row_group(const ConvArgs& a, const ConvBlock* w, int64_t bl
   }
   if (do_f) {
     const VG<G> y = af * sigmoidv(af);
-    for (int g = 0; g < G; ++g) store_act(a.y_f, b * L * E + i * E + w[blk + g].bi.c0, y.v[g], w[blk + g].bi.mask, a.bf16);
+    for (int g = 0; g < G; ++g)
+      store_act(a.y_f, b * L * E + i * E + w[blk + g].bi.c0, y.v[g], w[blk + g].bi.mask, a.bf16);
   }
   if (do_b) {
     const VG<G> y = ab * sigmoidv(ab);
