@@ -140,7 +140,7 @@ int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
 // tensor outgrows them (kStreamFloats) the scan waits on memory: each task then reads the widest strip of every
 // row it can (one task per thread), because every task sweeps all rows and a narrow strip leaves most of each
 // DRAM page and prefetched line pair to be fetched again by the next task (B=1, L=22000, both directions: 1
-// thread 140 -> 82 ms, 2 threads 73 -> 64 ms).  Results do not depend on the grouping.
+// thread 96 -> 82 ms, 2 threads 73 -> 64 ms).  Results do not depend on the grouping.
 constexpr int64_t kStreamFloats = 1 << 20;  // 4 MB of float32 per activation tensor
 int group_size(int64_t batch, int64_t nblk, int64_t elements) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
