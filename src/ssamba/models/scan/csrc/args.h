@@ -11,6 +11,7 @@ constexpr int kMaxConv = 8;       // largest depthwise-conv width
 constexpr int kChunk = 32;        // scan steps between saved states (backward recomputes within a chunk)
 constexpr int kMaxDirs = 2;
 constexpr int kConvRows = 128;    // rows (time steps) per conv task
+constexpr int kPartialBlocks = 4; // channel blocks summed into one dL/dB, dL/dC partial (backward tasks own whole sets)
 
 // One scan direction over channels-last tensors: u, delta (B, L, D); B, C (B, L, N); A (D, N) contiguous.
 // Channel (and state) stride is 1; the other strides are in elements.  The activations u, delta, B, C (and z)
@@ -27,7 +28,7 @@ struct ScanDir {
   float* ckpt;          // (B, nchunks, N, D): state entering each chunk; null when not saving
   // backward only
   float* gu; float* gdelta;           // (B, L, D) contiguous
-  float* gB; float* gC;               // per channel block partials (nblk, B, L, N) contiguous
+  float* gB; float* gC;               // partials per kPartialBlocks channel blocks (nseg, B, L, N) contiguous
   double* gA; double* gD; double* gbias;  // per batch partials (B, D, N), (B, D), (B, D)
 };
 

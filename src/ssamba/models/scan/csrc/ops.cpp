@@ -142,10 +142,12 @@ int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
 // DRAM page and prefetched line pair to be fetched again by the next task (B=1, L=22000, both directions: 1
 // thread 96 -> 82 ms, 2 threads 73 -> 64 ms).  Results do not depend on the grouping.
 constexpr int64_t kStreamFloats = 1 << 20;  // 4 MB of float32 per activation tensor
-int group_size(int64_t batch, int64_t nblk, int64_t elements) {
+// The backward rounds the group up to whole sets of kPartialBlocks (its dL/dB, dL/dC partials are per set).
+int group_size(int64_t batch, int64_t nblk, int64_t elements, int64_t multiple) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t per_thread = elements > kStreamFloats ? 1 : 4;
-  const int64_t g = (batch * nblk + per_thread * threads - 1) / (per_thread * threads);
+  int64_t g = (batch * nblk + per_thread * threads - 1) / (per_thread * threads);
+  g = (g + multiple - 1) / multiple * multiple;
   return (int)std::max<int64_t>(1, std::min<int64_t>({g, (int64_t)kMaxGroup, nblk}));
 }
 
@@ -153,7 +155,7 @@ int group_size(int64_t batch, int64_t nblk, int64_t elements) {
 template <class Fn>
 void scan_tasks(const ScanArgs& a, const KernelTable* k, bool backward, Fn fn) {
   const int64_t nblk = (a.dim + k->width - 1) / k->width;
-  const int g = group_size(a.batch, nblk, a.batch * a.length * a.dim);
+  const int g = group_size(a.batch, nblk, a.batch * a.length * a.dim, backward ? kPartialBlocks : 1);
   const int64_t ngroups = (nblk + g - 1) / g;
   const int64_t scratch = backward ? scan_bwd_scratch_floats(k->width, a.nstate, g)
                                    : scan_fwd_scratch_floats(k->width, a.nstate, g);
@@ -163,8 +165,8 @@ void scan_tasks(const ScanArgs& a, const KernelTable* k, bool backward, Fn fn) {
   });
 }
 
-// Grow-only scratch of the calling thread for the per-block partial sums of dL/dB and dL/dC (d_inner / 16 times
-// the size of those gradients).  Fresh multi-MB tensors would page-fault on every call (~2 us per 4 KB page:
+// Grow-only scratch of the calling thread for the partial sums of dL/dB and dL/dC (one per kPartialBlocks channel
+// blocks: d_inner / 64 times the size of those gradients with AVX-512).  Fresh multi-MB tensors would page-fault on every call (~2 us per 4 KB page:
 // several ms per backward at batch 4); this memory is faulted in once.  64-byte aligned, so that a partial row
 // of d_state 16 is one cache line, not two.
 float* partials_workspace(int64_t floats) {
@@ -206,7 +208,8 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
   const auto opts = u[0].options().dtype(at::kFloat);  // gradients are float32 (autograd casts to the input's)
   const auto dopts = opts.dtype(at::kDouble);
   std::vector<Tensor> gu, gdelta, gA, gBp, gCp, gD, gbias;
-  const int64_t part = nblk * a.batch * a.length * a.nstate;
+  const int64_t nseg = (nblk + kPartialBlocks - 1) / kPartialBlocks;
+  const int64_t part = nseg * a.batch * a.length * a.nstate;
   float* ws = partials_workspace(2 * a.ndirs * part);
   for (int i = 0; i < a.ndirs; ++i) {
     TORCH_CHECK(ckpt[i].is_contiguous() && ckpt[i].numel() == a.batch * num_chunks(a.length) * a.nstate * a.dim,
@@ -215,8 +218,8 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
     d.ckpt = ckpt[i].data_ptr<float>();
     gu.push_back(at::empty({a.batch, a.length, a.dim}, opts));
     gdelta.push_back(at::empty({a.batch, a.length, a.dim}, opts));
-    gBp.push_back(at::from_blob(ws + (2 * i) * part, {nblk, a.batch, a.length, a.nstate}, opts));
-    gCp.push_back(at::from_blob(ws + (2 * i + 1) * part, {nblk, a.batch, a.length, a.nstate}, opts));
+    gBp.push_back(at::from_blob(ws + (2 * i) * part, {nseg, a.batch, a.length, a.nstate}, opts));
+    gCp.push_back(at::from_blob(ws + (2 * i + 1) * part, {nseg, a.batch, a.length, a.nstate}, opts));
     gA.push_back(at::zeros({a.batch, a.dim, a.nstate}, dopts));
     gD.push_back(at::zeros({a.batch, a.dim}, dopts));
     gbias.push_back(at::zeros({a.batch, a.dim}, dopts));
@@ -238,7 +241,7 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
   for (auto& t : gu) result.push_back(t);
   for (auto& t : gdelta) result.push_back(t);
   for (auto& t : gA) result.push_back(t.sum(0).to(at::kFloat));
-  for (auto& t : gBp) result.push_back(t.sum(0));  // per-block partials, summed in a fixed order
+  for (auto& t : gBp) result.push_back(t.sum(0));  // per-set partials, summed in a fixed order
   for (auto& t : gCp) result.push_back(t.sum(0));
   for (auto& t : gD) result.push_back(t.sum(0).to(at::kFloat));
   for (auto& t : gbias) result.push_back(t.sum(0).to(at::kFloat));

@@ -343,8 +343,11 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
         float* gz = a.gz ? a.gz + b * L * D + bi.c0 : nullptr;
         float* gu = d.gu + b * L * D + bi.c0;
         float* gdelta = d.gdelta + b * L * D + bi.c0;
-        float* gB = d.gB + (blk * a.batch + b) * L * N;
-        float* gC = d.gC + (blk * a.batch + b) * L * N;
+        // dL/dB and dL/dC rows: the first block of each set of kPartialBlocks writes its set's partial, the
+        // others add to it in block order (a task owns whole sets, so the sums do not depend on the grouping)
+        float* gB = d.gB + ((blk / kPartialBlocks) * a.batch + b) * L * N;
+        float* gC = d.gC + ((blk / kPartialBlocks) * a.batch + b) * L * N;
+        const bool accumulate = blk % kPartialBlocks != 0;
         for (int n = 0; n < N; ++n) {
           A2[n] = decays[g * N + n];
           Aw[n] = avals[g * N + n];
@@ -377,13 +380,13 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
             Sj[n] = s[n];
             s[n] = fmadd(exp2v(dt * A2[n]), s[n], du * set1(Bl[n]));
             parts[n] = gy * s[n];
-            const V sc = s[n] * set1(Cl[n]);
-            if ((n & 3) == 0) y0 = y0 + sc;
-            else if ((n & 3) == 1) y1 = y1 + sc;
-            else if ((n & 3) == 2) y2 = y2 + sc;
-            else y3 = y3 + sc;
+            const V c = set1(Cl[n]);
+            if ((n & 3) == 0) y0 = fmadd(s[n], c, y0);
+            else if ((n & 3) == 1) y1 = fmadd(s[n], c, y1);
+            else if ((n & 3) == 2) y2 = fmadd(s[n], c, y2);
+            else y3 = fmadd(s[n], c, y3);
           }
-          reduce_lanes(parts, N, gC + l * N);
+          reduce_lanes(parts, N, gC + l * N, accumulate);
           bs.y[j] = (y0 + y1) + (y2 + y3);
         }
         // 3. adjoint recurrence over the chunk, last step first
@@ -420,7 +423,7 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
             gA[n] = fmadd(ww, dt, gA[n]);
             lam[n] = lc;
           }
-          reduce_lanes(parts, N, gB + l * N);
+          reduce_lanes(parts, N, gB + l * N, accumulate);
           const V sumB = sumB0 + sumB1;
           storem(gu + l * D, fmadd(gy, dskip, dt * sumB), m);
           V gdt = fmadd(ul, sumB, gdt0 + gdt1);

@@ -91,8 +91,8 @@ static inline float hsum(V a) {
   return _mm_cvtss_f32(s);
 }
 
-static inline void reduce_lanes(const V* parts, int count, float* out) {
-  for (int i = 0; i < count; ++i) out[i] = hsum(parts[i]);
+static inline void reduce_lanes(const V* parts, int count, float* out, bool accumulate) {
+  for (int i = 0; i < count; ++i) out[i] = accumulate ? out[i] + hsum(parts[i]) : hsum(parts[i]);
 }
 
 }  // namespace avx2

@@ -84,11 +84,14 @@ static inline V hsum16(const V* parts) {
   return {level[0]};
 }
 
-// out[i] = sum of the lanes of parts[i], i < count.
-static inline void reduce_lanes(const V* parts, int count, float* out) {
+// out[i] = sum of the lanes of parts[i], i < count (accumulate: out[i] += that sum).
+static inline void reduce_lanes(const V* parts, int count, float* out, bool accumulate) {
   int i = 0;
-  for (; i + 16 <= count; i += 16) store(out + i, hsum16(parts + i));
-  for (; i < count; ++i) out[i] = hsum(parts[i]);
+  for (; i + 16 <= count; i += 16) {
+    const V sums = hsum16(parts + i);
+    store(out + i, accumulate ? load(out + i) + sums : sums);
+  }
+  for (; i < count; ++i) out[i] = accumulate ? out[i] + hsum(parts[i]) : hsum(parts[i]);
 }
 
 }  // namespace avx512

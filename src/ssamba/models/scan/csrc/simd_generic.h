@@ -85,8 +85,8 @@ static inline void store_bf16(uint16_t* p, V a, Mask m) {
 }
 
 static inline float hsum(V a) { float s = 0.0f; SSAMBA_LANES s += a.v[i]; return s; }
-static inline void reduce_lanes(const V* parts, int count, float* out) {
-  for (int i = 0; i < count; ++i) out[i] = hsum(parts[i]);
+static inline void reduce_lanes(const V* parts, int count, float* out, bool accumulate) {
+  for (int i = 0; i < count; ++i) out[i] = accumulate ? out[i] + hsum(parts[i]) : hsum(parts[i]);
 }
 
 #undef SSAMBA_LANES
