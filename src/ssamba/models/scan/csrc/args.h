@@ -71,8 +71,9 @@ struct KernelTable {
   void (*scan_fwd)(const ScanArgs&, int64_t b, int64_t blk0, int nb, float* scratch);
   void (*scan_bwd)(const ScanArgs&, int64_t b, int64_t blk0, int nb, float* scratch);
   void (*conv_fwd)(const ConvArgs&, int64_t b, int64_t chunk, float* scratch);
-  void (*conv_bwd)(const ConvArgs&, int64_t b, int64_t chunk);
-  int64_t conv_block_floats;  // scratch per channel block of conv_fwd (its taps)
+  void (*conv_bwd)(const ConvArgs&, int64_t b, int64_t chunk, float* scratch);
+  int64_t conv_block_floats;      // scratch per channel block of conv_fwd (its taps)
+  int64_t conv_bwd_block_floats;  // scratch per channel block of conv_bwd
 };
 
 constexpr int kMaxGroup = 64;  // channel blocks per scan task

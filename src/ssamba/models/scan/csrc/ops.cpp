@@ -307,7 +307,8 @@ std::vector<Tensor> conv_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tenso
   a.gb_f = gb_f.data_ptr<double>(); a.gb_b = gb_b.data_ptr<double>();
   const KernelTable* k = current();
   if (a.length > 0)
-    parallel_tasks(a.batch * a.nchunks, 0, [&](int64_t t, float*) { k->conv_bwd(a, t / a.nchunks, t % a.nchunks); });
+    parallel_tasks(a.batch * a.nchunks, k->conv_bwd_block_floats * ((a.dim + k->width - 1) / k->width),
+                   [&](int64_t t, float* s) { k->conv_bwd(a, t / a.nchunks, t % a.nchunks, s); });
   else
     for (Tensor* t : {&gw_f, &gw_b, &gb_f, &gb_b}) t->zero_();
   auto f = [](const Tensor& t) { return t.sum(0).to(at::kFloat); };  // per-task partials, fixed order
