@@ -27,6 +27,7 @@ from ssamba.models import build_encoder, scan
 from ssamba.models.config import ModelConfig, preset
 from ssamba.models.scan import cpu, ops
 from ssamba.pretrain.model import MaskedPatchModel
+from ssamba.train.optim import OptimConfig, build_optimizer
 
 D_INNER, D_STATE = 384, 16  # SSAMBA-tiny: d_inner = 2 * 192
 THREADS = (1, 2)  # thread counts of the model-latency table
@@ -306,10 +307,10 @@ def versus_ssast(quick: bool) -> None:
 
 def training_step() -> None:
     threads = torch.get_num_threads()
-    print(f"\n## SSAMBA-tiny training step, B=4, 128x1024, fp32, {threads} threads (AdamW)")
+    print(f"\n## SSAMBA-tiny training step, B=4, 128x1024, fp32, {threads} threads (the trainer's fused AdamW)")
     torch.manual_seed(0)
     model = MaskedPatchModel(ModelConfig(encoder=preset("ssamba", "tiny"), task="pretrain")).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-4))  # what the trainer builds (fused AdamW)
     x = torch.randn(4, 1024, 128)
     for single in (True, False):
         def step():

@@ -168,6 +168,30 @@ def test_head_gets_its_own_learning_rate():
     assert {id(p) for p in opt.param_groups[1]["params"]} == head_ids
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_optimizer_makes_the_reference_update(name):
+    """build_optimizer uses torch's fused Adam/AdamW kernel on CPU; its steps equal the for-loop implementation's."""
+    torch.manual_seed(0)
+    a, b = small_classifier(), small_classifier()
+    b.load_state_dict(a.state_dict())
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    cfg = OptimConfig(name=name, lr=1e-3, weight_decay=0.05)
+    ours = build_optimizer(a, cfg)
+    assert all(g["fused"] for g in ours.param_groups)
+    ref_cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    ref = ref_cls(b.parameters(), lr=1e-3, betas=cfg.betas, weight_decay=0.05, foreach=False)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            pa.grad = torch.randn(pa.shape, generator=g)
+            pb.grad = pa.grad.clone()
+        ours.step()
+        ref.step()
+    for (na, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7, msg=na)
+        assert not torch.equal(pa, before[na]), f"{na} did not move"
+
+
 def test_gradient_accumulation_equals_large_batch(tmp_path):
     data = toy_classification(n=32)
     task = ClassificationTask()
