@@ -108,6 +108,9 @@ class BiMambaMixer(nn.Module):
         act = lambda t: t if t.dtype in (torch.float32, torch.bfloat16) else t.float()  # noqa: E731
         # in_proj in two halves: x is dead once convolved, before z is made (one (B, L, E) less at the peak)
         w_x, w_z = self.in_proj.weight.split([e, e], dim=0)
+        device = hidden.device.type
+        if torch.is_autocast_enabled(device):  # cast once, not once per half (autocast casts every call's input)
+            hidden = hidden.to(torch.get_autocast_dtype(device))
         x_f, x_b = ops.conv_silu_bidir(
             act(F.linear(hidden, w_x)), fwd[0].weight.float().view(e, -1), fwd[0].bias.float(),
             bwd[0].weight.float().view(e, -1), bwd[0].bias.float(),

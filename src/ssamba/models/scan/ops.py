@@ -91,9 +91,13 @@ def _scan_setup(ctx, inputs, output) -> None:
     ctx.has_bias = [t is not None for t in delta_bias]
     ctx.has_z = z is not None
     ctx.save_for_backward(*u, *delta, *A, *B, *C, *D, *delta_bias, z, *output[1])
+    # the checkpoints are outputs only to be saved: no zero gradients for them (a (B, L/32, N, E) fill per call)
+    ctx.set_materialize_grads(False)
 
 
 def _scan_backward(ctx, grad_out, _grad_ckpt):
+    if grad_out is None:  # nothing downstream used the output
+        return (None,) * 10
     n = ctx.n
     saved = list(ctx.saved_tensors)
     u, delta, A, B, C, D, bias = (saved[i * n:(i + 1) * n] for i in range(7))
