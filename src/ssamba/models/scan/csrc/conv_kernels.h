@@ -149,8 +149,10 @@ inline void conv_bwd_step(const ConvArgs& a, const ConvBwdScratch& sc, int64_t b
   store(sc.ring_b + slot(j), gab);
   if (j >= r0) {  // gx[j] = sum_k w_f[k] ga_f[j+K-1-k] + w_b[k] ga_b[j-K+1+k]
     V gx = zero();
-    for (int k = 0; k < K; ++k)
-      gx = fmadd(c.wf[k], load(sc.ring_f + slot(j + K - 1 - k)), fmadd(c.wb[k], load(sc.ring_b + slot(j - K + 1 + k)), gx));
+    for (int k = 0; k < K; ++k) {
+      gx = fmadd(c.wb[k], load(sc.ring_b + slot(j - K + 1 + k)), gx);
+      gx = fmadd(c.wf[k], load(sc.ring_f + slot(j + K - 1 - k)), gx);
+    }
     storem(a.gx + g0 + j * E, gx, m);
   }
 }

@@ -166,9 +166,9 @@ void scan_tasks(const ScanArgs& a, const KernelTable* k, bool backward, Fn fn) {
 }
 
 // Grow-only scratch of the calling thread for the partial sums of dL/dB and dL/dC (one per kPartialBlocks channel
-// blocks: d_inner / 64 times the size of those gradients with AVX-512).  Fresh multi-MB tensors would page-fault on every call (~2 us per 4 KB page:
-// several ms per backward at batch 4); this memory is faulted in once.  64-byte aligned, so that a partial row
-// of d_state 16 is one cache line, not two.
+// blocks: d_inner / 64 times the size of those gradients with AVX-512).  Fresh multi-MB tensors would page-fault
+// on every call (~2 us per 4 KB page: several ms per backward at batch 4); this memory is faulted in once.
+// 64-byte aligned, so that a partial row of d_state 16 is one cache line, not two.
 float* partials_workspace(int64_t floats) {
   thread_local std::vector<float> buffer;
   if ((int64_t)buffer.size() < floats + 16) buffer.resize(floats + 16);
