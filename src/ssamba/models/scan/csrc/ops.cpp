@@ -140,8 +140,11 @@ int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
 // tensor outgrows them (kStreamFloats) the scan waits on memory: each task then reads the widest strip of every
 // row it can (one task per thread), because every task sweeps all rows and a narrow strip leaves most of each
 // DRAM page and prefetched line pair to be fetched again by the next task (B=1, L=22000, both directions: 1
-// thread 96 -> 82 ms, 2 threads 73 -> 64 ms).  Results do not depend on the grouping.
-constexpr int64_t kStreamFloats = 1 << 20;  // 4 MB of float32 per activation tensor
+// thread 96 -> 82 ms, 2 threads 73 -> 64 ms).  The switch sits at 1 MB per tensor, where the whole working set
+// (~6 such tensors and the outputs) leaves L2: moving it there from 4 MB made B=1 L=2048 (2 threads, both
+// directions) forward 4.76 -> 4.34 ms and B=4 L=512 with cold caches 4.20 -> 4.04 forward, 11.5 -> 11.2 ms backward;
+// at 256 KB, B=1 L=513 lost its balancing (forward 0.97 -> 1.08 ms).  Results do not depend on the grouping.
+constexpr int64_t kStreamFloats = 1 << 18;  // 1 MB of float32 per activation tensor
 // The backward rounds the group up to whole sets of kPartialBlocks (its dL/dB, dL/dC partials are per set).
 int group_size(int64_t batch, int64_t nblk, int64_t elements, int64_t multiple) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
