@@ -4,8 +4,8 @@ Prints: the scan per backend (B in {1, 4}, L in {512, 1212, 4096, 22000}; forwar
 state updates per second per core, peak memory); the single-thread scan rate; SSAMBA-tiny forward latency at
 512 tokens (1 and 2 threads, fp32 and bf16 autocast) with its floor (matmul FLOPs at the measured matmul rate plus
 48 scans at the measured scan rate); SSAMBA-tiny vs SSAST-tiny (sdpa) at 512, 2k and 22k tokens; an SSAMBA-tiny
-training step (B=4, 128x1024).  Times are medians; the fp32/bf16 and SSAMBA/SSAST ratios are medians of
-paired ratios of interleaved runs.
+training step (B=4, 128x1024).  Times are medians; the fp32/bf16, fp32/floor and SSAMBA/SSAST ratios are medians
+of per-round ratios of runs interleaved round-robin (this kind of VM drifts by up to 2x within minutes).
 
     PYTHONPATH=src python benchmarks/scan.py [--quick] [--threads N]
 
@@ -60,28 +60,54 @@ def timed(fn: Callable[[], object], min_runs: int = 5, min_time: float = 0.5, wa
 
 
 
-class Pair:
-    """Interleaved timings of two functions: medians, fastest runs, median thread CPU times, and the median of the
-    per-pair ratios a/b (each pair runs back to back, so a machine whose speed drifts over seconds, like this
-    shared VM, biases both alike)."""
+class Interleaved:
+    """Timings of several functions run round-robin: per-function medians, fastest runs and median thread CPU
+    times, and medians of per-round ratios.  The functions of one round run back to back, so a machine whose
+    speed drifts over seconds (like this shared VM) biases them alike and the ratios stay comparable.  A function
+    that returns a float has timed itself (see best_of): that value is its time, wall and CPU."""
 
-    def __init__(self, fa: Callable[[], object], fb: Callable[[], object], min_runs: int = 5,
-                 min_time: float = 2.0, max_runs: int = 100) -> None:
-        fa(), fb()  # warm-up
-        wall: tuple[list[float], list[float]] = ([], [])
-        cpu: tuple[list[float], list[float]] = ([], [])
+    def __init__(self, fns: list[Callable[[], object]], min_runs: int = 5, min_time: float = 2.0,
+                 max_runs: int = 100) -> None:
+        for fn in fns:  # warm-up
+            fn()
+        self.wall: list[list[float]] = [[] for _ in fns]
+        self.cpu: list[list[float]] = [[] for _ in fns]
         start = time.perf_counter()
-        while len(wall[0]) < min_runs or (time.perf_counter() - start < min_time and len(wall[0]) < max_runs):
-            for i, fn in enumerate((fa, fb)):
+        while len(self.wall[0]) < min_runs or (time.perf_counter() - start < min_time and len(self.wall[0]) < max_runs):
+            for i, fn in enumerate(fns):
                 t, c = time.perf_counter(), time.thread_time()
-                fn()
-                cpu[i].append(time.thread_time() - c)
-                wall[i].append(time.perf_counter() - t)
-        self.a, self.b = statistics.median(wall[0]), statistics.median(wall[1])
-        self.a_min, self.b_min = min(wall[0]), min(wall[1])
-        self.a_cpu, self.b_cpu = statistics.median(cpu[0]), statistics.median(cpu[1])
-        self.ratio = statistics.median(x / y for x, y in zip(*wall))
-        self.cpu_ratio = statistics.median(x / y for x, y in zip(*cpu))
+                own = fn()
+                c, t = time.thread_time() - c, time.perf_counter() - t
+                if isinstance(own, float):
+                    c = t = own
+                self.cpu[i].append(c)
+                self.wall[i].append(t)
+
+    def median(self, i: int, cpu: bool = False) -> float:
+        return statistics.median((self.cpu if cpu else self.wall)[i])
+
+    def fastest(self, i: int) -> float:
+        return min(self.wall[i])
+
+    def ratio(self, of_round: Callable[[list[float]], float], cpu: bool = False) -> float:
+        """Median over rounds of of_round(that round's times)."""
+        times = self.cpu if cpu else self.wall
+        return statistics.median(of_round(list(r)) for r in zip(*times))
+
+
+def best_of(fn: Callable[[], object], k: int = 5) -> Callable[[], float]:
+    """fn's fastest of k calls after one untimed call: the warm rate of a small op, for a floor measured between
+    forward passes that evict its data."""
+    def run() -> float:
+        fn()
+        best = float("inf")
+        for _ in range(k):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        return best
+    return run
+
 
 def _status_kb(field: str) -> int | None:
     try:
@@ -256,19 +282,15 @@ def matmul_flops(tokens: int) -> tuple[float, list[tuple[int, int, int]]]:
     return sum(2.0 * m * k * o for m, k, o in shapes), per_layer + [(tokens, 256, d)]
 
 
-MATMUL_FLOPS_TIMED = [0.0]
-
-
-def matmul_rate(tokens: int) -> float:
-    """fp32 FLOP/s of this machine on SSAMBA-tiny's own linear shapes (timed one layer's worth at a time)."""
+def matmul_set(tokens: int) -> tuple[Callable[[], object], float]:
+    """SSAMBA-tiny's own fp32 linear shapes, one layer's worth and the patch embedding, and their FLOPs: timing
+    it gives this machine's matmul rate for the floor."""
     _, shapes = matmul_flops(tokens)
     xs = [(torch.randn(m, k), torch.randn(o, k)) for m, k, o in shapes]
-    t = timed(lambda: [F.linear(x, w) for x, w in xs], min_runs=10)
-    MATMUL_FLOPS_TIMED[0] = sum(2.0 * m * k * o for m, k, o in shapes)
-    return MATMUL_FLOPS_TIMED[0] / t
+    return (lambda: [F.linear(x, w) for x, w in xs]), sum(2.0 * m * k * o for m, k, o in shapes)
 
 
-def mixer_scan_time(tokens: int) -> float:
+def mixer_scan(tokens: int) -> Callable[[], object]:
     """One mixer's scan op (both directions, softplus, D, gate, average) at B=1."""
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
@@ -277,8 +299,11 @@ def mixer_scan_time(tokens: int) -> float:
             [-torch.exp(r(D_INNER, D_STATE) * 0.5) for _ in range(2)],
             [t[..., 12:12 + D_STATE] for t in dbl], [t[..., 12 + D_STATE:] for t in dbl],
             [r(D_INNER) for _ in range(2)], [r(D_INNER) for _ in range(2)], r(1, tokens, D_INNER), True)
-    with torch.no_grad():
-        return timed(lambda: ops.scan(*args), min_runs=20)
+
+    def run():
+        with torch.no_grad():
+            ops.scan(*args)
+    return run
 
 
 def model_latency() -> None:
@@ -287,27 +312,37 @@ def model_latency() -> None:
     flops, _ = matmul_flops(512)
     print(f"{'threads':>7} | {'fp32 ms':>8} {'(min)':>7} {'bf16 ms':>8} {'(min)':>7} {'bf16 speedup':>12} | "
           f"{'matmul GF/s':>11} {'matmul ms':>9} {'48 scans ms':>11} {'floor ms':>8} {'fp32/floor':>10}")
+    mm_fn, mm_flops = matmul_set(512)
+    scan_fn = mixer_scan(512)
     cpu_rows = []
     for threads in THREADS:
         with with_threads(threads):
-            pair = Pair(forward_step(model, 1024), forward_step(model, 1024, bf16=True), min_runs=10)
-            rate = matmul_rate(512)
-            rate_cpu = MATMUL_FLOPS_TIMED[0] / LAST_CPU[0]
-            scans = 24 * mixer_scan_time(512)
-            scans_cpu = 24 * LAST_CPU[0]
+            # fp32 forward, bf16 forward, the matmul shapes and one mixer scan, round-robin: the floor of each
+            # round (warm rates: best of 5 calls) is measured next to that round's forward passes
+            runs = Interleaved([forward_step(model, 1024), forward_step(model, 1024, bf16=True), best_of(mm_fn),
+                                best_of(scan_fn)], min_runs=10)
+        floor_of = lambda t: t[2] * flops / mm_flops + 24 * t[3]  # noqa: E731
+        rate = mm_flops / runs.median(2)
+        scans = 24 * runs.median(3)
         floor = flops / rate + scans
-        print(f"{threads:7} | {pair.a * 1e3:8.1f} {pair.a_min * 1e3:7.1f} {pair.b * 1e3:8.1f} {pair.b_min * 1e3:7.1f} "
-              f"{pair.ratio:11.2f}x | {rate / 1e9:11.1f} {flops / rate * 1e3:9.1f} {scans * 1e3:11.1f} "
-              f"{floor * 1e3:8.1f} {pair.a / floor:10.2f}")
+        fp32, bf16 = runs.median(0), runs.median(1)
+        print(f"{threads:7} | {fp32 * 1e3:8.1f} {runs.fastest(0) * 1e3:7.1f} {bf16 * 1e3:8.1f} "
+              f"{runs.fastest(1) * 1e3:7.1f} {runs.ratio(lambda t: t[0] / t[1]):11.2f}x | {rate / 1e9:11.1f} "
+              f"{flops / rate * 1e3:9.1f} {scans * 1e3:11.1f} {floor * 1e3:8.1f} "
+              f"{runs.ratio(lambda t: t[0] / floor_of(t)):10.2f}")
         if threads == 1:
-            cpu_rows.append((pair, flops / rate_cpu, scans_cpu))
-    for pair, mm_cpu, scans_cpu in cpu_rows:
-        floor_cpu = mm_cpu + scans_cpu
-        print(f"1 thread by thread CPU time (immune to waiting for a core): fp32 {pair.a_cpu * 1e3:.1f} ms, "
-              f"bf16 {pair.b_cpu * 1e3:.1f} ms ({pair.cpu_ratio:.2f}x); floor = matmul {mm_cpu * 1e3:.1f} + "
-              f"48 scans {scans_cpu * 1e3:.1f} = {floor_cpu * 1e3:.1f} ms, fp32/floor {pair.a_cpu / floor_cpu:.2f}")
-    print(f"(matmul FLOPs {flops / 1e9:.2f} G; fp32 and bf16 runs interleaved, speedup = median of the paired "
-          "ratios; targets: fp32 within 1.25x of the floor, bf16 >= 1.5x faster)")
+            cpu_rows.append(runs)
+    for runs in cpu_rows:
+        mm_cpu = flops / mm_flops * runs.median(2, cpu=True)
+        scans_cpu = 24 * runs.median(3, cpu=True)
+        print(f"1 thread by thread CPU time (immune to waiting for a core): fp32 {runs.median(0, cpu=True) * 1e3:.1f} "
+              f"ms, bf16 {runs.median(1, cpu=True) * 1e3:.1f} ms "
+              f"({runs.ratio(lambda t: t[0] / t[1], cpu=True):.2f}x); floor = matmul {mm_cpu * 1e3:.1f} + 48 scans "
+              f"{scans_cpu * 1e3:.1f} = {(mm_cpu + scans_cpu) * 1e3:.1f} ms, fp32/floor "
+              f"{runs.ratio(lambda t: t[0] / (t[2] * flops / mm_flops + 24 * t[3]), cpu=True):.2f}")
+    print(f"(matmul FLOPs {flops / 1e9:.2f} G; fp32, bf16 and the floor's matmuls and scan run round-robin, the "
+          "speedup and fp32/floor are medians of per-round ratios; targets: fp32 within 1.25x of the floor, "
+          "bf16 >= 1.5x faster)")
 
 
 def versus_ssast(quick: bool) -> None:
@@ -319,10 +354,12 @@ def versus_ssast(quick: bool) -> None:
     for tokens in ((512, 2048) if quick else (512, 2048, 22000)):
         tdim = tokens_to_tdim(tokens)
         runs = 3 if tokens > 4096 else 7
-        pair = Pair(forward_step(ssamba_tiny(tdim), tdim), forward_step(ssast_tiny(tdim), tdim), min_runs=runs)
-        cpu_ratio = f"{pair.cpu_ratio:9.2f}" if threads == 1 else f"{'':9}"
-        print(f"{tokens:6} | {pair.a * 1e3:10.1f} {pair.b * 1e3:10.1f} {pair.ratio:6.2f} | "
-              f"{pair.a_min / pair.b_min:12.2f} | {cpu_ratio} | <= {targets[tokens]}")
+        pair = Interleaved([forward_step(ssamba_tiny(tdim), tdim), forward_step(ssast_tiny(tdim), tdim)],
+                           min_runs=runs)
+        by_ratio = lambda t: t[0] / t[1]  # noqa: E731
+        cpu_ratio = f"{pair.ratio(by_ratio, cpu=True):9.2f}" if threads == 1 else f"{'':9}"
+        print(f"{tokens:6} | {pair.median(0) * 1e3:10.1f} {pair.median(1) * 1e3:10.1f} {pair.ratio(by_ratio):6.2f} | "
+              f"{pair.fastest(0) / pair.fastest(1):12.2f} | {cpu_ratio} | <= {targets[tokens]}")
     print("(the two models run interleaved; ratio = median of the paired ratios)")
 
 
