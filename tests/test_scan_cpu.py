@@ -264,6 +264,13 @@ def test_conv_silu_bfloat16_in_and_out(isa):
     f_f, f_b = ops.conv_silu_bidir(x.float(), *w)
     assert y_f.dtype == y_b.dtype == torch.bfloat16
     assert torch.equal(y_f, f_f.bfloat16()) and torch.equal(y_b, f_b.bfloat16())  # round-to-nearest-even
+    # backward: bf16 inputs and output gradients are widened exactly, so every gradient equals the float32 op's
+    g_f, g_b = (torch.randn(batch, length, dim, generator=g).bfloat16() for _ in range(2))
+    got = torch.ops.ssamba_cpu.conv_silu_bwd(g_f, g_b, x, *w)
+    want = torch.ops.ssamba_cpu.conv_silu_bwd(g_f.float(), g_b.float(), x.float(), *w)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_operators_pass_opcheck(dtype):

@@ -40,8 +40,9 @@ inline void slide(V* win, int K, V next) {
 // sequential stream per tensor (with one cache line per row and block, long inputs were bound by memory
 // latency: 20-27 ms per call at L=22000).  The K-1 earlier rows of the window are still in L1.  Blocks go in
 // groups of G so that the SiLU chains of G blocks run side by side (vgroup.h); `w` holds every block's taps.
-// kK: the conv width when known at compile time (the tap loops unroll), 0 for any width.
-template <int kK, int G>
+// kK: the conv width when known at compile time (the tap loops unroll), 0 for any width; kBf16: the activation
+// dtype (a run-time test per load and store cost ~10%).
+template <int kK, int G, bool kBf16>
 inline void conv_fwd_row_group(const ConvArgs& a, const ConvBlock* w, int64_t blk, int64_t b, int64_t i,
                                int64_t r0, int64_t r1) {
   const int K = kK ? kK : (int)a.width;
@@ -55,7 +56,7 @@ inline void conv_fwd_row_group(const ConvArgs& a, const ConvBlock* w, int64_t bl
     V f = c.bf, r = c.bb;
     for (int k = 0; k < K; ++k) {
       const int64_t row = first + k;
-      const V xk = row >= 0 && row < L ? load_act(a.x, x0 + row * a.x_sl, c.bi.mask, a.bf16) : zero();
+      const V xk = row >= 0 && row < L ? load_act<kBf16>(a.x, x0 + row * a.x_sl, c.bi.mask) : zero();
       f = fmadd(c.wf[k], xk, f);          // y_f[i]     = b_f + sum_k w_f[k] x[i - (K-1) + k]
       r = fmadd(c.wb[K - 1 - k], xk, r);  // y_b[first] = b_b + sum_k w_b[k] x[first + (K-1) - k]
     }
@@ -65,25 +66,25 @@ inline void conv_fwd_row_group(const ConvArgs& a, const ConvBlock* w, int64_t bl
   if (do_f) {
     const VG<G> y = af * sigmoidv(af);
     for (int g = 0; g < G; ++g)
-      store_act(a.y_f, b * L * E + i * E + w[blk + g].bi.c0, y.v[g], w[blk + g].bi.mask, a.bf16);
+      store_act<kBf16>(a.y_f, b * L * E + i * E + w[blk + g].bi.c0, y.v[g], w[blk + g].bi.mask);
   }
   if (do_b) {
     const VG<G> y = ab * sigmoidv(ab);
     for (int g = 0; g < G; ++g)
-      store_act(a.y_b, b * L * E + first * E + w[blk + g].bi.c0, y.v[g], w[blk + g].bi.mask, a.bf16);
+      store_act<kBf16>(a.y_b, b * L * E + first * E + w[blk + g].bi.c0, y.v[g], w[blk + g].bi.mask);
   }
 }
 
 // Rows [r0, r1) of batch entry b, every channel block; w: the blocks' taps (conv_block of each).
-template <int kK>
+template <int kK, bool kBf16>
 void conv_fwd_rows(const ConvArgs& a, const ConvBlock* w, int64_t b, int64_t r0, int64_t r1) {
   constexpr int G = 4;
   const int K = kK ? kK : (int)a.width;
   const int64_t nblk = (a.dim + V::W - 1) / V::W;
   for (int64_t i = r0; i < r1 + K - 1; ++i) {
     int64_t blk = 0;
-    for (; blk + G <= nblk; blk += G) conv_fwd_row_group<kK, G>(a, w, blk, b, i, r0, r1);
-    for (; blk < nblk; ++blk) conv_fwd_row_group<kK, 1>(a, w, blk, b, i, r0, r1);
+    for (; blk + G <= nblk; blk += G) conv_fwd_row_group<kK, G, kBf16>(a, w, blk, b, i, r0, r1);
+    for (; blk < nblk; ++blk) conv_fwd_row_group<kK, 1, kBf16>(a, w, blk, b, i, r0, r1);
   }
 }
 
@@ -111,7 +112,7 @@ struct ConvBwdScratch {
 
 // Row step i of block blk (rows [r0, r1) of batch entry b): dL/da_f of row i and dL/da_b of row j = i-K+1 into the
 // rings and the weight sums, then gx of row j once both rings hold the rows it needs.
-template <int kK>
+template <int kK, bool kBf16>
 inline void conv_bwd_step(const ConvArgs& a, const ConvBwdScratch& sc, int64_t blk, int64_t b, int64_t i,
                           int64_t r0, int64_t r1) {
   const int K = kK ? kK : (int)a.width;
@@ -123,13 +124,13 @@ inline void conv_bwd_step(const ConvArgs& a, const ConvBwdScratch& sc, int64_t b
   V xk[kMaxConv];  // window rows j .. i
   for (int k = 0; k < K; ++k) {
     const int64_t row = j + k;
-    xk[k] = row >= 0 && row < L ? load_act(a.x, x0 + row * a.x_sl, m, a.bf16) : zero();
+    xk[k] = row >= 0 && row < L ? load_act<kBf16>(a.x, x0 + row * a.x_sl, m) : zero();
   }
   V gaf = zero(), gab = zero();
   if (i < L) {  // y_f[i] = silu(b_f + sum_k w_f[k] x[i-K+1+k])
     V pre = c.bf;
     for (int k = 0; k < K; ++k) pre = fmadd(c.wf[k], xk[k], pre);
-    gaf = dsilu_times(pre, load_act(a.g_f, g0 + i * E, m, a.bf16));
+    gaf = dsilu_times(pre, load_act<kBf16>(a.g_f, g0 + i * E, m));
     if (i < r1) {
       for (int k = 0; k < K; ++k) acc.gwf[k] = fmadd(gaf, xk[k], acc.gwf[k]);
       acc.gbf = acc.gbf + gaf;
@@ -138,7 +139,7 @@ inline void conv_bwd_step(const ConvArgs& a, const ConvBwdScratch& sc, int64_t b
   if (j >= 0) {  // y_b[j] = silu(b_b + sum_k w_b[k] x[j+K-1-k])
     V pre = c.bb;
     for (int k = 0; k < K; ++k) pre = fmadd(c.wb[k], xk[K - 1 - k], pre);
-    gab = dsilu_times(pre, load_act(a.g_b, g0 + j * E, m, a.bf16));
+    gab = dsilu_times(pre, load_act<kBf16>(a.g_b, g0 + j * E, m));
     if (j >= r0) {
       for (int k = 0; k < K; ++k) acc.gwb[k] = fmadd(gab, xk[K - 1 - k], acc.gwb[k]);
       acc.gbb = acc.gbb + gab;
@@ -157,11 +158,11 @@ inline void conv_bwd_step(const ConvArgs& a, const ConvBwdScratch& sc, int64_t b
   }
 }
 
-template <int kK>
+template <int kK, bool kBf16>
 void conv_bwd_rows(const ConvArgs& a, const ConvBwdScratch& sc, int64_t nblk, int64_t b, int64_t r0, int64_t r1) {
   const int K = kK ? kK : (int)a.width;
   for (int64_t i = r0; i < r1 + K - 1; ++i)
-    for (int64_t blk = 0; blk < nblk; ++blk) conv_bwd_step<kK>(a, sc, blk, b, i, r0, r1);
+    for (int64_t blk = 0; blk < nblk; ++blk) conv_bwd_step<kK, kBf16>(a, sc, blk, b, i, r0, r1);
 }
 
 // One task: batch b, rows of chunk `chunk`, every channel block; scratch holds the blocks' taps.
@@ -170,8 +171,13 @@ void conv_fwd_task(const ConvArgs& a, int64_t b, int64_t chunk, float* scratch) 
   const int64_t nblk = (a.dim + V::W - 1) / V::W;
   ConvBlock* w = reinterpret_cast<ConvBlock*>(scratch);
   for (int64_t blk = 0; blk < nblk; ++blk) w[blk] = conv_block(a, blk);
-  if (a.width == 4) conv_fwd_rows<4>(a, w, b, r0, r1);
-  else conv_fwd_rows<0>(a, w, b, r0, r1);
+  if (a.bf16) {
+    if (a.width == 4) conv_fwd_rows<4, true>(a, w, b, r0, r1);
+    else conv_fwd_rows<0, true>(a, w, b, r0, r1);
+  } else {
+    if (a.width == 4) conv_fwd_rows<4, false>(a, w, b, r0, r1);
+    else conv_fwd_rows<0, false>(a, w, b, r0, r1);
+  }
 }
 
 // Scratch floats per channel block of conv_bwd_task: taps, gradient sums, and its columns of the two rings.
@@ -197,8 +203,13 @@ void conv_bwd_task(const ConvArgs& a, int64_t b, int64_t chunk, float* scratch) 
     for (int k = 0; k < K; ++k) g.gwf[k] = g.gwb[k] = zero();
     g.gbf = g.gbb = zero();
   }
-  if (K == 4) conv_bwd_rows<4>(a, sc, nblk, b, r0, r1);
-  else conv_bwd_rows<0>(a, sc, nblk, b, r0, r1);
+  if (a.bf16) {
+    if (K == 4) conv_bwd_rows<4, true>(a, sc, nblk, b, r0, r1);
+    else conv_bwd_rows<0, true>(a, sc, nblk, b, r0, r1);
+  } else {
+    if (K == 4) conv_bwd_rows<4, false>(a, sc, nblk, b, r0, r1);
+    else conv_bwd_rows<0, false>(a, sc, nblk, b, r0, r1);
+  }
   // this task's partial sums (float32 over <= kConvRows rows), in its own double slot
   alignas(64) float lanes[V::W];
   for (int64_t blk = 0; blk < nblk; ++blk) {

@@ -63,6 +63,11 @@ inline void store_act(void* base, int64_t off, V v, Mask m, bool bf16) {
   if (bf16) store_bf16(static_cast<uint16_t*>(base) + off, v, m);
   else storem(static_cast<float*>(base) + off, v, m);
 }
+template <bool kBf16>
+inline void store_act(void* base, int64_t off, V v, Mask m) {
+  if (kBf16) store_bf16(static_cast<uint16_t*>(base) + off, v, m);
+  else storem(static_cast<float*>(base) + off, v, m);
+}
 
 // Element offset -> byte address, for prefetching.
 inline const void* addr(const void* base, int64_t off, bool bf16) {
