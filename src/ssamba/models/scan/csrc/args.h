@@ -80,14 +80,15 @@ constexpr int kMaxGroup = 64;  // channel blocks per scan task
 
 // Scratch floats per scan task of nb blocks: 5 vectors per chunk step and the chunk's B and C rows (forward);
 // the backward adds 4 vectors per step and the states of a chunk; then N vectors per block for each
-// quantity a block carries between chunks (forward: state, A; backward: adjoint, A, A log2(e)).
+// quantity a block carries between chunks (forward: state, A; backward: adjoint, A, A log2(e), and N + 2 vectors of
+// double sums of its dL/dA, dL/dD, dL/dbias).
 static inline int64_t state_pad(int width, int64_t nstate) { return (nstate + width - 1) / width * width; }
 static inline int64_t scan_fwd_scratch_floats(int width, int64_t nstate, int nb) {
   return (int64_t)width * 5 * kChunk + 2 * kChunk * state_pad(width, nstate) + (int64_t)width * 2 * nb * nstate;
 }
 static inline int64_t scan_bwd_scratch_floats(int width, int64_t nstate, int nb) {
   return scan_fwd_scratch_floats(width, nstate, 0) + (int64_t)width * (4 * kChunk + kChunk * nstate) +
-         (int64_t)width * 3 * nb * nstate;
+         (int64_t)width * 3 * nb * nstate + (int64_t)width * 2 * nb * (nstate + 2);
 }
 
 const KernelTable* kernels_avx512();

@@ -91,6 +91,14 @@ static inline float hsum(V a) {
   return _mm_cvtss_f32(s);
 }
 
+// acc[i] += lane i of a, in double (acc: 8 doubles, 32-byte aligned).
+static inline void add_to_double(double* acc, V a) {
+  const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a.v));
+  const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(a.v, 1));
+  _mm256_store_pd(acc, _mm256_add_pd(_mm256_load_pd(acc), lo));
+  _mm256_store_pd(acc + 4, _mm256_add_pd(_mm256_load_pd(acc + 4), hi));
+}
+
 static inline void reduce_lanes(const V* parts, int count, float* out, bool accumulate) {
   for (int i = 0; i < count; ++i) out[i] = accumulate ? out[i] + hsum(parts[i]) : hsum(parts[i]);
 }

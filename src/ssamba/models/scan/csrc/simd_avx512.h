@@ -68,6 +68,14 @@ static inline void store_bf16(uint16_t* p, V a, Mask m) {
 
 static inline float hsum(V a) { return _mm512_reduce_add_ps(a.v); }
 
+// acc[i] += lane i of a, in double (acc: 16 doubles, 64-byte aligned).
+static inline void add_to_double(double* acc, V a) {
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a.v));
+  const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1));
+  _mm512_store_pd(acc, _mm512_add_pd(_mm512_load_pd(acc), lo));
+  _mm512_store_pd(acc + 8, _mm512_add_pd(_mm512_load_pd(acc + 8), hi));
+}
+
 // Horizontal sums of 16 vectors into one vector (lane i = sum of parts[i]) by a pairwise tree of lane shuffles:
 // 15 adds and 30 permutes instead of 16 separate reductions.
 static inline V hsum16(const V* parts) {

@@ -85,6 +85,8 @@ static inline void store_bf16(uint16_t* p, V a, Mask m) {
 }
 
 static inline float hsum(V a) { float s = 0.0f; SSAMBA_LANES s += a.v[i]; return s; }
+// acc[i] += lane i of a, in double.
+static inline void add_to_double(double* acc, V a) { SSAMBA_LANES acc[i] += (double)a.v[i]; }
 static inline void reduce_lanes(const V* parts, int count, float* out, bool accumulate) {
   for (int i = 0; i < count; ++i) out[i] = accumulate ? out[i] + hsum(parts[i]) : hsum(parts[i]);
 }
