@@ -43,7 +43,7 @@ inline void slide(V* win, int K, V next) {
 // kK: the conv width when known at compile time (the tap loops unroll), 0 for any width; kBf16: the activation
 // dtype (a run-time test per load and store cost 4-8% of the forward).
 template <int kK, int G, bool kBf16>
-inline void conv_fwd_row_group(const ConvArgs& a, const ConvBlock* w, int64_t blk, int64_t b, int64_t i,
+__attribute__((always_inline)) inline void conv_fwd_row_group(const ConvArgs& a, const ConvBlock* w, int64_t blk, int64_t b, int64_t i,
                                int64_t r0, int64_t r1) {
   const int K = kK ? kK : (int)a.width;
   const int64_t L = a.length, E = a.dim;

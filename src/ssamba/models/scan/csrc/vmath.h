@@ -19,7 +19,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 // 2^t = 2^k * 2^f with k = floor(t), f in [0, 1) (split_floor is per instruction set and also keeps k in the
 // range ldexp2 handles, passing NaN through).
 template <class T>
-static inline T exp2v(T t) {
+SSAMBA_INLINE T exp2v(T t) {
   T k, f;
   split_floor(t, k, f);
   T p = fmadd(splat<T>(kP5), f, splat<T>(kP4));
@@ -31,23 +31,23 @@ static inline T exp2v(T t) {
 }
 
 template <class T>
-static inline T expv(T x) { return exp2v(x * splat<T>(kLog2e)); }
+SSAMBA_INLINE T expv(T x) { return exp2v(x * splat<T>(kLog2e)); }
 
 // e^{-|x|} in (0, 1]: shared by the sigmoid and the softplus of the same x, and keeps every denominator
 // below in [1, 3], where recip_near1 is accurate (no inf/0 special cases).
 template <class T>
-static inline T exp_neg_abs(T x) { return exp2v(vabs(x) * splat<T>(-kLog2e)); }
+SSAMBA_INLINE T exp_neg_abs(T x) { return exp2v(vabs(x) * splat<T>(-kLog2e)); }
 
 // sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) otherwise, with e = e^{-|x|}.
 template <class T>
-static inline T sigmoid_from(T x, T e) { return select_ge0(x, splat<T>(1.0f), e) * recip_near1(splat<T>(1.0f) + e); }
+SSAMBA_INLINE T sigmoid_from(T x, T e) { return select_ge0(x, splat<T>(1.0f), e) * recip_near1(splat<T>(1.0f) + e); }
 template <class T>
-static inline T sigmoidv(T x) { return sigmoid_from(x, exp_neg_abs(x)); }
+SSAMBA_INLINE T sigmoidv(T x) { return sigmoid_from(x, exp_neg_abs(x)); }
 
 // log(1 + e) for e in [0, 1] as 2 atanh(s) = s g(s^2), s = e / (2 + e) <= 1/3: no cancellation.  g is a
 // least-squares fit of the relative error on [0, 1/9] (max 7e-8 in float32; g(0) = 2 exactly).
 template <class T>
-static inline T log1p_unit(T e) {
+SSAMBA_INLINE T log1p_unit(T e) {
   T s = e * recip_near1(splat<T>(2.0f) + e);
   T w = s * s;
   T p = fmadd(splat<T>(0.2816145420074463f), w, splat<T>(0.2796434462070465f));
@@ -59,9 +59,9 @@ static inline T log1p_unit(T e) {
 
 // softplus(x) = max(x, 0) + log1p(e^{-|x|}); equals torch's (threshold 20) to float32 precision.
 template <class T>
-static inline T softplus_from(T x, T e) { return vmax(splat<T>(0.0f), x) + log1p_unit(e); }
+SSAMBA_INLINE T softplus_from(T x, T e) { return vmax(splat<T>(0.0f), x) + log1p_unit(e); }
 template <class T>
-static inline T softplusv(T x) { return softplus_from(x, exp_neg_abs(x)); }
+SSAMBA_INLINE T softplusv(T x) { return softplus_from(x, exp_neg_abs(x)); }
 
 }  // namespace SSAMBA_NS
 }  // namespace ssamba
