@@ -191,8 +191,9 @@ def test_results_do_not_depend_on_threads_or_task_grouping(length):
 
 @pytest.mark.parametrize("length", [1, 37, 300])  # 300: several row chunks (128) with their halos
 @pytest.mark.parametrize("dim", [21, 83])  # 83: groups of 4 channel blocks and single ones, a partial last block
-def test_conv_silu_both_directions_match_conv1d(isa, length, dim):
-    batch, width = 2, 4
+@pytest.mark.parametrize("width", [4, 3, 8])  # 4: the compiled-in width; others take the any-width kernels
+def test_conv_silu_both_directions_match_conv1d(isa, length, dim, width):
+    batch = 2
     g = torch.Generator().manual_seed(5)
     xz = torch.randn(batch, length, 2 * dim, generator=g)
     x = xz[..., :dim].requires_grad_()  # strided view, as the mixer passes it

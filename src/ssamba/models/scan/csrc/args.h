@@ -72,7 +72,7 @@ struct KernelTable {
   void (*scan_bwd)(const ScanArgs&, int64_t b, int64_t blk0, int nb, float* scratch);
   void (*conv_fwd)(const ConvArgs&, int64_t b, int64_t chunk, float* scratch);
   void (*conv_bwd)(const ConvArgs&, int64_t b, int64_t chunk, float* scratch);
-  int64_t conv_block_floats;      // scratch per channel block of conv_fwd (its taps)
+  int64_t conv_block_floats;      // scratch per channel block of conv_fwd (its taps, its part of a zero row)
   int64_t conv_bwd_block_floats;  // scratch per channel block of conv_bwd
 };
 

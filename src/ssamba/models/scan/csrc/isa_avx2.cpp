@@ -10,7 +10,7 @@ namespace ssamba {
 const KernelTable* kernels_avx2() {
   static const KernelTable table = {"avx2", avx2::V::W, &avx2::scan_fwd_task, &avx2::scan_bwd_task,
                                     &avx2::conv_fwd_task, &avx2::conv_bwd_task,
-                                    (int64_t)(sizeof(avx2::ConvBlock) / sizeof(float)),
+                                    avx2::conv_fwd_block_floats(),
                                     avx2::conv_bwd_block_floats()};
   return &table;
 }

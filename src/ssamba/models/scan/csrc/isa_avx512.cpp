@@ -10,7 +10,7 @@ namespace ssamba {
 const KernelTable* kernels_avx512() {
   static const KernelTable table = {"avx512", avx512::V::W, &avx512::scan_fwd_task, &avx512::scan_bwd_task,
                                     &avx512::conv_fwd_task, &avx512::conv_bwd_task,
-                                    (int64_t)(sizeof(avx512::ConvBlock) / sizeof(float)),
+                                    avx512::conv_fwd_block_floats(),
                                     avx512::conv_bwd_block_floats()};
   return &table;
 }

@@ -10,7 +10,7 @@ namespace ssamba {
 const KernelTable* kernels_generic() {
   static const KernelTable table = {"generic", generic::V::W, &generic::scan_fwd_task, &generic::scan_bwd_task,
                                     &generic::conv_fwd_task, &generic::conv_bwd_task,
-                                    (int64_t)(sizeof(generic::ConvBlock) / sizeof(float)),
+                                    generic::conv_fwd_block_floats(),
                                     generic::conv_bwd_block_floats()};
   return &table;
 }

@@ -285,7 +285,7 @@ std::tuple<Tensor, Tensor> conv_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b
   a.y_b = y_b.data_ptr();
   const KernelTable* k = current();
   if (a.length > 0) {
-    const int64_t taps = k->conv_block_floats * ((a.dim + k->width - 1) / k->width);  // every block's taps
+    const int64_t taps = k->conv_block_floats * ((a.dim + k->width - 1) / k->width);  // every block's taps, a zero row
     parallel_tasks(a.batch * a.nchunks, taps,
                    [&](int64_t t, float* s) { k->conv_fwd(a, t / a.nchunks, t % a.nchunks, s); });
   }
