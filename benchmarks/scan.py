@@ -2,8 +2,8 @@
 
 Prints: the scan per backend (B in {1, 4}, L in {512, 1212, 4096, 22000}; forward and forward+backward time,
 state updates per second per core, peak memory); the single-thread scan rate; SSAMBA-tiny forward latency at
-512 tokens (1 and 2 threads, fp32 and bf16 autocast) with its floor (matmul FLOPs at the measured matmul rate plus
-48 scans at the measured scan rate); SSAMBA-tiny vs SSAST-tiny (sdpa) at 512, 2k and 22k tokens; an SSAMBA-tiny
+512 tokens (1 and 2 threads; fp32, bf16 autocast, and bf16 autocast with the Linear weights stored in bf16) with
+its floor (matmul FLOPs at the measured matmul rate plus 48 scans at the measured scan rate); SSAMBA-tiny vs SSAST-tiny (sdpa) at 512, 2k and 22k tokens; an SSAMBA-tiny
 training step (B=4, 128x1024).  Times are medians; the fp32/bf16, fp32/floor and SSAMBA/SSAST ratios are medians
 of per-round ratios of runs interleaved round-robin (this kind of VM drifts by up to 2x within minutes).
 
@@ -14,6 +14,7 @@ On a machine shared with other jobs, numbers move with the load: the header prin
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import os
 import platform
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from ssamba.models import build_encoder, scan
 from ssamba.models.config import ModelConfig, preset
+from ssamba.models.precision import cast_matmul_weights
 from ssamba.models.scan import cpu, ops
 from ssamba.pretrain.model import MaskedPatchModel
 from ssamba.train.optim import OptimConfig, build_optimizer
@@ -309,40 +311,48 @@ def mixer_scan(tokens: int) -> Callable[[], object]:
 def model_latency() -> None:
     print("\n## SSAMBA-tiny forward, B=1, 512 tokens (128x1024 input)")
     model = ssamba_tiny(1024)
+    # the same model with its Linear weights stored in bf16 (cast_matmul_weights): autocast's per-forward weight
+    # casts become no-ops, the outputs are the same bit for bit
+    model_w = cast_matmul_weights(copy.deepcopy(model), torch.bfloat16)
     flops, _ = matmul_flops(512)
-    print(f"{'threads':>7} | {'fp32 ms':>8} {'(min)':>7} {'bf16 ms':>8} {'(min)':>7} {'bf16 speedup':>12} | "
-          f"{'matmul GF/s':>11} {'matmul ms':>9} {'48 scans ms':>11} {'floor ms':>8} {'fp32/floor':>10}")
+    print(f"{'threads':>7} | {'fp32 ms':>8} {'(min)':>7} {'bf16 ms':>8} {'(min)':>7} {'speedup':>7} | "
+          f"{'bf16 w ms':>9} {'speedup':>7} | {'matmul GF/s':>11} {'matmul ms':>9} {'48 scans ms':>11} "
+          f"{'floor ms':>8} {'fp32/floor':>10}")
     mm_fn, mm_flops = matmul_set(512)
     scan_fn = mixer_scan(512)
     cpu_rows = []
     for threads in THREADS:
         with with_threads(threads):
-            # fp32 forward, bf16 forward, the matmul shapes and one mixer scan, round-robin: the floor of each
-            # round (warm rates: best of 5 calls) is measured next to that round's forward passes
-            runs = Interleaved([forward_step(model, 1024), forward_step(model, 1024, bf16=True), best_of(mm_fn),
-                                best_of(scan_fn)], min_runs=10)
-        floor_of = lambda t: t[2] * flops / mm_flops + 24 * t[3]  # noqa: E731
-        rate = mm_flops / runs.median(2)
-        scans = 24 * runs.median(3)
+            # fp32 forward, the two bf16 forwards, the matmul shapes and one mixer scan, round-robin: the floor of
+            # each round (warm rates: best of 5 calls) is measured next to that round's forward passes
+            runs = Interleaved([forward_step(model, 1024), forward_step(model, 1024, bf16=True),
+                                forward_step(model_w, 1024, bf16=True), best_of(mm_fn), best_of(scan_fn)],
+                               min_runs=10)
+        floor_of = lambda t: t[3] * flops / mm_flops + 24 * t[4]  # noqa: E731
+        rate = mm_flops / runs.median(3)
+        scans = 24 * runs.median(4)
         floor = flops / rate + scans
-        fp32, bf16 = runs.median(0), runs.median(1)
+        fp32, bf16, bf16_w = runs.median(0), runs.median(1), runs.median(2)
         print(f"{threads:7} | {fp32 * 1e3:8.1f} {runs.fastest(0) * 1e3:7.1f} {bf16 * 1e3:8.1f} "
-              f"{runs.fastest(1) * 1e3:7.1f} {runs.ratio(lambda t: t[0] / t[1]):11.2f}x | {rate / 1e9:11.1f} "
+              f"{runs.fastest(1) * 1e3:7.1f} {runs.ratio(lambda t: t[0] / t[1]):6.2f}x | {bf16_w * 1e3:9.1f} "
+              f"{runs.ratio(lambda t: t[0] / t[2]):6.2f}x | {rate / 1e9:11.1f} "
               f"{flops / rate * 1e3:9.1f} {scans * 1e3:11.1f} {floor * 1e3:8.1f} "
               f"{runs.ratio(lambda t: t[0] / floor_of(t)):10.2f}")
         if threads == 1:
             cpu_rows.append(runs)
     for runs in cpu_rows:
-        mm_cpu = flops / mm_flops * runs.median(2, cpu=True)
-        scans_cpu = 24 * runs.median(3, cpu=True)
+        mm_cpu = flops / mm_flops * runs.median(3, cpu=True)
+        scans_cpu = 24 * runs.median(4, cpu=True)
         print(f"1 thread by thread CPU time (immune to waiting for a core): fp32 {runs.median(0, cpu=True) * 1e3:.1f} "
               f"ms, bf16 {runs.median(1, cpu=True) * 1e3:.1f} ms "
-              f"({runs.ratio(lambda t: t[0] / t[1], cpu=True):.2f}x); floor = matmul {mm_cpu * 1e3:.1f} + 48 scans "
+              f"({runs.ratio(lambda t: t[0] / t[1], cpu=True):.2f}x), bf16 w {runs.median(2, cpu=True) * 1e3:.1f} ms "
+              f"({runs.ratio(lambda t: t[0] / t[2], cpu=True):.2f}x); floor = matmul {mm_cpu * 1e3:.1f} + 48 scans "
               f"{scans_cpu * 1e3:.1f} = {(mm_cpu + scans_cpu) * 1e3:.1f} ms, fp32/floor "
-              f"{runs.ratio(lambda t: t[0] / (t[2] * flops / mm_flops + 24 * t[3]), cpu=True):.2f}")
-    print(f"(matmul FLOPs {flops / 1e9:.2f} G; fp32, bf16 and the floor's matmuls and scan run round-robin, the "
-          "speedup and fp32/floor are medians of per-round ratios; targets: fp32 within 1.25x of the floor, "
-          "bf16 >= 1.5x faster)")
+              f"{runs.ratio(lambda t: t[0] / (t[3] * flops / mm_flops + 24 * t[4]), cpu=True):.2f}")
+    print(f"(matmul FLOPs {flops / 1e9:.2f} G; bf16 = autocast for the matmuls, bf16 w = the same with the Linear "
+          "weights stored in bf16 (ssamba.models.precision.cast_matmul_weights: no per-forward weight casts, same "
+          "outputs); all run round-robin with the floor's matmuls and scan, the speedups and fp32/floor are medians "
+          "of per-round ratios; targets: fp32 within 1.25x of the floor, bf16 >= 1.5x faster)")
 
 
 def versus_ssast(quick: bool) -> None:

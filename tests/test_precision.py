@@ -1,0 +1,53 @@
+"""Matmul weights stored in bfloat16 for autocast inference: the same outputs, fewer casts."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssamba.models import build_encoder, preset
+from ssamba.models.precision import cast_matmul_weights
+
+BF16 = torch.bfloat16
+
+
+def autocast_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        return model(x)
+
+
+@pytest.mark.parametrize("arch,backend", [("ssamba", "cpu"), ("ssamba", "reference"), ("ssast", None)])
+def test_outputs_equal_plain_autocast_bit_for_bit(arch, backend):
+    extra = {"scan_backend": backend} if backend else {}
+    torch.manual_seed(0)
+    model = build_encoder(preset(arch, "tiny", input_tdim=48, depth=2, **extra)).eval()
+    x = torch.randn(2, 48, 128)
+    expected = autocast_forward(model, x)
+    assert cast_matmul_weights(model) is model
+    got = autocast_forward(model, x)
+    assert got.dtype == expected.dtype
+    assert torch.equal(got, expected)
+
+
+def test_only_linear_weights_change_dtype():
+    torch.manual_seed(0)
+    model = build_encoder(preset("ssamba", "tiny", input_tdim=32, depth=2)).eval()
+    linear_weights = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert "layers.0.mixer.in_proj.weight" in linear_weights and "layers.0.mixer.dt_proj.weight" in linear_weights
+    cast_matmul_weights(model)
+    for name, param in model.named_parameters():
+        # dt_proj.bias is the scan's delta bias (added in float32), A_log, D, norms and convs stay float32 too
+        assert param.dtype == (BF16 if name in linear_weights else torch.float32), name
+
+
+def test_without_autocast_it_is_an_error_and_float32_restores():
+    torch.manual_seed(0)
+    model = build_encoder(preset("ssamba", "tiny", input_tdim=32, depth=2)).eval()
+    x = torch.randn(1, 32, 128)
+    cast_matmul_weights(model)
+    with pytest.raises(RuntimeError), torch.no_grad():
+        model(x)
+    cast_matmul_weights(model, torch.float32)
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+    with pytest.raises(ValueError, match="floating-point"):
+        cast_matmul_weights(model, torch.int8)
