@@ -30,12 +30,6 @@ inline ConvBlock conv_block(const ConvArgs& a, int64_t blk) {
   return c;
 }
 
-// Slide the window one step: win[K-1] becomes x[i] (zero outside [0, L)).
-inline void slide(V* win, int K, V next) {
-  for (int k = 0; k + 1 < K; ++k) win[k] = win[k + 1];
-  win[K - 1] = next;
-}
-
 // Rows go outer and channel blocks inner: each step reads and writes whole rows, so the memory access is one
 // sequential stream per tensor (with one cache line per row and block, long inputs were bound by memory
 // latency: 20-27 ms per call at L=22000).  The K-1 earlier rows of the window are still in L1.  Blocks go in

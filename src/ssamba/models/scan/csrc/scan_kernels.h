@@ -112,8 +112,9 @@ inline int64_t time_index(const ScanDir& d, int64_t L, int64_t t) { return d.rev
 // Steps j0 .. j0+G-1 of a chunk, as one group of G vectors (see vgroup.h).  The activation dtype is a template
 // parameter: a run-time test per load costs ~10% of the forward scan.
 template <bool kBwd, bool kBf16, int G>
-__attribute__((always_inline)) inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b, const BlockInfo& bi, int64_t t0, int j0,
-                          V dskip, V bias, bool with_gate, StepInputs& st, BwdSteps* bs) {
+__attribute__((always_inline)) inline void prepare_group(const ScanArgs& a, const ScanDir& d, int64_t b,
+                                                         const BlockInfo& bi, int64_t t0, int j0, V dskip, V bias,
+                                                         bool with_gate, StepInputs& st, BwdSteps* bs) {
   using T = VG<G>;
   const Mask m = bi.mask;
   int64_t l[G];
