@@ -10,7 +10,7 @@ import ssamba
 from ssamba.models import build_encoder, scan
 from ssamba.models.config import preset
 from ssamba.models.mamba import BiMambaMixer
-from ssamba.models.scan import cpu
+from ssamba.models.scan import cpu, ops
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="the CPU kernels could not be built here")
 
@@ -179,3 +179,57 @@ def test_torch_compile_of_the_model_runs_and_matches_eager(backend):
     compiled(x).square().mean().backward()
     grads = [p.grad for p in encoder.parameters() if p.grad is not None]
     assert len(grads) > 20 and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("length", [1, 7, 45])
+def test_inference_mixer_op_matches_the_differentiable_fused_path(backend, length, reverse, bf16, monkeypatch):
+    """Without gradients the mixer runs as one C++ call (ssamba_cpu::mixer_fwd); it must compute what the
+    differentiable op-by-op path computes (same matmuls, same kernels: equal up to float rounding)."""
+    backend("cpu")
+    mixer = perturbed_mixer(10 + length)
+    x = torch.randn(3, length, 24)
+    calls = []
+    original = ops.mixer
+    monkeypatch.setattr(ops, "mixer", lambda *a: calls.append(1) or original(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad():
+            fast = mixer(x, reverse=reverse)
+        assert len(calls) == 1
+        slow = mixer(x.clone().requires_grad_(), reverse=reverse)  # needs a gradient: the op-by-op path
+        assert len(calls) == 1 and slow.requires_grad
+    assert fast.dtype == slow.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert max_rel_err(fast, slow) < (1e-2 if bf16 else 1e-6)
+
+
+def test_inference_mixer_op_runs_with_frozen_parameters_under_grad_mode(backend, monkeypatch):
+    """Frozen weights and an input that needs no gradient: nothing to differentiate, so the one-call path runs."""
+    backend("cpu")
+    mixer = perturbed_mixer(5).requires_grad_(False)
+    calls = []
+    original = ops.mixer
+    monkeypatch.setattr(ops, "mixer", lambda *a: calls.append(1) or original(*a))
+    out = mixer(torch.randn(1, 9, 24))
+    assert calls and not out.requires_grad
+
+
+def test_inference_mixer_op_names_a_dtype_mismatch(backend):
+    backend("cpu")
+    mixer = perturbed_mixer(6)
+    mixer.out_proj.to(torch.bfloat16)  # float32 activations with one bf16 weight and no autocast
+    with torch.no_grad(), pytest.raises(RuntimeError, match="mixer_fwd.*matmul weight.*BFloat16"):
+        mixer(torch.randn(1, 5, 24))
+
+
+def test_inference_mixer_op_passes_opcheck():
+    """Schema and fake implementation agree with the kernel (torch.compile traces it in inference)."""
+    mixer = perturbed_mixer(8)
+    e = mixer.d_inner
+    pairs = lambda *ts: [t.detach().float() for t in ts]  # noqa: E731
+    args = (torch.randn(2, 11, 24), mixer.in_proj.weight.detach(),
+            pairs(mixer.conv1d.weight.view(e, -1), mixer.conv1d_b.weight.view(e, -1)),
+            pairs(mixer.conv1d.bias, mixer.conv1d_b.bias), pairs(mixer.x_proj.weight, mixer.x_proj_b.weight),
+            pairs(mixer.dt_proj.weight, mixer.dt_proj_b.weight), pairs(mixer.dt_proj.bias, mixer.dt_proj_b.bias),
+            pairs(mixer.A_log, mixer.A_b_log), pairs(mixer.D, mixer.D_b), mixer.out_proj.weight.detach())
+    torch.library.opcheck(torch.ops.ssamba_cpu.mixer_fwd.default, args)

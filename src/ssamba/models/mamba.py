@@ -105,12 +105,21 @@ class BiMambaMixer(nn.Module):
         sets = [(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D),
                 (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)]
         fwd, bwd = sets[::-1] if reverse else sets
-        act = lambda t: t if t.dtype in (torch.float32, torch.bfloat16) else t.float()  # noqa: E731
-        # in_proj in two halves: x is dead once convolved, before z is made (one (B, L, E) less at the peak)
-        w_x, w_z = self.in_proj.weight.split([e, e], dim=0)
         device = hidden.device.type
         if torch.is_autocast_enabled(device):  # cast once, not once per half (autocast casts every call's input)
             hidden = hidden.to(torch.get_autocast_dtype(device))
+        if hidden.dtype in (torch.float32, torch.bfloat16) and not self._wants_grad(hidden):
+            # inference: the whole mixer in one call (the same matmuls and kernels without ~25 Python-level calls)
+            mm = lambda w: w.to(hidden.dtype) if torch.is_autocast_enabled(device) else w  # noqa: E731
+            return ops.mixer(
+                hidden, mm(self.in_proj.weight), [p[0].weight.float() for p in (fwd, bwd)],
+                [p[0].bias.float() for p in (fwd, bwd)], [mm(p[1].weight) for p in (fwd, bwd)],
+                [mm(p[2].weight) for p in (fwd, bwd)], [p[2].bias.float() for p in (fwd, bwd)],
+                [p[3].float() for p in (fwd, bwd)], [p[4].float() for p in (fwd, bwd)], mm(self.out_proj.weight),
+            )
+        act = lambda t: t if t.dtype in (torch.float32, torch.bfloat16) else t.float()  # noqa: E731
+        # in_proj in two halves: x is dead once convolved, before z is made (one (B, L, E) less at the peak)
+        w_x, w_z = self.in_proj.weight.split([e, e], dim=0)
         x_f, x_b = ops.conv_silu_bidir(
             act(F.linear(hidden, w_x)), fwd[0].weight.float().view(e, -1), fwd[0].bias.float(),
             bwd[0].weight.float().view(e, -1), bwd[0].bias.float(),
@@ -127,6 +136,9 @@ class BiMambaMixer(nn.Module):
             z, True,
         )  # (B, L, E) float32: silu(z) * (y_f + y_b) / 2
         return F.linear(y.to(self.out_proj.weight.dtype), self.out_proj.weight)
+
+    def _wants_grad(self, hidden: Tensor) -> bool:
+        return torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def _branch(self, xz: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
                 a_log: Tensor, d_skip: Tensor, backwards: bool = False) -> Tensor:

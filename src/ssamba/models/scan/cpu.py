@@ -38,7 +38,7 @@ class KernelBuildError(RuntimeError):
 
 def sources() -> list[Path]:
     isas = ("avx512", "avx2", "generic") if _X86 else ("generic",)
-    return [CSRC / "ops.cpp"] + [CSRC / f"isa_{isa}.cpp" for isa in isas]
+    return [CSRC / "ops.cpp", CSRC / "mixer.cpp"] + [CSRC / f"isa_{isa}.cpp" for isa in isas]
 
 
 def _fingerprint() -> str:

@@ -57,6 +57,17 @@ def conv_silu_bidir(x: Tensor, w_f: Tensor, b_f: Tensor, w_b: Tensor, b_b: Tenso
         return torch.ops.ssamba_cpu.conv_silu_fwd(x, w_f, b_f, w_b, b_b)
 
 
+def mixer(hidden: Tensor, w_in: Tensor, conv_w: list[Tensor], conv_b: list[Tensor], x_proj_w: list[Tensor],
+          dt_proj_w: list[Tensor], dt_bias: list[Tensor], A_log: list[Tensor], D: list[Tensor],
+          w_out: Tensor) -> Tensor:
+    """A whole bidirectional mixer's forward in one call, for inference only (no autograd): in_proj, conv + SiLU,
+    x_proj, dt_proj, -exp(A_log), both scans with the gate and average, out_proj.  Lists are per direction, the
+    set scanning forward in time first; matmul weights in hidden's dtype (float32 or bfloat16), the rest float32."""
+    with _below_autograd(False):
+        return torch.ops.ssamba_cpu.mixer_fwd(hidden, w_in, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log,
+                                              D, w_out)
+
+
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        z: Tensor | None = None, delta_bias: Tensor | None = None,
                        delta_softplus: bool = False) -> Tensor:
@@ -93,6 +104,10 @@ def _scan_bwd_fake(grad_out, u, delta, A, B, C, D, delta_bias, z, softplus, ckpt
     ]
     gz = like.new_empty(batch, length, dim) if z is not None else like.new_empty(0)
     return [t for group in per_dir for t in group] + [gz]
+
+
+def _mixer_fwd_fake(hidden, w_in, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, w_out):
+    return hidden.new_empty(hidden.shape)
 
 
 def _scan_setup(ctx, inputs, output) -> None:
@@ -158,5 +173,6 @@ def register() -> None:
     torch.library.register_fake(lib + "scan_bwd", _scan_bwd_fake)
     torch.library.register_fake(lib + "conv_silu_fwd", _conv_fwd_fake)
     torch.library.register_fake(lib + "conv_silu_bwd", _conv_bwd_fake)
+    torch.library.register_fake(lib + "mixer_fwd", _mixer_fwd_fake)
     torch.library.register_autograd(lib + "scan_fwd", _scan_backward, setup_context=_scan_setup)
     torch.library.register_autograd(lib + "conv_silu_fwd", _conv_backward, setup_context=_conv_setup)

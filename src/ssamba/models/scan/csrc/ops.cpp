@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "args.h"
+#include "ops.h"
 
 namespace ssamba {
 namespace {
@@ -178,6 +179,8 @@ float* partials_workspace(int64_t floats) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
 }
 
+}  // namespace
+
 std::tuple<Tensor, std::vector<Tensor>> scan_fwd(std::vector<Tensor> u, std::vector<Tensor> delta,
                                                  std::vector<Tensor> A, std::vector<Tensor> B,
                                                  std::vector<Tensor> C, OptList D, OptList bias,
@@ -192,10 +195,11 @@ std::tuple<Tensor, std::vector<Tensor>> scan_fwd(std::vector<Tensor> u, std::vec
   }
   a.out = out.data_ptr<float>();
   const KernelTable* k = current();
-  const int64_t nblk = (a.dim + k->width - 1) / k->width;
   if (a.length > 0) scan_tasks(a, k, false, k->scan_fwd);
   return {out, ckpts};
 }
+
+namespace {
 
 // Gradients, flat: gu[dirs], gdelta[dirs], gA[dirs], gB[dirs], gC[dirs], gD[dirs], gbias[dirs], gz.
 std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Tensor> delta, std::vector<Tensor> A,
@@ -277,6 +281,8 @@ ConvArgs make_conv_args(const Tensor& x, const Tensor& w_f, const Tensor& b_f, c
   return a;
 }
 
+}  // namespace
+
 std::tuple<Tensor, Tensor> conv_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) {
   ConvArgs a = make_conv_args(x, w_f, b_f, w_b, b_b);
   Tensor y_f = at::empty({a.batch, a.length, a.dim}, x.options());
@@ -291,6 +297,8 @@ std::tuple<Tensor, Tensor> conv_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b
   }
   return {y_f, y_b};
 }
+
+namespace {
 
 // Gradients: gx, gw_f, gb_f, gw_b, gb_b.
 std::vector<Tensor> conv_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) {
