@@ -192,7 +192,7 @@ def test_inference_mixer_op_matches_the_differentiable_fused_path(backend, lengt
     x = torch.randn(3, length, 24)
     calls = []
     original = ops.mixer
-    monkeypatch.setattr(ops, "mixer", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(ops, "mixer", lambda *a, **k: calls.append(1) or original(*a, **k))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         with torch.no_grad():
             fast = mixer(x, reverse=reverse)
@@ -209,7 +209,7 @@ def test_inference_mixer_op_runs_with_frozen_parameters_under_grad_mode(backend,
     mixer = perturbed_mixer(5).requires_grad_(False)
     calls = []
     original = ops.mixer
-    monkeypatch.setattr(ops, "mixer", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(ops, "mixer", lambda *a, **k: calls.append(1) or original(*a, **k))
     out = mixer(torch.randn(1, 9, 24))
     assert calls and not out.requires_grad
 
@@ -222,14 +222,11 @@ def test_inference_mixer_op_names_a_dtype_mismatch(backend):
         mixer(torch.randn(1, 5, 24))
 
 
-def test_inference_mixer_op_passes_opcheck():
+@pytest.mark.parametrize("cast_weights", [False, True])
+def test_inference_mixer_op_passes_opcheck(cast_weights):
     """Schema and fake implementation agree with the kernel (torch.compile traces it in inference)."""
     mixer = perturbed_mixer(8)
-    e = mixer.d_inner
-    pairs = lambda *ts: [t.detach().float() for t in ts]  # noqa: E731
-    args = (torch.randn(2, 11, 24), mixer.in_proj.weight.detach(),
-            pairs(mixer.conv1d.weight.view(e, -1), mixer.conv1d_b.weight.view(e, -1)),
-            pairs(mixer.conv1d.bias, mixer.conv1d_b.bias), pairs(mixer.x_proj.weight, mixer.x_proj_b.weight),
-            pairs(mixer.dt_proj.weight, mixer.dt_proj_b.weight), pairs(mixer.dt_proj.bias, mixer.dt_proj_b.bias),
-            pairs(mixer.A_log, mixer.A_b_log), pairs(mixer.D, mixer.D_b), mixer.out_proj.weight.detach())
-    torch.library.opcheck(torch.ops.ssamba_cpu.mixer_fwd.default, args)
+    hidden = torch.randn(2, 11, 24, dtype=torch.bfloat16 if cast_weights else torch.float32)
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else [t.detach() for t in a]
+                 for a in mixer._mixer_args(reverse=False))
+    torch.library.opcheck(torch.ops.ssamba_cpu.mixer_fwd.default, (hidden, *args, cast_weights))

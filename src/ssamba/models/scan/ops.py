@@ -58,14 +58,16 @@ def conv_silu_bidir(x: Tensor, w_f: Tensor, b_f: Tensor, w_b: Tensor, b_b: Tenso
 
 
 def mixer(hidden: Tensor, w_in: Tensor, conv_w: list[Tensor], conv_b: list[Tensor], x_proj_w: list[Tensor],
-          dt_proj_w: list[Tensor], dt_bias: list[Tensor], A_log: list[Tensor], D: list[Tensor],
-          w_out: Tensor) -> Tensor:
+          dt_proj_w: list[Tensor], dt_bias: list[Tensor], A_log: list[Tensor], D: list[Tensor], w_out: Tensor,
+          cast_weights: bool = False) -> Tensor:
     """A whole bidirectional mixer's forward in one call, for inference only (no autograd): in_proj, conv + SiLU,
     x_proj, dt_proj, -exp(A_log), both scans with the gate and average, out_proj.  Lists are per direction, the
-    set scanning forward in time first; matmul weights in hidden's dtype (float32 or bfloat16), the rest float32."""
+    set scanning forward in time first, as the module holds them (conv weights (E, 1, K)).  hidden is float32 or
+    bfloat16; the matmul weights must have its dtype unless ``cast_weights`` (autocast: cast them as it would);
+    the other parameters are used in float32."""
     with _below_autograd(False):
         return torch.ops.ssamba_cpu.mixer_fwd(hidden, w_in, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log,
-                                              D, w_out)
+                                              D, w_out, cast_weights)
 
 
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -106,7 +108,7 @@ def _scan_bwd_fake(grad_out, u, delta, A, B, C, D, delta_bias, z, softplus, ckpt
     return [t for group in per_dir for t in group] + [gz]
 
 
-def _mixer_fwd_fake(hidden, w_in, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, w_out):
+def _mixer_fwd_fake(hidden, w_in, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, w_out, cast_weights):
     return hidden.new_empty(hidden.shape)
 
 

@@ -22,18 +22,26 @@ void check_same_dtype(const Tensor& t, const Tensor& like, const char* name) {
 }
 
 // hidden (B, L, d) float32 or bfloat16; w_in (2E, d), x_proj_w (R + 2N, E), dt_proj_w (E, R) and w_out (d, E) in
-// hidden's dtype; the rest float32: conv weights (E, K) and biases (E,), dt biases (E,), A_log (E, N), D (E,).
+// hidden's dtype, or cast to it when cast_weights (what autocast would do); the rest is used in float32: conv
+// weights (E, 1, K) and biases (E,), dt biases (E,), A_log (E, N), D (E,).  The parameters come as the module holds
+// them, so the Python side does no per-call conversions (each costs about a microsecond there).
 // Per-direction lists hold [the set scanning forward in time, the set scanning backward].
 // Returns out_proj(silu(z) * (y_f + y_b) / 2), (B, L, d) in hidden's dtype.
 Tensor mixer_fwd(Tensor hidden, Tensor w_in, std::vector<Tensor> conv_w, std::vector<Tensor> conv_b,
                  std::vector<Tensor> x_proj_w, std::vector<Tensor> dt_proj_w, std::vector<Tensor> dt_bias,
-                 std::vector<Tensor> A_log, std::vector<Tensor> D, Tensor w_out) {
+                 std::vector<Tensor> A_log, std::vector<Tensor> D, Tensor w_out, bool cast_weights) {
   TORCH_CHECK(hidden.dim() == 3, "ssamba_cpu::mixer_fwd: hidden must be (batch, length, d_model)");
   TORCH_CHECK(conv_w.size() == 2 && conv_b.size() == 2 && x_proj_w.size() == 2 && dt_proj_w.size() == 2 &&
                   dt_bias.size() == 2 && A_log.size() == 2 && D.size() == 2,
               "ssamba_cpu::mixer_fwd: every per-direction list needs 2 entries");
-  for (const Tensor* w : {&w_in, &x_proj_w[0], &x_proj_w[1], &dt_proj_w[0], &dt_proj_w[1], &w_out})
+  for (Tensor* w : {&w_in, &x_proj_w[0], &x_proj_w[1], &dt_proj_w[0], &dt_proj_w[1], &w_out}) {
+    if (cast_weights) *w = w->to(hidden.scalar_type());
     check_same_dtype(*w, hidden, "a matmul weight");
+  }
+  const auto f32 = [](std::vector<Tensor>& ts) {
+    for (Tensor& t : ts) t = t.to(at::kFloat).contiguous();
+  };
+  for (std::vector<Tensor>* ts : {&conv_w, &conv_b, &dt_bias, &A_log, &D}) f32(*ts);
   const int64_t batch = hidden.size(0), length = hidden.size(1), d_model = hidden.size(2);
   const int64_t e = w_in.size(0) / 2, rank = dt_proj_w[0].size(1), nstate = A_log[0].size(1);
   TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == 2 * e && w_in.size(1) == d_model && w_out.size(0) == d_model &&
@@ -72,7 +80,7 @@ Tensor mixer_fwd(Tensor hidden, Tensor w_in, std::vector<Tensor> conv_w, std::ve
 
 TORCH_LIBRARY_FRAGMENT(ssamba_cpu, m) {
   m.def("mixer_fwd(Tensor hidden, Tensor w_in, Tensor[] conv_w, Tensor[] conv_b, Tensor[] x_proj_w, "
-        "Tensor[] dt_proj_w, Tensor[] dt_bias, Tensor[] A_log, Tensor[] D, Tensor w_out) -> Tensor");
+        "Tensor[] dt_proj_w, Tensor[] dt_bias, Tensor[] A_log, Tensor[] D, Tensor w_out, bool cast_weights) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ssamba_cpu, CPU, m) { m.impl("mixer_fwd", &ssamba::mixer_fwd); }
