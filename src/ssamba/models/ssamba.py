@@ -16,6 +16,7 @@ from ssamba.models.config import EncoderConfig
 from ssamba.models.encoder import PatchEncoder
 from ssamba.models.layers import DropPath, linspace, make_norm
 from ssamba.models.mamba import BiMambaMixer
+from ssamba.models.scan import get_backend
 
 
 class MambaBlock(nn.Module):
@@ -92,5 +93,34 @@ class SSAMBAEncoder(PatchEncoder):
         return residual + self.drop_path(hidden)
 
     def trunk(self, tokens: Tensor, collect: list[Tensor] | None = None) -> Tensor:
-        out = self.norm_f(self.residual_stream(tokens, collect))
+        if self._cpu_inference(tokens):
+            out = self._trunk_cpu_inference(tokens, collect)
+        else:
+            out = self.norm_f(self.residual_stream(tokens, collect))
         return self.norm_f(out) if self.config.final_norm_twice else out
+
+    def _cpu_inference(self, tokens: Tensor) -> bool:
+        """Whether the CPU kernels can run the whole stream: no gradient, no drop path, LayerNorms, float32."""
+        return (not torch.is_grad_enabled() and not self.training and self.config.norm == "layernorm"
+                and tokens.dtype == torch.float32 and self.norm_f.weight.dtype == torch.float32
+                and get_backend(tokens, self.config.scan_backend).name == "cpu")
+
+    def _trunk_cpu_inference(self, tokens: Tensor, collect: list[Tensor] | None) -> Tensor:
+        """``norm_f(residual_stream(tokens))`` with each pair's residual adds and norms in one pass
+        (ops.add_norms): the same residual stream bit for bit, the norms to float rounding."""
+        from ssamba.models.scan import ops
+
+        prev, h1, h2 = None, tokens, None
+        for i, (fwd, bwd) in enumerate(zip(self.layers[0::2], self.layers[1::2])):
+            r, (n_f, n_b) = ops.add_norms(prev, h1, h2, [fwd.norm, bwd.norm])
+            if collect is not None and i > 0:
+                collect.append(r)  # the previous pair's residual + hidden
+            prev, h1, h2 = r, None, None  # let the pair's inputs go
+            h1 = fwd.mixer(n_f)
+            del n_f
+            h2 = bwd.mixer(n_b, reverse=True)
+            del n_b
+        r, (out,) = ops.add_norms(prev, h1, h2, [self.norm_f])
+        if collect is not None:
+            collect.append(r)
+        return out

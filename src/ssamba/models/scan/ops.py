@@ -70,6 +70,15 @@ def mixer(hidden: Tensor, w_in: Tensor, conv_w: list[Tensor], conv_b: list[Tenso
                                               D, w_out, cast_weights)
 
 
+def add_norms(prev: Tensor | None, h1: Tensor, h2: Tensor | None, norms: list[torch.nn.LayerNorm]
+              ) -> tuple[Tensor, list[Tensor]]:
+    """Between SSAMBA block pairs, for inference: ``r = (prev + prev) + (h1 + h2)`` (prev, h2 optional) and each
+    LayerNorm of r, in one pass; returns ``(r, [norm(r) for norm in norms])``, all float32."""
+    with _below_autograd(False):
+        return torch.ops.ssamba_cpu.add_norms(prev, h1, h2, [n.weight for n in norms], [n.bias for n in norms],
+                                              norms[0].eps)
+
+
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        z: Tensor | None = None, delta_bias: Tensor | None = None,
                        delta_softplus: bool = False) -> Tensor:
@@ -110,6 +119,10 @@ def _scan_bwd_fake(grad_out, u, delta, A, B, C, D, delta_bias, z, softplus, ckpt
 
 def _mixer_fwd_fake(hidden, w_in, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, w_out, cast_weights):
     return hidden.new_empty(hidden.shape)
+
+
+def _add_norms_fake(prev, h1, h2, weight, bias, eps):
+    return h1.new_empty(h1.shape, dtype=torch.float32), [h1.new_empty(h1.shape, dtype=torch.float32) for _ in weight]
 
 
 def _scan_setup(ctx, inputs, output) -> None:
@@ -176,5 +189,6 @@ def register() -> None:
     torch.library.register_fake(lib + "conv_silu_fwd", _conv_fwd_fake)
     torch.library.register_fake(lib + "conv_silu_bwd", _conv_bwd_fake)
     torch.library.register_fake(lib + "mixer_fwd", _mixer_fwd_fake)
+    torch.library.register_fake(lib + "add_norms", _add_norms_fake)
     torch.library.register_autograd(lib + "scan_fwd", _scan_backward, setup_context=_scan_setup)
     torch.library.register_autograd(lib + "conv_silu_fwd", _conv_backward, setup_context=_conv_setup)

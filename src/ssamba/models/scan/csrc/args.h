@@ -63,6 +63,21 @@ struct ConvArgs {
   double* gw_f; double* gb_f; double* gw_b; double* gb_b;  // per task partials (B, nchunks, E, K), (B, nchunks, E)
 };
 
+// Residual add and LayerNorms between block pairs (inference; norm_kernels.h): r = (prev + prev) + (h1 + h2),
+// out[k] = LayerNorm(r; weight[k], bias[k]).  All (rows, dim) contiguous; h1, h2 float32 or, when h_bf16,
+// bfloat16; prev and h2 may be null; the rest float32.
+struct NormArgs {
+  int64_t rows, dim;
+  const float* prev;
+  const void* h1; const void* h2;
+  bool h_bf16;
+  int nnorms;  // 1 or 2
+  const float* weight[2]; const float* bias[2];
+  float eps;
+  float* r;
+  float* out[2];
+};
+
 // Entry points of one instruction-set build.  A scan call handles one task: batch b, channel blocks
 // blk0 .. blk0+nb-1; a conv call one (batch, chunk of kConvRows rows).
 struct KernelTable {
@@ -72,6 +87,7 @@ struct KernelTable {
   void (*scan_bwd)(const ScanArgs&, int64_t b, int64_t blk0, int nb, float* scratch);
   void (*conv_fwd)(const ConvArgs&, int64_t b, int64_t chunk, float* scratch);
   void (*conv_bwd)(const ConvArgs&, int64_t b, int64_t chunk, float* scratch);
+  void (*add_norms)(const NormArgs&, int64_t row0, int64_t row1);
   int64_t conv_block_floats;      // scratch per channel block of conv_fwd (its taps, its part of a zero row)
   int64_t conv_bwd_block_floats;  // scratch per channel block of conv_bwd
 };

@@ -4,12 +4,13 @@
 #include "vmath.h"
 #include "scan_kernels.h"
 #include "conv_kernels.h"
+#include "norm_kernels.h"
 
 namespace ssamba {
 
 const KernelTable* kernels_avx2() {
   static const KernelTable table = {"avx2", avx2::V::W, &avx2::scan_fwd_task, &avx2::scan_bwd_task,
-                                    &avx2::conv_fwd_task, &avx2::conv_bwd_task,
+                                    &avx2::conv_fwd_task, &avx2::conv_bwd_task, &avx2::add_norms_rows,
                                     avx2::conv_fwd_block_floats(),
                                     avx2::conv_bwd_block_floats()};
   return &table;

@@ -4,12 +4,13 @@
 #include "vmath.h"
 #include "scan_kernels.h"
 #include "conv_kernels.h"
+#include "norm_kernels.h"
 
 namespace ssamba {
 
 const KernelTable* kernels_avx512() {
   static const KernelTable table = {"avx512", avx512::V::W, &avx512::scan_fwd_task, &avx512::scan_bwd_task,
-                                    &avx512::conv_fwd_task, &avx512::conv_bwd_task,
+                                    &avx512::conv_fwd_task, &avx512::conv_bwd_task, &avx512::add_norms_rows,
                                     avx512::conv_fwd_block_floats(),
                                     avx512::conv_bwd_block_floats()};
   return &table;

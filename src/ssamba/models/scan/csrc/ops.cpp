@@ -326,6 +326,59 @@ std::vector<Tensor> conv_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tenso
   return {gx, f(gw_f).view(w_f.sizes()), f(gb_f), f(gw_b).view(w_b.sizes()), f(gb_b)};
 }
 
+// Residual add + LayerNorms between block pairs (inference): returns r = (prev + prev) + (h1 + h2) and
+// LayerNorm(r) for each (weight, bias).  prev float32 or None (then r = h1 + h2); h1, h2 (h2 may be None) both
+// float32 or both bfloat16; weights and biases float32 (dim,).  The caller checks that no gradient is wanted.
+std::tuple<Tensor, std::vector<Tensor>> add_norms(std::optional<Tensor> prev, Tensor h1, std::optional<Tensor> h2,
+                                                  std::vector<Tensor> weight, std::vector<Tensor> bias, double eps) {
+  TORCH_CHECK(h1.dim() >= 1, "ssamba_cpu::add_norms: hidden must have a feature dimension");
+  const int64_t dim = h1.size(-1), rows = dim ? h1.numel() / dim : 0;
+  NormArgs a{};
+  a.rows = rows;
+  a.dim = dim;
+  TORCH_CHECK(h1.scalar_type() == at::kFloat || h1.scalar_type() == at::kBFloat16,
+              "ssamba_cpu::add_norms: hidden must be float32 or bfloat16, got ", h1.scalar_type());
+  a.h_bf16 = h1.scalar_type() == at::kBFloat16;
+  h1 = h1.contiguous();
+  a.h1 = h1.data_ptr();
+  Tensor h2c, prevc;
+  if (h2.has_value() && h2->defined()) {
+    TORCH_CHECK(h2->sizes() == h1.sizes() && h2->scalar_type() == h1.scalar_type(),
+                "ssamba_cpu::add_norms: the two hidden tensors differ in shape or dtype");
+    h2c = h2->contiguous();
+    a.h2 = h2c.data_ptr();
+  }
+  if (prev.has_value() && prev->defined()) {
+    TORCH_CHECK(prev->sizes() == h1.sizes() && prev->scalar_type() == at::kFloat,
+                "ssamba_cpu::add_norms: the residual must be float32 of the hidden's shape, got ",
+                prev->scalar_type(), " ", prev->sizes());
+    prevc = prev->contiguous();
+    a.prev = prevc.data_ptr<float>();
+  }
+  TORCH_CHECK(weight.size() == bias.size() && (weight.size() == 1 || weight.size() == 2),
+              "ssamba_cpu::add_norms: one or two norms (a weight and a bias each)");
+  a.nnorms = (int)weight.size();
+  a.eps = (float)eps;
+  const auto opts = h1.options().dtype(at::kFloat);
+  Tensor r = at::empty(h1.sizes(), opts);
+  a.r = r.data_ptr<float>();
+  std::vector<Tensor> outs;
+  for (int k = 0; k < a.nnorms; ++k) {
+    check_vec(weight[k], "norm weight", dim);
+    check_vec(bias[k], "norm bias", dim);
+    a.weight[k] = weight[k].data_ptr<float>();
+    a.bias[k] = bias[k].data_ptr<float>();
+    outs.push_back(at::empty(h1.sizes(), opts));
+    a.out[k] = outs.back().data_ptr<float>();
+  }
+  const KernelTable* k = current();
+  constexpr int64_t kRows = 64;
+  parallel_tasks((rows + kRows - 1) / kRows, 0, [&](int64_t t, float*) {
+    k->add_norms(a, t * kRows, std::min(rows, (t + 1) * kRows));
+  });
+  return {r, outs};
+}
+
 std::string isa() { return current()->name; }
 
 // Select the instruction set ("avx512", "avx2", "generic", or "auto"); returns the one now in use.
@@ -359,6 +412,8 @@ TORCH_LIBRARY(ssamba_cpu, m) {
   m.def("conv_silu_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) -> (Tensor, Tensor)");
   m.def("conv_silu_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) "
         "-> Tensor[]");
+  m.def("add_norms(Tensor? prev, Tensor h1, Tensor? h2, Tensor[] weight, Tensor[] bias, float eps) "
+        "-> (Tensor, Tensor[])");
   m.def("isa() -> str", &ssamba::isa);
   m.def("set_isa(str name) -> str", &ssamba::set_isa);
   m.def("supported_isas() -> str[]", &ssamba::supported_isas);
@@ -369,4 +424,5 @@ TORCH_LIBRARY_IMPL(ssamba_cpu, CPU, m) {
   m.impl("scan_bwd", &ssamba::scan_bwd);
   m.impl("conv_silu_fwd", &ssamba::conv_fwd);
   m.impl("conv_silu_bwd", &ssamba::conv_bwd);
+  m.impl("add_norms", &ssamba::add_norms);
 }

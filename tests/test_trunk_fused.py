@@ -1,0 +1,128 @@
+"""The CPU inference trunk: residual adds and LayerNorms between block pairs in one op (ssamba_cpu::add_norms)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssamba.models import build_encoder, scan
+from ssamba.models.config import preset
+from ssamba.models.scan import cpu, ops
+from ssamba.models.ssamba import SSAMBAEncoder
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="the CPU kernels could not be built here")
+
+ISAS = torch.ops.ssamba_cpu.supported_isas() if cpu.available() else []
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    cpu.set_isa(request.param)
+    yield request.param
+    cpu.set_isa("auto")
+
+
+def max_rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    a, e = actual.detach().double(), expected.detach().double()
+    return ((a - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
+
+
+def norms(dim: int, count: int, seed: int) -> list[torch.nn.LayerNorm]:
+    torch.manual_seed(seed)
+    out = [torch.nn.LayerNorm(dim, eps=1e-6) for _ in range(count)]
+    with torch.no_grad():
+        for n in out:
+            n.weight.normal_(1.0, 0.3)
+            n.bias.normal_(0.0, 0.3)
+    return out
+
+
+@pytest.mark.parametrize("dim", [192, 37])  # whole vectors, and a partial last vector for every ISA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_prev,with_h2", [(True, True), (False, False), (True, False)])
+def test_add_norms_matches_torch(isa, dim, dtype, with_prev, with_h2):
+    torch.manual_seed(dim)
+    shape = (2, 71, dim)  # 142 rows: three row tasks
+    prev = torch.randn(shape) * 3 + 1 if with_prev else None
+    h1 = (torch.randn(shape) + 0.5).to(dtype)
+    h2 = torch.randn(shape).to(dtype) if with_h2 else None
+    layer_norms = norms(dim, 2, seed=1)
+    with torch.no_grad():
+        r, outs = ops.add_norms(prev, h1, h2, layer_norms)
+        # what ssamba.py computes: the pair's outputs summed in their dtype, then the doubled residual added
+        h = h1 if h2 is None else h1 + h2
+        want_r = h.float() if prev is None else (prev + prev) + h
+        assert r.dtype == torch.float32 and torch.equal(r, want_r)  # same additions, same order
+        assert len(outs) == 2
+        for out, norm in zip(outs, layer_norms):
+            assert out.dtype == torch.float32 and out.shape == shape
+            assert max_rel_err(out, norm(want_r)) < 2e-6
+
+
+def test_add_norms_single_norm_and_checks():
+    (norm,) = norms(8, 1, seed=2)
+    h = torch.randn(5, 8)
+    with torch.no_grad():
+        r, (out,) = ops.add_norms(None, h, None, [norm])
+        assert torch.equal(r, h) and max_rel_err(out, F.layer_norm(h, (8,), norm.weight, norm.bias, 1e-6)) < 2e-6
+        with pytest.raises(RuntimeError, match="differ in shape or dtype"):
+            ops.add_norms(None, h, h.bfloat16(), [norm])
+        with pytest.raises(RuntimeError, match="residual must be float32"):
+            ops.add_norms(h.bfloat16(), h.bfloat16(), None, [norm])
+
+
+def test_add_norms_passes_opcheck():
+    layer_norms = norms(24, 2, seed=3)
+    args = (torch.randn(2, 5, 24), torch.randn(2, 5, 24).bfloat16(), torch.randn(2, 5, 24).bfloat16(),
+            [n.weight.detach() for n in layer_norms], [n.bias.detach() for n in layer_norms], 1e-6)
+    torch.library.opcheck(torch.ops.ssamba_cpu.add_norms.default, args)
+
+
+@pytest.fixture
+def encoder():
+    torch.manual_seed(0)
+    model = build_encoder(preset("ssamba", "tiny", input_tdim=64, depth=6)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    yield model
+    scan.set_backend(None)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_cpu_inference_trunk_matches_the_general_stream(encoder, monkeypatch, bf16):
+    """Output and every collected per-pair stream (hidden_states) against residual_stream + norm_f."""
+    scan.set_backend("cpu")
+    calls = []
+    original = ops.add_norms
+    monkeypatch.setattr(ops, "add_norms", lambda *a: calls.append(1) or original(*a))
+    x = torch.randn(2, 64, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        tokens = encoder.tokens(x)
+        fast_states, slow_states = [], []
+        fast = encoder.trunk(tokens, fast_states)
+        assert len(calls) == 4  # one per pair and the final norm
+        monkeypatch.setattr(SSAMBAEncoder, "_cpu_inference", lambda self, t: False)
+        slow = encoder.trunk(tokens, slow_states)
+        assert len(calls) == 4
+    assert len(fast_states) == len(slow_states) == 3
+    tol = 2e-2 if bf16 else 1e-5
+    assert max_rel_err(fast, slow) < tol
+    for a, b in zip(fast_states, slow_states):
+        assert max_rel_err(a, b) < tol
+
+
+def test_cpu_inference_trunk_not_taken_in_training_or_with_gradients(encoder, monkeypatch):
+    scan.set_backend("cpu")
+    calls = []
+    monkeypatch.setattr(ops, "add_norms", lambda *a: calls.append(1))
+    x = torch.randn(1, 64, 128)
+    encoder(x)  # eval, but gradients enabled
+    encoder.train()
+    with torch.no_grad():
+        encoder(x)  # drop path may be active
+    scan.set_backend("reference")
+    encoder.eval()
+    with torch.no_grad():
+        encoder(x)  # another scan backend keeps the plain PyTorch stream
+    assert not calls
