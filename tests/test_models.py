@@ -12,6 +12,7 @@ from ssamba.models.classifier import AudioClassifier
 from ssamba.models.config import ModelConfig, preset
 from ssamba.models.heads import pool_cls, pool_mean, pool_official_1sec, pool_per_second
 from ssamba.models.patches import adapt_position_embedding
+from ssamba.models.ssamba import SSAMBAEncoder
 from ssamba.models.ssamba import drop_path_rates
 from ssamba.pretrain.model import MaskedPatchModel
 
@@ -183,9 +184,11 @@ def test_with_input_size_keeps_the_train_eval_mode():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
-def test_ssamba_inference_path_equals_the_autograd_path_bit_for_bit(backend):
+def test_ssamba_inference_path_equals_the_autograd_path_bit_for_bit(backend, monkeypatch):
     """Without autograd, each pair forms its shared residual once and frees its inputs early (memory); the numbers
-    must be exactly those of the path that keeps both blocks' residuals (used whenever gradients are on)."""
+    must be exactly those of the path that keeps both blocks' residuals (used whenever gradients are on).
+    With the cpu backend inference normally runs the fused trunk (one op per pair for the adds and LayerNorms,
+    tests/test_trunk_fused.py), whose norms round differently: close here, and bit for bit without it."""
     torch.manual_seed(0)
     enc = build_encoder(preset("ssamba", "tiny", input_tdim=64, depth=4, drop_path_rate=0.1,
                                scan_backend=backend)).eval()
@@ -193,5 +196,10 @@ def test_ssamba_inference_path_equals_the_autograd_path_bit_for_bit(backend):
     with torch.no_grad():
         fast, fast_states = enc(x), enc.hidden_states(x)
     slow, slow_states = enc(x).detach(), [s.detach() for s in enc.hidden_states(x)]
+    if backend == "cpu":
+        assert ((fast - slow).abs().max() / slow.abs().max()).item() < 1e-5
+        monkeypatch.setattr(SSAMBAEncoder, "_cpu_inference", lambda self, tokens: False)
+        with torch.no_grad():
+            fast, fast_states = enc(x), enc.hidden_states(x)
     assert torch.equal(fast, slow)
     assert len(fast_states) == len(slow_states) and all(torch.equal(a, b) for a, b in zip(fast_states, slow_states))
