@@ -107,7 +107,8 @@ class SSAMBAEncoder(PatchEncoder):
 
     def _trunk_cpu_inference(self, tokens: Tensor, collect: list[Tensor] | None) -> Tensor:
         """``norm_f(residual_stream(tokens))`` with each pair's residual adds and norms in one pass
-        (ops.add_norms): the same residual stream bit for bit, the norms to float rounding."""
+        (ops.add_norms): the adds in residual_stream's order (the same sums of the same pair outputs), the norms
+        equal to float rounding."""
         from ssamba.models.scan import ops
 
         prev, h1, h2 = None, tokens, None
