@@ -230,3 +230,24 @@ def test_inference_mixer_op_passes_opcheck(cast_weights):
     args = tuple(a.detach() if isinstance(a, torch.Tensor) else [t.detach() for t in a]
                  for a in mixer._mixer_args(reverse=False))
     torch.library.opcheck(torch.ops.ssamba_cpu.mixer_fwd.default, (hidden, *args, cast_weights))
+
+
+def test_parametrized_weights_reach_both_paths(backend):
+    """A parametrized weight (here: scaled by 2) is not in the module's parameter dict; both the inference op and
+    the differentiable path must still use its parametrized value."""
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    backend("cpu")
+    mixer = perturbed_mixer(12)
+    plain = perturbed_mixer(12)
+    with torch.no_grad():
+        plain.out_proj.weight.mul_(2)
+    parametrize.register_parametrization(mixer.out_proj, "weight", Double())
+    x = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        assert max_rel_err(mixer(x), plain(x)) < 1e-6
+    assert max_rel_err(mixer(x.requires_grad_()), plain(x)) < 1e-6

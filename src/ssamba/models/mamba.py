@@ -23,6 +23,12 @@ from torch import Tensor, nn
 from ssamba.models.scan import get_backend, selective_scan
 
 
+def _param(module: nn.Module, name: str) -> Tensor:
+    """``getattr(module, name)`` for a parameter, without ``nn.Module.__getattr__``'s cost when it is a plain one."""
+    p = module._parameters.get(name)
+    return p if p is not None else getattr(module, name)
+
+
 class BiMambaMixer(nn.Module):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
@@ -105,46 +111,46 @@ class BiMambaMixer(nn.Module):
         autocast = torch.is_autocast_enabled(device)
         if autocast:  # cast once, not once per half (autocast casts every call's input)
             hidden = hidden.to(torch.get_autocast_dtype(device))
+        params = self._mixer_args(reverse)
         if hidden.dtype in (torch.float32, torch.bfloat16) and not self._wants_grad(hidden):
             # inference: the whole mixer in one call (the same matmuls and kernels without ~25 Python-level calls)
-            return ops.mixer(hidden, *self._mixer_args(reverse), cast_weights=autocast)
+            return ops.mixer(hidden, *params, cast_weights=autocast)
+        w_in, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, a_log, d_skip, w_out = params
         e, n, r = self.d_inner, self.d_state, self.dt_rank
-        # (conv, x_proj, dt_proj, A_log, D) of the branch that scans forward in time, then the backward one
-        sets = [(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D),
-                (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)]
-        fwd, bwd = sets[::-1] if reverse else sets
         act = lambda t: t if t.dtype in (torch.float32, torch.bfloat16) else t.float()  # noqa: E731
         # in_proj in two halves: x is dead once convolved, before z is made (one (B, L, E) less at the peak)
-        w_x, w_z = self.in_proj.weight.split([e, e], dim=0)
+        w_x, w_z = w_in.split([e, e], dim=0)
         x_f, x_b = ops.conv_silu_bidir(
-            act(F.linear(hidden, w_x)), fwd[0].weight.float().view(e, -1), fwd[0].bias.float(),
-            bwd[0].weight.float().view(e, -1), bwd[0].bias.float(),
+            act(F.linear(hidden, w_x)), conv_w[0].float().view(e, -1), conv_b[0].float(),
+            conv_w[1].float().view(e, -1), conv_b[1].float(),
         )
-        dbl = [F.linear(u, p[1].weight).to(x_f.dtype).split([r, n, n], dim=-1) for u, p in ((x_f, fwd), (x_b, bwd))]
+        dbl = [F.linear(u, w).to(x_f.dtype).split([r, n, n], dim=-1) for u, w in zip((x_f, x_b), x_proj_w)]
         z = act(F.linear(hidden, w_z))
         y = ops.scan(
             [x_f, x_b],
-            [F.linear(d[0], p[2].weight).to(x_f.dtype) for d, p in zip(dbl, (fwd, bwd))],
-            [-torch.exp(p[3].float()) for p in (fwd, bwd)],
+            [F.linear(d[0], w).to(x_f.dtype) for d, w in zip(dbl, dt_proj_w)],
+            [-torch.exp(a.float()) for a in a_log],
             [d[1] for d in dbl], [d[2] for d in dbl],
-            [p[4].float() for p in (fwd, bwd)],
-            [p[2].bias.float() for p in (fwd, bwd)],
+            [t.float() for t in d_skip],
+            [t.float() for t in dt_bias],
             z, True,
         )  # (B, L, E) float32: silu(z) * (y_f + y_b) / 2
-        return F.linear(y.to(self.out_proj.weight.dtype), self.out_proj.weight)
+        return F.linear(y.to(w_out.dtype), w_out)
 
     def _mixer_args(self, reverse: bool) -> tuple:
-        """The parameters in ``ops.mixer``'s order.  Read from the module dicts directly: ``nn.Module.__getattr__``
-        costs ~0.8 us per lookup, and these 22 lookups were a third of a short clip's mixer call."""
-        mods, params = self._modules, self._parameters
-        sets = [(mods["conv1d"], mods["x_proj"], mods["dt_proj"], params["A_log"], params["D"]),
-                (mods["conv1d_b"], mods["x_proj_b"], mods["dt_proj_b"], params["A_b_log"], params["D_b"])]
+        """The parameters in ``ops.mixer``'s order, per-direction lists with the set scanning forward in time first
+        (``reverse`` swaps them).  Read from the module dicts directly: ``nn.Module.__getattr__`` costs ~0.8 us per
+        lookup, and these 22 lookups were a third of a short clip's mixer call (a parametrized weight, which is not
+        in the dict, still comes through getattr)."""
+        mods = self._modules
+        sets = [(mods["conv1d"], mods["x_proj"], mods["dt_proj"], _param(self, "A_log"), _param(self, "D")),
+                (mods["conv1d_b"], mods["x_proj_b"], mods["dt_proj_b"], _param(self, "A_b_log"), _param(self, "D_b"))]
         fwd, bwd = sets[::-1] if reverse else sets
-        weight = lambda m: m._parameters["weight"]  # noqa: E731
-        bias = lambda m: m._parameters["bias"]  # noqa: E731
-        return (weight(mods["in_proj"]), [weight(fwd[0]), weight(bwd[0])], [bias(fwd[0]), bias(bwd[0])],
-                [weight(fwd[1]), weight(bwd[1])], [weight(fwd[2]), weight(bwd[2])], [bias(fwd[2]), bias(bwd[2])],
-                [fwd[3], bwd[3]], [fwd[4], bwd[4]], weight(mods["out_proj"]))
+        return (_param(mods["in_proj"], "weight"), [_param(fwd[0], "weight"), _param(bwd[0], "weight")],
+                [_param(fwd[0], "bias"), _param(bwd[0], "bias")],
+                [_param(fwd[1], "weight"), _param(bwd[1], "weight")],
+                [_param(fwd[2], "weight"), _param(bwd[2], "weight")], [_param(fwd[2], "bias"), _param(bwd[2], "bias")],
+                [fwd[3], bwd[3]], [fwd[4], bwd[4]], _param(mods["out_proj"], "weight"))
 
     def _wants_grad(self, hidden: Tensor) -> bool:
         return torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in self.parameters()))
