@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ssamba.models.config import EncoderConfig
 from ssamba.models.encoder import PatchEncoder
 from ssamba.models.layers import DropPath, linspace, make_norm
-from ssamba.models.mamba import BiMambaMixer
+from ssamba.models.mamba import BiMambaMixer, run_pair
 from ssamba.models.scan import get_backend
 
 
@@ -117,10 +117,8 @@ class SSAMBAEncoder(PatchEncoder):
             if collect is not None and i > 0:
                 collect.append(r)  # the previous pair's residual + hidden
             prev, h1, h2 = r, None, None  # let the pair's inputs go
-            h1 = fwd.mixer(n_f)
-            del n_f
-            h2 = bwd.mixer(n_b, reverse=True)
-            del n_b
+            h1, h2 = run_pair(fwd.mixer, n_f, bwd.mixer, n_b)
+            del n_f, n_b
         r, (out,) = ops.add_norms(prev, h1, h2, [self.norm_f])
         if collect is not None:
             collect.append(r)

@@ -70,6 +70,17 @@ def mixer(hidden: Tensor, w_in: Tensor, conv_w: list[Tensor], conv_b: list[Tenso
                                               D, w_out, cast_weights)
 
 
+def mixer_pair(hidden: tuple[Tensor, Tensor], params: tuple[tuple, tuple], cast_weights: bool = False
+               ) -> list[Tensor]:
+    """Two mixers' inference forward side by side on up to two threads (the two blocks of an SSAMBA pair): each of
+    ``params`` is one mixer's arguments in ``mixer``'s order after ``hidden``.  Returns both outputs, the same bit
+    for bit as two ``mixer`` calls."""
+    first, second = params
+    merged = [[a, b] if isinstance(a, Tensor) else [*a, *b] for a, b in zip(first, second)]
+    with _below_autograd(False):
+        return torch.ops.ssamba_cpu.mixer_pair_fwd(list(hidden), *merged, cast_weights)
+
+
 def add_norms(prev: Tensor | None, h1: Tensor, h2: Tensor | None, norms: list[torch.nn.LayerNorm]
               ) -> tuple[Tensor, list[Tensor]]:
     """Between SSAMBA block pairs, for inference: ``r = (prev + prev) + (h1 + h2)`` (prev, h2 optional) and each
@@ -119,6 +130,10 @@ def _scan_bwd_fake(grad_out, u, delta, A, B, C, D, delta_bias, z, softplus, ckpt
 
 def _mixer_fwd_fake(hidden, w_in, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, w_out, cast_weights):
     return hidden.new_empty(hidden.shape)
+
+
+def _mixer_pair_fwd_fake(hidden, w_in, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, w_out, cast_weights):
+    return [h.new_empty(h.shape) for h in hidden]
 
 
 def _add_norms_fake(prev, h1, h2, weight, bias, eps):
@@ -189,6 +204,7 @@ def register() -> None:
     torch.library.register_fake(lib + "conv_silu_fwd", _conv_fwd_fake)
     torch.library.register_fake(lib + "conv_silu_bwd", _conv_bwd_fake)
     torch.library.register_fake(lib + "mixer_fwd", _mixer_fwd_fake)
+    torch.library.register_fake(lib + "mixer_pair_fwd", _mixer_pair_fwd_fake)
     torch.library.register_fake(lib + "add_norms", _add_norms_fake)
     torch.library.register_autograd(lib + "scan_fwd", _scan_backward, setup_context=_scan_setup)
     torch.library.register_autograd(lib + "conv_silu_fwd", _conv_backward, setup_context=_conv_setup)

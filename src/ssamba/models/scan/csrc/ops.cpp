@@ -54,7 +54,9 @@ const KernelTable*& current() {
 // another process takes a core.  Each thread gets `scratch_floats` of private scratch (64-byte aligned).
 template <class F>
 void parallel_tasks(int64_t ntasks, int64_t scratch_floats, const F& f) {
-  const int nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks));
+  // inside another parallel region (mixer_pair_fwd: one mixer per thread) the calling thread does every task
+  const int nthreads =
+      omp_in_parallel() ? 1 : (int)std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks));
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
     std::vector<float> buffer(scratch_floats + 16);
