@@ -193,9 +193,11 @@ class BiMambaMixer(nn.Module):
 
 
 # Up to this many (batch, length, d_inner) elements per mixer, the two mixers of a block pair run side by side on a
-# 2-thread CPU (run_pair).  Measured on 2 cores (SSAMBA-tiny, interleaved): 512 tokens 0.90-0.96 of the time, 2k
-# tokens 0.97, 22k tokens (8.4M elements) no gain, with twice the mixers' intermediates alive at once.
-PAIR_MAX_ELEMENTS = 1 << 22
+# 2-thread CPU (run_pair).  Measured on 2 cores, SSAMBA-tiny forward, side by side / one after the other
+# (interleaved): B=1 512 tokens (0.2M elements) 0.90-0.92 (bf16 autocast 0.81), B=2 512 tokens 0.97; from ~0.8M
+# elements on it stops paying (B=1 2k tokens 0.97, B=4 512 tokens 1.03, B=1 4k tokens 1.06): larger inputs split
+# well over the threads op by op, and both mixers' intermediates would be alive at once.
+PAIR_MAX_ELEMENTS = 1 << 19
 
 
 def _hooked(module: nn.Module) -> bool:

@@ -82,9 +82,9 @@ Tensor mixer_fwd(Tensor hidden, Tensor w_in, std::vector<Tensor> conv_w, std::ve
 // two blocks of an SSAMBA pair read the same residual, so they are independent.  Why: at B=1 and a few hundred
 // tokens each op of a mixer is too short to split well over two threads (the small matmuls and the conv barely
 // gain from a second thread, and every op pays a fork/join); run side by side, every op of a mixer runs whole on
-// one core, with that core's L2 to itself.  Measured on 2 cores, SSAMBA-tiny forward at 512 tokens: 0.90-0.96 of
-// the time of one mixer after the other with both threads (interleaved; bf16 autocast 0.96), 0.97 at 2k tokens,
-// no gain at 22k (hence the size limit on the Python side).  The ops inside see an active parallel region and
+// one core, with that core's L2 to itself.  Measured on 2 cores, SSAMBA-tiny forward at B=1, 512 tokens: 0.90-0.92
+// of the time of one mixer after the other on both threads (interleaved; bf16 autocast 0.81); larger inputs
+// split well op by op (mamba.PAIR_MAX_ELEMENTS limits the Python side's use).  The ops inside see an active parallel region and
 // run on their calling thread (ATen's parallel_for, MKL and oneDNN by default; parallel_tasks in ops.cpp).
 // Lists hold mixer 0's entries first; per-direction lists mixer 0's two, then mixer 1's.  Returns both outputs,
 // the same bit for bit as two mixer_fwd calls.
