@@ -8,6 +8,7 @@ from ssamba.models import build_encoder, mamba, scan
 from ssamba.models.config import preset
 from ssamba.models.mamba import BiMambaMixer, run_pair
 from ssamba.models.scan import cpu, ops
+from ssamba.models.ssamba import SSAMBAEncoder
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="the CPU kernels could not be built here")
 
@@ -129,11 +130,16 @@ def test_pair_op_passes_opcheck():
     torch.library.opcheck(torch.ops.ssamba_cpu.mixer_pair_fwd.default, (hidden, *merged, False))
 
 
-def test_encoder_inference_with_pairs_side_by_side_equals_one_after_the_other(threads, pair_calls, monkeypatch):
+@pytest.mark.parametrize("fused_trunk", [True, False], ids=["fused-trunk", "residual-stream"])
+def test_encoder_inference_with_pairs_side_by_side_equals_one_after_the_other(threads, pair_calls, monkeypatch,
+                                                                               fused_trunk):
+    """Both inference trunks (add_norms between pairs, and the plain PyTorch stream that other norms use)."""
     threads(2)
     scan.set_backend("cpu")
     torch.manual_seed(0)
     encoder = build_encoder(preset("ssamba", "tiny", input_tdim=64, depth=4)).eval()
+    if not fused_trunk:
+        monkeypatch.setattr(SSAMBAEncoder, "_cpu_inference", lambda self, tokens: False)
     x = torch.randn(2, 64, 128)
     with torch.no_grad():
         fast = encoder(x)

@@ -75,9 +75,9 @@ class SSAMBAEncoder(PatchEncoder):
                 # (three sequence-sized tensors fewer alive during the mixers; the same numbers bit for bit)
                 r = hidden if residual is None else residual + hidden
                 hidden = residual = None
-                h_f = fwd.mixer(fwd.norm(r))
-                hidden = h_f + bwd.mixer(bwd.norm(r), reverse=True)
-                del h_f
+                h_f, h_b = run_pair(fwd.mixer, fwd.norm(r), bwd.mixer, bwd.norm(r))
+                hidden = h_f + h_b
+                del h_f, h_b
                 residual = r + r
                 del r
                 if collect is not None:
