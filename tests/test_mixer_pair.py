@@ -148,3 +148,19 @@ def test_encoder_inference_with_pairs_side_by_side_equals_one_after_the_other(th
         slow = encoder(x)
         assert len(pair_calls) == 2
     assert torch.equal(fast, slow)
+
+
+def test_compiled_inference_has_no_graph_break(threads):
+    """run_pair asks for the thread count, which torch.compile cannot trace: it stands aside while compiling."""
+    threads(2)
+    scan.set_backend("cpu")
+    torch.manual_seed(0)
+    encoder = build_encoder(preset("ssamba", "tiny", input_tdim=32, depth=2)).eval()
+    x = torch.randn(2, 32, 128)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(encoder)(x)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        out = torch.compile(encoder)(x)
+        eager = encoder(x)
+    assert ((out - eager).abs().max() / eager.abs().max()).item() < 1e-5

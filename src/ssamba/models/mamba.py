@@ -214,9 +214,10 @@ def run_pair(first: BiMambaMixer, h_first: Tensor, second: BiMambaMixer, h_secon
     With exactly two CPU threads, for inference on the "cpu" backend and inputs up to ``PAIR_MAX_ELEMENTS``, the
     two run side by side, one per thread (``ops.mixer_pair``; the same numbers bit for bit): each op of a short
     clip's mixer is too small to split well over two threads.  More threads keep the per-op parallelism: one
-    mixer per thread would leave the rest idle.
+    mixer per thread would leave the rest idle.  Under ``torch.compile`` the mixers are traced one by one.
     """
-    if torch.get_num_threads() == 2 and h_first.shape == h_second.shape:
+    # not while torch.compile traces: the thread count is no graph value, and the traced ops run the same mixers
+    if not torch.compiler.is_compiling() and torch.get_num_threads() == 2 and h_first.shape == h_second.shape:
         pair = (first, second)
         if all(type(m) is BiMambaMixer and not _hooked(m) for m in pair) and all(
                 get_backend(h, m.scan_backend).name == "cpu" for m, h in zip(pair, (h_first, h_second))):
