@@ -7,10 +7,12 @@ Parameter names equal the official state dict so released weights load without r
 Two code paths compute the same function.  With the "cpu" scan backend the mixer runs fused: the channels-last
 matmul outputs go straight into two C++ ops (both directions' conv + SiLU in one pass; both directions' scans with
 softplus, D skip, z gate and the average in another), with no transposes or flips; when no gradient is wanted the
-whole mixer, matmuls included, is a single C++ call (``ops.mixer``), which saves ~25 Python-level dispatches.
+whole mixer, matmuls included, is a single C++ call (``ops.mixer``), which saves ~25 Python-level dispatches, and
+on two threads ``run_pair`` runs the two mixers of a block pair side by side (``ops.mixer_pair``).
 Backends that scan backwards in time natively (triton) run ``_forward_flip_free``: the backward direction is an
-anti-causal conv and a reverse scan on the unflipped activations, which saves three sequence-sized copies per mixer.  Every other backend (the reference
-oracle, mamba_ssm on CUDA) runs the step-by-step path, which mirrors spec §5 line by line.
+anti-causal conv and a reverse scan on the unflipped activations, which saves three sequence-sized copies per
+mixer.  Every other backend (the reference oracle, mamba_ssm on CUDA) runs the step-by-step path, which mirrors
+spec §5 line by line.
 """
 from __future__ import annotations
 

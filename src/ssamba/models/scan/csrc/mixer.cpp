@@ -83,9 +83,11 @@ Tensor mixer_fwd(Tensor hidden, Tensor w_in, std::vector<Tensor> conv_w, std::ve
 // tokens each op of a mixer is too short to split well over two threads (the small matmuls and the conv barely
 // gain from a second thread, and every op pays a fork/join); run side by side, every op of a mixer runs whole on
 // one core, with that core's L2 to itself.  Measured on 2 cores, SSAMBA-tiny forward at B=1, 512 tokens: 0.90-0.92
-// of the time of one mixer after the other on both threads (interleaved; bf16 autocast 0.81); larger inputs
-// split well op by op (mamba.PAIR_MAX_ELEMENTS limits the Python side's use).  The ops inside see an active parallel region and
-// run on their calling thread (ATen's parallel_for, MKL and oneDNN by default; parallel_tasks in ops.cpp).
+// of the time of one mixer after the other on both threads (interleaved; bf16 autocast 0.81; 0.79 while another
+// process keeps a core busy: 12 fork/joins per forward instead of hundreds, each waiting for a preempted thread);
+// larger inputs split well op by op (mamba.PAIR_MAX_ELEMENTS limits the Python side's use).  The ops inside see an
+// active parallel region and run on their calling thread (ATen's parallel_for, MKL and oneDNN by default;
+// parallel_tasks in ops.cpp).
 // Lists hold mixer 0's entries first; per-direction lists mixer 0's two, then mixer 1's.  Returns both outputs,
 // the same bit for bit as two mixer_fwd calls.
 std::vector<Tensor> mixer_pair_fwd(std::vector<Tensor> hidden, std::vector<Tensor> w_in, std::vector<Tensor> conv_w,
