@@ -128,6 +128,24 @@ def test_two_directions_average_and_gate_like_two_reference_scans():
         assert_rel_close(a, e, 1e-5, f"grad {i}")
 
 
+def test_empty_sequence_has_empty_outputs_and_zero_parameter_gradients():
+    """L = 0 (both directions, with z): nothing to scan; the gradients of A, D and delta_bias are zeros, z gets its
+    own (empty) gradient, and a sum's expanded (stride-0) output gradient is accepted."""
+    g = torch.Generator().manual_seed(4)
+    t = lambda *s: torch.randn(*s, generator=g).requires_grad_()  # noqa: E731
+    per_dir = [dict(u=t(2, 0, 24), delta=t(2, 0, 24), A=t(24, 16), B=t(2, 0, 16), C=t(2, 0, 16), D=t(24),
+                    bias=t(24)) for _ in range(2)]
+    z = t(2, 0, 24)
+    out = ops.scan(*[[d[k] for d in per_dir] for k in ("u", "delta", "A", "B", "C", "D", "bias")], z, True)
+    assert out.shape == (2, 0, 24)
+    out.sum().backward()
+    for d in per_dir:
+        for name in ("A", "D", "bias"):
+            assert torch.equal(d[name].grad, torch.zeros_like(d[name])), name
+        assert d["u"].grad.shape == (2, 0, 24) and d["B"].grad.shape == (2, 0, 16)
+    assert z.grad.shape == (2, 0, 24)
+
+
 def test_decay_exp_is_accurate_across_its_range_and_propagates_nan(isa):
     """The kernels' vectorised exp (vmath.h) seen through the scan: with one state, B = C = 1, u = (1, 0) and
     delta = (1, d), y_1 = exp(d * A).  Per channel, d * A sweeps decays from 1 (d = 0 and tiny d) through

@@ -73,7 +73,9 @@ void check_cl(const Tensor& t, const char* name, int64_t d0, int64_t d1, int64_t
               " CPU tensor (like the other activations), got ", t.scalar_type(), " on ", t.device());
   TORCH_CHECK(t.dim() == 3 && t.size(0) == d0 && t.size(1) == d1 && t.size(2) == d2, "ssamba_cpu: ", name,
               " has shape ", t.sizes(), ", expected (", d0, ", ", d1, ", ", d2, ")");
-  TORCH_CHECK(t.stride(2) == 1 || d2 == 1, "ssamba_cpu: ", name, " must have unit stride in its last dimension");
+  // (an empty tensor counts as contiguous whatever its strides, so .contiguous() may leave an expanded one as is)
+  TORCH_CHECK(t.stride(2) == 1 || d2 == 1 || t.numel() == 0, "ssamba_cpu: ", name,
+              " must have unit stride in its last dimension");
 }
 
 void check_vec(const Tensor& t, const char* name, int64_t n) {
@@ -229,9 +231,10 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
     gdelta.push_back(at::empty({a.batch, a.length, a.dim}, opts));
     gBp.push_back(at::from_blob(ws + (2 * i) * part, {nseg, a.batch, a.length, a.nstate}, opts));
     gCp.push_back(at::from_blob(ws + (2 * i + 1) * part, {nseg, a.batch, a.length, a.nstate}, opts));
-    gA.push_back(at::zeros({a.batch, a.dim, a.nstate}, dopts));
-    gD.push_back(at::zeros({a.batch, a.dim}, dopts));
-    gbias.push_back(at::zeros({a.batch, a.dim}, dopts));
+    // each (batch entry, channel) belongs to one task, which writes its sums once: no zero fill needed
+    gA.push_back(at::empty({a.batch, a.dim, a.nstate}, dopts));
+    gD.push_back(at::empty({a.batch, a.dim}, dopts));
+    gbias.push_back(at::empty({a.batch, a.dim}, dopts));
     d.gu = gu.back().data_ptr<float>();
     d.gdelta = gdelta.back().data_ptr<float>();
     d.gB = gBp.back().data_ptr<float>();
@@ -241,11 +244,15 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
     d.gbias = gbias.back().data_ptr<double>();
   }
   Tensor gz;
-  if (a.z) {
+  if (z.has_value() && z->defined()) {  // (not a.z: an empty z has a null data pointer)
     gz = at::empty({a.batch, a.length, a.dim}, opts);
     a.gz = gz.data_ptr<float>();
   }
-  if (a.length > 0) scan_tasks(a, k, true, k->scan_bwd);
+  if (a.length > 0)
+    scan_tasks(a, k, true, k->scan_bwd);
+  else
+    for (std::vector<Tensor>* ts : {&gA, &gD, &gbias})
+      for (Tensor& t : *ts) t.zero_();
   std::vector<Tensor> result;
   for (auto& t : gu) result.push_back(t);
   for (auto& t : gdelta) result.push_back(t);

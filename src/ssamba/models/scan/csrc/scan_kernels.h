@@ -446,17 +446,17 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
         add_to_double(block_sums + (N + 1) * V::W, gbias_acc);
       }
     }
-    // every chunk done: the sums go to this batch entry's partials once (same additions, same order as
-    // adding each chunk there directly, so bit-identical to it)
+    // every chunk done: the sums become this batch entry's partials (written once: this task owns these
+    // channels of batch entry b, so the op allocates them without a zero fill)
     for (int g = 0; g < nb; ++g) {
       const BlockInfo bi = block_info(D, blk0 + g);
       const double* block_sums = sums + g * nsums;
       double* gA_out = d.gA + (b * D + bi.c0) * N;
       for (int i = 0; i < bi.nc; ++i)
-        for (int n = 0; n < N; ++n) gA_out[i * N + n] += block_sums[n * V::W + i];
+        for (int n = 0; n < N; ++n) gA_out[i * N + n] = block_sums[n * V::W + i];
       for (int i = 0; i < bi.nc; ++i) {
-        d.gD[b * D + bi.c0 + i] += block_sums[N * V::W + i];
-        d.gbias[b * D + bi.c0 + i] += block_sums[(N + 1) * V::W + i];
+        d.gD[b * D + bi.c0 + i] = block_sums[N * V::W + i];
+        d.gbias[b * D + bi.c0 + i] = block_sums[(N + 1) * V::W + i];
       }
     }
   }
