@@ -353,7 +353,8 @@ def model_latency() -> None:
     print(f"(matmul FLOPs {flops / 1e9:.2f} G; bf16 = autocast for the matmuls, bf16 w = the same with the Linear "
           "weights stored in bf16 (ssamba.models.precision.cast_matmul_weights: no per-forward weight casts, same "
           "outputs); all run round-robin with the floor's matmuls and scan, the speedups and fp32/floor are medians "
-          "of per-round ratios; targets: fp32 within 1.25x of the floor, bf16 >= 1.5x faster)")
+          "of per-round ratios; targets: fp32 within 1.25x of the floor, bf16 >= 1.5x faster; on 2 threads the two "
+          "mixers of each block pair run side by side, one per thread: ssamba.models.mamba.run_pair)")
 
 
 def versus_ssast(quick: bool) -> None:
