@@ -13,6 +13,13 @@ from ssamba.models.ssamba import SSAMBAEncoder
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="the CPU kernels could not be built here")
 
 
+@pytest.fixture(autouse=True)
+def restore_backend():
+    """Tests here select scan backends: the automatic choice comes back after each (later files rely on it)."""
+    yield
+    scan.set_backend(None)
+
+
 @pytest.fixture
 def threads():
     """Set torch's thread count for one test (CI has 2 cores; 2 threads also run where there is 1)."""
@@ -27,8 +34,7 @@ def pair_calls(monkeypatch):
     calls = []
     original = ops.mixer_pair
     monkeypatch.setattr(ops, "mixer_pair", lambda *a, **k: calls.append(1) or original(*a, **k))
-    yield calls
-    scan.set_backend(None)
+    return calls
 
 
 def mixers(seed: int, d_model: int = 24) -> tuple[BiMambaMixer, BiMambaMixer]:
