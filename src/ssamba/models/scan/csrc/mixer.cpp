@@ -84,7 +84,8 @@ Tensor mixer_fwd(Tensor hidden, Tensor w_in, std::vector<Tensor> conv_w, std::ve
 // gain from a second thread, and every op pays a fork/join); run side by side, every op of a mixer runs whole on
 // one core, with that core's L2 to itself.  Measured on 2 cores, SSAMBA-tiny forward at B=1, 512 tokens: 0.90-0.92
 // of the time of one mixer after the other on both threads (interleaved; bf16 autocast 0.81; 0.79 while another
-// process keeps a core busy: 12 fork/joins per forward instead of hundreds, each waiting for a preempted thread);
+// process keeps a core busy: one fork/join per block pair instead of one per op, each waiting for a preempted
+// thread);
 // larger inputs split well op by op (mamba.PAIR_MAX_ELEMENTS limits the Python side's use).  The ops inside see an
 // active parallel region and run on their calling thread (ATen's parallel_for, MKL and oneDNN by default;
 // parallel_tasks in ops.cpp).
