@@ -210,6 +210,18 @@ def _hooked(module: nn.Module) -> bool:
                 or hooks._global_forward_pre_hooks)
 
 
+def _side_by_side(first: BiMambaMixer, h_first: Tensor, second: BiMambaMixer, h_second: Tensor) -> bool:
+    """run_pair's conditions that need no cast of the inputs (see there)."""
+    # not while torch.compile traces: the thread count is no graph value, and the traced ops run the same mixers
+    if torch.compiler.is_compiling() or torch.get_num_threads() != 2 or h_first.shape != h_second.shape:
+        return False
+    if h_first.numel() // first.d_model * first.d_inner > PAIR_MAX_ELEMENTS:
+        return False
+    pairs = ((first, h_first), (second, h_second))
+    return all(type(m) is BiMambaMixer and not _hooked(m) and get_backend(h, m.scan_backend).name == "cpu"
+               and not m._wants_grad(h) for m, h in pairs)
+
+
 def run_pair(first: BiMambaMixer, h_first: Tensor, second: BiMambaMixer, h_second: Tensor) -> tuple[Tensor, Tensor]:
     """``(first(h_first), second(h_second, reverse=True))``: the mixers of an SSAMBA block pair.
 
@@ -218,18 +230,12 @@ def run_pair(first: BiMambaMixer, h_first: Tensor, second: BiMambaMixer, h_secon
     clip's mixer is too small to split well over two threads.  More threads keep the per-op parallelism: one
     mixer per thread would leave the rest idle.  Under ``torch.compile`` the mixers are traced one by one.
     """
-    # not while torch.compile traces: the thread count is no graph value, and the traced ops run the same mixers
-    if not torch.compiler.is_compiling() and torch.get_num_threads() == 2 and h_first.shape == h_second.shape:
-        pair = (first, second)
-        if all(type(m) is BiMambaMixer and not _hooked(m) for m in pair) and all(
-                get_backend(h, m.scan_backend).name == "cpu" for m, h in zip(pair, (h_first, h_second))):
-            (x_first, cast), (x_second, _) = (m._matmul_input(h) for m, h in zip(pair, (h_first, h_second)))
-            elements = x_first.numel() // first.d_model * first.d_inner
-            if (elements <= PAIR_MAX_ELEMENTS and first._inference_op_fits(x_first)
-                    and second._inference_op_fits(x_second)):
-                from ssamba.models.scan import ops
+    if _side_by_side(first, h_first, second, h_second):
+        (x_first, cast), (x_second, _) = first._matmul_input(h_first), second._matmul_input(h_second)
+        if first._inference_op_fits(x_first) and second._inference_op_fits(x_second):  # (not: fp16 autocast)
+            from ssamba.models.scan import ops
 
-                out = ops.mixer_pair((x_first, x_second), (first._mixer_args(False), second._mixer_args(True)),
-                                     cast_weights=cast)
-                return out[0], out[1]
+            out = ops.mixer_pair((x_first, x_second), (first._mixer_args(False), second._mixer_args(True)),
+                                 cast_weights=cast)
+            return out[0], out[1]
     return first(h_first), second(h_second, reverse=True)
