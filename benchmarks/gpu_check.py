@@ -7,6 +7,7 @@
    measured here), L = 1k..150k; forward+backward time and peak memory.
 4. SSAMBA-tiny vs SSAST-tiny (sdpa and naive attention), batch 2, 1k-150k frames: inference time and peak memory
    through ``ssamba.bench.efficiency`` (one subprocess per configuration), written to ``OUT/bench``.
+5. Eager vs CUDA-graph replay of both models at 4k and 22k tokens (the GPU's own time, without launch overhead).
 
     PYTHONPATH=src python benchmarks/gpu_check.py --out DIR [--budget-s 420]
 
@@ -85,7 +86,11 @@ def correctness() -> bool:
              ((1, 64, 4099, D_STATE), {}, TritonConfig(1, 1024, 4, "loop")),
              ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), TritonConfig(2, 512, 4, "loop")),
              ((2, D_INNER, 1000, D_STATE), dict(reverse=True), None),
-             ((2, D_INNER, 1000, D_STATE), dict(reverse=True), TritonConfig(2, 32, 4, "tile"))]
+             ((2, D_INNER, 1000, D_STATE), dict(reverse=True), TritonConfig(2, 32, 4, "tile")),
+             ((2, 5, 37, 5), {}, TritonConfig(2, 8, 1, "chunked")),
+             ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), TritonConfig(1, 256, 4, "chunked")),
+             ((1, 64, 4099, D_STATE), {}, TritonConfig(1, 512, 4, "chunked")),
+             ((2, D_INNER, 1000, D_STATE), dict(reverse=True), TritonConfig(1, 128, 2, "chunked"))]
     triton_scan = lambda **kw: selective_scan(**kw, backend="triton")  # noqa: E731
     reference_scan = lambda **kw: selective_scan(**kw, backend="reference")  # noqa: E731
     for shape, kw, config in cases:
@@ -103,6 +108,16 @@ def correctness() -> bool:
         ok &= good
         say(f"| {shape} {kw or ''} | {triton_ops.current_config()} | {e_out:.1e} | {worst} {errs[worst]:.1e}"
             f"{'' if good else ' FAIL'} |")
+    for config in (TritonConfig(1, 512, 4, "chunked"), TritonConfig(1, 128, 2, "chunked")):
+        triton_ops.set_config(config)
+        inp = inputs(2, D_INNER, 3000, D_STATE)
+        with torch.no_grad():
+            out = selective_scan(**inp, delta_softplus=True, backend="triton")
+            out64 = selective_scan(**{k: v.double() if v is not None else None for k, v in inp.items()},
+                                   delta_softplus=True, backend="reference")
+        e_out = rel_err(out, out64)
+        ok &= e_out < 1e-4
+        say(f"| (2, {D_INNER}, 3000, {D_STATE}) no grad | {config} | {e_out:.1e}{'' if e_out < 1e-4 else ' FAIL'} | |")
     triton_ops.set_config(None)
 
     from ssamba.models import build_encoder
@@ -175,10 +190,14 @@ def sweep(budget: float) -> TritonConfig:
     say("## 2. Launch shapes (B=2, d_inner=384, N=16, L=16384; forward no-grad / forward+backward, ms)")
     say("| block_d, chunk, warps, algo | forward | forward+backward |")
     say("|---|---|---|")
-    configs = [TritonConfig(*c) for c in ((2, 32, 4), (4, 32, 4), (1, 64, 2), (2, 64, 4),
-                                          (1, 256, 4, "loop"), (1, 512, 4, "loop"), (1, 1024, 4, "loop"),
-                                          (2, 512, 4, "loop"), (1, 1024, 8, "loop"), (1, 2048, 8, "loop"))]
+    configs = [TritonConfig(*c) for c in (
+        (1, 512, 4, "loop"), (1, 2048, 8, "loop"),
+        (1, 512, 4, "chunked"), (1, 256, 4, "chunked"), (1, 256, 2, "chunked"), (1, 512, 2, "chunked"),
+        (1, 128, 1, "chunked"), (1, 256, 1, "chunked"), (1, 1024, 4, "chunked"), (2, 256, 4, "chunked"),
+        (1, 128, 2, "chunked"), (1, 64, 1, "chunked"), (4, 128, 4, "chunked"), (2, 512, 8, "chunked"),
+        (1, 2048, 4, "loop"), (1, 2048, 8, "chunked"))]
     best, best_t = TritonConfig(), float("inf")
+    best_fwd, best_fwd_t = TritonConfig(), float("inf")
     for c in configs:
         if elapsed() > budget:
             say(f"| {c} | skipped: time budget | |")
@@ -193,8 +212,10 @@ def sweep(budget: float) -> TritonConfig:
         say(f"| {c.block_d}, {c.chunk}, {c.num_warps}, {c.algo} | {fwd:.3f} | {both:.3f} |")
         if fwd + both < best_t:
             best, best_t = c, fwd + both
+        if fwd < best_fwd_t:
+            best_fwd, best_fwd_t = c, fwd
     triton_ops.set_config(None)
-    say(f"\nfastest (forward + forward+backward): {best}\n")
+    say(f"\nfastest (forward + forward+backward): {best}; fastest forward: {best_fwd}\n")
     return best
 
 
@@ -215,16 +236,52 @@ def scan_table(config: TritonConfig, bandwidth: float, budget: float) -> None:
     say("")
 
 
-def model_table(config: TritonConfig, out: Path, budget_s: float) -> None:
+def model_table(config: TritonConfig, out: Path, budget_s: float, tokens: list[int]) -> None:
     from ssamba.bench.efficiency import BenchSpec, run_benchmark
 
     say("## 4. SSAMBA-tiny vs SSAST-tiny, batch 2, inference (ssamba.bench.efficiency)")
     os.environ[triton_ops.CONFIG_VAR] = f"{config.block_d},{config.chunk},{config.num_warps},{config.algo}"
-    tokens = [512, 1024, 2048, 4096, 8192, 22000, 75000]  # 1k .. 150k frames
     spec = BenchSpec(sizes=["tiny"], batches=[2], tokens=tokens, repeats=3, warmup=1, device="cuda",
-                     timeout_s=min(90.0, max(30.0, budget_s)))
+                     timeout_s=min(90.0, max(30.0, budget_s)), time_budget_s=budget_s)
     result = run_benchmark(spec, out / "bench")
     say(result.markdown)
+
+
+def graph_table(config: TritonConfig, budget: float, tokens: tuple[int, ...] = (4096, 22000), batch: int = 2) -> None:
+    """Eager vs CUDA-graph replay, in process: what each model costs the GPU without Python's launch overhead."""
+    from ssamba.models import build_encoder
+    from ssamba.models.config import preset
+
+    triton_ops.set_config(config)
+    say(f"## 5. Eager vs CUDA graph replay, batch {batch}, inference (ms; triton.testing.do_bench; {config})")
+    say("| tokens | model | eager ms | graph ms |")
+    say("|---|---|---|---|")
+    for n in tokens:
+        frames = n // 8 * 16
+        for arch, extra in (("ssamba", {}), ("ssast", {"attention": "sdpa"})):
+            if elapsed() > budget:
+                say(f"| {n} | {arch} | skipped: time budget | |")
+                continue
+            torch.manual_seed(0)
+            enc = build_encoder(preset(arch, "tiny", input_tdim=frames, drop_path_rate=0.0, **extra)).cuda().eval()
+            x = torch.randn(batch, frames, 128, device="cuda")
+            with torch.inference_mode():
+                eager = bench_ms(lambda: enc(x))
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(2):
+                        enc(x)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    enc(x)
+                replay = bench_ms(graph.replay)
+            say(f"| {n} | {arch}{'-' + extra['attention'] if extra else ''} | {eager:.2f} | {replay:.2f} |")
+            del enc, graph
+            torch.cuda.empty_cache()
+    triton_ops.set_config(None)
+    say("")
 
 
 def profile_model(tokens: int = 22000, batch: int = 2) -> None:
@@ -256,6 +313,8 @@ def main() -> int:
     parser.add_argument("--skip-model", action="store_true", help="scan only (sections 1-3)")
     parser.add_argument("--skip-sweep", action="store_true", help="use the default launch shape (no section 2)")
     parser.add_argument("--profile", action="store_true", help="top CUDA kernels of SSAMBA-tiny at 22k tokens")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 22000, 75000],
+                        help="token counts of the model table (default 1k .. 150k frames)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,12 +337,15 @@ def main() -> int:
     try:
         ok = guarded(correctness) or False
         bandwidth = guarded(copy_bandwidth) or 3e12
-        best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.45) or best)
-        guarded(scan_table, best, bandwidth, args.budget_s * 0.6)
-        if args.profile:
-            guarded(profile_model)
+        best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.35) or best)
+        guarded(scan_table, best, bandwidth, args.budget_s * 0.5)
         if not args.skip_model:
-            guarded(model_table, best, out, max(30.0, args.budget_s - elapsed()))
+            guarded(model_table, best, out, max(30.0, args.budget_s * 0.85 - elapsed()), args.tokens)
+            guarded(graph_table, best, args.budget_s)
+        if args.profile:
+            triton_ops.set_config(best)
+            guarded(profile_model)
+            triton_ops.set_config(None)
     finally:
         say(f"total {elapsed():.0f} s")
         (out / "gpu_check.md").write_text("\n".join(LINES) + "\n")

@@ -97,6 +97,26 @@ def test_a_failed_configuration_skips_the_larger_ones_of_its_series(tmp_path, mo
     assert rows[2].note == "a smaller configuration failed"
 
 
+def test_the_time_budget_stops_new_configurations_and_keeps_lengths_complete(tmp_path, monkeypatch):
+    clock = [0.0]
+    ran = []
+
+    def fake_run(config, spec):
+        ran.append((config.tokens, config.variant))
+        clock[0] += 10.0  # every configuration takes 10 s
+        return Row(config.variant, config.arch, config.attention, config.size, config.batch, config.tokens,
+                   config.frames, "ok", time_s=1.0, memory_mb=10.0)
+
+    monkeypatch.setattr(efficiency, "run_config", fake_run)
+    monkeypatch.setattr(efficiency.time, "monotonic", lambda: clock[0])
+    spec = BenchSpec(sizes=["tiny"], batches=[1], tokens=[32, 64, 128], time_budget_s=25)
+    rows = efficiency.run_benchmark(spec, tmp_path).rows
+    # all variants of 32 tokens run first (30 s > 25 s), then nothing new starts
+    assert ran == [(32, "ssamba"), (32, "ssast-sdpa"), (32, "ssast-naive")]
+    assert [(r.tokens, r.status) for r in rows[3:]] == [(64, "skipped")] * 3 + [(128, "skipped")] * 3
+    assert {r.note for r in rows[3:]} == {"time budget (25 s)"}
+
+
 def test_default_token_sweep_and_target_verdicts():
     assert BenchSpec(max_tokens=22000).token_counts() == [512, 1024, 2048, 4096, 8192, 16384, 22000]
     rows = [Row("ssamba", "ssamba", "sdpa", "tiny", 1, 2048, 4096, "ok", time_s=0.5, memory_mb=4.0),

@@ -24,7 +24,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(params=["tile", "loop"])
+@pytest.fixture(params=["tile", "loop", "chunked"])
 def config(request):
     """Small launch shapes so that several chunks and channel blocks (some partial) are crossed; both algorithms."""
     triton_ops.set_config(TritonConfig(block_d=2, chunk=8, num_warps=1, algo=request.param))
@@ -63,6 +63,18 @@ def test_forward_and_gradients_match_float64(case, softplus, config):
     for name, grad in grads.items():
         assert grad.dtype == torch.float32 and grad.shape == inputs[name].shape, name
         assert rel_err(grad, grads64[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_inference_path_matches_float64(config, reverse):
+    """Without gradients the forward saves nothing (and "chunked" still needs its chunk states): 5 chunks here."""
+    inputs = make_inputs(batch=2, dim=3, length=37, n=16)
+    with torch.no_grad():
+        out = selective_scan(**{k: v.to(DEVICE) if v is not None else None for k, v in inputs.items()},
+                             delta_softplus=True, backend="triton", reverse=reverse)
+        ref = selective_scan(**{k: v.double() if v is not None else None for k, v in inputs.items()},
+                             delta_softplus=True, backend="reference", reverse=reverse)
+    assert rel_err(out, ref) < 1e-4
 
 
 def test_reverse_scan_matches_flipped_reference(config):

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import soundfile as sf
 import torch
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,16 @@ class AudioLoadError(ValueError):
         self.reason = reason
 
 
+def _soundfile():
+    """soundfile, imported on first use: ``import ssamba`` (models, benchmarks) must not need libsndfile."""
+    try:
+        import soundfile
+    except (ImportError, OSError) as exc:  # OSError: the package is there but libsndfile is not
+        raise ImportError(f"reading and writing audio needs the 'soundfile' package and libsndfile ({exc}); "
+                          "pip install soundfile") from exc
+    return soundfile
+
+
 def to_mono(waveform: torch.Tensor, policy: MonoPolicy) -> torch.Tensor:
     """Reduce ``(channels, samples)`` to ``(1, samples)`` by ``policy`` (``None`` returns it unchanged)."""
     if policy is None or waveform.shape[0] == 1:
@@ -44,6 +53,7 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
     """``(sample_rate, frames, channels)`` from the header only, without decoding the samples."""
     path = Path(path)
     _check_file(path)
+    sf = _soundfile()
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
@@ -62,6 +72,7 @@ def load_audio(path: str | Path, *, mono: MonoPolicy = "first", sample_rate: int
     """
     path = Path(path)
     _check_file(path)
+    sf = _soundfile()
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -88,7 +99,7 @@ def save_audio(path: str | Path, waveform: torch.Tensor, sample_rate: int, subty
     data = torch.as_tensor(waveform).detach().cpu().float()
     if data.ndim == 1:
         data = data[None]
-    sf.write(str(path), data.T.numpy(), int(sample_rate), subtype=subtype)
+    _soundfile().write(str(path), data.T.numpy(), int(sample_rate), subtype=subtype)
 
 
 def _check_file(path: Path) -> None:

@@ -52,6 +52,7 @@ class BenchSpec:
     clock: str = "wall"  # which time the tables and plots show: "wall" (elapsed) or "cpu" (process CPU time)
     timeout_s: float = 3600.0
     memory_limit_gb: float | None = None
+    time_budget_s: float | None = None  # no new configuration starts after this; the rest are reported as skipped
 
     def token_counts(self) -> list[int]:
         counts = self.tokens or _doubling(512, self.max_tokens)
@@ -205,9 +206,11 @@ class Row:
 
 
 def plan(spec: BenchSpec) -> list[Config]:
+    """Every configuration, smallest token count first with all variants of it together, so that a run cut short
+    by ``time_budget_s`` still holds complete comparisons up to some length."""
     device = spec.resolved_device()
     return [Config(v, s, b, t, spec.repeats, spec.warmup, spec.threads, device, spec.depth)
-            for s in spec.sizes for b in spec.batches for v in spec.variants for t in spec.token_counts()]
+            for s in spec.sizes for b in spec.batches for t in spec.token_counts() for v in spec.variants]
 
 
 def run_config(config: Config, spec: BenchSpec) -> Row:
@@ -277,11 +280,13 @@ def run_benchmark(spec: BenchSpec, out_dir: str | Path) -> BenchResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     broken: set[tuple] = set()
+    start = time.monotonic()
     for config in plan(spec):
         series = (config.variant, config.size, config.batch)
-        if series in broken:
+        if series in broken or (spec.time_budget_s is not None and time.monotonic() - start > spec.time_budget_s):
+            note = "a smaller configuration failed" if series in broken else f"time budget ({spec.time_budget_s:g} s)"
             row = Row(config.variant, config.arch, config.attention, config.size, config.batch, config.tokens,
-                      config.frames, "skipped", device=config.device, note="a smaller configuration failed")
+                      config.frames, "skipped", device=config.device, note=note)
         else:
             row = run_config(config, spec)
             if row.status in ("failed", "timeout"):

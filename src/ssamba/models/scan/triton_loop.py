@@ -1,4 +1,4 @@
-"""The "loop" algorithm of the triton scan: the state index is a loop, time is the tile.
+"""The "loop" and "chunked" algorithms of the triton scan: the state index is a loop, time is the tile.
 
 Where ``triton_ops``' "tile" kernels scan a (channels, states, time) tile, whose layout spreads the time axis over
 the lanes of a warp (every scan level is a shuffle) and sums the states across lanes, these kernels hold a
@@ -8,6 +8,12 @@ registers with no reduction.  Long chunks (hundreds of steps) amortise the per-c
 
 Same signatures, state layout and semantics as the tile kernels (see ``triton_ops``); with a ``z`` gate the forward
 also saves the pre-gate output, which the backward needs for dz (as mamba_ssm does).
+
+"chunked" runs the forward in three launches so that the chunks of a sequence run in parallel too: a (batch,
+channel) pair alone is far too little work for a GPU (SSAMBA-tiny at batch 2 has 768 of them for an H200's 132
+SMs), so the sequential walk leaves most of the machine idle.  ``chunk_end_kernel`` computes every chunk's end state
+from a zero start, ``chunk_carry_kernel`` chains them into the true chunk start states (the same ``states`` the
+backward reads), and the forward kernel then computes all chunks at once.  The backward is the loop one.
 """
 from __future__ import annotations
 
@@ -20,7 +26,11 @@ def fwd_loop_kernel(
     s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    CHUNK_PARALLEL: tl.constexpr = False,
 ):
+    """The forward scan.  Sequential: a program walks all chunks, carrying the state (and saves each chunk's start
+    state with SAVE_STATES).  CHUNK_PARALLEL: a program computes one chunk (program axis 2) from the start state
+    that ``chunk_end_kernel`` and ``chunk_carry_kernel`` wrote to ``states``."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -36,8 +46,15 @@ def fwd_loop_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
-    carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # state of every (channel, n) at the chunk start
-    for ci in range(n_chunks):
+    if CHUNK_PARALLEL:
+        c_lo = tl.program_id(2)
+        c_hi = c_lo + 1
+        carry = tl.load(states_ptr + state_off + c_lo * d_state, mask=mask_dn, other=0.0)
+    else:
+        c_lo = 0
+        c_hi = n_chunks
+        carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # state of every (channel, n) at the chunk start
+    for ci in range(c_lo, c_hi):
         t = ci * CHUNK + offs_t
         mask_t = t < length
         mask_x = mask_d[:, None] & mask_t[None, :]
@@ -45,27 +62,101 @@ def fwd_loop_kernel(
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
         dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)  # 0 past the end: the identity step
         dlu = dl * u
-        if SAVE_STATES:
+        if SAVE_STATES and not CHUNK_PARALLEL:
             tl.store(states_ptr + state_off + ci * d_state, carry, mask=mask_dn)
         y = Dv[:, None] * u
+        # state n's A, B, C are loaded one iteration ahead: the loads of n + 1 overlap the scan of n
+        bc = pid_b * s_bb + t * s_bl
+        A_n = tl.load(A_ptr + offs_d * d_state, mask=mask_d, other=0.0).to(tl.float32) * log2e
+        B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
         for n in range(d_state):
-            A_n = tl.load(A_ptr + offs_d * d_state + n, mask=mask_d, other=0.0).to(tl.float32) * log2e
-            bc = pid_b * s_bb + n * s_bn + t * s_bl
-            B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
-            C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+            nxt = (n + 1) % d_state  # the last iteration reloads state 0, unused
+            A_next = tl.load(A_ptr + offs_d * d_state + nxt, mask=mask_d, other=0.0).to(tl.float32) * log2e
+            B_next = tl.load(B_ptr + bc + nxt * s_bn, mask=mask_t, other=0.0).to(tl.float32)
+            C_next = tl.load(C_ptr + bc + nxt * s_bn, mask=mask_t, other=0.0).to(tl.float32)
             h0 = tl.sum(tl.where(offs_n[None, :] == n, carry, 0.0), axis=1)
             pa, pb = tl.associative_scan((tl.exp2(dl * A_n[:, None]), dlu * B_n[None, :]), axis=1,
                                          combine_fn=_combine)
             h = pb + pa * h0[:, None]
             y += h * C_n[None, :]
-            h_last = tl.sum(tl.where((offs_t == CHUNK - 1)[None, :], h, 0.0), axis=1)
-            carry = tl.where(offs_n[None, :] == n, h_last[:, None], carry)
+            if not CHUNK_PARALLEL:  # the next chunk's start state (the chunk-parallel mode has it already)
+                h_last = tl.sum(tl.where((offs_t == CHUNK - 1)[None, :], h, 0.0), axis=1)
+                carry = tl.where(offs_n[None, :] == n, h_last[:, None], carry)
+            A_n, B_n, C_n = A_next, B_next, C_next
         if HAS_Z:
             if SAVE_STATES:
                 tl.store(ypre_ptr + x_off, y, mask=mask_x)
             zt = tl.load(z_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
             y = y * zt * tl.sigmoid(zt)
         tl.store(out_ptr + x_off, y, mask=mask_x)
+
+
+def chunk_end_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, bias_ptr, ends_ptr, dsum_ptr,
+    dim, length, d_state, n_chunks,
+    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """First pass of the chunk-parallel forward, one program per (batch, channel block, chunk): the chunk's end
+    state from a zero start, ``sum_t exp(A sum_{s>t} delta_s) delta_t u_t B_t``, and ``sum_t delta_t`` (the chunk's
+    decay is ``exp(A sum delta)``).  A weighted sum over time, not a scan: one reverse cumsum of delta serves all N
+    states."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    ci = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, CHUNK)
+    mask_d = offs_d < dim
+    mask_dn = mask_d[:, None] & (offs_n < d_state)[None, :]
+    log2e = 1.4426950408889634
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    t = ci * CHUNK + offs_t
+    mask_t = t < length
+    mask_x = mask_d[:, None] & mask_t[None, :]
+    x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
+    u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
+    dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)  # 0 past the end: the identity step
+    dlu = dl * u
+    rest = tl.cumsum(dl, axis=1, reverse=True) - dl  # sum of delta over the later steps of the chunk
+    bc = pid_b * s_bb + t * s_bl
+    ends = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    for n in range(d_state):
+        A2_n = tl.load(A_ptr + offs_d * d_state + n, mask=mask_d, other=0.0).to(tl.float32) * log2e
+        B_n = tl.load(B_ptr + bc + n * s_bn, mask=mask_t, other=0.0).to(tl.float32)
+        end_n = tl.sum(dlu * B_n[None, :] * tl.exp2(rest * A2_n[:, None]), axis=1)
+        ends = tl.where(offs_n[None, :] == n, end_n[:, None], ends)
+    state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks + ci) * d_state + offs_n[None, :]
+    tl.store(ends_ptr + state_off, ends, mask=mask_dn)
+    tl.store(dsum_ptr + (pid_b * dim + offs_d) * n_chunks + ci, tl.sum(dl, axis=1), mask=mask_d)
+
+
+def chunk_carry_kernel(
+    states_ptr, dsum_ptr, A_ptr, dim, d_state, n_chunks,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Second pass: walks the chunks of a (batch, channel block), turning each chunk's zero-start end state (read
+    from ``states``) into the chunk's true start state (written in its place): ``h <- exp(A sum delta) h + end``.
+    """
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_dn = mask_d[:, None] & (offs_n < d_state)[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * d_state + offs_n[None, :], mask=mask_dn, other=0.0) * 1.4426950408889634
+    base = (pid_b * dim + offs_d) * n_chunks
+    carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    for ci in range(n_chunks):
+        off = (base[:, None] + ci) * d_state + offs_n[None, :]
+        end = tl.load(states_ptr + off, mask=mask_dn, other=0.0)
+        tl.store(states_ptr + off, carry, mask=mask_dn)
+        dsum = tl.load(dsum_ptr + base + ci, mask=mask_d, other=0.0)
+        carry = tl.exp2(A2 * dsum[:, None]) * carry + end
 
 
 def bwd_loop_kernel(

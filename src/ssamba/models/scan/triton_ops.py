@@ -57,6 +57,9 @@ def supports(t: Tensor) -> bool:
     return available() and (t.is_cuda or (t.device.type == "cpu" and interpreted()))
 
 
+ALGOS = ("tile", "loop", "chunked")
+
+
 @dataclass(frozen=True)
 class TritonConfig:
     """Launch shape and algorithm: channels per program, steps per chunk (both powers of two), warps per program;
@@ -83,8 +86,8 @@ class TritonConfig:
             raise ValueError(f"{CONFIG_VAR}={text!r}: expected 'block_d,chunk,num_warps[,algo]' "
                              f"with three integers") from None
         config = cls(block_d, chunk, warps, *fields[3:])
-        if config.algo not in ("tile", "loop"):
-            raise ValueError(f"{CONFIG_VAR}={text!r}: algo must be 'tile' or 'loop', got {config.algo!r}")
+        if config.algo not in ALGOS:
+            raise ValueError(f"{CONFIG_VAR}={text!r}: algo must be one of {', '.join(ALGOS)}, got {config.algo!r}")
         for name in ("block_d", "chunk", "num_warps"):
             value = getattr(config, name)
             if value < 1 or value & (value - 1):
@@ -278,16 +281,27 @@ def _bwd_kernel(
     tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
 
 
-@functools.lru_cache(maxsize=None)
 def _kernel(name: str, algo: str):
-    if algo == "loop":
+    """The jitted kernel ``name`` ("fwd", "bwd", "chunk_end", "chunk_carry") of an algorithm ("chunked" runs the
+    "loop" kernels)."""
+    return _jitted(name, "tile" if algo == "tile" else "loop")
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(name: str, family: str):
+    if family == "loop":
         from ssamba.models.scan import triton_loop
 
-        return triton.jit({"fwd": triton_loop.fwd_loop_kernel, "bwd": triton_loop.bwd_loop_kernel}[name])
+        return triton.jit({"fwd": triton_loop.fwd_loop_kernel, "bwd": triton_loop.bwd_loop_kernel,
+                           "chunk_end": triton_loop.chunk_end_kernel,
+                           "chunk_carry": triton_loop.chunk_carry_kernel}[name])
     return triton.jit({"fwd": _fwd_kernel, "bwd": _bwd_kernel}[name])
 
 
 # ------------------------------------------------------------------------------------------------------ autograd
+_MAX_GRID_Z = 65535  # CUDA's limit on the third grid axis (chunks of the chunk-parallel forward)
+
+
 def _launch_shape(config: TritonConfig, batch: int, dim: int, length: int) -> tuple[tuple[int, int], int]:
     chunk = min(config.chunk, max(1, triton.next_power_of_2(length)))
     return (batch, triton.cdiv(dim, config.block_d)), chunk
@@ -311,7 +325,7 @@ class _SelectiveScan(torch.autograd.Function):
         d_state = A.shape[1]
         u_, dl_ = u.contiguous(), delta.contiguous()
         z_ = None if z is None else z.contiguous()
-        B_, C_ = B.contiguous(), C.contiguous()
+        B_, C_ = (B, C) if B.stride() == C.stride() else (B.contiguous(), C.contiguous())  # any shared strides
         A_ = A.float().contiguous()
         config = current_config()
         grid, chunk = _launch_shape(config, batch, dim, length)
@@ -319,19 +333,39 @@ class _SelectiveScan(torch.autograd.Function):
         save = any(ctx.needs_input_grad)
         f32 = dict(dtype=torch.float32, device=u.device)
         out = torch.empty_like(u_)
-        states = torch.empty(batch, dim, n_chunks if save else 0, d_state, **f32)
-        loop = config.algo == "loop"
+        # "chunked": every chunk's start state first (two small launches), then all chunks at once
+        parallel = config.algo == "chunked" and 1 < n_chunks <= _MAX_GRID_Z
+        states = torch.empty(batch, dim, n_chunks if (save or parallel) else 0, d_state, **f32)
+        loop = config.algo in ("loop", "chunked")
         ypre = torch.empty(u.shape, **f32) if (loop and save and z is not None) else None
         dummy = A_
         r = bool(reverse)
+        block_n = triton.next_power_of_2(d_state)
+        extra = {}
+        if parallel:
+            dsum = torch.empty(batch, dim, n_chunks, **f32)
+            _kernel("chunk_end", config.algo)[grid + (n_chunks,)](
+                _at(u_, r), _at(dl_, r), A_, _at(B_, r),
+                dummy if delta_bias is None else delta_bias.float().contiguous(), states, dsum,
+                dim, length, d_state, n_chunks, *_time_strides(u_, B_, r),
+                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                BLOCK_D=config.block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=config.num_warps,
+            )
+            carry_d = min(32, triton.next_power_of_2(dim))
+            _kernel("chunk_carry", config.algo)[(batch, triton.cdiv(dim, carry_d))](
+                states, dsum, A_, dim, d_state, n_chunks, BLOCK_D=carry_d, BLOCK_N=block_n, num_warps=2,
+            )
+            grid = grid + (n_chunks,)
+            extra = dict(CHUNK_PARALLEL=True)
         _kernel("fwd", config.algo)[grid](
             _at(u_, r), _at(dl_, r), A_, _at(B_, r), _at(C_, r), dummy if D is None else D.float().contiguous(),
             dummy if z_ is None else _at(z_, r), dummy if delta_bias is None else delta_bias.float().contiguous(),
-            _at(out, r), states if save else dummy, *([dummy if ypre is None else _at(ypre, r)] if loop else []),
+            _at(out, r), states if (save or parallel) else dummy,
+            *([dummy if ypre is None else _at(ypre, r)] if loop else []),
             dim, length, d_state, n_chunks, *_time_strides(u_, B_, r),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            SAVE_STATES=save, BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(d_state), CHUNK=chunk,
-            num_warps=config.num_warps,
+            SAVE_STATES=save, BLOCK_D=config.block_d, BLOCK_N=block_n, CHUNK=chunk,
+            num_warps=config.num_warps, **extra,
         )
         if save:
             ctx.save_for_backward(u_, dl_, A_, B_, C_, D, z_, delta_bias, states, ypre)
@@ -364,7 +398,7 @@ class _SelectiveScan(torch.autograd.Function):
         _kernel("bwd", config.algo)[grid](
             _at(u, r), _at(dl, r), A, _at(B, r), _at(C, r), dummy if D is None else D.float().contiguous(),
             dummy if z is None else _at(z, r), dummy if delta_bias is None else delta_bias.float().contiguous(),
-            _at(dout, r), states, *([dummy if ypre is None else _at(ypre, r)] if config.algo == "loop" else []),
+            _at(dout, r), states, *([dummy if ypre is None else _at(ypre, r)] if config.algo != "tile" else []),
             _at(du, r), _at(ddl, r), dummy if dz is None else _at(dz, r), dA, dB, dC, dD, dbias,
             dim, length, d_state, n_chunks, *_time_strides(u, B, r),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
