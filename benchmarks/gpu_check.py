@@ -186,11 +186,11 @@ def scan_times(batch: int, length: int) -> tuple[float, float, float]:
     return fwd, both, peak
 
 
-def sweep(budget: float) -> TritonConfig:
+def sweep(budget: float, configs: list[TritonConfig] | None = None) -> TritonConfig:
     say("## 2. Launch shapes (B=2, d_inner=384, N=16, L=16384; forward no-grad / forward+backward, ms)")
     say("| block_d, chunk, warps, algo | forward | forward+backward |")
     say("|---|---|---|")
-    configs = [TritonConfig(*c) for c in (
+    configs = configs or [TritonConfig(*c) for c in (
         (1, 512, 4, "loop"), (1, 2048, 8, "loop"),
         (1, 512, 4, "chunked"), (1, 256, 4, "chunked"), (1, 256, 2, "chunked"), (1, 512, 2, "chunked"),
         (1, 128, 1, "chunked"), (1, 256, 1, "chunked"), (1, 1024, 4, "chunked"), (2, 256, 4, "chunked"),
@@ -313,6 +313,13 @@ def main() -> int:
     parser.add_argument("--skip-model", action="store_true", help="scan only (sections 1-3)")
     parser.add_argument("--skip-sweep", action="store_true", help="use the default launch shape (no section 2)")
     parser.add_argument("--profile", action="store_true", help="top CUDA kernels of SSAMBA-tiny at 22k tokens")
+    parser.add_argument("--configs", type=lambda text: [TritonConfig.parse(c) for c in text.split(";")],
+                        help="launch shapes of the sweep, 'block_d,chunk,warps,algo;...' (default: a built-in list)")
+    parser.add_argument("--skip-table", action="store_true", help="no subprocess model table (section 4)")
+    parser.add_argument("--graph-tokens", type=int, nargs="*", default=[4096, 22000],
+                        help="token counts of the eager vs CUDA-graph section (none: skip it)")
+    parser.add_argument("--profile-tokens", type=int, nargs="+", default=[22000],
+                        help="token counts profiled with --profile")
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 22000, 75000],
                         help="token counts of the model table (default 1k .. 150k frames)")
     args = parser.parse_args()
@@ -337,14 +344,16 @@ def main() -> int:
     try:
         ok = guarded(correctness) or False
         bandwidth = guarded(copy_bandwidth) or 3e12
-        best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.35) or best)
+        best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.35, args.configs) or best)
         guarded(scan_table, best, bandwidth, args.budget_s * 0.5)
-        if not args.skip_model:
+        if not (args.skip_model or args.skip_table):
             guarded(model_table, best, out, max(30.0, args.budget_s * 0.85 - elapsed()), args.tokens)
-            guarded(graph_table, best, args.budget_s)
+        if not args.skip_model and args.graph_tokens:
+            guarded(graph_table, best, args.budget_s, tuple(args.graph_tokens))
         if args.profile:
             triton_ops.set_config(best)
-            guarded(profile_model)
+            for tokens in args.profile_tokens:
+                guarded(profile_model, tokens)
             triton_ops.set_config(None)
     finally:
         say(f"total {elapsed():.0f} s")
