@@ -169,6 +169,18 @@ def scan_times(batch: int, length: int) -> tuple[float, float, float]:
     inp = inputs(batch, D_INNER, length, D_STATE)
     with torch.no_grad():
         fwd = bench_ms(lambda: triton_ops.selective_scan_triton(**inp, delta_softplus=True))
+    return fwd, *_scan_backward_times(batch, length, inp)
+
+
+def reverse_ms(batch: int, length: int) -> float:
+    """Forward ms of a reverse scan (negated time strides), which half of the mixer's scans are."""
+    inp = inputs(batch, D_INNER, length, D_STATE)
+    with torch.no_grad():
+        return bench_ms(lambda: triton_ops.selective_scan_triton(**inp, delta_softplus=True, reverse=True))
+
+
+def _scan_backward_times(batch: int, length: int, inp: dict) -> tuple[float, float]:
+    """(forward+backward ms, peak MB of forward+backward)."""
     leaves = {k: (v.requires_grad_() if v is not None else None) for k, v in inp.items()}
     grad = torch.randn(batch, D_INNER, length, device="cuda")
 
@@ -183,7 +195,7 @@ def scan_times(batch: int, length: int) -> tuple[float, float, float]:
     step()
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    return fwd, both, peak
+    return both, peak
 
 
 def sweep(budget: float, configs: list[TritonConfig] | None = None) -> TritonConfig:
@@ -222,16 +234,17 @@ def sweep(budget: float, configs: list[TritonConfig] | None = None) -> TritonCon
 def scan_table(config: TritonConfig, bandwidth: float, budget: float) -> None:
     say(f"## 3. Scan vs memory-bandwidth floor (B=2, d_inner=384, N=16, fp32; copy bandwidth {bandwidth / 1e12:.2f}"
         f" TB/s; {config})")
-    say("| L | forward ms | floor ms | forward / floor | forward+backward ms | fwd+bwd peak MB |")
-    say("|---|---|---|---|---|---|")
+    say("| L | forward ms | floor ms | forward / floor | reverse forward ms | forward+backward ms | fwd+bwd peak MB |")
+    say("|---|---|---|---|---|---|---|")
     triton_ops.set_config(config)
     for length in (1024, 4096, 16384, 65536, 150000):
         if elapsed() > budget:
-            say(f"| {length} | skipped: time budget | | | | |")
+            say(f"| {length} | skipped: time budget | | | | | |")
             continue
         fwd, both, peak = scan_times(2, length)
         floor = scan_bytes(2, length) / bandwidth * 1e3
-        say(f"| {length} | {fwd:.3f} | {floor:.3f} | {fwd / floor:.2f} | {both:.3f} | {peak:.0f} |")
+        say(f"| {length} | {fwd:.3f} | {floor:.3f} | {fwd / floor:.2f} | {reverse_ms(2, length):.3f} | {both:.3f} "
+            f"| {peak:.0f} |")
     triton_ops.set_config(None)
     say("")
 

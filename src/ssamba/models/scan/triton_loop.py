@@ -49,7 +49,7 @@ def fwd_loop_kernel(
     if CHUNK_PARALLEL:
         c_lo = tl.program_id(2)
         c_hi = c_lo + 1
-        carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # unused: each state's start is loaded below
+        carry = tl.load(states_ptr + state_off + c_lo * d_state, mask=mask_dn, other=0.0)
     else:
         c_lo = 0
         c_hi = n_chunks
@@ -65,29 +65,21 @@ def fwd_loop_kernel(
         if SAVE_STATES and not CHUNK_PARALLEL:
             tl.store(states_ptr + state_off + ci * d_state, carry, mask=mask_dn)
         y = Dv[:, None] * u
-        # Per-state values are loaded through pointer tiles shaped like the (channels, time) tile (broadcast along
-        # the other axis; a warp reading one address is one transaction), so they arrive in the tile's register
-        # layout with no layout conversion (a round trip through shared memory and a barrier per state).  State
-        # n's A, B, C are loaded one iteration ahead: the loads of n + 1 overlap the scan of n.
-        zero_t = 0 * offs_t[None, :]
-        a_ptrs = A_ptr + offs_d[:, None] * d_state + zero_t
-        bc_ptrs = pid_b * s_bb + t[None, :] * s_bl + 0 * offs_d[:, None]
-        A_n = tl.load(a_ptrs, mask=mask_x, other=0.0).to(tl.float32) * log2e
-        B_n = tl.load(B_ptr + bc_ptrs, mask=mask_x, other=0.0).to(tl.float32)
-        C_n = tl.load(C_ptr + bc_ptrs, mask=mask_x, other=0.0).to(tl.float32)
-        h0_ptrs = states_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks + ci) * d_state + zero_t
+        # state n's A, B, C are loaded one iteration ahead: the loads of n + 1 overlap the scan of n
+        bc = pid_b * s_bb + t * s_bl
+        A_n = tl.load(A_ptr + offs_d * d_state, mask=mask_d, other=0.0).to(tl.float32) * log2e
+        B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
+        C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
         for n in range(d_state):
             nxt = (n + 1) % d_state  # the last iteration reloads state 0, unused
-            A_next = tl.load(a_ptrs + nxt, mask=mask_x, other=0.0).to(tl.float32) * log2e
-            B_next = tl.load(B_ptr + bc_ptrs + nxt * s_bn, mask=mask_x, other=0.0).to(tl.float32)
-            C_next = tl.load(C_ptr + bc_ptrs + nxt * s_bn, mask=mask_x, other=0.0).to(tl.float32)
-            if CHUNK_PARALLEL:  # the chunk's start state, straight from memory in the tile's layout
-                h0 = tl.load(h0_ptrs + n, mask=mask_x, other=0.0)
-            else:
-                h0 = tl.sum(tl.where(offs_n[None, :] == n, carry, 0.0), axis=1)[:, None]
-            pa, pb = tl.associative_scan((tl.exp2(dl * A_n), dlu * B_n), axis=1, combine_fn=_combine)
-            h = pb + pa * h0
-            y += h * C_n
+            A_next = tl.load(A_ptr + offs_d * d_state + nxt, mask=mask_d, other=0.0).to(tl.float32) * log2e
+            B_next = tl.load(B_ptr + bc + nxt * s_bn, mask=mask_t, other=0.0).to(tl.float32)
+            C_next = tl.load(C_ptr + bc + nxt * s_bn, mask=mask_t, other=0.0).to(tl.float32)
+            h0 = tl.sum(tl.where(offs_n[None, :] == n, carry, 0.0), axis=1)
+            pa, pb = tl.associative_scan((tl.exp2(dl * A_n[:, None]), dlu * B_n[None, :]), axis=1,
+                                         combine_fn=_combine)
+            h = pb + pa * h0[:, None]
+            y += h * C_n[None, :]
             if not CHUNK_PARALLEL:  # the next chunk's start state (the chunk-parallel mode has it already)
                 h_last = tl.sum(tl.where((offs_t == CHUNK - 1)[None, :], h, 0.0), axis=1)
                 carry = tl.where(offs_n[None, :] == n, h_last[:, None], carry)
@@ -115,8 +107,10 @@ def chunk_end_kernel(
     pid_d = tl.program_id(1)
     ci = tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, CHUNK)
     mask_d = offs_d < dim
+    mask_dn = mask_d[:, None] & (offs_n < d_state)[None, :]
     log2e = 1.4426950408889634
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
@@ -129,13 +123,15 @@ def chunk_end_kernel(
     dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)  # 0 past the end: the identity step
     dlu = dl * u
     rest = tl.cumsum(dl, axis=1, reverse=True) - dl  # sum of delta over the later steps of the chunk
-    a_ptrs = A_ptr + offs_d[:, None] * d_state + 0 * offs_t[None, :]  # tile-shaped, as in fwd_loop_kernel
-    b_ptrs = B_ptr + pid_b * s_bb + t[None, :] * s_bl + 0 * offs_d[:, None]
-    end_ptrs = ends_ptr + ((pid_b * dim + offs_d) * n_chunks + ci) * d_state
+    bc = pid_b * s_bb + t * s_bl
+    ends = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     for n in range(d_state):
-        A2_n = tl.load(a_ptrs + n, mask=mask_x, other=0.0).to(tl.float32) * log2e
-        B_n = tl.load(b_ptrs + n * s_bn, mask=mask_x, other=0.0).to(tl.float32)
-        tl.store(end_ptrs + n, tl.sum(dlu * B_n * tl.exp2(rest * A2_n), axis=1), mask=mask_d)
+        A2_n = tl.load(A_ptr + offs_d * d_state + n, mask=mask_d, other=0.0).to(tl.float32) * log2e
+        B_n = tl.load(B_ptr + bc + n * s_bn, mask=mask_t, other=0.0).to(tl.float32)
+        end_n = tl.sum(dlu * B_n[None, :] * tl.exp2(rest * A2_n[:, None]), axis=1)
+        ends = tl.where(offs_n[None, :] == n, end_n[:, None], ends)
+    state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks + ci) * d_state + offs_n[None, :]
+    tl.store(ends_ptr + state_off, ends, mask=mask_dn)
     tl.store(dsum_ptr + (pid_b * dim + offs_d) * n_chunks + ci, tl.sum(dl, axis=1), mask=mask_d)
 
 

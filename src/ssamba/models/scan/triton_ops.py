@@ -8,7 +8,8 @@ Algorithm.  A program owns one batch element and a block of ``block_d`` channels
 of the chunk is computed in parallel.  Two algorithms (``TritonConfig.algo``): "tile" (this module) scans a
 (block_d, N, chunk) tile; "loop" (``triton_loop``, the default: 1.4x faster forward on an H200) loops over the N
 states with a (block_d, chunk) tile, so ``y`` needs no reduction over the states and each thread scans several
-consecutive steps before any cross-lane exchange.  The forward saves the state at each
+consecutive steps before any cross-lane exchange; "chunked" is "loop" with a forward that computes all chunks of a
+sequence in parallel from precomputed chunk start states.  The forward saves the state at each
 chunk start (N floats per chunk and channel); the backward walks the chunks in reverse, recomputes the states of a
 chunk from its saved start (an exclusive scan, so ``h_{t-1}`` is exact rather than ``(h_t - b_t) / a_t``), and runs
 the adjoint recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` as a reverse associative scan, carrying ``g`` across
@@ -63,11 +64,15 @@ ALGOS = ("tile", "loop", "chunked")
 @dataclass(frozen=True)
 class TritonConfig:
     """Launch shape and algorithm: channels per program, steps per chunk (both powers of two), warps per program;
-    ``algo`` "tile" scans a (channels, states, time) tile, "loop" loops over the states (``triton_loop``).  "loop" is
-    faster; "tile" keeps no pre-gate output for the backward (one (B, D, L) float32 buffer less when training).
+    ``algo`` "tile" scans a (channels, states, time) tile, "loop" loops over the states (``triton_loop``), "chunked"
+    is "loop" with a chunk-parallel forward (chunk start states first, then every chunk at once; same backward).
+    "loop" is faster than "tile"; "tile" keeps no pre-gate output for the backward (one (B, D, L) float32 buffer
+    less when training).
 
     The default was the fastest forward + backward of ``benchmarks/gpu_check.py``'s sweep on an H200 (B=2,
-    d_inner=384, N=16, L=16384; docs/bench/tiny-h200-triton/gpu_check.md)."""
+    d_inner=384, N=16, L=16384: 0.52 ms forward, 3.8 ms forward + backward; docs/bench/tiny-h200-triton-2/
+    gpu_check.md).  "1,512,2,chunked" had the fastest forward there (0.46 ms) but a slower backward (5.4 ms): the
+    sequential walk is not what limits the kernel, the per-step instruction count of the scan is."""
 
     block_d: int = 1
     chunk: int = 512
