@@ -17,7 +17,7 @@ backward reads), and the forward kernel then computes all chunks at once.  The b
 """
 from __future__ import annotations
 
-from ssamba.models.scan.triton_ops import _combine, _load_delta, tl
+from ssamba.models.scan.triton_ops import _chunk_steps, _combine, _load_delta, tl
 
 
 def fwd_loop_kernel(
@@ -26,11 +26,11 @@ def fwd_loop_kernel(
     s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-    CHUNK_PARALLEL: tl.constexpr = False,
+    CHUNK_PARALLEL: tl.constexpr = False, REVERSE: tl.constexpr = False,
 ):
     """The forward scan.  Sequential: a program walks all chunks, carrying the state (and saves each chunk's start
     state with SAVE_STATES).  CHUNK_PARALLEL: a program computes one chunk (program axis 2) from the start state
-    that ``chunk_end_kernel`` and ``chunk_carry_kernel`` wrote to ``states``."""
+    that ``chunk_end_kernel`` and ``chunk_carry_kernel`` wrote to ``states``.  REVERSE: see ``_chunk_steps``."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -54,9 +54,12 @@ def fwd_loop_kernel(
         c_lo = 0
         c_hi = n_chunks
         carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # state of every (channel, n) at the chunk start
+    if REVERSE:
+        end_pos = 0  # where a chunk's last scan step sits in the tile
+    else:
+        end_pos = CHUNK - 1
     for ci in range(c_lo, c_hi):
-        t = ci * CHUNK + offs_t
-        mask_t = t < length
+        t, mask_t = _chunk_steps(ci, offs_t, length, CHUNK, REVERSE)
         mask_x = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
@@ -77,11 +80,11 @@ def fwd_loop_kernel(
             C_next = tl.load(C_ptr + bc + nxt * s_bn, mask=mask_t, other=0.0).to(tl.float32)
             h0 = tl.sum(tl.where(offs_n[None, :] == n, carry, 0.0), axis=1)
             pa, pb = tl.associative_scan((tl.exp2(dl * A_n[:, None]), dlu * B_n[None, :]), axis=1,
-                                         combine_fn=_combine)
+                                         combine_fn=_combine, reverse=REVERSE)
             h = pb + pa * h0[:, None]
             y += h * C_n[None, :]
             if not CHUNK_PARALLEL:  # the next chunk's start state (the chunk-parallel mode has it already)
-                h_last = tl.sum(tl.where((offs_t == CHUNK - 1)[None, :], h, 0.0), axis=1)
+                h_last = tl.sum(tl.where((offs_t == end_pos)[None, :], h, 0.0), axis=1)
                 carry = tl.where(offs_n[None, :] == n, h_last[:, None], carry)
             A_n, B_n, C_n = A_next, B_next, C_next
         if HAS_Z:
@@ -96,7 +99,7 @@ def chunk_end_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, bias_ptr, ends_ptr, dsum_ptr,
     dim, length, d_state, n_chunks,
     s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """First pass of the chunk-parallel forward, one program per (batch, channel block, chunk): the chunk's end
@@ -115,14 +118,13 @@ def chunk_end_kernel(
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    t = ci * CHUNK + offs_t
-    mask_t = t < length
+    t, mask_t = _chunk_steps(ci, offs_t, length, CHUNK, REVERSE)
     mask_x = mask_d[:, None] & mask_t[None, :]
     x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
     u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
     dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)  # 0 past the end: the identity step
     dlu = dl * u
-    rest = tl.cumsum(dl, axis=1, reverse=True) - dl  # sum of delta over the later steps of the chunk
+    rest = tl.cumsum(dl, axis=1, reverse=not REVERSE) - dl  # sum of delta over the later steps of the chunk
     bc = pid_b * s_bb + t * s_bl
     ends = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     for n in range(d_state):

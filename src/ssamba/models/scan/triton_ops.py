@@ -127,6 +127,22 @@ if triton is not None:
         return a_l * a_r, a_r * b_l + b_r
 
     @triton.jit
+    def _chunk_steps(ci, offs_t, length, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
+        """(memory positions, mask) of chunk ``ci`` of the scan, always in ascending memory order.
+
+        A reverse scan (REVERSE) walks time from the last step to the first: its chunk ``ci`` holds the steps
+        ``length - (ci + 1) * CHUNK .. length - ci * CHUNK - 1`` in memory order and is scanned with
+        ``associative_scan(reverse=True)``, so its start is the highest index and its end index 0.  Reading memory
+        ascending (rather than through negated strides) keeps the time axis contiguous for the compiler (vector loads,
+        the forward layout): with negated strides the loop forward compiled (sm_90) to 3x the layout conversions and
+        shuffles."""
+        if REVERSE:
+            t = length - (ci + 1) * CHUNK + offs_t
+            return t, t >= 0
+        t = ci * CHUNK + offs_t
+        return t, t < length
+
+    @triton.jit
     def _load_delta(ptrs, mask, bias, SOFTPLUS: tl.constexpr):
         """(delta, pre): softplus(delta + bias) as float32, 0 where masked (a step outside the sequence is the
         identity, a = 1 and b = 0), and the pre-softplus value (its sigmoid is softplus' derivative)."""
@@ -347,13 +363,16 @@ class _SelectiveScan(torch.autograd.Function):
         r = bool(reverse)
         block_n = triton.next_power_of_2(d_state)
         extra = {}
+        # The loop forward reads a reverse scan in ascending memory order (REVERSE); the tile kernels and the
+        # backward walk it through negated strides from the last step (_at).
+        native = loop and r
+        rv = r and not native
         if parallel:
             dsum = torch.empty(batch, dim, n_chunks, **f32)
             _kernel("chunk_end", config.algo)[grid + (n_chunks,)](
-                _at(u_, r), _at(dl_, r), A_, _at(B_, r),
-                dummy if delta_bias is None else delta_bias.float().contiguous(), states, dsum,
-                dim, length, d_state, n_chunks, *_time_strides(u_, B_, r),
-                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                u_, dl_, A_, B_, dummy if delta_bias is None else delta_bias.float().contiguous(), states, dsum,
+                dim, length, d_state, n_chunks, *_time_strides(u_, B_, False),
+                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), REVERSE=r,
                 BLOCK_D=config.block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=config.num_warps,
             )
             carry_d = min(32, triton.next_power_of_2(dim))
@@ -362,12 +381,14 @@ class _SelectiveScan(torch.autograd.Function):
             )
             grid = grid + (n_chunks,)
             extra = dict(CHUNK_PARALLEL=True)
+        if native:
+            extra["REVERSE"] = True
         _kernel("fwd", config.algo)[grid](
-            _at(u_, r), _at(dl_, r), A_, _at(B_, r), _at(C_, r), dummy if D is None else D.float().contiguous(),
-            dummy if z_ is None else _at(z_, r), dummy if delta_bias is None else delta_bias.float().contiguous(),
-            _at(out, r), states if (save or parallel) else dummy,
-            *([dummy if ypre is None else _at(ypre, r)] if loop else []),
-            dim, length, d_state, n_chunks, *_time_strides(u_, B_, r),
+            _at(u_, rv), _at(dl_, rv), A_, _at(B_, rv), _at(C_, rv), dummy if D is None else D.float().contiguous(),
+            dummy if z_ is None else _at(z_, rv), dummy if delta_bias is None else delta_bias.float().contiguous(),
+            _at(out, rv), states if (save or parallel) else dummy,
+            *([dummy if ypre is None else _at(ypre, rv)] if loop else []),
+            dim, length, d_state, n_chunks, *_time_strides(u_, B_, rv),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
             SAVE_STATES=save, BLOCK_D=config.block_d, BLOCK_N=block_n, CHUNK=chunk,
             num_warps=config.num_warps, **extra,
