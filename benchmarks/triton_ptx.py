@@ -5,7 +5,7 @@ Why: on the H200 the model's scan calls took ~2x the scan benchmark's time for t
 reverse scans.  Compiled with negated time strides (the old reverse path), the loop forward had 3x the layout
 conversions and shuffles of the forward scan and no vector loads; read in ascending memory order (``REVERSE``) it
 compiles like the forward.  The counts are static (per kernel, not per executed step): they show a difference in
-the code, the GPU check measures what it costs.
+the code, the GPU check measures what it costs.  The backward is compiled the same three ways.
 
     PYTHONPATH=src python benchmarks/triton_ptx.py [--arch 90] [--chunk 512] [--warps 4]
 """
@@ -20,29 +20,32 @@ from triton.compiler import ASTSource
 
 from ssamba.models.scan import triton_loop
 
-POINTERS_MOVED_BY_REVERSE = {"u_ptr", "dl_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr", "ypre_ptr"}
+# Pointers the old reverse path moved to the last step (negated strides from there: not 16-byte aligned).
+POINTERS_MOVED_BY_REVERSE = {"u_ptr", "dl_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr", "ypre_ptr", "dout_ptr",
+                             "du_ptr", "ddl_ptr", "dz_ptr"}
 
 
-def compile_fwd(*, negated: bool, reverse: bool, chunk: int, warps: int, arch: int) -> tuple[str, str]:
-    """(TTGIR, PTX) of the loop forward as the wrapper launches it at SSAMBA-tiny's shapes: Triton specializes
-    16-divisible integers and 16-byte-aligned pointers, and a time stride of 1 (negated: -1, pointers at the last
-    step, not aligned)."""
-    fn = triton.jit(triton_loop.fwd_loop_kernel)
+def compile_kernel(name: str, *, negated: bool, reverse: bool, chunk: int, warps: int,
+                   arch: int) -> tuple[str, str]:
+    """(TTGIR, PTX) of a loop kernel ("fwd" inference or "bwd") as the wrapper launches it at SSAMBA-tiny's
+    shapes: Triton specializes 16-divisible integers and 16-byte-aligned pointers, and a time stride of 1 (negated:
+    -1, pointers at the last step, not aligned)."""
+    fn = triton.jit({"fwd": triton_loop.fwd_loop_kernel, "bwd": triton_loop.bwd_loop_kernel}[name])
     sig, consts, attrs = {}, {}, {}
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SAVE_STATES=False, BLOCK_D=1, BLOCK_N=16,
                  CHUNK=chunk, CHUNK_PARALLEL=False, REVERSE=reverse)
-    for i, name in enumerate(fn.arg_names):
-        if name in flags:
-            sig[name], consts[name] = "constexpr", flags[name]
-        elif name in ("s_xl", "s_bl") and not negated:
-            sig[name], consts[name] = "constexpr", 1
-        elif name.endswith("_ptr"):
-            sig[name] = "*fp32"
-            if not (negated and name in POINTERS_MOVED_BY_REVERSE):
+    for i, arg in enumerate(fn.arg_names):
+        if arg in flags:
+            sig[arg], consts[arg] = "constexpr", flags[arg]
+        elif arg in ("s_xl", "s_bl") and not negated:
+            sig[arg], consts[arg] = "constexpr", 1
+        elif arg.endswith("_ptr"):
+            sig[arg] = "*fp32"
+            if not (negated and arg in POINTERS_MOVED_BY_REVERSE):
                 attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            sig[name] = "i32"
-            if name in ("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn"):
+            sig[arg] = "i32"
+            if arg in ("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     kernel = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=warps))
@@ -64,14 +67,15 @@ def main() -> None:
     args = parser.parse_args()
     variants = {"forward": dict(negated=False, reverse=False), "reverse, ascending (REVERSE)": dict(negated=False,
                 reverse=True), "reverse, negated strides (old)": dict(negated=True, reverse=False)}
-    rows = {label: counts(*compile_fwd(**v, chunk=args.chunk, warps=args.warps, arch=args.arch))
-            for label, v in variants.items()}
-    columns = list(next(iter(rows.values())))
-    print(f"fwd_loop_kernel, sm_{args.arch}, chunk {args.chunk}, {args.warps} warps, triton {triton.__version__}")
-    print("| variant | " + " | ".join(columns) + " |")
-    print("|---|" + "---|" * len(columns))
-    for label, row in rows.items():
-        print(f"| {label} | " + " | ".join(str(row[c]) for c in columns) + " |")
+    print(f"loop kernels, sm_{args.arch}, chunk {args.chunk}, {args.warps} warps, triton {triton.__version__}")
+    for kernel in ("fwd", "bwd"):
+        rows = {label: counts(*compile_kernel(kernel, **v, chunk=args.chunk, warps=args.warps, arch=args.arch))
+                for label, v in variants.items()}
+        columns = list(next(iter(rows.values())))
+        print(f"\n{kernel}_loop_kernel\n| variant | " + " | ".join(columns) + " |")
+        print("|---|" + "---|" * len(columns))
+        for label, row in rows.items():
+            print(f"| {label} | " + " | ".join(str(row[c]) for c in columns) + " |")
 
 
 if __name__ == "__main__":

@@ -167,8 +167,11 @@ def bwd_loop_kernel(
     dim, length, d_state, n_chunks,
     s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr = False,
 ):
+    """The backward, walking the chunks from the last scan step to the first.  REVERSE: a reverse scan read in
+    ascending memory order (``_chunk_steps``), so the scan's previous step is the next memory position, the two
+    inner scans run the other way, and dB/dC are indexed by memory position."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -188,22 +191,34 @@ def bwd_loop_kernel(
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if REVERSE:  # memory offsets of the previous scan step, and where a chunk's first step sits in the tile
+        x_back = s_xl
+        b_back = s_bl
+        first_pos = CHUNK - 1
+    else:
+        x_back = -s_xl
+        b_back = -s_bl
+        first_pos = 0
     for i in range(n_chunks):
         ci = n_chunks - 1 - i
-        t = ci * CHUNK + offs_t
-        mask_t = t < length
+        t, mask_t = _chunk_steps(ci, offs_t, length, CHUNK, REVERSE)
         mask_x = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
         dl, dl_pre = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)
         # the step before (inside this chunk only: the saved chunk-start state stands for the rest)
-        prev_ok = (offs_t >= 1) & (t - 1 < length)
+        if REVERSE:
+            prev_ok = (offs_t < CHUNK - 1) & (t + 1 >= 0)
+            next_ok = t - 1 >= 0
+        else:
+            prev_ok = (offs_t >= 1) & (t - 1 < length)
+            next_ok = t + 1 < length
         mask_p = mask_d[:, None] & prev_ok[None, :]
-        u_p = tl.load(u_ptr + x_off - s_xl, mask=mask_p, other=0.0).to(tl.float32)
-        dl_p, _ = _load_delta(dl_ptr + x_off - s_xl, mask_p, bias, SOFTPLUS)
+        u_p = tl.load(u_ptr + x_off + x_back, mask=mask_p, other=0.0).to(tl.float32)
+        dl_p, _ = _load_delta(dl_ptr + x_off + x_back, mask_p, bias, SOFTPLUS)
         # the step after (reaching into the next chunk)
-        mask_nx = mask_d[:, None] & (t + 1 < length)[None, :]
-        dl_n, _ = _load_delta(dl_ptr + x_off + s_xl, mask_nx, bias, SOFTPLUS)
+        mask_nx = mask_d[:, None] & next_ok[None, :]
+        dl_n, _ = _load_delta(dl_ptr + x_off - x_back, mask_nx, bias, SOFTPLUS)
 
         dout = tl.load(dout_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
         dy = dout
@@ -225,17 +240,17 @@ def bwd_loop_kernel(
             bc = pid_b * s_bb + n * s_bn + t * s_bl
             B_n = tl.load(B_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
             C_n = tl.load(C_ptr + bc, mask=mask_t, other=0.0).to(tl.float32)
-            B_p = tl.load(B_ptr + bc - s_bl, mask=prev_ok, other=0.0).to(tl.float32)
+            B_p = tl.load(B_ptr + bc + b_back, mask=prev_ok, other=0.0).to(tl.float32)
             sel = offs_n[None, :] == n
             h_in = tl.sum(tl.where(sel, h_in_all, 0.0), axis=1)
             pa, pb = tl.associative_scan((tl.exp2(dl_p * A2_n[:, None]), dlu_p * B_p[None, :]), axis=1,
-                                         combine_fn=_combine)
+                                         combine_fn=_combine, reverse=REVERSE)
             h_prev = pb + pa * h_in[:, None]
             dA = tl.exp2(dl * A2_n[:, None])
             h = dA * h_prev + dlu * B_n[None, :]
             g_next = tl.sum(tl.where(sel, g_carry, 0.0), axis=1)
             ga, gb = tl.associative_scan((tl.exp2(dl_n * A2_n[:, None]), C_n[None, :] * dy), axis=1,
-                                         combine_fn=_combine, reverse=True)
+                                         combine_fn=_combine, reverse=not REVERSE)
             gs = gb + ga * g_next[:, None]
             gB = gs * B_n[None, :]
             du += gB * dl
@@ -244,7 +259,7 @@ def bwd_loop_kernel(
             dA_acc = tl.where(sel, dA_acc + tl.sum(decay_term * dl, axis=1)[:, None], dA_acc)
             tl.atomic_add(dB_ptr + (pid_b * d_state + n) * length + t, tl.sum(gs * dlu, axis=0), mask=mask_t)
             tl.atomic_add(dC_ptr + (pid_b * d_state + n) * length + t, tl.sum(h * dy, axis=0), mask=mask_t)
-            g_first = tl.sum(tl.where((offs_t == 0)[None, :], gs, 0.0), axis=1)
+            g_first = tl.sum(tl.where((offs_t == first_pos)[None, :], gs, 0.0), axis=1)
             g_carry = tl.where(sel, g_first[:, None], g_carry)
         if SOFTPLUS:
             ddl = ddl * tl.where(dl_pre <= 20.0, tl.sigmoid(dl_pre), 1.0)

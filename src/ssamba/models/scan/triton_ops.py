@@ -363,8 +363,8 @@ class _SelectiveScan(torch.autograd.Function):
         r = bool(reverse)
         block_n = triton.next_power_of_2(d_state)
         extra = {}
-        # The loop forward reads a reverse scan in ascending memory order (REVERSE); the tile kernels and the
-        # backward walk it through negated strides from the last step (_at).
+        # The loop kernels read a reverse scan in ascending memory order (REVERSE); the tile kernels walk it
+        # through negated strides from the last step (_at).
         native = loop and r
         rv = r and not native
         if parallel:
@@ -420,7 +420,8 @@ class _SelectiveScan(torch.autograd.Function):
         dD = torch.empty(batch, dim, **f32)
         dbias = torch.empty(batch, dim, **f32)
         dummy = A
-        r = ctx.reverse
+        native = config.algo != "tile" and ctx.reverse  # the loop backward reads a reverse scan ascending
+        r = ctx.reverse and not native
         _kernel("bwd", config.algo)[grid](
             _at(u, r), _at(dl, r), A, _at(B, r), _at(C, r), dummy if D is None else D.float().contiguous(),
             dummy if z is None else _at(z, r), dummy if delta_bias is None else delta_bias.float().contiguous(),
@@ -429,9 +430,9 @@ class _SelectiveScan(torch.autograd.Function):
             dim, length, d_state, n_chunks, *_time_strides(u, B, r),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
             BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(d_state), CHUNK=chunk,
-            num_warps=config.num_warps,
+            num_warps=config.num_warps, **({"REVERSE": True} if native else {}),
         )
-        if r:  # the kernels accumulate dB and dC by step of the scan, which runs backwards in time
+        if r:  # the tile kernels accumulate dB and dC by step of the scan, which runs backwards in time
             dB, dC = dB.flip(-1), dC.flip(-1)
         u_t, dl_t, A_t, B_t, C_t = ctx.dtypes
         grads = [du.to(u_t), ddl.to(dl_t), dA.sum(0).to(A_t), dB.to(B_t), dC.to(C_t),
