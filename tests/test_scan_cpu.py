@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 
 import pytest
@@ -349,6 +350,23 @@ def test_isa_selection():
     assert "generic" in ISAS
     with pytest.raises(RuntimeError, match="unknown isa"):
         cpu.set_isa("sse9")
+
+
+def test_a_build_killed_midway_does_not_block_the_next_process(tmp_path):
+    """torch's loader waits for its ``lock`` file to vanish; a killed build leaves it.  The next process must clear
+    it (it holds an OS lock, so no live build owns the file) instead of waiting forever."""
+    assert cpu.available()
+    built = cpu.build_dir()
+    assert (built / "ssamba_cpu.so").exists()  # the cache key did not change by loading (torch extends flag lists)
+    root = tmp_path / "ext"
+    shutil.copytree(built, root / built.name)  # the same build, up to date: loading it is quick
+    (root / built.name / "lock").write_text("")  # what a build killed inside torch's loader leaves behind
+    code = "import sys; from ssamba.models.scan import cpu; sys.exit(0 if cpu.available() else 3)"
+    env = dict(os.environ, SSAMBA_EXT_DIR=str(root))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "left by a CPU kernel build that did not finish" in proc.stderr
+    assert not (root / built.name / "lock").exists()
 
 
 def test_failed_build_warns_once_and_falls_back_to_reference(monkeypatch):

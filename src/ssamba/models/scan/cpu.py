@@ -10,6 +10,7 @@ forces an instruction set, e.g. to test the fallbacks on a machine that has AVX-
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -28,8 +29,10 @@ EXT_DIR_VAR = "SSAMBA_EXT_DIR"
 ISA_VAR = "SSAMBA_SCAN_ISA"
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
 # -O3 only: no -ffast-math (it would let the compiler rewrite the exp range reduction and NaN handling).
-CFLAGS = ["-O3", "-fopenmp", "-std=c++17"] + (["-DSSAMBA_X86"] if _X86 else [])
-LDFLAGS = ["-fopenmp"]
+# Tuples: torch's loader appends its own flags to the lists it is given, which changed the cache key (_fingerprint)
+# after the first load in a process.
+CFLAGS = ("-O3", "-fopenmp", "-std=c++17") + (("-DSSAMBA_X86",) if _X86 else ())
+LDFLAGS = ("-fopenmp",)
 
 
 class KernelBuildError(RuntimeError):
@@ -70,6 +73,31 @@ def _registered() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _build_lock(directory: Path):
+    """Hold an OS lock on ``directory`` for a build, and clear the lock file of a build that never finished.
+
+    torch's extension loader guards a build with a plain ``lock`` file and waits for it to disappear; a build that
+    was killed (Ctrl-C, a timeout) leaves the file, and every later process then waits forever.  ``flock`` locks
+    are released by the OS when their holder dies, so while this one is held no other ssamba process is building
+    here and a ``lock`` file can only be such a leftover."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock file alone
+        yield
+        return
+    with open(directory / ".ssamba-build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        leftover = directory / "lock"
+        if leftover.exists():
+            logger.warning("ssamba: removing %s, left by a CPU kernel build that did not finish", leftover)
+            leftover.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _build() -> None:
     """Compile (or load from the cache) and register the ``torch.ops.ssamba_cpu`` operators."""
     from torch.utils.cpp_extension import load
@@ -79,14 +107,16 @@ def _build() -> None:
     directory = build_dir()
     directory.mkdir(parents=True, exist_ok=True)
     name = "ssamba_cpu"
-    cached = (directory / f"{name}.so").exists()
-    if cached:
-        logger.debug("loading the cached CPU scan kernels from %s", directory)
-    else:
-        logger.warning("ssamba: compiling the CPU selective-scan kernels (once, up to a minute) into %s", directory)
-    start = time.perf_counter()
-    load(name=name, sources=[str(p) for p in sources()], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
-         build_directory=str(directory), is_python_module=False, verbose=False)
+    with _build_lock(directory):
+        cached = (directory / f"{name}.so").exists()
+        if cached:
+            logger.debug("loading the cached CPU scan kernels from %s", directory)
+        else:
+            logger.warning("ssamba: compiling the CPU selective-scan kernels (once, up to a minute) into %s",
+                           directory)
+        start = time.perf_counter()
+        load(name=name, sources=[str(p) for p in sources()], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+             build_directory=str(directory), is_python_module=False, verbose=False)
     if not cached:
         logger.warning("ssamba: CPU kernels built in %.0f s", time.perf_counter() - start)
 
