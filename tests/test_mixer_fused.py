@@ -112,6 +112,21 @@ def test_flip_free_mixer_matches_reference_mixer(backend, reverse):
         assert rel_err(g, ref_grads[name]) < 1e-5, name
 
 
+def test_flip_free_mixer_under_bf16_autocast(backend):
+    """The channels-first path's batched matmuls run in bf16 under autocast and the scan still computes in float32:
+    within bf16 rounding of the float32 result, gradients included."""
+    mixer = perturbed_mixer(11)
+    x, grad = torch.randn(2, 33, 24), torch.randn(2, 33, 24)
+    backend("reference")
+    ref, ref_grads = run(lambda h: mixer._forward_flip_free(h, True), x, grad, mixer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, grads = run(lambda h: mixer._forward_flip_free(h, True), x, grad, mixer)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < 2e-2
+    for name, g in grads.items():
+        assert rel_err(g, ref_grads[name]) < 5e-2, name
+
+
 def test_ssamba_model_with_kernel_matches_reference_model(backend):
     torch.manual_seed(0)
     encoder = build_encoder(preset("ssamba", "tiny", input_tdim=64, depth=4)).train()
