@@ -110,9 +110,15 @@ def set_config(config: TritonConfig | None) -> None:
 
 
 def current_config() -> TritonConfig:
+    """The launch shape of the next scan: ``set_config``'s, else ``$SSAMBA_TRITON_CONFIG``'s, else the default."""
     if _config_override is not None:
         return _config_override
-    text = os.environ.get(CONFIG_VAR)
+    return _parsed(os.environ.get(CONFIG_VAR) or "")
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(text: str) -> TritonConfig:
+    """Parsed once per value: every scan call asks (48 per SSAMBA forward pass)."""
     return TritonConfig.parse(text) if text else TritonConfig()
 
 
