@@ -4,7 +4,8 @@
    model-sized shapes, and SSAMBA-tiny (24 blocks) through the triton backend against the reference backend.
 2. Launch-shape sweep of the scan at B=2, d_inner=384 (SSAMBA-tiny), N=16, L=16384; the fastest is used below.
 3. Scan time vs its memory-bandwidth floor (bytes of u, delta, z, B, C read and y written, at the copy bandwidth
-   measured here), L = 1k..150k; forward+backward time and peak memory.
+   measured here), L = 1k..150k; reverse-scan forward, forward+backward time and peak memory; then the fused
+   conv + SiLU against F.conv1d + SiLU.
 4. SSAMBA-tiny vs SSAST-tiny (sdpa and naive attention), batch 2, 1k-150k frames: inference time and peak memory
    through ``ssamba.bench.efficiency`` (one subprocess per configuration), written to ``OUT/bench``.
 5. Eager vs CUDA-graph replay of both models at 4k and 22k tokens (the GPU's own time, without launch overhead).
@@ -29,6 +30,7 @@ from ssamba.models.scan.triton_ops import TritonConfig
 D_INNER, D_STATE = 384, 16
 START = time.monotonic()
 LINES: list[str] = []
+BANDWIDTH = [3e12]  # device copy bandwidth in bytes/s, measured in main()
 
 
 def say(line: str = "") -> None:
@@ -119,6 +121,19 @@ def correctness() -> bool:
         ok &= e_out < 1e-4
         say(f"| (2, {D_INNER}, 3000, {D_STATE}) no grad | {config} | {e_out:.1e}{'' if e_out < 1e-4 else ' FAIL'} | |")
     triton_ops.set_config(None)
+
+    from ssamba.models.scan import triton_conv
+
+    for backwards in (False, True):
+        g = torch.Generator(device="cuda").manual_seed(2)
+        x = torch.randn(2, D_INNER, 5000, device="cuda", generator=g)
+        w = 0.5 * torch.randn(D_INNER, 1, 4, device="cuda", generator=g)
+        b = 0.1 * torch.randn(D_INNER, device="cuda", generator=g)
+        e_out = rel_err(triton_conv.conv_silu(x, w, b, backwards),
+                        triton_conv.conv_silu_reference(x.double(), w.double(), b.double(), backwards))
+        ok &= e_out < 1e-5
+        say(f"| conv + SiLU (2, {D_INNER}, 5000){' anti-causal' if backwards else ''} | fused | {e_out:.1e}"
+            f"{'' if e_out < 1e-5 else ' FAIL'} | |")
 
     from ssamba.models import build_encoder
     from ssamba.models.config import preset
@@ -249,6 +264,28 @@ def scan_table(config: TritonConfig, bandwidth: float, budget: float) -> None:
     say("")
 
 
+def conv_table(budget: float) -> None:
+    """The fused conv + SiLU kernel against F.conv1d + SiLU (what the step-by-step path runs), B=2, d_inner=384."""
+    from ssamba.models.scan import triton_conv
+
+    say("## 3b. Depthwise conv + SiLU, fused (Triton) vs F.conv1d + SiLU (ms, no grad)")
+    say("| L | direction | fused | F.conv1d + SiLU | floor |")
+    say("|---|---|---|---|---|")
+    for length in (4096, 22000, 75000):
+        for backwards in (False, True):
+            if elapsed() > budget:
+                say(f"| {length} | skipped: time budget | | | |")
+                continue
+            x = torch.randn(2, D_INNER, length, device="cuda")
+            w, b = torch.randn(D_INNER, 1, 4, device="cuda"), torch.randn(D_INNER, device="cuda")
+            with torch.no_grad():
+                fused = bench_ms(lambda: triton_conv.conv_silu(x, w, b, backwards))
+                ref = bench_ms(lambda: triton_conv.conv_silu_reference(x, w, b, backwards))
+            floor = 2 * x.numel() * 4 / BANDWIDTH[0] * 1e3
+            say(f"| {length} | {'anti-causal' if backwards else 'causal'} | {fused:.3f} | {ref:.3f} | {floor:.3f} |")
+    say("")
+
+
 def model_table(config: TritonConfig, out: Path, budget_s: float, tokens: list[int]) -> None:
     from ssamba.bench.efficiency import BenchSpec, run_benchmark
 
@@ -357,8 +394,10 @@ def main() -> int:
     try:
         ok = guarded(correctness) or False
         bandwidth = guarded(copy_bandwidth) or 3e12
+        BANDWIDTH[0] = bandwidth
         best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.35, args.configs) or best)
         guarded(scan_table, best, bandwidth, args.budget_s * 0.5)
+        guarded(conv_table, args.budget_s * 0.55)
         if not (args.skip_model or args.skip_table):
             guarded(model_table, best, out, max(30.0, args.budget_s * 0.85 - elapsed()), args.tokens)
         if not args.skip_model and args.graph_tokens:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssamba.models.scan import get_backend, selective_scan
+from ssamba.models.scan import get_backend, selective_scan, triton_conv
 
 
 def _param(module: nn.Module, name: str) -> Tensor:
@@ -115,12 +115,11 @@ class BiMambaMixer(nn.Module):
                                dt_proj: nn.Linear, a_log: Tensor, d_skip: Tensor, backwards: bool) -> Tensor:
         """``_branch`` on ``(B, E, L)`` activations with batched matmuls; (dt, B, C) stay views of one
         ``(B, R + 2N, L)`` projection, which the scan reads with their strides."""
-        length, pad = x.shape[-1], self.d_conv - 1
-        if backwards:
-            u = F.conv1d(x, conv.weight.flip(-1), conv.bias, padding=pad, groups=self.d_inner)[..., pad:]
+        weight, bias = _param(conv, "weight"), _param(conv, "bias")
+        if triton_conv.supports(x):  # CUDA: conv + SiLU in one Triton pass
+            u = triton_conv.conv_silu(x, weight, bias, backwards)
         else:
-            u = F.conv1d(x, conv.weight, conv.bias, padding=pad, groups=self.d_inner)[..., :length]
-        u = F.silu(u)
+            u = triton_conv.conv_silu_reference(x, weight, bias, backwards)
         x_dbl = _bmm(_param(x_proj, "weight"), u)  # (B, R + 2N, L)
         dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = _bmm(_param(dt_proj, "weight"), dt)  # (B, E, L); the bias goes in as delta_bias
