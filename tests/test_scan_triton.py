@@ -92,6 +92,39 @@ def test_reverse_scan_matches_flipped_reference(config):
         assert rel_err(grad, grads64[name]) < 1e-4, name
 
 
+@pytest.mark.parametrize("algo", ["loop", "chunked"])
+def test_loop_kernels_read_a_reverse_scan_ascending(monkeypatch, algo):
+    """Reverse scans reach the loop kernels as REVERSE with the tensors' own (positive) strides: negated strides
+    compiled to 3x the layout conversions and no vector loads (tests/test_triton_compile.py pins the kernels)."""
+    launches = []
+    real = triton_ops._kernel
+
+    def recording(name, kernel_algo):
+        kernel = real(name, kernel_algo)
+
+        class Launcher:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    launches.append((name, args, kwargs))
+                    return kernel[grid](*args, **kwargs)
+                return launch
+        return Launcher()
+
+    monkeypatch.setattr(triton_ops, "_kernel", recording)
+    triton_ops.set_config(TritonConfig(block_d=2, chunk=8, num_warps=1, algo=algo))
+    try:
+        inputs = make_inputs(batch=1, dim=3, length=19, n=4)
+        run(lambda **kw: selective_scan(**kw, backend="triton", reverse=True), inputs, torch.float32, True)
+    finally:
+        triton_ops.set_config(None)
+    names = [name for name, _, _ in launches]
+    assert "fwd" in names and "bwd" in names and (("chunk_end" in names) == (algo == "chunked"))
+    for name, args, kwargs in launches:
+        if name != "chunk_carry":
+            assert kwargs.get("REVERSE") is True, name
+            assert all(a >= 0 for a in args if isinstance(a, int)), (name, args)
+
+
 def test_default_launch_shape_matches_reference():
     """The shipped default (wider blocks, one long chunk here) computes the same function."""
     inputs = make_inputs(batch=1, dim=5, length=40, n=16)

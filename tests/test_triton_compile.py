@@ -1,0 +1,105 @@
+"""The Triton kernels compile for real GPUs, checked without one: Triton lowers them to PTX and cubin for sm_90
+(H100/H200) and sm_80 (A100) on any machine.  The interpreter that runs them in the other tests is more permissive
+than the compiler (types of loop-carried values, constexpr handling), so this is what catches a kernel that would
+only fail on a GPU.  Also pinned: a reverse scan compiles like a forward one (reading memory ascending with a
+reverse associative scan), since the negated-stride version compiled to 3x the layout conversions and shuffles.
+
+The compiler runs in a subprocess: this test session imported Triton in interpreter mode (conftest), in which
+``triton.jit`` makes interpreted functions that cannot be compiled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ssamba.models.scan import triton_ops
+
+pytestmark = pytest.mark.skipif(not triton_ops.available(), reason="Triton is not installed (pip install 'ssamba[gpu]')")
+
+COMPILE = r'''
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from ssamba.models.scan import triton_conv, triton_loop, triton_ops
+
+SCAN = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=1, BLOCK_N=16, CHUNK=512)
+KERNELS = {}
+for rev in (False, True):
+    KERNELS[f"fwd-reverse{rev}"] = (triton_loop.fwd_loop_kernel, dict(
+        SCAN, SAVE_STATES=False, CHUNK_PARALLEL=False, REVERSE=rev))
+    KERNELS[f"fwd-saving-chunk-parallel-reverse{rev}"] = (triton_loop.fwd_loop_kernel, dict(
+        SCAN, SAVE_STATES=True, CHUNK_PARALLEL=True, REVERSE=rev))
+    KERNELS[f"bwd-reverse{rev}"] = (triton_loop.bwd_loop_kernel, dict(SCAN, REVERSE=rev))
+    KERNELS[f"chunk-end-reverse{rev}"] = (triton_loop.chunk_end_kernel, dict(
+        HAS_BIAS=True, SOFTPLUS=True, REVERSE=rev, BLOCK_D=1, BLOCK_N=16, CHUNK=512))
+    KERNELS[f"conv-backwards{rev}"] = (triton_conv.conv_silu_kernel, dict(
+        K=4, BACKWARDS=rev, HAS_BIAS=True, BLOCK_E=8, BLOCK_L=256))
+KERNELS["chunk-carry"] = (triton_loop.chunk_carry_kernel, dict(BLOCK_D=32, BLOCK_N=16))
+KERNELS["tile-fwd"] = (triton_ops._fwd_kernel, dict(SCAN, SAVE_STATES=True, BLOCK_D=2, CHUNK=32))
+KERNELS["tile-bwd"] = (triton_ops._bwd_kernel, dict(SCAN, BLOCK_D=2, CHUNK=32))
+
+def compile_for(fn, flags, arch):
+    jitted = fn if isinstance(fn, triton.runtime.jit.JITFunction) else triton.jit(fn)
+    sig, consts, attrs = {}, {}, {}
+    constexprs = {p.name for p in jitted.params if p.is_constexpr}
+    assert constexprs <= set(flags), f"{jitted.__name__}: set {sorted(constexprs - set(flags))} too"
+    for i, arg in enumerate(jitted.arg_names):
+        if arg in flags:
+            sig[arg], consts[arg] = "constexpr", flags[arg]
+        elif arg in ("s_xl", "s_bl"):  # unit time strides, as launched
+            sig[arg], consts[arg] = "constexpr", 1
+        elif arg.endswith("_ptr"):  # 16-byte aligned, as torch allocates
+            sig[arg], attrs[(i,)] = "*fp32", [["tt.divisibility", 16]]
+        else:  # sizes and strides divisible by 16 (SSAMBA's d_inner; sequence lengths often), as Triton marks them
+            sig[arg] = "i32"
+            if arg in ("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn", "s_ob", "s_od"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    kernel = triton.compile(ASTSource(jitted, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=4))
+    ir, ptx = kernel.asm["ttgir"], kernel.asm["ptx"]
+    return {"entry": ".entry" in ptx, "cubin": len(kernel.asm.get("cubin", b"")) > 0,
+            "convert_layout": ir.count("convert_layout"), "st_shared": ptx.count("st.shared"),
+            "vector_loads": ptx.count("ld.global.v4"), "shfl": ptx.count("shfl.sync")}
+
+arch = int(sys.argv[1])
+print(json.dumps({name: compile_for(fn, flags, arch) for name, (fn, flags) in KERNELS.items()}))
+'''
+
+
+def compiled(arch: int) -> dict[str, dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-c", COMPILE, str(arch)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def sm90() -> dict[str, dict]:
+    return compiled(90)
+
+
+def test_every_kernel_compiles_for_hopper(sm90):
+    assert len(sm90) == 13
+    for name, info in sm90.items():
+        assert info["entry"] and info["cubin"], name
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_for_ampere():
+    for name, info in compiled(80).items():
+        assert info["entry"] and info["cubin"], name
+
+
+@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
+def test_a_reverse_scan_compiles_like_a_forward_one(sm90, kernel):
+    forward, reverse = sm90[f"{kernel}-reverseFalse"], sm90[f"{kernel}-reverseTrue"]
+    for what in ("convert_layout", "st_shared", "vector_loads"):
+        assert reverse[what] == forward[what], what
+    assert reverse["vector_loads"] > 0
