@@ -5,7 +5,9 @@ Why: on the H200 the model's scan calls took ~2x the scan benchmark's time for t
 reverse scans.  Compiled with negated time strides (the old reverse path), the loop forward had 3x the layout
 conversions and shuffles of the forward scan and no vector loads; read in ascending memory order (``REVERSE``) it
 compiles like the forward.  The counts are static (per kernel, not per executed step): they show a difference in
-the code, the GPU check measures what it costs.  The backward is compiled the same three ways.
+the code, the GPU check measures what it costs.  The backward is compiled the same ways.  The last variant is why
+the wrapper pads sequences to a multiple of 16 steps: SSAMBA's lengths (patches + a cls token) are never
+16-divisible, and a length Triton cannot prove divisible costs the same as the negated strides did.
 
     PYTHONPATH=src python benchmarks/triton_ptx.py [--arch 90] [--chunk 512] [--warps 4]
 """
@@ -25,8 +27,8 @@ POINTERS_MOVED_BY_REVERSE = {"u_ptr", "dl_ptr", "z_ptr", "out_ptr", "B_ptr", "C_
                              "du_ptr", "ddl_ptr", "dz_ptr"}
 
 
-def compile_kernel(name: str, *, negated: bool, reverse: bool, chunk: int, warps: int,
-                   arch: int) -> tuple[str, str]:
+def compile_kernel(name: str, *, negated: bool, reverse: bool, chunk: int, warps: int, arch: int,
+                   aligned: bool = True) -> tuple[str, str]:
     """(TTGIR, PTX) of a loop kernel ("fwd" inference or "bwd") as the wrapper launches it at SSAMBA-tiny's
     shapes: Triton specializes 16-divisible integers and 16-byte-aligned pointers, and a time stride of 1 (negated:
     -1, pointers at the last step, not aligned)."""
@@ -45,7 +47,7 @@ def compile_kernel(name: str, *, negated: bool, reverse: bool, chunk: int, warps
                 attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             sig[arg] = "i32"
-            if arg in ("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn"):
+            if arg in (("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn") if aligned else ("dim", "s_xb")):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     kernel = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=warps))
@@ -65,8 +67,10 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--warps", type=int, default=4)
     args = parser.parse_args()
-    variants = {"forward": dict(negated=False, reverse=False), "reverse, ascending (REVERSE)": dict(negated=False,
-                reverse=True), "reverse, negated strides (old)": dict(negated=True, reverse=False)}
+    variants = {"forward": dict(negated=False, reverse=False),
+                "reverse, ascending (REVERSE)": dict(negated=False, reverse=True),
+                "reverse, negated strides (old)": dict(negated=True, reverse=False),
+                "forward, length not 16-divisible (unpadded)": dict(negated=False, reverse=False, aligned=False)}
     print(f"loop kernels, sm_{args.arch}, chunk {args.chunk}, {args.warps} warps, triton {triton.__version__}")
     for kernel in ("fwd", "bwd"):
         rows = {label: counts(*compile_kernel(kernel, **v, chunk=args.chunk, warps=args.warps, arch=args.arch))

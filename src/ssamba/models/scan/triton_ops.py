@@ -345,14 +345,40 @@ def _time_strides(x: Tensor, b: Tensor, reverse: bool) -> tuple[int, ...]:
     return x.stride(0), x.stride(1), sign * x.stride(2), b.stride(0), b.stride(1), sign * b.stride(2)
 
 
+# Sequences are padded to a multiple of this many steps (see _padded).
+ALIGN = 16
+
+
+def _padded(t: Tensor | None, length: int, fill: float) -> Tensor | None:
+    """``t`` (B, C, L) as a contiguous (B, C, length) tensor, the extra steps set to ``fill``."""
+    if t is None or (t.shape[-1] == length and t.is_contiguous()):
+        return t
+    out = t.new_empty(*t.shape[:-1], length)
+    out[..., :t.shape[-1]].copy_(t)
+    out[..., t.shape[-1]:].fill_(fill)
+    return out
+
+
 class _SelectiveScan(torch.autograd.Function):
+    """The scan on sequences padded to a multiple of ALIGN steps with identity steps (delta 0 after the softplus,
+    u, z, B, C 0: the state passes through unchanged, nothing flows back).  Triton specialises integers divisible by
+    16, so the padded length and row strides let it prove 16-byte alignment and whole vectors in bounds: SSAMBA's
+    sequences (patches + a cls token) never are, and a kernel that cannot prove it compiles (sm_90) to scalar loads
+    and 3x the layout conversions and shuffles (tests/test_triton_compile.py).  Padding costs a copy of u, delta, z
+    (and the output back) when the length is not a multiple of ALIGN."""
+
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-        batch, dim, length = u.shape
+        batch, dim, true_length = u.shape
+        length = -(-true_length // ALIGN) * ALIGN
         d_state = A.shape[1]
-        u_, dl_ = u.contiguous(), delta.contiguous()
-        z_ = None if z is None else z.contiguous()
-        B_, C_ = (B, C) if B.stride() == C.stride() else (B.contiguous(), C.contiguous())  # any shared strides
+        u_ = _padded(u, length, 0.0)
+        dl_ = _padded(delta, length, float("-inf") if delta_softplus else 0.0)
+        z_ = _padded(z, length, 0.0)
+        if length == true_length and B.stride() == C.stride():
+            B_, C_ = B, C  # read in place (the mixer's views of one projection share strides)
+        else:
+            B_, C_ = _padded(B.contiguous(), length, 0.0), _padded(C.contiguous(), length, 0.0)
         A_ = A.float().contiguous()
         config = current_config()
         grid, chunk = _launch_shape(config, batch, dim, length)
@@ -364,7 +390,7 @@ class _SelectiveScan(torch.autograd.Function):
         parallel = config.algo == "chunked" and 1 < n_chunks <= _MAX_GRID_Z
         states = torch.empty(batch, dim, n_chunks if (save or parallel) else 0, d_state, **f32)
         loop = config.algo in ("loop", "chunked")
-        ypre = torch.empty(u.shape, **f32) if (loop and save and z is not None) else None
+        ypre = torch.empty(u_.shape, **f32) if (loop and save and z is not None) else None
         dummy = A_
         r = bool(reverse)
         block_n = triton.next_power_of_2(d_state)
@@ -405,18 +431,20 @@ class _SelectiveScan(torch.autograd.Function):
             ctx.reverse = r
             ctx.config = config
             ctx.dtypes = (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype)
-        return out
+            ctx.true_length = true_length
+        return out if length == true_length else out[..., :true_length].contiguous()
 
     @staticmethod
     def backward(ctx, dout):
         u, dl, A, B, C, D, z, delta_bias, states, ypre = ctx.saved_tensors
-        batch, dim, length = u.shape
+        batch, dim, length = u.shape  # the padded length
+        true_length = ctx.true_length
         d_state = A.shape[1]
         config = ctx.config
         grid, chunk = _launch_shape(config, batch, dim, length)
         n_chunks = states.shape[2]
         f32 = dict(dtype=torch.float32, device=u.device)
-        dout = dout.contiguous()
+        dout = _padded(dout, length, 0.0).contiguous()
         du = torch.empty(u.shape, **f32)
         ddl = torch.empty(u.shape, **f32)
         dz = torch.empty(u.shape, **f32) if z is not None else None
@@ -441,9 +469,10 @@ class _SelectiveScan(torch.autograd.Function):
         if r:  # the tile kernels accumulate dB and dC by step of the scan, which runs backwards in time
             dB, dC = dB.flip(-1), dC.flip(-1)
         u_t, dl_t, A_t, B_t, C_t = ctx.dtypes
-        grads = [du.to(u_t), ddl.to(dl_t), dA.sum(0).to(A_t), dB.to(B_t), dC.to(C_t),
+        cut = (lambda t: t) if length == true_length else (lambda t: t[..., :true_length])  # noqa: E731
+        grads = [cut(du).to(u_t), cut(ddl).to(dl_t), dA.sum(0).to(A_t), cut(dB).to(B_t), cut(dC).to(C_t),
                  None if D is None else dD.sum(0).to(D.dtype),
-                 None if z is None else dz.to(z.dtype),
+                 None if z is None else cut(dz).to(z.dtype),
                  None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), None, None]
         return tuple(grads)
 
