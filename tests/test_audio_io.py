@@ -131,3 +131,22 @@ def test_float_file_beyond_full_scale_warns(tmp_path: Path, caplog: pytest.LogCa
         waveform, _ = load_audio(path)
     assert float(waveform.max()) == 3000.0  # returned as stored, not clipped
     assert str(path) in caplog.text and "exceeds 1.0" in caplog.text
+
+
+def test_models_import_without_soundfile_and_audio_io_says_what_is_missing(tmp_path: Path) -> None:
+    """``import ssamba`` (models, benchmarks) works where libsndfile is missing, as on the GPU machines; reading audio
+    there fails with an error that names the package, not at import time."""
+    import subprocess
+    import sys
+
+    write_tone(tmp_path / "a.wav", seconds=0.1)
+    code = (
+        "import sys; sys.modules['soundfile'] = None\n"  # importing it now raises ImportError
+        "import ssamba, ssamba.models\n"
+        "from ssamba.audio import load_audio\n"
+        f"try:\n    load_audio({str(tmp_path / 'a.wav')!r})\n"
+        "except ImportError as exc:\n    print('ERROR', exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ERROR reading and writing audio needs the 'soundfile' package" in proc.stdout
