@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssamba.models.scan import get_backend, selective_scan, triton_conv
+from ssamba.models.scan.triton_ops import ALIGN as SCAN_ALIGN
 
 
 def _param(module: nn.Module, name: str) -> Tensor:
@@ -99,22 +100,32 @@ class BiMambaMixer(nn.Module):
         Activations stay channels-first, ``(B, C, L)`` with time contiguous as the scan kernels read them: every
         projection is a batched matmul on that layout (cuBLAS takes the transposed input and weight as they are),
         so nothing is copied to change layout.  On an H200 at 22k tokens the transposition copies of the
-        channels-last formulation were ~20% of SSAMBA-tiny's inference time."""
-        e = self.d_inner
+        channels-last formulation were ~20% of SSAMBA-tiny's inference time.
+
+        The sequence is padded once, here, to a multiple of ``SCAN_ALIGN`` steps that are identity steps of both
+        scans (zero input, so zero x and z, and delta set to -inf before the softplus, i.e. 0 after it): the triton
+        scan needs that length to compile to its fast form and would otherwise pad u, delta, z and its output on
+        every call (``triton_ops._SelectiveScan``)."""
+        e, length = self.d_inner, hidden.shape[1]
         w_in = _param(self.in_proj, "weight")
         h_t = hidden.transpose(1, 2)  # (B, d_model, L) view
+        padded = -(-length // SCAN_ALIGN) * SCAN_ALIGN
+        if padded != length:
+            h_t = F.pad(h_t, (0, padded - length))
         x, z = _bmm(w_in[:e], h_t), _bmm(w_in[e:], h_t)  # (B, E, L) each
         y = self._branch_channels_first(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D,
-                                        backwards=reverse)
+                                        backwards=reverse, length=length)
         y = y + self._branch_channels_first(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log,
-                                            self.D_b, backwards=not reverse)
+                                            self.D_b, backwards=not reverse, length=length)
         # (y / 2) W_out^T as (y^T W_out^T) / 2: the halving is exact, and the output is the smaller tensor
-        return _bmm(y.transpose(1, 2), _param(self.out_proj, "weight").t()).mul_(0.5)
+        return _bmm(y[..., :length].transpose(1, 2), _param(self.out_proj, "weight").t()).mul_(0.5)
 
     def _branch_channels_first(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear,
-                               dt_proj: nn.Linear, a_log: Tensor, d_skip: Tensor, backwards: bool) -> Tensor:
+                               dt_proj: nn.Linear, a_log: Tensor, d_skip: Tensor, backwards: bool,
+                               length: int) -> Tensor:
         """``_branch`` on ``(B, E, L)`` activations with batched matmuls; (dt, B, C) stay views of one
-        ``(B, R + 2N, L)`` projection, which the scan reads with their strides."""
+        ``(B, R + 2N, L)`` projection, which the scan reads with their strides.  Steps from ``length`` on are
+        padding (zero x and z): their delta is set to -inf, so they are identity steps of the scan."""
         weight, bias = _param(conv, "weight"), _param(conv, "bias")
         if triton_conv.supports(x):  # CUDA: conv + SiLU in one Triton pass
             u = triton_conv.conv_silu(x, weight, bias, backwards)
@@ -123,6 +134,8 @@ class BiMambaMixer(nn.Module):
         x_dbl = _bmm(_param(x_proj, "weight"), u)  # (B, R + 2N, L)
         dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = _bmm(_param(dt_proj, "weight"), dt)  # (B, E, L); the bias goes in as delta_bias
+        if length != x.shape[-1]:
+            delta[..., length:] = float("-inf")  # softplus(-inf + bias) = 0: the state passes through
         with torch.autocast(x.device.type, enabled=False):  # the scan computes in float32 (see _branch)
             return selective_scan(
                 u, delta, -torch.exp(a_log.float()), b, c, D=d_skip.float(), z=z,

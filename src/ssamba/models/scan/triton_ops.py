@@ -365,7 +365,8 @@ class _SelectiveScan(torch.autograd.Function):
     16, so the padded length and row strides let it prove 16-byte alignment and whole vectors in bounds: SSAMBA's
     sequences (patches + a cls token) never are, and a kernel that cannot prove it compiles (sm_90) to scalar loads
     and 3x the layout conversions and shuffles (tests/test_triton_compile.py).  Padding costs a copy of u, delta, z
-    (and the output back) when the length is not a multiple of ALIGN."""
+    (and the output back) when the length is not a multiple of ALIGN; the mixer pads its input once instead
+    (``BiMambaMixer._forward_flip_free``), so its scans copy nothing."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
