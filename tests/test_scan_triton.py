@@ -199,3 +199,29 @@ def test_config_string_errors(text, message):
     assert TritonConfig.parse("1,512,4,loop") == TritonConfig(1, 512, 4, "loop")
     with pytest.raises(ValueError, match="algo"):
         TritonConfig.parse("1,512,4,fast")
+
+
+def test_the_mixer_pads_once_and_its_scans_copy_nothing(monkeypatch):
+    """The flip-free mixer pads its input to a multiple of 16 identity steps, so the scan wrapper gets aligned,
+    contiguous u, delta, z and B/C views and copies none of them (it would pad each on every call otherwise)."""
+    copies = []
+    real = triton_ops._padded
+
+    def counting(t, length, fill):
+        out = real(t, length, fill)
+        if out is not t:
+            copies.append(tuple(t.shape))
+        return out
+
+    monkeypatch.setattr(triton_ops, "_padded", counting)
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(d_model=4, d_state=4, expand=2).to(DEVICE)
+    mixer.scan_backend = "triton"
+    x = torch.randn(2, 11, 4, device=DEVICE, requires_grad=True)
+    out = mixer(x, reverse=True)
+    out.sum().backward()
+    assert copies == []
+    # the direct API still pads (and copies) unaligned inputs itself
+    inputs = make_inputs(batch=1, dim=3, length=11, n=4)
+    selective_scan(**{k: v.to(DEVICE) if v is not None else None for k, v in inputs.items()}, backend="triton")
+    assert copies
