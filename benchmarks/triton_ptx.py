@@ -17,10 +17,9 @@ import argparse
 import re
 
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 from ssamba.models.scan import triton_loop
+from ssamba.models.scan.triton_compile import ALIGNED_INTS, UNIT_STRIDES, compile_for
 
 # Pointers the old reverse path moved to the last step (negated strides from there: not 16-byte aligned).
 POINTERS_MOVED_BY_REVERSE = {"u_ptr", "dl_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr", "ypre_ptr", "dout_ptr",
@@ -30,28 +29,17 @@ POINTERS_MOVED_BY_REVERSE = {"u_ptr", "dl_ptr", "z_ptr", "out_ptr", "B_ptr", "C_
 def compile_kernel(name: str, *, negated: bool, reverse: bool, chunk: int, warps: int, arch: int,
                    aligned: bool = True) -> tuple[str, str]:
     """(TTGIR, PTX) of a loop kernel ("fwd" inference or "bwd") as the wrapper launches it at SSAMBA-tiny's
-    shapes: Triton specializes 16-divisible integers and 16-byte-aligned pointers, and a time stride of 1 (negated:
-    -1, pointers at the last step, not aligned)."""
-    fn = triton.jit({"fwd": triton_loop.fwd_loop_kernel, "bwd": triton_loop.bwd_loop_kernel}[name])
-    sig, consts, attrs = {}, {}, {}
-    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SAVE_STATES=False, BLOCK_D=1, BLOCK_N=16,
-                 CHUNK=chunk, CHUNK_PARALLEL=False, REVERSE=reverse)
-    for i, arg in enumerate(fn.arg_names):
-        if arg in flags:
-            sig[arg], consts[arg] = "constexpr", flags[arg]
-        elif arg in ("s_xl", "s_bl") and not negated:
-            sig[arg], consts[arg] = "constexpr", 1
-        elif arg.endswith("_ptr"):
-            sig[arg] = "*fp32"
-            if not (negated and arg in POINTERS_MOVED_BY_REVERSE):
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            sig[arg] = "i32"
-            if arg in (("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn") if aligned else ("dim", "s_xb")):
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    kernel = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=warps))
-    return kernel.asm["ttgir"], kernel.asm["ptx"]
+    shapes: 16-divisible sizes and strides (unless ``aligned`` is off, as for an unpadded length), 16-byte-aligned
+    pointers and a time stride of 1 (negated: -1, pointers at the last step, not aligned)."""
+    fn = {"fwd": triton_loop.fwd_loop_kernel, "bwd": triton_loop.bwd_loop_kernel}[name]
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=1, BLOCK_N=16, CHUNK=chunk,
+                 REVERSE=reverse)
+    if name == "fwd":
+        flags.update(SAVE_STATES=False, CHUNK_PARALLEL=False)
+    ttgir, ptx, _ = compile_for(fn, flags, arch=arch, num_warps=warps, unit_strides=() if negated else UNIT_STRIDES,
+                                aligned_ints=ALIGNED_INTS if aligned else ("dim", "s_xb"),
+                                unaligned_pointers=POINTERS_MOVED_BY_REVERSE if negated else ())
+    return ttgir, ptx
 
 
 def counts(ttgir: str, ptx: str) -> dict[str, int]:

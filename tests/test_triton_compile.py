@@ -18,14 +18,13 @@ import pytest
 
 from ssamba.models.scan import triton_ops
 
-pytestmark = pytest.mark.skipif(not triton_ops.available(), reason="Triton is not installed (pip install 'ssamba[gpu]')")
+pytestmark = pytest.mark.skipif(not triton_ops.available(),
+                                reason="Triton is not installed (pip install 'ssamba[gpu]')")
 
 COMPILE = r'''
 import json, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from ssamba.models.scan import triton_conv, triton_loop, triton_ops
+from ssamba.models.scan.triton_compile import compile_for
 
 SCAN = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=1, BLOCK_N=16, CHUNK=512)
 KERNELS = {}
@@ -43,31 +42,14 @@ KERNELS["chunk-carry"] = (triton_loop.chunk_carry_kernel, dict(BLOCK_D=32, BLOCK
 KERNELS["tile-fwd"] = (triton_ops._fwd_kernel, dict(SCAN, SAVE_STATES=True, BLOCK_D=2, CHUNK=32))
 KERNELS["tile-bwd"] = (triton_ops._bwd_kernel, dict(SCAN, BLOCK_D=2, CHUNK=32))
 
-def compile_for(fn, flags, arch):
-    jitted = fn if isinstance(fn, triton.runtime.jit.JITFunction) else triton.jit(fn)
-    sig, consts, attrs = {}, {}, {}
-    constexprs = {p.name for p in jitted.params if p.is_constexpr}
-    assert constexprs <= set(flags), f"{jitted.__name__}: set {sorted(constexprs - set(flags))} too"
-    for i, arg in enumerate(jitted.arg_names):
-        if arg in flags:
-            sig[arg], consts[arg] = "constexpr", flags[arg]
-        elif arg in ("s_xl", "s_bl"):  # unit time strides, as launched
-            sig[arg], consts[arg] = "constexpr", 1
-        elif arg.endswith("_ptr"):  # 16-byte aligned, as torch allocates
-            sig[arg], attrs[(i,)] = "*fp32", [["tt.divisibility", 16]]
-        else:  # sizes and strides divisible by 16 (SSAMBA's d_inner; sequence lengths often), as Triton marks them
-            sig[arg] = "i32"
-            if arg in ("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn", "s_ob", "s_od"):
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    kernel = triton.compile(ASTSource(jitted, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=4))
-    ir, ptx = kernel.asm["ttgir"], kernel.asm["ptx"]
-    return {"entry": ".entry" in ptx, "cubin": len(kernel.asm.get("cubin", b"")) > 0,
-            "convert_layout": ir.count("convert_layout"), "st_shared": ptx.count("st.shared"),
-            "vector_loads": ptx.count("ld.global.v4"), "shfl": ptx.count("shfl.sync")}
+def summary(fn, flags, arch):
+    ir, ptx, cubin = compile_for(fn, flags, arch=arch)
+    return {"entry": ".entry" in ptx, "cubin": cubin, "convert_layout": ir.count("convert_layout"),
+            "st_shared": ptx.count("st.shared"), "vector_loads": ptx.count("ld.global.v4"),
+            "shfl": ptx.count("shfl.sync")}
 
 arch = int(sys.argv[1])
-print(json.dumps({name: compile_for(fn, flags, arch) for name, (fn, flags) in KERNELS.items()}))
+print(json.dumps({name: summary(fn, flags, arch) for name, (fn, flags) in KERNELS.items()}))
 '''
 
 
@@ -103,3 +85,12 @@ def test_a_reverse_scan_compiles_like_a_forward_one(sm90, kernel):
     for what in ("convert_layout", "st_shared", "vector_loads"):
         assert reverse[what] == forward[what], what
     assert reverse["vector_loads"] > 0
+
+
+@pytest.mark.skipif(not triton_ops.interpreted(), reason="Triton runs compiled here")
+def test_compiling_in_interpreter_mode_says_why_it_cannot():
+    from ssamba.models.scan import triton_loop
+    from ssamba.models.scan.triton_compile import compile_for
+
+    with pytest.raises(RuntimeError, match="interpreter mode"):
+        compile_for(triton_loop.chunk_carry_kernel, dict(BLOCK_D=32, BLOCK_N=16))

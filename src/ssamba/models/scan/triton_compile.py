@@ -1,0 +1,51 @@
+"""Compile a Triton kernel for a GPU target on any machine (Triton lowers to PTX and cubin without a GPU),
+specialised as the launch wrappers' calls are: what ``tests/test_triton_compile.py`` and
+``benchmarks/triton_ptx.py`` inspect.  Not for running anything.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from ssamba.models.scan import triton_ops
+from ssamba.models.scan.triton_ops import triton
+
+#: Time strides the wrappers pass as 1 (Triton specialises an integer argument equal to 1 into a constant).
+UNIT_STRIDES = ("s_xl", "s_bl")
+#: Sizes and strides Triton marks 16-divisible on a launch with aligned (padded) sequences.
+ALIGNED_INTS = ("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn", "s_ob", "s_od")
+
+
+def compile_for(fn: Callable, flags: dict, *, arch: int = 90, num_warps: int = 4,
+                unit_strides: Iterable[str] = UNIT_STRIDES, aligned_ints: Iterable[str] = ALIGNED_INTS,
+                unaligned_pointers: Iterable[str] = ()) -> tuple[str, str, bool]:
+    """(TTGIR, PTX, whether a cubin was built) of kernel ``fn`` (a plain function, as ``triton_loop`` defines them)
+    for ``sm_{arch}``.  ``flags`` gives every constexpr; pointers are float32 and 16-byte aligned unless named in
+    ``unaligned_pointers``, the integers in ``aligned_ints`` 16-divisible, the others plain."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if triton_ops.interpreted():
+        raise RuntimeError("Triton was imported in interpreter mode (TRITON_INTERPRET=1): kernels cannot be compiled "
+                           "in this process")
+    jitted = triton.jit(fn)
+    constexprs = {p.name for p in jitted.params if p.is_constexpr}
+    if not constexprs <= set(flags):
+        raise ValueError(f"{fn.__name__}: flags must set {sorted(constexprs - set(flags))} too")
+    unit, aligned, unaligned = set(unit_strides), set(aligned_ints), set(unaligned_pointers)
+    sig, consts, attrs = {}, {}, {}
+    for i, arg in enumerate(jitted.arg_names):
+        if arg in flags:
+            sig[arg], consts[arg] = "constexpr", flags[arg]
+        elif arg in unit:
+            sig[arg], consts[arg] = "constexpr", 1
+        elif arg.endswith("_ptr"):
+            sig[arg] = "*fp32"
+            if arg not in unaligned:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[arg] = "i32"
+            if arg in aligned:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    kernel = triton.compile(ASTSource(jitted, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=num_warps))
+    return kernel.asm["ttgir"], kernel.asm["ptx"], bool(kernel.asm.get("cubin"))
