@@ -218,6 +218,23 @@ def test_inference_mixer_op_matches_the_differentiable_fused_path(backend, lengt
     assert max_rel_err(fast, slow) < (1e-2 if bf16 else 1e-6)
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("length", [1, 45, 300])
+def test_inference_mixer_op_equals_the_op_by_op_path_bit_for_bit(backend, length, reverse, bf16, monkeypatch):
+    """The one-call mixer and the op-by-op path without gradients run the same matmuls and kernels: equal bit for
+    bit.  Under bf16 autocast the op's scan writes out_proj's bf16 input itself, rounded as ``.to`` rounds."""
+    backend("cpu")
+    mixer = perturbed_mixer(20 + length)
+    x = torch.randn(2, length, 24) * 3
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        fast = mixer(x, reverse=reverse)
+        monkeypatch.setattr(mixer, "_inference_op_fits", lambda hidden: False)
+        slow = mixer(x, reverse=reverse)
+    assert fast.dtype == slow.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert torch.equal(fast, slow)
+
+
 def test_inference_mixer_op_runs_with_frozen_parameters_under_grad_mode(backend, monkeypatch):
     """Frozen weights and an input that needs no gradient: nothing to differentiate, so the one-call path runs."""
     backend("cpu")

@@ -59,6 +59,28 @@ def test_add_norms_matches_torch(isa, dim, dtype, with_prev, with_h2):
             assert max_rel_err(out, norm(want_r)) < 2e-6
 
 
+@pytest.mark.parametrize("dim", [192, 37])
+def test_add_norms_writes_bf16_norms_rounded_like_tensor_to(isa, dim):
+    """out_dtype=bfloat16 (the mixers' matmul input under bf16 autocast): the float32 norms rounded to nearest
+    even, bit for bit what ``.to(torch.bfloat16)`` gives, and NaN where it gives NaN (the kernel writes the
+    canonical quiet NaN, torch keeps the payload); the residual stays float32."""
+    torch.manual_seed(dim + 1)
+    h1 = torch.randn(3, 50, dim) * 4
+    h1[0, 3, 0] = float("nan")  # one NaN row: its norms are all NaN
+    layer_norms = norms(dim, 2, seed=4)
+    with torch.no_grad():
+        r32, want = ops.add_norms(None, h1, None, layer_norms)
+        r16, outs = ops.add_norms(None, h1, None, layer_norms, torch.bfloat16)
+    assert r16.dtype == torch.float32 and torch.equal(r16.view(torch.int32), r32.view(torch.int32))
+    for out, ref in zip(outs, want):
+        ref = ref.to(torch.bfloat16)
+        assert out.dtype == torch.bfloat16 and torch.equal(out.isnan(), ref.isnan()) and out[0, 3].isnan().all()
+        ok = ~ref.isnan()
+        assert torch.equal(out[ok].view(torch.int16), ref[ok].view(torch.int16))
+    with pytest.raises(RuntimeError, match="float32 or bfloat16, not Half"):
+        ops.add_norms(None, h1, None, layer_norms, torch.float16)
+
+
 def test_add_norms_single_norm_and_checks():
     (norm,) = norms(8, 1, seed=2)
     h = torch.randn(5, 8)
@@ -76,6 +98,7 @@ def test_add_norms_passes_opcheck():
     args = (torch.randn(2, 5, 24), torch.randn(2, 5, 24).bfloat16(), torch.randn(2, 5, 24).bfloat16(),
             [n.weight.detach() for n in layer_norms], [n.bias.detach() for n in layer_norms], 1e-6)
     torch.library.opcheck(torch.ops.ssamba_cpu.add_norms.default, args)
+    torch.library.opcheck(torch.ops.ssamba_cpu.add_norms.default, args + (torch.bfloat16,))
 
 
 @pytest.fixture
@@ -110,6 +133,39 @@ def test_cpu_inference_trunk_matches_the_general_stream(encoder, monkeypatch, bf
     assert max_rel_err(fast, slow) < tol
     for a, b in zip(fast_states, slow_states):
         assert max_rel_err(a, b) < tol
+
+
+def test_bf16_autocast_trunk_feeds_the_mixers_bf16_norms_with_the_same_result(encoder, monkeypatch):
+    """Under bf16 autocast the pair norms come out of add_norms in bf16 (the mixers would cast them first thing):
+    the mixers see bf16 inputs, and the encoder's output is bit for bit the one with float32 norms."""
+    from ssamba.models import ssamba as ssamba_module
+
+    scan.set_backend("cpu")
+    seen = []
+    original = ssamba_module.run_pair
+    monkeypatch.setattr(ssamba_module, "run_pair", lambda a, x, b, y: seen.append((x.dtype, y.dtype)) or
+                        original(a, x, b, y))
+    x = torch.randn(2, 64, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        direct = encoder(x)
+        assert seen == [(torch.bfloat16, torch.bfloat16)] * 3
+        monkeypatch.setattr(ssamba_module, "pair_input_dtype", lambda *a: None)
+        via_float32 = encoder(x)
+        assert seen[3:] == [(torch.float32, torch.float32)] * 3
+    assert torch.equal(direct, via_float32)
+    # a hooked mixer keeps float32 inputs: its hook sees what the module would be called with without the op
+    monkeypatch.undo()
+    monkeypatch.setattr(ssamba_module, "run_pair", lambda a, x, b, y: seen.append((x.dtype, y.dtype)) or
+                        original(a, x, b, y))
+    handle = encoder.layers[2].mixer.register_forward_hook(lambda *a: None)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            seen.clear()
+            encoder(x)
+    finally:
+        handle.remove()
+    assert seen == [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32),
+                    (torch.bfloat16, torch.bfloat16)]
 
 
 def test_cpu_inference_trunk_not_taken_in_training_or_with_gradients(encoder, monkeypatch):

@@ -273,6 +273,19 @@ def _side_by_side(first: BiMambaMixer, h_first: Tensor, second: BiMambaMixer, h_
                and not m._wants_grad(h) for m, h in pairs)
 
 
+def pair_input_dtype(first: nn.Module, second: nn.Module, device: torch.device) -> torch.dtype | None:
+    """bfloat16 when a block pair's mixers would cast their float32 inputs to it first thing (CPU bf16 autocast,
+    plain unhooked mixers): their norms can then be written in bf16 directly (``ops.add_norms``), the same
+    values without a cast pass per mixer.  None otherwise."""
+    if device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return None
+    if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return None
+    if any(type(m) is not BiMambaMixer or _hooked(m) for m in (first, second)):
+        return None
+    return torch.bfloat16
+
+
 def run_pair(first: BiMambaMixer, h_first: Tensor, second: BiMambaMixer, h_second: Tensor) -> tuple[Tensor, Tensor]:
     """``(first(h_first), second(h_second, reverse=True))``: the mixers of an SSAMBA block pair.
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ssamba.models.config import EncoderConfig
 from ssamba.models.encoder import PatchEncoder
 from ssamba.models.layers import DropPath, linspace, make_norm
-from ssamba.models.mamba import BiMambaMixer, run_pair
+from ssamba.models.mamba import BiMambaMixer, pair_input_dtype, run_pair
 from ssamba.models.scan import get_backend
 
 
@@ -108,12 +108,13 @@ class SSAMBAEncoder(PatchEncoder):
     def _trunk_cpu_inference(self, tokens: Tensor, collect: list[Tensor] | None) -> Tensor:
         """``norm_f(residual_stream(tokens))`` with each pair's residual adds and norms in one pass
         (ops.add_norms): the adds in residual_stream's order (the same sums of the same pair outputs), the norms
-        equal to float rounding."""
+        equal to float rounding (written in bf16 under bf16 autocast, which the mixers would cast them to)."""
         from ssamba.models.scan import ops
 
         prev, h1, h2 = None, tokens, None
         for i, (fwd, bwd) in enumerate(zip(self.layers[0::2], self.layers[1::2])):
-            r, (n_f, n_b) = ops.add_norms(prev, h1, h2, [fwd.norm, bwd.norm])
+            norm_dtype = pair_input_dtype(fwd.mixer, bwd.mixer, tokens.device)
+            r, (n_f, n_b) = ops.add_norms(prev, h1, h2, [fwd.norm, bwd.norm], norm_dtype)
             if collect is not None and i > 0:
                 collect.append(r)  # the previous pair's residual + hidden
             prev, h1, h2 = r, None, None  # let the pair's inputs go

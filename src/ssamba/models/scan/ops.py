@@ -81,13 +81,14 @@ def mixer_pair(hidden: tuple[Tensor, Tensor], params: tuple[tuple, tuple], cast_
         return torch.ops.ssamba_cpu.mixer_pair_fwd(list(hidden), *merged, cast_weights)
 
 
-def add_norms(prev: Tensor | None, h1: Tensor, h2: Tensor | None, norms: list[torch.nn.LayerNorm]
-              ) -> tuple[Tensor, list[Tensor]]:
+def add_norms(prev: Tensor | None, h1: Tensor, h2: Tensor | None, norms: list[torch.nn.LayerNorm],
+              out_dtype: torch.dtype | None = None) -> tuple[Tensor, list[Tensor]]:
     """Between SSAMBA block pairs, for inference: ``r = (prev + prev) + (h1 + h2)`` (prev, h2 optional) and each
-    LayerNorm of r, in one pass; returns ``(r, [norm(r) for norm in norms])``, all float32."""
+    LayerNorm of r, in one pass; returns ``(r, [norm(r) for norm in norms])``.  r is float32; the norms are float32
+    or ``out_dtype`` (bfloat16: rounded as ``Tensor.to`` rounds, for matmuls that would cast them anyway)."""
     with _below_autograd(False):
         return torch.ops.ssamba_cpu.add_norms(prev, h1, h2, [n.weight for n in norms], [n.bias for n in norms],
-                                              norms[0].eps)
+                                              norms[0].eps, out_dtype)
 
 
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -136,8 +137,9 @@ def _mixer_pair_fwd_fake(hidden, w_in, conv_w, conv_b, x_proj_w, dt_proj_w, dt_b
     return [h.new_empty(h.shape) for h in hidden]
 
 
-def _add_norms_fake(prev, h1, h2, weight, bias, eps):
-    return h1.new_empty(h1.shape, dtype=torch.float32), [h1.new_empty(h1.shape, dtype=torch.float32) for _ in weight]
+def _add_norms_fake(prev, h1, h2, weight, bias, eps, out_dtype=None):
+    norm_dtype = torch.float32 if out_dtype is None else out_dtype
+    return h1.new_empty(h1.shape, dtype=torch.float32), [h1.new_empty(h1.shape, dtype=norm_dtype) for _ in weight]
 
 
 def _scan_setup(ctx, inputs, output) -> None:

@@ -41,6 +41,9 @@ struct ScanArgs {
   float scale;
   const void* z; int64_t z_sb, z_sl;     // null: no gate
   float* out;                             // (B, L, D) contiguous, float32
+  uint16_t* out_bf16;                     // non-null (forward only): the last direction writes its gated output
+                                          // here, rounded to bfloat16, and `out` holds the earlier directions'
+                                          // partial sums
   const float* gout;                      // backward: (B, L, D) contiguous
   float* gz;                              // backward: (B, L, D) contiguous float32, or null
   ScanDir dir[kMaxDirs];
@@ -65,7 +68,7 @@ struct ConvArgs {
 
 // Residual add and LayerNorms between block pairs (inference; norm_kernels.h): r = (prev + prev) + (h1 + h2),
 // out[k] = LayerNorm(r; weight[k], bias[k]).  All (rows, dim) contiguous; h1, h2 float32 or, when h_bf16,
-// bfloat16; prev and h2 may be null; the rest float32.
+// bfloat16; out float32 or, when out_bf16, bfloat16; prev and h2 may be null; the rest float32.
 struct NormArgs {
   int64_t rows, dim;
   const float* prev;
@@ -75,7 +78,8 @@ struct NormArgs {
   const float* weight[2]; const float* bias[2];
   float eps;
   float* r;
-  float* out[2];
+  void* out[2];
+  bool out_bf16;
 };
 
 // Entry points of one instruction-set build.  A scan call handles one task: batch b, channel blocks

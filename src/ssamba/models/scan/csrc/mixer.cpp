@@ -70,12 +70,13 @@ Tensor mixer_fwd(Tensor hidden, Tensor w_in, std::vector<Tensor> conv_w, std::ve
     biases.push_back(dt_bias[i]);
   }
   Tensor z = at::mm(h, w_in.narrow(0, e, e).t()).view({batch, length, e});
-  Tensor y = std::get<0>(scan_fwd(us, deltas, As, Bs, Cs, Ds, biases, z, /*softplus=*/true, /*save=*/false));
+  // out_proj's input in its dtype, written so by the scan (bf16: no float32 output and cast pass)
+  Tensor y = std::get<0>(scan_fwd_as(us, deltas, As, Bs, Cs, Ds, biases, z, /*softplus=*/true, /*save=*/false,
+                                     w_out.scalar_type()));
   us.clear();  // the scan's inputs go before out_proj's output is allocated
   deltas.clear();
   z.reset();
-  y = y.to(w_out.scalar_type()).view({batch * length, e});
-  return at::mm(y, w_out.t()).view({batch, length, d_model});
+  return at::mm(y.view({batch * length, e}), w_out.t()).view({batch, length, d_model});
 }
 
 // Two mixers at once, each on a thread of its own (two threads at most; the torch thread count if lower): the

@@ -53,11 +53,12 @@ void add_norms_rows_t(const NormArgs& a, int64_t row0, int64_t row1) {
     const float rstd = 1.0f / std::sqrt(var + a.eps);
     const V scale = set1(rstd), shift = set1(-mean * rstd);
     for (int k = 0; k < a.nnorms; ++k) {
-      float* out = a.out[k] + off;
       for (int64_t c = 0; c < D; c += V::W) {
         const Mask m = make_mask(D - c < V::W ? (int)(D - c) : V::W);
         const V x = fmadd(loadm(r + c, m), scale, shift);
-        storem(out + c, fmadd(x, loadm(a.weight[k] + c, m), loadm(a.bias[k] + c, m)), m);
+        const V y = fmadd(x, loadm(a.weight[k] + c, m), loadm(a.bias[k] + c, m));
+        if (a.out_bf16) store_bf16(static_cast<uint16_t*>(a.out[k]) + off + c, y, m);
+        else storem(static_cast<float*>(a.out[k]) + off + c, y, m);
       }
     }
   }

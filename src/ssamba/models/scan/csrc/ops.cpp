@@ -189,15 +189,30 @@ std::tuple<Tensor, std::vector<Tensor>> scan_fwd(std::vector<Tensor> u, std::vec
                                                  std::vector<Tensor> A, std::vector<Tensor> B,
                                                  std::vector<Tensor> C, OptList D, OptList bias,
                                                  std::optional<Tensor> z, bool softplus, bool save) {
+  return scan_fwd_as(std::move(u), std::move(delta), std::move(A), std::move(B), std::move(C), std::move(D),
+                     std::move(bias), std::move(z), softplus, save, at::kFloat);
+}
+
+std::tuple<Tensor, std::vector<Tensor>> scan_fwd_as(std::vector<Tensor> u, std::vector<Tensor> delta,
+                                                    std::vector<Tensor> A, std::vector<Tensor> B,
+                                                    std::vector<Tensor> C, OptList D, OptList bias,
+                                                    std::optional<Tensor> z, bool softplus, bool save,
+                                                    at::ScalarType out_dtype) {
+  TORCH_CHECK(out_dtype == at::kFloat || (out_dtype == at::kBFloat16 && !save),
+              "ssamba_cpu: the scan writes float32, or bfloat16 when nothing is saved for backward");
   ScanArgs a = make_scan_args(u, delta, A, B, C, D, bias, z, softplus);
   const auto opts = u[0].options().dtype(at::kFloat);
-  Tensor out = at::empty({a.batch, a.length, a.dim}, opts);
+  const bool bf16_out = out_dtype == at::kBFloat16;
+  // with a bf16 output, the float32 one holds the directions before the last (their partial sums)
+  Tensor partial = at::empty({a.batch, a.length, a.dim}, opts);
+  Tensor out = bf16_out ? at::empty({a.batch, a.length, a.dim}, opts.dtype(at::kBFloat16)) : partial;
   std::vector<Tensor> ckpts;
   for (int i = 0; i < a.ndirs; ++i) {
     ckpts.push_back(save ? at::empty({a.batch, num_chunks(a.length), a.nstate, a.dim}, opts) : at::empty({0}, opts));
     a.dir[i].ckpt = save ? ckpts.back().data_ptr<float>() : nullptr;
   }
-  a.out = out.data_ptr<float>();
+  a.out = partial.data_ptr<float>();
+  a.out_bf16 = bf16_out ? reinterpret_cast<uint16_t*>(out.data_ptr()) : nullptr;
   const KernelTable* k = current();
   if (a.length > 0) scan_tasks(a, k, false, k->scan_fwd);
   return {out, ckpts};
@@ -339,7 +354,8 @@ std::vector<Tensor> conv_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tenso
 // LayerNorm(r) for each (weight, bias).  prev float32 or None (then r = h1 + h2); h1, h2 (h2 may be None) both
 // float32 or both bfloat16; weights and biases float32 (dim,).  The caller checks that no gradient is wanted.
 std::tuple<Tensor, std::vector<Tensor>> add_norms(std::optional<Tensor> prev, Tensor h1, std::optional<Tensor> h2,
-                                                  std::vector<Tensor> weight, std::vector<Tensor> bias, double eps) {
+                                                  std::vector<Tensor> weight, std::vector<Tensor> bias, double eps,
+                                                  std::optional<at::ScalarType> out_dtype) {
   TORCH_CHECK(h1.dim() >= 1, "ssamba_cpu::add_norms: hidden must have a feature dimension");
   const int64_t dim = h1.size(-1), rows = dim ? h1.numel() / dim : 0;
   NormArgs a{};
@@ -371,14 +387,18 @@ std::tuple<Tensor, std::vector<Tensor>> add_norms(std::optional<Tensor> prev, Te
   const auto opts = h1.options().dtype(at::kFloat);
   Tensor r = at::empty(h1.sizes(), opts);
   a.r = r.data_ptr<float>();
+  const at::ScalarType norm_dtype = out_dtype.value_or(at::kFloat);
+  TORCH_CHECK(norm_dtype == at::kFloat || norm_dtype == at::kBFloat16,
+              "ssamba_cpu::add_norms: the norms are written as float32 or bfloat16, not ", norm_dtype);
+  a.out_bf16 = norm_dtype == at::kBFloat16;
   std::vector<Tensor> outs;
   for (int k = 0; k < a.nnorms; ++k) {
     check_vec(weight[k], "norm weight", dim);
     check_vec(bias[k], "norm bias", dim);
     a.weight[k] = weight[k].data_ptr<float>();
     a.bias[k] = bias[k].data_ptr<float>();
-    outs.push_back(at::empty(h1.sizes(), opts));
-    a.out[k] = outs.back().data_ptr<float>();
+    outs.push_back(at::empty(h1.sizes(), opts.dtype(norm_dtype)));
+    a.out[k] = outs.back().data_ptr();
   }
   const KernelTable* k = current();
   constexpr int64_t kRows = 64;
@@ -421,7 +441,8 @@ TORCH_LIBRARY(ssamba_cpu, m) {
   m.def("conv_silu_fwd(Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) -> (Tensor, Tensor)");
   m.def("conv_silu_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tensor b_f, Tensor w_b, Tensor b_b) "
         "-> Tensor[]");
-  m.def("add_norms(Tensor? prev, Tensor h1, Tensor? h2, Tensor[] weight, Tensor[] bias, float eps) "
+  m.def("add_norms(Tensor? prev, Tensor h1, Tensor? h2, Tensor[] weight, Tensor[] bias, float eps, "
+        "ScalarType? out_dtype=None) "
         "-> (Tensor, Tensor[])");
   m.def("isa() -> str", &ssamba::isa);
   m.def("set_isa(str name) -> str", &ssamba::set_isa);
