@@ -9,7 +9,7 @@ Backends: ``triton`` (CUDA, whenever Triton is importable -- every CUDA build of
 it on GPUs; ``triton_ops``), ``mamba_ssm`` (CUDA, when installed; "auto" prefers triton), ``cpu`` (the C++
 kernels of ``scan/csrc``, compiled on first use; if they cannot be built, a warning says so once and "auto" falls
 back to the reference), ``reference`` (pure PyTorch, the oracle).  With the ``cpu`` backend the Mamba mixer also runs fused (``BiMambaMixer._forward_fused``).
-Environment: ``SSAMBA_EXT_DIR`` (where the kernels are cached), ``SSAMBA_SCAN_ISA`` (force avx512/avx2/generic).
+Environment: ``SSAMBA_EXT_DIR`` (where the kernels are cached), ``SSAMBA_SCAN_ISA`` (force avx512bf16/avx512/avx2/generic).
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ sources and flags, so an edited kernel is rebuilt and an unchanged one is loaded
 ``$SSAMBA_EXT_DIR`` if set (handy for CI: compile once per run), else torch's extension directory.
 
 When the build fails (no compiler, no ninja, ...) the library warns once and the scan backend registry falls back
-to the pure-PyTorch reference scan; that is never silent.  ``SSAMBA_SCAN_ISA`` (auto, avx512, avx2, generic)
-forces an instruction set, e.g. to test the fallbacks on a machine that has AVX-512.
+to the pure-PyTorch reference scan; that is never silent.  ``SSAMBA_SCAN_ISA`` (auto, avx512bf16, avx512, avx2,
+generic) forces an instruction set, e.g. to test the fallbacks on a machine that has AVX-512.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class KernelBuildError(RuntimeError):
 
 
 def sources() -> list[Path]:
-    isas = ("avx512", "avx2", "generic") if _X86 else ("generic",)
+    isas = ("avx512bf16", "avx512", "avx2", "generic") if _X86 else ("generic",)
     return [CSRC / "ops.cpp", CSRC / "mixer.cpp"] + [CSRC / f"isa_{isa}.cpp" for isa in isas]
 
 
@@ -151,7 +151,7 @@ def available() -> bool:
 
 
 def isa() -> str:
-    """Instruction set the kernels run with ("avx512", "avx2" or "generic")."""
+    """Instruction set the kernels run with ("avx512bf16", "avx512", "avx2" or "generic")."""
     if not available():
         raise KernelBuildError("the CPU kernels are not available")
     return torch.ops.ssamba_cpu.isa()

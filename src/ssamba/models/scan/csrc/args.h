@@ -111,6 +111,7 @@ static inline int64_t scan_bwd_scratch_floats(int width, int64_t nstate, int nb)
          (int64_t)width * 3 * nb * nstate + (int64_t)width * 2 * nb * (nstate + 2);
 }
 
+const KernelTable* kernels_avx512bf16();  // null when the compiler lacked AVX512-BF16
 const KernelTable* kernels_avx512();
 const KernelTable* kernels_avx2();
 const KernelTable* kernels_generic();

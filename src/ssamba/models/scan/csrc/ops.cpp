@@ -23,6 +23,8 @@ using OptList = c10::List<std::optional<Tensor>>;
 bool cpu_supports(const std::string& isa) {
 #if defined(SSAMBA_X86)
   __builtin_cpu_init();
+  if (isa == "avx512bf16")
+    return kernels_avx512bf16() != nullptr && cpu_supports("avx512") && __builtin_cpu_supports("avx512bf16");
   if (isa == "avx512")
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
@@ -33,6 +35,7 @@ bool cpu_supports(const std::string& isa) {
 
 const KernelTable* table_for(const std::string& isa) {
 #if defined(SSAMBA_X86)
+  if (isa == "avx512bf16") return kernels_avx512bf16();
   if (isa == "avx512") return kernels_avx512();
   if (isa == "avx2") return kernels_avx2();
 #endif
@@ -40,7 +43,7 @@ const KernelTable* table_for(const std::string& isa) {
 }
 
 const KernelTable* best_table() {
-  for (const char* isa : {"avx512", "avx2"})
+  for (const char* isa : {"avx512bf16", "avx512", "avx2"})
     if (cpu_supports(isa)) return table_for(isa);
   return kernels_generic();
 }
@@ -410,13 +413,13 @@ std::tuple<Tensor, std::vector<Tensor>> add_norms(std::optional<Tensor> prev, Te
 
 std::string isa() { return current()->name; }
 
-// Select the instruction set ("avx512", "avx2", "generic", or "auto"); returns the one now in use.
+// Select the instruction set ("avx512bf16", "avx512", "avx2", "generic", or "auto"); returns the one now in use.
 std::string set_isa(std::string name) {
   if (name == "auto" || name.empty()) {
     current() = best_table();
   } else {
-    TORCH_CHECK(name == "avx512" || name == "avx2" || name == "generic", "ssamba_cpu: unknown isa '", name,
-                "' (choose auto, avx512, avx2, generic)");
+    TORCH_CHECK(name == "avx512bf16" || name == "avx512" || name == "avx2" || name == "generic",
+                "ssamba_cpu: unknown isa '", name, "' (choose auto, avx512bf16, avx512, avx2, generic)");
     TORCH_CHECK(cpu_supports(name), "ssamba_cpu: this CPU does not support ", name);
     current() = table_for(name);
   }
@@ -425,7 +428,7 @@ std::string set_isa(std::string name) {
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
-  for (const char* isa : {"avx512", "avx2", "generic"})
+  for (const char* isa : {"avx512bf16", "avx512", "avx2", "generic"})
     if (cpu_supports(isa)) out.push_back(isa);
   return out;
 }

@@ -1,12 +1,18 @@
-// 16-lane float vectors on AVX-512 (F, DQ).  Included only by isa_avx512.cpp, compiled for that target.
+// 16-lane float vectors on AVX-512 (F, DQ).  Included only by isa_avx512.cpp and isa_avx512bf16.cpp (which
+// defines SSAMBA_AVX512_BF16: the same kernels with AVX512-BF16's conversion instruction), each compiled for its
+// target; the namespaces differ so that the linker never merges the two builds' inline functions.
 #pragma once
 #include <immintrin.h>
 #include <cstdint>
 
+#ifdef SSAMBA_AVX512_BF16
+#define SSAMBA_NS avx512bf16
+#else
 #define SSAMBA_NS avx512
+#endif
 
 namespace ssamba {
-namespace avx512 {
+namespace SSAMBA_NS {
 
 struct V {
   __m512 v;
@@ -59,11 +65,17 @@ static inline V load_bf16(const uint16_t* p, Mask m) {
   return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
 }
 static inline void store_bf16(uint16_t* p, V a, Mask m) {
+#ifdef SSAMBA_AVX512_BF16
+  // vcvtneps2bf16: the same rounding in one instruction instead of eight (SSAMBA-tiny's bf16 forward ~3% faster),
+  // except that it reads float32 denormals (|x| < 1.2e-38) as zero
+  _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(a.v));
+#else
   const __m512i bits = _mm512_castps_si512(a.v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
   r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7fc00000));
   _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+#endif
 }
 
 static inline float hsum(V a) { return _mm512_reduce_add_ps(a.v); }
@@ -102,5 +114,5 @@ static inline void reduce_lanes(const V* parts, int count, float* out, bool accu
   for (; i < count; ++i) out[i] = accumulate ? out[i] + hsum(parts[i]) : hsum(parts[i]);
 }
 
-}  // namespace avx512
+}  // namespace SSAMBA_NS
 }  // namespace ssamba
