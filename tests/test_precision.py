@@ -51,3 +51,43 @@ def test_without_autocast_it_is_an_error_and_float32_restores():
         assert torch.isfinite(model(x)).all()
     with pytest.raises(ValueError, match="floating-point"):
         cast_matmul_weights(model, torch.int8)
+
+
+@pytest.fixture
+def threads(request):
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2], ids=["one-mixer-op", "pair-op"])
+def test_fused_mixers_use_autocasts_weight_cache(threads, nthreads):
+    """The fused CPU mixer ops cast float32 weights through autocast's own cache, as F.linear does: once per
+    autocast region (a weight changed in place inside the region is not re-cast, by torch's design), and afresh in
+    the next region -- on two threads too, where the pair op casts on the calling thread, whose cache the region's
+    end clears (a worker thread's cache would keep the old casts)."""
+    threads(nthreads)
+    torch.manual_seed(0)
+    model = build_encoder(preset("ssamba", "tiny", input_tdim=48, depth=2, scan_backend="cpu")).eval()
+    x = torch.randn(1, 48, 128)
+    w = model.layers[0].mixer.in_proj.weight
+    linear = torch.nn.Linear(192, 8, bias=False)
+    h = torch.randn(5, 192)
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        first, lin_first = model(x), linear(h)
+        w.mul_(1.5)
+        linear.weight.mul_(1.5)
+        # F.linear's semantics: the region keeps its casts; the fused op shows the same
+        assert torch.equal(linear(h), lin_first)
+        assert torch.equal(model(x), first)
+    fresh_model = autocast_forward(model, x)  # a new region casts the updated weights
+    with torch.no_grad():
+        w.div_(1.5)
+    assert not torch.equal(fresh_model, first)
+    assert torch.equal(autocast_forward(model, x), first)
+    # frozen weights are not cached (autocast caches leaves that require grad), so a change shows at once
+    model.requires_grad_(False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        first = model(x)
+        w.mul_(1.5)
+        assert not torch.equal(model(x), first)

@@ -9,6 +9,7 @@
 // (BiMambaMixer._forward_fused), and training keeps the separately differentiable ops.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 #include <omp.h>
@@ -21,6 +22,16 @@ namespace ssamba {
 namespace {
 
 using at::Tensor;
+
+// A matmul weight in the activation dtype, as autocast casts it: under CPU autocast through autocast's own cache
+// (cached_cast: a float32 leaf parameter that requires grad is cast once per autocast region, on the thread that
+// entered it, which clears the cache when the region ends), so many clips under one region cast the weights once
+// (SSAMBA-tiny: ~5% of a bf16 forward on one thread).  Outside autocast a plain cast: nothing to clear a cache.
+Tensor autocast_weight(const Tensor& w, at::ScalarType dtype) {
+  if (at::autocast::is_autocast_enabled(at::kCPU) && dtype == at::autocast::get_autocast_dtype(at::kCPU))
+    return at::autocast::cached_cast(dtype, w, c10::DeviceType::CPU);
+  return w.to(dtype);
+}
 
 void check_same_dtype(const Tensor& t, const Tensor& like, const char* name) {
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "ssamba_cpu::mixer_fwd: ", name, " is ", t.scalar_type(),
@@ -41,7 +52,7 @@ Tensor mixer_fwd(Tensor hidden, Tensor w_in, std::vector<Tensor> conv_w, std::ve
                   dt_bias.size() == 2 && A_log.size() == 2 && D.size() == 2,
               "ssamba_cpu::mixer_fwd: every per-direction list needs 2 entries");
   for (Tensor* w : {&w_in, &x_proj_w[0], &x_proj_w[1], &dt_proj_w[0], &dt_proj_w[1], &w_out}) {
-    if (cast_weights) *w = w->to(hidden.scalar_type());
+    if (cast_weights) *w = autocast_weight(*w, hidden.scalar_type());
     check_same_dtype(*w, hidden, "a matmul weight");
   }
   const auto f32 = [](std::vector<Tensor>& ts) {
@@ -105,6 +116,13 @@ std::vector<Tensor> mixer_pair_fwd(std::vector<Tensor> hidden, std::vector<Tenso
   const auto half = [](const std::vector<Tensor>& v, int i) {
     return std::vector<Tensor>(v.begin() + 2 * i, v.begin() + 2 * i + 2);
   };
+  if (cast_weights) {  // here, on the calling thread: autocast's cache is per thread (see autocast_weight)
+    for (std::vector<Tensor>* ws : {&w_in, &x_proj_w, &dt_proj_w, &w_out}) {
+      const int per_mixer = (int)ws->size() / 2;  // one shared weight or two per-direction ones
+      for (int i = 0; i < (int)ws->size(); ++i)
+        (*ws)[i] = autocast_weight((*ws)[i], hidden[i / per_mixer].scalar_type());
+    }
+  }
   std::vector<Tensor> out(2);
   std::exception_ptr err[2];
   // the worker thread runs with the caller's grad mode, dispatch-key exclusions and autocast state
