@@ -5,9 +5,8 @@ state updates per second per core, peak memory); the single-thread scan rate; SS
 512 tokens (1 and 2 threads; fp32, bf16 autocast per clip and over 8 clips, and bf16 autocast with the Linear
 weights stored in bf16) with its floor (matmul FLOPs at the measured matmul rate plus 48 scans at the measured scan
 rate); SSAMBA-tiny vs SSAST-tiny (sdpa) at 512, 2k and 22k tokens; an SSAMBA-tiny training step (B=4, 128x1024).
-Times are medians;
-the fp32/bf16, fp32/floor and SSAMBA/SSAST ratios are medians of per-round ratios of runs interleaved round-robin
-(this kind of VM drifts by up to 2x within minutes).
+Times are medians; the fp32/bf16, fp32/floor and SSAMBA/SSAST ratios are medians of per-round ratios of runs
+interleaved round-robin (this kind of VM drifts by up to 2x within minutes).
 
     PYTHONPATH=src python benchmarks/scan.py [--quick] [--threads N]
 
@@ -340,7 +339,7 @@ def model_latency() -> None:
     cpu_rows = []
     for threads in THREADS:
         with with_threads(threads):
-            # fp32 forward, the two bf16 forwards, the matmul shapes and one mixer scan, round-robin: the floor of
+            # fp32 forward, the three bf16 ones, the matmul shapes and one mixer scan, round-robin: the floor of
             # each round (warm rates: best of 5 calls) is measured next to that round's forward passes
             runs = Interleaved([forward_step(model, 1024), forward_step(model, 1024, bf16=True),
                                 forward_step(model_w, 1024, bf16=True), best_of(mm_fn), best_of(scan_fn),
@@ -364,8 +363,8 @@ def model_latency() -> None:
         print(f"1 thread by thread CPU time (immune to waiting for a core): fp32 {runs.median(0, cpu=True) * 1e3:.1f} "
               f"ms, bf16 {runs.median(1, cpu=True) * 1e3:.1f} ms "
               f"({runs.ratio(lambda t: t[0] / t[1], cpu=True):.2f}x), bf16 8/r {runs.median(5, cpu=True) * 1e3:.1f} "
-              f"ms ({runs.ratio(lambda t: t[0] / t[5], cpu=True):.2f}x), bf16 w {runs.median(2, cpu=True) * 1e3:.1f} ms "
-              f"({runs.ratio(lambda t: t[0] / t[2], cpu=True):.2f}x); floor = matmul {mm_cpu * 1e3:.1f} + 48 scans "
+              f"ms ({runs.ratio(lambda t: t[0] / t[5], cpu=True):.2f}x), bf16 w "
+              f"{runs.median(2, cpu=True) * 1e3:.1f} ms ({runs.ratio(lambda t: t[0] / t[2], cpu=True):.2f}x); floor = matmul {mm_cpu * 1e3:.1f} + 48 scans "
               f"{scans_cpu * 1e3:.1f} = {(mm_cpu + scans_cpu) * 1e3:.1f} ms, fp32/floor "
               f"{runs.ratio(lambda t: t[0] / (t[3] * flops / mm_flops + 24 * t[4]), cpu=True):.2f}")
     print(f"(matmul FLOPs {flops / 1e9:.2f} G; bf16 = autocast for the matmuls, one autocast region per clip; "
