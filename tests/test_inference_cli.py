@@ -50,6 +50,18 @@ def test_predict_folder_json_reports_the_corrupt_file_and_finishes(model_dir, fo
             assert all(t["label"] in LABELS for t in rec["top"])
 
 
+def test_predict_bf16_precision_matches_the_api(model_dir, folder, capsys):
+    """--precision bf16 reaches the Predictor: the CLI's scores are the API's bf16 ones."""
+    files = [folder / "yes" / "clip0.wav", folder / "no" / "clip1.wav"]
+    assert main(["predict", *map(str, files), "--model", str(model_dir), "--top-k", "3",
+                 "--precision", "bf16"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    model = ssamba.load(model_dir)
+    for rec, pred in zip(records, model.predict(files, top_k=3, precision="bf16")):
+        assert [t["label"] for t in rec["top"]] == [lab for lab, _ in pred.top]
+        assert [t["score"] for t in rec["top"]] == pytest.approx([s for _, s in pred.top], abs=1e-6)
+
+
 def test_predict_csv_per_second_to_a_file(model_dir, folder, tmp_path):
     out = tmp_path / "labels.csv"
     long_file = folder / "long.flac"

@@ -205,3 +205,28 @@ def test_stereo_files_follow_the_mono_option(shallow, tmp_path):
     assert np.allclose(first.clip, shallow.embed(str(tmp_path / "left.wav")).clip, atol=1e-5)
     assert np.allclose(mean.clip, shallow.embed(str(tmp_path / "mean.wav")).clip, atol=1e-5)
     assert not np.allclose(first.clip, mean.clip, atol=1e-3)
+
+
+def test_bf16_precision_runs_the_encoder_under_autocast_close_to_fp32(shallow, monkeypatch):
+    """precision="bf16": one bf16 autocast region per encode call (the weights are cast once for its clips); the
+    scores and embeddings come back float32, close to the fp32 ones, the same top label."""
+    from ssamba.inference import engine
+
+    states = []
+    original = engine.encode_any_length
+    monkeypatch.setattr(engine, "encode_any_length", lambda *a, **k: states.append(
+        (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))) or original(*a, **k))
+    files = tts_files("yes", 2) + tts_files("no", 1)
+    fp32 = shallow.predict(files, top_k=3)
+    assert states and all(not on for on, _ in states)
+    states.clear()
+    bf16 = shallow.predict(files, top_k=3, precision="bf16")
+    assert states and all(on and dtype == torch.bfloat16 for on, dtype in states)
+    for a, b in zip(fp32, bf16):
+        assert b.ok and b.scores.dtype == np.float32 and b.top[0][0] == a.top[0][0]
+        np.testing.assert_allclose(b.scores, a.scores, atol=5e-3)
+    e32, e16 = shallow.embed(files[0]), shallow.embed(files[0], precision="bf16")
+    assert e16.clip.dtype == np.float32
+    assert np.abs(e16.clip - e32.clip).max() <= 1e-2 * np.abs(e32.clip).max()
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        shallow.predictor(precision="fp16")

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from ssamba.audio.features import SAMPLE_RATE
 from ssamba.audio.io import MonoPolicy
-from ssamba.inference.engine import Stats
+from ssamba.inference.engine import Precision, Stats
 from ssamba.inference.inputs import Audio
 from ssamba.inference.long_audio import LengthPolicy
 from ssamba.inference.predictor import Activation, Embedding, OnError, Prediction, Predictor
@@ -23,10 +23,12 @@ class InferenceMixin:
 
     def predictor(self, *, stats: Stats = "audioset", batch_size: int = 8, progress: bool = False,
                   min_frames: int | None = None, max_frames: int | None = None,
-                  overlap_frames: int = 1000, mono: MonoPolicy = "first") -> Predictor:
-        """``mono``: how multichannel files become mono ("first" channel, or "mean" of all channels)."""
+                  overlap_frames: int = 1000, mono: MonoPolicy = "first", precision: Precision = "fp32") -> Predictor:
+        """``mono``: how multichannel files become mono ("first" channel, or "mean" of all channels);
+        ``precision``: "fp32" or "bf16" (bfloat16 autocast for the encoder)."""
         return Predictor(self, stats=stats, batch_size=batch_size, progress=progress,  # type: ignore[arg-type]
-                         policy=LengthPolicy(min_frames, max_frames, overlap_frames), mono=mono)
+                         policy=LengthPolicy(min_frames, max_frames, overlap_frames), mono=mono,
+                         precision=precision)
 
     def predict(self, audio: Audio | Iterable[Audio], top_k: int = 5, *, sample_rate: int = SAMPLE_RATE,
                 per_second: bool = False, activation: Activation = "auto", on_error: OnError = "report",

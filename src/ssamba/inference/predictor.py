@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ssamba.audio.features import SAMPLE_RATE
 from ssamba.audio.io import AudioLoadError, MonoPolicy
-from ssamba.inference.engine import ClipEncoder, Encoded, Stats
+from ssamba.inference.engine import ClipEncoder, Encoded, Precision, Stats
 from ssamba.inference.inputs import Audio, Source, as_sources
 from ssamba.inference.long_audio import LengthPolicy, per_second_pool
 from ssamba.models.base import AudioModel
@@ -65,11 +65,13 @@ class Embedding:
 
 class Predictor:
     """Inference with one model. ``stats``: the normalisation the model was trained with (a preset name such as
-    "audioset" -- the pretraining default -- "esc50", "speechcommands", or ``(mean, std)``)."""
+    "audioset" -- the pretraining default -- "esc50", "speechcommands", or ``(mean, std)``); ``precision``:
+    "fp32", or "bf16" for the encoder under bfloat16 autocast (see :class:`ClipEncoder`)."""
 
     def __init__(self, model: AudioModel, *, stats: Stats = "audioset", policy: LengthPolicy | None = None,
-                 batch_size: int = 8, progress: bool = False, mono: MonoPolicy = "first") -> None:
-        self.encoder = ClipEncoder(model, stats, policy, batch_size)
+                 batch_size: int = 8, progress: bool = False, mono: MonoPolicy = "first",
+                 precision: Precision = "fp32") -> None:
+        self.encoder = ClipEncoder(model, stats, policy, batch_size, precision)
         self.model = model
         self.progress = progress
         self.mono = mono
