@@ -35,3 +35,11 @@ def official_outputs() -> dict[str, torch.Tensor]:
 def pytest_sessionstart(session: pytest.Session) -> None:
     if not OFFICIAL.is_dir():
         raise pytest.UsageError(f"shared fixtures not found at {OFFICIAL}: the repository must sit beside ../shared")
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count for one test (CI has 2 cores; 2 threads also run where there is 1)."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)

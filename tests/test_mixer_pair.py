@@ -21,14 +21,6 @@ def restore_backend():
 
 
 @pytest.fixture
-def threads():
-    """Set torch's thread count for one test (CI has 2 cores; 2 threads also run where there is 1)."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def pair_calls(monkeypatch):
     """Counts ops.mixer_pair calls."""
     calls = []

@@ -53,13 +53,6 @@ def test_without_autocast_it_is_an_error_and_float32_restores():
         cast_matmul_weights(model, torch.int8)
 
 
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("nthreads", [1, 2], ids=["one-mixer-op", "pair-op"])
 def test_fused_mixers_use_autocasts_weight_cache(threads, nthreads):
     """The fused CPU mixer ops cast float32 weights through autocast's own cache, as F.linear does: once per
