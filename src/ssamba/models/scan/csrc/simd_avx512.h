@@ -11,6 +11,9 @@
 #define SSAMBA_NS avx512
 #endif
 
+// the forward scan's exps four states at a time (scan_kernels.h, exp_group): 32 registers have room for it
+#define SSAMBA_EXP_GROUP 4
+
 namespace ssamba {
 namespace SSAMBA_NS {
 
