@@ -18,7 +18,7 @@ the instruction count per state update (``benchmarks/triton_ptx.py``), not the s
 """
 from __future__ import annotations
 
-from ssamba.models.scan.triton_ops import _chunk_steps, _combine, _load_delta, tl
+from ssamba.models.scan.triton_ops import _channel_block, _channel_values, _chunk_steps, _combine, _load_delta, tl
 
 
 def fwd_loop_kernel(
@@ -32,20 +32,11 @@ def fwd_loop_kernel(
     """The forward scan.  Sequential: a program walks all chunks, carrying the state (and saves each chunk's start
     state with SAVE_STATES).  CHUNK_PARALLEL: a program computes one chunk (program axis 2) from the start state
     that ``chunk_end_kernel`` and ``chunk_carry_kernel`` wrote to ``states``.  REVERSE: see ``_chunk_steps``."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    pid_b, offs_d, offs_n, mask_d, mask_dn = _channel_block(dim, d_state, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, CHUNK)
-    mask_d = offs_d < dim
-    mask_dn = mask_d[:, None] & (offs_n < d_state)[None, :]
     log2e = 1.4426950408889634
-    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = _channel_values(D_ptr, offs_d, mask_d, HAS_D, BLOCK_D)
+    bias = _channel_values(bias_ptr, offs_d, mask_d, HAS_BIAS, BLOCK_D)
     state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
     if CHUNK_PARALLEL:
         c_lo = tl.program_id(2)
@@ -107,18 +98,11 @@ def chunk_end_kernel(
     state from a zero start, ``sum_t exp(A sum_{s>t} delta_s) delta_t u_t B_t``, and ``sum_t delta_t`` (the chunk's
     decay is ``exp(A sum delta)``).  A weighted sum over time, not a scan: one reverse cumsum of delta serves all N
     states."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
+    pid_b, offs_d, offs_n, mask_d, mask_dn = _channel_block(dim, d_state, BLOCK_D, BLOCK_N)
     ci = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, CHUNK)
-    mask_d = offs_d < dim
-    mask_dn = mask_d[:, None] & (offs_n < d_state)[None, :]
     log2e = 1.4426950408889634
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = _channel_values(bias_ptr, offs_d, mask_d, HAS_BIAS, BLOCK_D)
     t, mask_t = _chunk_steps(ci, offs_t, length, CHUNK, REVERSE)
     mask_x = mask_d[:, None] & mask_t[None, :]
     x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
@@ -145,12 +129,7 @@ def chunk_carry_kernel(
     """Second pass: walks the chunks of a (batch, channel block), turning each chunk's zero-start end state (read
     from ``states``) into the chunk's true start state (written in its place): ``h <- exp(A sum delta) h + end``.
     """
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < dim
-    mask_dn = mask_d[:, None] & (offs_n < d_state)[None, :]
+    pid_b, offs_d, offs_n, mask_d, mask_dn = _channel_block(dim, d_state, BLOCK_D, BLOCK_N)
     A2 = tl.load(A_ptr + offs_d[:, None] * d_state + offs_n[None, :], mask=mask_dn, other=0.0) * 1.4426950408889634
     base = (pid_b * dim + offs_d) * n_chunks
     carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
@@ -173,20 +152,11 @@ def bwd_loop_kernel(
     """The backward, walking the chunks from the last scan step to the first.  REVERSE: a reverse scan read in
     ascending memory order (``_chunk_steps``), so the scan's previous step is the next memory position, the two
     inner scans run the other way, and dB/dC are indexed by memory position."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    pid_b, offs_d, offs_n, mask_d, mask_dn = _channel_block(dim, d_state, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, CHUNK)
-    mask_d = offs_d < dim
-    mask_dn = mask_d[:, None] & (offs_n < d_state)[None, :]
     log2e = 1.4426950408889634
-    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = _channel_values(D_ptr, offs_d, mask_d, HAS_D, BLOCK_D)
+    bias = _channel_values(bias_ptr, offs_d, mask_d, HAS_BIAS, BLOCK_D)
     state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
     g_carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # adjoint of the state after this chunk
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)

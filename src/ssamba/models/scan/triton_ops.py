@@ -149,6 +149,24 @@ if triton is not None:
         return t, t < length
 
     @triton.jit
+    def _channel_block(dim, d_state, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """The program's batch element and block of channels (program axes 0 and 1), as every kernel starts:
+        ``(pid_b, offs_d, offs_n, mask_d, mask_dn)``, mask_dn for the block's (channel, state) tile."""
+        pid_b = tl.program_id(0)
+        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_n = tl.arange(0, BLOCK_N)
+        mask_d = offs_d < dim
+        return pid_b, offs_d, offs_n, mask_d, mask_d[:, None] & (offs_n < d_state)[None, :]
+
+    @triton.jit
+    def _channel_values(ptr, offs_d, mask_d, PRESENT: tl.constexpr, BLOCK_D: tl.constexpr):
+        """A per-channel parameter of the block (D, the delta bias) as float32; zeros when the call has none."""
+        values = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        if PRESENT:
+            values = tl.load(ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        return values
+
+    @triton.jit
     def _load_delta(ptrs, mask, bias, SOFTPLUS: tl.constexpr):
         """(delta, pre): softplus(delta + bias) as float32, 0 where masked (a step outside the sequence is the
         identity, a = 1 and b = 0), and the pre-softplus value (its sigmoid is softplus' derivative)."""
@@ -166,21 +184,13 @@ def _fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    pid_b, offs_d, offs_n, mask_d, mask_dn = _channel_block(dim, d_state, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, CHUNK)
-    mask_d = offs_d < dim
     mask_n = offs_n < d_state
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     log2e = 1.4426950408889634
     A2 = tl.load(A_ptr + offs_d[:, None] * d_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * log2e
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = _channel_values(D_ptr, offs_d, mask_d, HAS_D, BLOCK_D)
+    bias = _channel_values(bias_ptr, offs_d, mask_d, HAS_BIAS, BLOCK_D)
     state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]  # + ci * d_state
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     for ci in range(n_chunks):
@@ -218,23 +228,14 @@ def _bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    pid_b, offs_d, offs_n, mask_d, mask_dn = _channel_block(dim, d_state, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, CHUNK)
-    mask_d = offs_d < dim
     mask_n = offs_n < d_state
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     log2e = 1.4426950408889634
     A = tl.load(A_ptr + offs_d[:, None] * d_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A * log2e
-    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = _channel_values(D_ptr, offs_d, mask_d, HAS_D, BLOCK_D)
+    bias = _channel_values(bias_ptr, offs_d, mask_d, HAS_BIAS, BLOCK_D)
     state_off = ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
     g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # adjoint of the state after this chunk
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
