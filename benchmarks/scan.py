@@ -10,7 +10,9 @@ interleaved round-robin (this kind of VM drifts by up to 2x within minutes).
 
     PYTHONPATH=src python benchmarks/scan.py [--quick] [--threads N]
 
-On a machine shared with other jobs, numbers move with the load: the header prints the load average.
+On a machine shared with other jobs, numbers move with the load: the header prints how many CPUs other processes
+kept busy over one second before the run (and, on a VM, how much the hypervisor stole), and the last line how much
+was stolen during the run (Linux /proc/stat; the load average would count this benchmark's own previous runs).
 """
 from __future__ import annotations
 
@@ -110,6 +112,29 @@ def best_of(fn: Callable[[], object], k: int = 5) -> Callable[[], float]:
             best = min(best, time.perf_counter() - t)
         return best
     return run
+
+
+def cpu_jiffies() -> tuple[int, int, int] | None:
+    """(all, idle + iowait, steal) CPU time of the whole machine in clock ticks, from /proc/stat (Linux only)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields[:8]), fields[3] + fields[4], steal
+
+
+def cpus_taken(seconds: float = 1.0) -> tuple[float, float] | None:
+    """(CPUs kept busy by other processes, CPUs stolen by the hypervisor) over ``seconds`` while this one sleeps."""
+    start = cpu_jiffies()
+    time.sleep(seconds)
+    end = cpu_jiffies()
+    if start is None or end is None or end[0] == start[0]:
+        return None
+    cpus = (os.cpu_count() or 1) / (end[0] - start[0])  # CPUs per tick of the machine-wide total
+    idle, steal = end[1] - start[1], end[2] - start[2]
+    return (end[0] - start[0] - idle - steal) * cpus, steal * cpus
 
 
 def _status_kb(field: str) -> int | None:
@@ -425,12 +450,15 @@ def main() -> None:
     sections = set(args.sections.split(","))
     if not cpu.available():
         raise SystemExit("the CPU kernels could not be built; nothing to benchmark")
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    taken = cpus_taken()
+    busy = f"{taken[0]:.2f} CPUs busy with other processes, {taken[1]:.2f} stolen by the hypervisor" if taken else \
+        "CPU use of other processes unknown (no /proc/stat)"
     print(f"torch {torch.__version__}, kernels: {cpu.isa()}, {os.cpu_count()} CPUs, "
-          f"{torch.get_num_threads()} threads, load average {load}")
-    if os.cpu_count() and load[0] != "n/a" and load[0] > 0.5:
-        print(f"note: other processes keep {load[0]:.1f} CPUs busy: medians are inflated, multi-threaded runs "
-              "wait on preempted threads; the fastest runs are closer to an idle machine")
+          f"{torch.get_num_threads()} threads; over the last second {busy}")
+    if taken and sum(taken) > 0.25:
+        print("note: medians are inflated while other work takes CPUs, and multi-threaded runs wait on preempted "
+              "threads; the fastest runs are closer to an idle machine")
+    start = cpu_jiffies()
     if "scan" in sections:
         scan_table(args.quick)
     if "rate" in sections:
@@ -441,7 +469,10 @@ def main() -> None:
         versus_ssast(args.quick)
     if "train" in sections:
         training_step()
-    print(f"\nload average at the end: {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}")
+    end = cpu_jiffies()
+    if start and end and end[0] > start[0]:
+        print(f"\nstolen by the hypervisor during the run: {100 * (end[2] - start[2]) / (end[0] - start[0]):.1f}% "
+              f"of the machine's CPU time")
 
 
 if __name__ == "__main__":
