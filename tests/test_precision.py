@@ -6,6 +6,7 @@ import torch
 
 from ssamba.models import build_encoder, preset
 from ssamba.models.precision import cast_matmul_weights
+from ssamba.models.scan import cpu
 
 BF16 = torch.bfloat16
 
@@ -53,12 +54,18 @@ def test_without_autocast_it_is_an_error_and_float32_restores():
         cast_matmul_weights(model, torch.int8)
 
 
+@pytest.mark.parametrize("amx", [False, True], ids=["onednn", "amx"])
 @pytest.mark.parametrize("nthreads", [1, 2], ids=["one-mixer-op", "pair-op"])
-def test_fused_mixers_use_autocasts_weight_cache(threads, nthreads):
-    """The fused CPU mixer ops cast float32 weights through autocast's own cache, as F.linear does: once per
-    autocast region (a weight changed in place inside the region is not re-cast, by torch's design), and afresh in
-    the next region -- on two threads too, where the pair op casts on the calling thread, whose cache the region's
-    end clears (a worker thread's cache would keep the old casts)."""
+def test_fused_mixers_weight_casts_follow_autocast(threads, nthreads, amx, monkeypatch):
+    """Through oneDNN (SSAMBA_AMX=0) the fused CPU mixer ops cast float32 weights through autocast's own cache, as
+    F.linear does: once per autocast region (a weight changed in place inside the region is not re-cast, by torch's
+    design), and afresh in the next region -- on two threads too, where the pair op casts on the calling thread,
+    whose cache the region's end clears (a worker thread's cache would keep the old casts).  On AMX the ops round
+    the float32 weights to bf16 as they pack them, on every call: no cast is kept, so an in-place change shows at
+    once; everything else is the same."""
+    if amx and not cpu.amx_available():
+        pytest.skip("no AMX-BF16 on this machine")
+    monkeypatch.setenv(cpu.AMX_VAR, "1" if amx else "0")
     threads(nthreads)
     torch.manual_seed(0)
     model = build_encoder(preset("ssamba", "tiny", input_tdim=48, depth=2, scan_backend="cpu")).eval()
@@ -70,9 +77,10 @@ def test_fused_mixers_use_autocasts_weight_cache(threads, nthreads):
         first, lin_first = model(x), linear(h)
         w.mul_(1.5)
         linear.weight.mul_(1.5)
-        # F.linear's semantics: the region keeps its casts; the fused op shows the same
+        # F.linear's semantics: the region keeps its casts; the fused op shows the same, or, packing the float32
+        # weights on every call (AMX), the new weights
         assert torch.equal(linear(h), lin_first)
-        assert torch.equal(model(x), first)
+        assert torch.equal(model(x), first) != amx
     fresh_model = autocast_forward(model, x)  # a new region casts the updated weights
     with torch.no_grad():
         w.div_(1.5)

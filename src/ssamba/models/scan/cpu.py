@@ -41,7 +41,7 @@ class KernelBuildError(RuntimeError):
 
 def sources() -> list[Path]:
     isas = ("avx512bf16", "avx512", "avx2", "generic") if _X86 else ("generic",)
-    return [CSRC / "ops.cpp", CSRC / "mixer.cpp"] + [CSRC / f"isa_{isa}.cpp" for isa in isas]
+    return [CSRC / "ops.cpp", CSRC / "mixer.cpp", CSRC / "amx_linear.cpp"] + [CSRC / f"isa_{isa}.cpp" for isa in isas]
 
 
 def _fingerprint() -> str:
@@ -162,6 +162,16 @@ def set_isa(name: str) -> str:
     if not available():
         raise KernelBuildError("the CPU kernels are not available")
     return torch.ops.ssamba_cpu.set_isa(name)
+
+
+AMX_VAR = "SSAMBA_AMX"
+
+
+def amx_available() -> bool:
+    """Whether the fused inference mixer runs its bf16 matmuls on AMX tiles (``csrc/amx_linear.cpp``): the kernels
+    are built, the CPU has AMX-BF16 and the OS grants it; ``SSAMBA_AMX=0`` turns it off (the matmuls then go
+    through ``at::mm``, i.e. oneDNN, as ``F.linear`` would)."""
+    return available() and torch.ops.ssamba_cpu.amx_available() and os.environ.get(AMX_VAR, "1") != "0"
 
 
 def supports(t: torch.Tensor) -> bool:

@@ -5,8 +5,11 @@
 // wrappers) made a 513-token SSAMBA-tiny mixer take 4748 us on one core against 4404 us as this one call (measured
 // interleaved), ~8 ms per forward.  Here the same operations run back to back from C++: at::mm on the same
 // shapes and dtypes as F.linear (so the same kernels and, in float32 and bfloat16 alike, the same results), the conv
-// and scan kernels called directly.  No autograd: the Python side takes this path only when no gradient is wanted
-// (BiMambaMixer._forward_fused), and training keeps the separately differentiable ops.
+// and scan kernels called directly.  bfloat16 matmuls run on AMX tiles where the CPU has them (amx_linear.cpp:
+// no oneDNN call setup, float32 weights packed without autocast's separate cast; the same bf16 products and float32
+// sums as oneDNN's AMX kernels, bit for bit equal outputs as measured on SSAMBA-tiny).  No autograd: the Python
+// side takes this path only when no gradient is wanted (BiMambaMixer._forward_fused), and training keeps the
+// separately differentiable ops.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
@@ -14,8 +17,11 @@
 #include <torch/library.h>
 #include <omp.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 
+#include "amx_linear.h"
 #include "ops.h"
 
 namespace ssamba {
@@ -31,6 +37,45 @@ Tensor autocast_weight(const Tensor& w, at::ScalarType dtype) {
   if (at::autocast::is_autocast_enabled(at::kCPU) && dtype == at::autocast::get_autocast_dtype(at::kCPU))
     return at::autocast::cached_cast(dtype, w, c10::DeviceType::CPU);
   return w.to(dtype);
+}
+
+// Whether the bf16 matmuls run on AMX tiles (amx_linear.cpp): where the CPU and OS allow it, unless
+// SSAMBA_AMX=0 (then at::mm, i.e. oneDNN, as F.linear would).
+bool use_amx() {
+  if (!amx_linear_available()) return false;
+  const char* env = std::getenv("SSAMBA_AMX");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+// a (rows, k) bfloat16 @ w.T on AMX, w (n, k) a Linear weight in float32 (rounded to bf16 as autocast's cast
+// would) or bf16; the result in bf16, rounded from the float32 sum as a bf16 matmul's is.
+Tensor amx_mm(Tensor a, Tensor w) {
+  TORCH_CHECK(a.scalar_type() == at::kBFloat16, "ssamba_cpu: the AMX matmul takes bfloat16 activations, not ",
+              a.scalar_type());
+  if (a.stride(1) != 1) a = a.contiguous();
+  if (w.stride(1) != 1) w = w.contiguous();
+  const int64_t m = a.size(0), k = a.size(1), n = w.size(0);
+  const Tensor packed = at::empty({amx_packed_elems(n, k)}, a.options().dtype(at::kShort));
+  auto* packed_ptr = reinterpret_cast<uint16_t*>(packed.data_ptr());
+  amx_pack_weights(w.data_ptr(), w.scalar_type() == at::kBFloat16, w.stride(0), n, k, packed_ptr);
+  Tensor out = at::empty({m, n}, a.options());
+  const auto* a_ptr = reinterpret_cast<const uint16_t*>(a.data_ptr());
+  auto* out_ptr = reinterpret_cast<uint16_t*>(out.data_ptr());
+  // blocks of 32 rows; inside mixer_pair_fwd's region this runs on the calling thread alone
+  at::parallel_for(0, (m + 31) / 32, 4, [&](int64_t b0, int64_t b1) {
+    std::vector<uint16_t> scratch(amx_scratch_elems(k));
+    amx_linear(a_ptr, a.stride(0), m, k, packed_ptr, n, out_ptr, n, b0 * 32, std::min(b1 * 32, m), scratch.data());
+  });
+  return out;
+}
+
+// ssamba_cpu::amx_linear: a (rows, k) bfloat16, w (n, k) float32 or bfloat16 -> a @ w.T in bfloat16 (tests).
+Tensor amx_linear_op(Tensor a, Tensor w) {
+  TORCH_CHECK(amx_linear_available(), "ssamba_cpu::amx_linear: AMX is not available on this machine");
+  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1) && a.scalar_type() == at::kBFloat16 &&
+                  (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16),
+              "ssamba_cpu::amx_linear: a (rows, k) bfloat16 and w (n, k) float32 or bfloat16 expected");
+  return amx_mm(a, w);
 }
 
 void check_same_dtype(const Tensor& t, const Tensor& like, const char* name) {
@@ -51,10 +96,14 @@ Tensor mixer_fwd(Tensor hidden, Tensor w_in, std::vector<Tensor> conv_w, std::ve
   TORCH_CHECK(conv_w.size() == 2 && conv_b.size() == 2 && x_proj_w.size() == 2 && dt_proj_w.size() == 2 &&
                   dt_bias.size() == 2 && A_log.size() == 2 && D.size() == 2,
               "ssamba_cpu::mixer_fwd: every per-direction list needs 2 entries");
+  // bf16 on AMX: the float32 weights are rounded to bf16 as they are packed (no autocast cast pass)
+  const bool amx = hidden.scalar_type() == at::kBFloat16 && use_amx();
   for (Tensor* w : {&w_in, &x_proj_w[0], &x_proj_w[1], &dt_proj_w[0], &dt_proj_w[1], &w_out}) {
+    if (amx && cast_weights && w->scalar_type() == at::kFloat) continue;
     if (cast_weights) *w = autocast_weight(*w, hidden.scalar_type());
     check_same_dtype(*w, hidden, "a matmul weight");
   }
+  const auto mm = [amx](const Tensor& a, const Tensor& w) { return amx ? amx_mm(a, w) : at::mm(a, w.t()); };
   const auto f32 = [](std::vector<Tensor>& ts) {
     for (Tensor& t : ts) t = t.to(at::kFloat).contiguous();
   };
@@ -67,27 +116,27 @@ Tensor mixer_fwd(Tensor hidden, Tensor w_in, std::vector<Tensor> conv_w, std::ve
   const Tensor h = hidden.reshape({batch * length, d_model});
   std::vector<Tensor> us(2), deltas, As, Bs, Cs;  // us: both directions' conv + SiLU outputs
   {  // x is dead once convolved, before z is made: one (B, L, E) less at the peak
-    const Tensor x = at::mm(h, w_in.narrow(0, 0, e).t()).view({batch, length, e});
+    const Tensor x = mm(h, w_in.narrow(0, 0, e)).view({batch, length, e});
     std::tie(us[0], us[1]) = conv_fwd(x, conv_w[0].view({e, -1}), conv_b[0], conv_w[1].view({e, -1}), conv_b[1]);
   }
   c10::List<std::optional<Tensor>> Ds, biases;
   for (int i = 0; i < 2; ++i) {
-    const Tensor dbl = at::mm(us[i].view({batch * length, e}), x_proj_w[i].t());  // (B L, R + 2N)
-    deltas.push_back(at::mm(dbl.narrow(1, 0, rank), dt_proj_w[i].t()).view({batch, length, e}));
+    const Tensor dbl = mm(us[i].view({batch * length, e}), x_proj_w[i]);  // (B L, R + 2N)
+    deltas.push_back(mm(dbl.narrow(1, 0, rank), dt_proj_w[i]).view({batch, length, e}));
     Bs.push_back(dbl.narrow(1, rank, nstate).view({batch, length, nstate}));
     Cs.push_back(dbl.narrow(1, rank + nstate, nstate).view({batch, length, nstate}));
     As.push_back(at::exp(A_log[i]).neg_());
     Ds.push_back(D[i]);
     biases.push_back(dt_bias[i]);
   }
-  Tensor z = at::mm(h, w_in.narrow(0, e, e).t()).view({batch, length, e});
+  Tensor z = mm(h, w_in.narrow(0, e, e)).view({batch, length, e});
   // out_proj's input in its dtype, written so by the scan (bf16: no float32 output and cast pass)
   Tensor y = std::get<0>(scan_fwd_as(us, deltas, As, Bs, Cs, Ds, biases, z, /*softplus=*/true, /*save=*/false,
-                                     w_out.scalar_type()));
+                                     hidden.scalar_type()));
   us.clear();  // the scan's inputs go before out_proj's output is allocated
   deltas.clear();
   z.reset();
-  return at::mm(y.view({batch * length, e}), w_out.t()).view({batch, length, d_model});
+  return mm(y.view({batch * length, e}), w_out).view({batch, length, d_model});
 }
 
 // Two mixers at once, each on a thread of its own (two threads at most; the torch thread count if lower): the
@@ -116,7 +165,8 @@ std::vector<Tensor> mixer_pair_fwd(std::vector<Tensor> hidden, std::vector<Tenso
   const auto half = [](const std::vector<Tensor>& v, int i) {
     return std::vector<Tensor>(v.begin() + 2 * i, v.begin() + 2 * i + 2);
   };
-  if (cast_weights) {  // here, on the calling thread: autocast's cache is per thread (see autocast_weight)
+  // here, on the calling thread: autocast's cache is per thread (see autocast_weight); on AMX nothing to cast
+  if (cast_weights && !(hidden[0].scalar_type() == at::kBFloat16 && use_amx())) {
     for (std::vector<Tensor>* ws : {&w_in, &x_proj_w, &dt_proj_w, &w_out}) {
       const int per_mixer = (int)ws->size() / 2;  // one shared weight or two per-direction ones
       for (int i = 0; i < (int)ws->size(); ++i)
@@ -147,6 +197,8 @@ std::vector<Tensor> mixer_pair_fwd(std::vector<Tensor> hidden, std::vector<Tenso
 }  // namespace ssamba
 
 TORCH_LIBRARY_FRAGMENT(ssamba_cpu, m) {
+  m.def("amx_available() -> bool", [] { return ssamba::amx_linear_available(); });
+  m.def("amx_linear(Tensor a, Tensor w) -> Tensor");
   m.def("mixer_fwd(Tensor hidden, Tensor w_in, Tensor[] conv_w, Tensor[] conv_b, Tensor[] x_proj_w, "
         "Tensor[] dt_proj_w, Tensor[] dt_bias, Tensor[] A_log, Tensor[] D, Tensor w_out, bool cast_weights) -> Tensor");
   m.def("mixer_pair_fwd(Tensor[] hidden, Tensor[] w_in, Tensor[] conv_w, Tensor[] conv_b, Tensor[] x_proj_w, "
@@ -156,5 +208,6 @@ TORCH_LIBRARY_FRAGMENT(ssamba_cpu, m) {
 
 TORCH_LIBRARY_IMPL(ssamba_cpu, CPU, m) {
   m.impl("mixer_fwd", &ssamba::mixer_fwd);
+  m.impl("amx_linear", &ssamba::amx_linear_op);
   m.impl("mixer_pair_fwd", &ssamba::mixer_pair_fwd);
 }
