@@ -316,6 +316,21 @@ def region_step(model: torch.nn.Module, tdim: int, clips: int = 8) -> Callable[[
     return step
 
 
+def without_amx(step: Callable[[], object]) -> Callable[[], object]:
+    """``step`` with the fused mixers' bf16 matmuls through oneDNN (at::mm, as F.linear) instead of AMX tiles."""
+    def run() -> object:
+        old = os.environ.get(cpu.AMX_VAR)
+        os.environ[cpu.AMX_VAR] = "0"
+        try:
+            return step()
+        finally:
+            if old is None:
+                del os.environ[cpu.AMX_VAR]
+            else:
+                os.environ[cpu.AMX_VAR] = old
+    return run
+
+
 def matmul_flops(tokens: int) -> tuple[float, list[tuple[int, int, int]]]:
     """SSAMBA-tiny's matmul FLOPs for one clip and its (rows, in, out) linear shapes, per layer and patch embed."""
     d, e, n, r = 192, D_INNER, D_STATE, 12
@@ -356,7 +371,11 @@ def model_latency() -> None:
     # casts become no-ops, the outputs are the same bit for bit
     model_w = cast_matmul_weights(copy.deepcopy(model), torch.bfloat16)
     flops, _ = matmul_flops(512)
+    amx = cpu.amx_available()
+    print("bf16 matmuls of the fused mixers: " + ("AMX tiles (csrc/amx_linear.cpp); the oneDNN column: the same "
+                                                  "with SSAMBA_AMX=0" if amx else "oneDNN (no AMX here)"))
     print(f"{'threads':>7} | {'fp32 ms':>8} {'(min)':>7} {'bf16 ms':>8} {'(min)':>7} {'speedup':>7} | "
+          f"{'oneDNN ms':>9} {'speedup':>7} | "
           f"{'bf16 8/r ms':>11} {'speedup':>7} | {'bf16 w ms':>9} {'speedup':>7} | {'matmul GF/s':>11} "
           f"{'matmul ms':>9} {'48 scans ms':>11} {'floor ms':>8} {'fp32/floor':>10}")
     mm_fn, mm_flops = matmul_set(512)
@@ -368,7 +387,8 @@ def model_latency() -> None:
             # each round (warm rates: best of 5 calls) is measured next to that round's forward passes
             runs = Interleaved([forward_step(model, 1024), forward_step(model, 1024, bf16=True),
                                 forward_step(model_w, 1024, bf16=True), best_of(mm_fn), best_of(scan_fn),
-                                region_step(model, 1024)], min_runs=10)
+                                region_step(model, 1024)]
+                               + ([without_amx(forward_step(model, 1024, bf16=True))] if amx else []), min_runs=10)
         floor_of = lambda t: t[3] * flops / mm_flops + 24 * t[4]  # noqa: E731
         rate = mm_flops / runs.median(3)
         scans = 24 * runs.median(4)
@@ -376,6 +396,8 @@ def model_latency() -> None:
         fp32, bf16, bf16_w = runs.median(0), runs.median(1), runs.median(2)
         print(f"{threads:7} | {fp32 * 1e3:8.1f} {runs.fastest(0) * 1e3:7.1f} {bf16 * 1e3:8.1f} "
               f"{runs.fastest(1) * 1e3:7.1f} {runs.ratio(lambda t: t[0] / t[1]):6.2f}x | "
+              + (f"{runs.median(6) * 1e3:9.1f} {runs.ratio(lambda t: t[0] / t[6]):6.2f}x | " if amx else
+                 f"{'-':>9} {'-':>7} | ") +
               f"{runs.median(5) * 1e3:11.1f} {runs.ratio(lambda t: t[0] / t[5]):6.2f}x | {bf16_w * 1e3:9.1f} "
               f"{runs.ratio(lambda t: t[0] / t[2]):6.2f}x | {rate / 1e9:11.1f} "
               f"{flops / rate * 1e3:9.1f} {scans * 1e3:11.1f} {floor * 1e3:8.1f} "
@@ -387,14 +409,18 @@ def model_latency() -> None:
         scans_cpu = 24 * runs.median(4, cpu=True)
         print(f"1 thread by thread CPU time (immune to waiting for a core): fp32 {runs.median(0, cpu=True) * 1e3:.1f} "
               f"ms, bf16 {runs.median(1, cpu=True) * 1e3:.1f} ms "
-              f"({runs.ratio(lambda t: t[0] / t[1], cpu=True):.2f}x), bf16 8/r {runs.median(5, cpu=True) * 1e3:.1f} "
+              f"({runs.ratio(lambda t: t[0] / t[1], cpu=True):.2f}x), "
+              + (f"oneDNN {runs.median(6, cpu=True) * 1e3:.1f} ms "
+                 f"({runs.ratio(lambda t: t[0] / t[6], cpu=True):.2f}x), " if amx else "") +
+              f"bf16 8/r {runs.median(5, cpu=True) * 1e3:.1f} "
               f"ms ({runs.ratio(lambda t: t[0] / t[5], cpu=True):.2f}x), bf16 w "
               f"{runs.median(2, cpu=True) * 1e3:.1f} ms ({runs.ratio(lambda t: t[0] / t[2], cpu=True):.2f}x); floor = matmul {mm_cpu * 1e3:.1f} + 48 scans "
               f"{scans_cpu * 1e3:.1f} = {(mm_cpu + scans_cpu) * 1e3:.1f} ms, fp32/floor "
               f"{runs.ratio(lambda t: t[0] / (t[3] * flops / mm_flops + 24 * t[4]), cpu=True):.2f}")
     print(f"(matmul FLOPs {flops / 1e9:.2f} G; bf16 = autocast for the matmuls, one autocast region per clip; "
-          "bf16 8/r = the same with 8 clips per autocast region, per clip (autocast's cache casts the float32 "
-          "weights once per region; the first clip included); bf16 w = one region per clip with the Linear "
+          "oneDNN = the same with the matmuls through at::mm (F.linear's kernels; autocast casts the float32 weights "
+          "first); bf16 8/r = the same as bf16 with 8 clips per autocast region, per clip (through oneDNN, autocast's "
+          "cache casts the float32 weights once per region; the first clip included); bf16 w = one region per clip with the Linear "
           "weights stored in bf16 (ssamba.models.precision.cast_matmul_weights: no per-forward weight casts, same "
           "outputs); all run round-robin with the floor's matmuls and scan, the speedups and fp32/floor are medians "
           "of per-round ratios; targets: fp32 within 1.25x of the floor, bf16 >= 1.5x faster; on 2 threads the two "

@@ -12,6 +12,7 @@
 #if defined(SSAMBA_X86) && ((defined(__clang__) && __clang_major__ >= 12) || \
                             (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)) && defined(__linux__)
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512dq,avx512bw,avx512vl,avx512bf16")
+#include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -88,12 +89,19 @@ int64_t k_steps(int64_t k) { return (k + kStepK - 1) / kStepK; }
 
 }  // namespace
 
+// CPUID leaf 7: AMX-TILE and AMX-BF16 (subleaf 0, EDX bits 24 and 22), AVX512-BF16 (subleaf 1, EAX bit 5), and
+// AVX-512 F/BW/VL (subleaf 0, EBX bits 16, 30, 31); read directly, since __builtin_cpu_supports knows the AMX
+// names only in newer compilers.
+static bool cpu_has_amx_bf16() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool amx = (d >> 24 & 1) && (d >> 22 & 1), avx512 = (b >> 16 & 1) && (b >> 30 & 1) && (b >> 31 & 1);
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return amx && avx512 && (a >> 5 & 1);
+}
+
 bool amx_linear_available() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("amx-bf16") &&
-           __builtin_cpu_supports("amx-tile") && os_grants_amx();
-  }();
+  static const bool ok = cpu_has_amx_bf16() && os_grants_amx();
   return ok;
 }
 
