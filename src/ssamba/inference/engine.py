@@ -72,8 +72,9 @@ class ClipEncoder:
 
     ``batch_size`` is the number of equally long runs per forward pass (windows of one long clip count
     separately, so a long clip is batched with itself).  ``precision="bf16"`` runs the encoder under bfloat16
-    autocast, one autocast region per ``encode`` call so that the float32 weights are cast once for all its clips
-    (SSAMBA-tiny on a CPU with AMX: ~1.4x faster; the scans still compute in float32, the outputs are float32).
+    autocast, one autocast region per ``encode`` call (where matmuls go through oneDNN, autocast then casts the
+    float32 weights once for all its clips; the fused CPU mixers on AMX round them as they pack them); the scans
+    still compute in float32 and the outputs are float32 (speed: README, "bfloat16 inference on a CPU").
     """
 
     def __init__(self, model: AudioModel, stats: Stats = "audioset", policy: LengthPolicy | None = None,

@@ -164,14 +164,14 @@ def set_isa(name: str) -> str:
     return torch.ops.ssamba_cpu.set_isa(name)
 
 
-AMX_VAR = "SSAMBA_AMX"
+AMX_VAR = "SSAMBA_AMX"  # "0": bf16 inference matmuls through oneDNN even where AMX is available (read per call)
 
 
 def amx_available() -> bool:
-    """Whether the fused inference mixer runs its bf16 matmuls on AMX tiles (``csrc/amx_linear.cpp``): the kernels
-    are built, the CPU has AMX-BF16 and the OS grants it; ``SSAMBA_AMX=0`` turns it off (the matmuls then go
-    through ``at::mm``, i.e. oneDNN, as ``F.linear`` would)."""
-    return available() and torch.ops.ssamba_cpu.amx_available() and os.environ.get(AMX_VAR, "1") != "0"
+    """Whether the fused inference mixer runs its bf16 matmuls on AMX tiles (``csrc/amx_linear.cpp``) now: the kernels
+    are built, the CPU has AMX-BF16, the OS grants it and ``SSAMBA_AMX`` is not "0" (the matmuls then go through
+    ``at::mm``, i.e. oneDNN, as ``F.linear`` would).  The C++ side's own decision, asked rather than repeated."""
+    return available() and torch.ops.ssamba_cpu.amx_available()
 
 
 def supports(t: torch.Tensor) -> bool:

@@ -197,7 +197,7 @@ std::vector<Tensor> mixer_pair_fwd(std::vector<Tensor> hidden, std::vector<Tenso
 }  // namespace ssamba
 
 TORCH_LIBRARY_FRAGMENT(ssamba_cpu, m) {
-  m.def("amx_available() -> bool", [] { return ssamba::amx_linear_available(); });
+  m.def("amx_available() -> bool", [] { return ssamba::use_amx(); });  // what mixer_fwd decides, SSAMBA_AMX included
   m.def("amx_linear(Tensor a, Tensor w) -> Tensor");
   m.def("mixer_fwd(Tensor hidden, Tensor w_in, Tensor[] conv_w, Tensor[] conv_b, Tensor[] x_proj_w, "
         "Tensor[] dt_proj_w, Tensor[] dt_bias, Tensor[] A_log, Tensor[] D, Tensor w_out, bool cast_weights) -> Tensor");
