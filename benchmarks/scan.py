@@ -17,6 +17,7 @@ was stolen during the run (Linux /proc/stat; the load average would count this b
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import ctypes
 import os
@@ -27,13 +28,18 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssamba.models import build_encoder, scan
+from ssamba.models.classifier import AudioClassifier
 from ssamba.models.config import ModelConfig, preset
 from ssamba.models.precision import cast_matmul_weights
 from ssamba.models.scan import cpu, ops
 from ssamba.pretrain.model import MaskedPatchModel
 from ssamba.train.optim import OptimConfig, build_optimizer
+from ssamba.train.tasks import ClassificationTask
+
+aten = torch.ops.aten
 
 D_INNER, D_STATE = 384, 16  # SSAMBA-tiny: d_inner = 2 * 192
 THREADS = (1, 2)  # thread counts of the model-latency table
@@ -348,19 +354,32 @@ def matmul_set(tokens: int) -> tuple[Callable[[], object], float]:
     return (lambda: [F.linear(x, w) for x, w in xs]), sum(2.0 * m * k * o for m, k, o in shapes)
 
 
-def mixer_scan(tokens: int) -> Callable[[], object]:
-    """One mixer's scan op (both directions, softplus, D, gate, average) at B=1."""
+def mixer_scan(tokens: int, batch: int = 1, backward: bool = False) -> Callable[[], object]:
+    """One mixer's scan op (both directions, softplus, D, gate, average); with ``backward``, the forward that saves
+    for backward and the backward of every input, as in a training step.  B and C are views of one x_proj output,
+    as in the mixer."""
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    dbl = [r(1, tokens, 12 + 2 * D_STATE) for _ in range(2)]
-    args = ([r(1, tokens, D_INNER) for _ in range(2)], [r(1, tokens, D_INNER) * 0.5 - 1 for _ in range(2)],
+    dbl = [r(batch, tokens, 12 + 2 * D_STATE) for _ in range(2)]
+    args = ([r(batch, tokens, D_INNER) for _ in range(2)], [r(batch, tokens, D_INNER) * 0.5 - 1 for _ in range(2)],
             [-torch.exp(r(D_INNER, D_STATE) * 0.5) for _ in range(2)],
             [t[..., 12:12 + D_STATE] for t in dbl], [t[..., 12 + D_STATE:] for t in dbl],
-            [r(D_INNER) for _ in range(2)], [r(D_INNER) for _ in range(2)], r(1, tokens, D_INNER), True)
+            [r(D_INNER) for _ in range(2)], [r(D_INNER) for _ in range(2)], r(batch, tokens, D_INNER))
+    if backward:
+        dbl = [t.requires_grad_() for t in dbl]
+        leaves = [t.requires_grad_() for group in args[:3] + args[5:7] for t in group] + [args[7].requires_grad_()]
+        args = args[:3] + ([t[..., 12:12 + D_STATE] for t in dbl], [t[..., 12 + D_STATE:] for t in dbl]) + args[5:]
+        grad = r(batch, tokens, D_INNER)
+
+        def run_backward():
+            ops.scan(*args, True).backward(grad)
+            for t in leaves + dbl:
+                t.grad = None
+        return run_backward
 
     def run():
         with torch.no_grad():
-            ops.scan(*args)
+            ops.scan(*args, True)
     return run
 
 
@@ -445,22 +464,108 @@ def versus_ssast(quick: bool) -> None:
     print("(the two models run interleaved; ratio = median of the paired ratios)")
 
 
+class StepRecorder(TorchDispatchMode):
+    """What a training step hands to the kernels, forward and backward: each matmul's op, operand shapes and
+    strides (with its count), and the shape of each mixer scan's input."""
+
+    MATMULS = (aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.matmuls: collections.Counter = collections.Counter()
+        self.scans: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.MATMULS:
+            key = tuple((tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a for a in args)
+            self.matmuls[(func, key, tuple(sorted((kwargs or {}).items())))] += 1
+        elif func is torch.ops.ssamba_cpu.scan_fwd.default:
+            self.scans.append(tuple(args[0][0].shape))  # u of the first direction: (batch, length, d_inner)
+        return func(*args, **(kwargs or {}))
+
+
+def _strided_randn(shape: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+    """Random values viewed with the given (possibly overlapping, e.g. expanded) strides."""
+    needed = 1 + sum((n - 1) * s for n, s in zip(shape, stride) if n > 0)
+    return torch.randn(needed).as_strided(shape, stride)
+
+
+def matmul_replay(recorded: collections.Counter) -> tuple[Callable[[], object], float]:
+    """The recorded matmuls, each as many times as the step ran it, on random operands of the recorded layouts,
+    and their FLOPs: the step's matmul time at this machine's rate with the step's own shapes and layouts (the
+    operands of a shape are reused, so they are warmer in the caches than in the step: a floor)."""
+    calls, flops = [], 0.0
+    for (func, key, kwargs), count in recorded.items():
+        args = [_strided_randn(*a) if isinstance(a, tuple) else a for a in key]
+        a, b = (args[1], args[2]) if func in (aten.addmm.default, aten.baddbmm.default) else (args[0], args[1])
+        flops += count * 2.0 * a.numel() * b.shape[-1]
+        calls.append((func, args, dict(kwargs), count))
+
+    def run() -> None:
+        for func, args, kwargs, count in calls:
+            for _ in range(count):
+                func(*args, **kwargs)
+    return run, flops
+
+
 def training_step() -> None:
+    """Training steps at B=4, 128x1024 next to their floor, measured in the same rounds: the step's own matmuls
+    (recorded from the step, replayed) at this machine's rate plus its mixer scans' forward and backward."""
     threads = torch.get_num_threads()
-    print(f"\n## SSAMBA-tiny training step, B=4, 128x1024, fp32, {threads} threads (the trainer's fused AdamW)")
-    torch.manual_seed(0)
-    model = MaskedPatchModel(ModelConfig(encoder=preset("ssamba", "tiny"), task="pretrain")).train()
-    opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-4))  # what the trainer builds (fused AdamW)
+    print(f"\n## SSAMBA-tiny training step, B=4, 128x1024, fp32, {threads} threads (the trainer's fused optimizers)")
     x = torch.randn(4, 1024, 128)
-    for single in (True, False):
-        def step():
+    labels = (torch.rand(4, 527) < 0.05).float()
+    torch.manual_seed(0)
+    classifier = AudioClassifier(ModelConfig(encoder=preset("ssamba", "tiny"), task="classify", label_dim=527)).train()
+    task = ClassificationTask(loss="bce", metric="mAP")  # AudioSet's fine-tuning loss
+    torch.manual_seed(0)
+    pretrain = MaskedPatchModel(ModelConfig(encoder=preset("ssamba", "tiny"), task="pretrain")).train()
+    # what the trainer builds: Adam for fine-tuning, AdamW for pretraining, both fused
+    fine_opt = build_optimizer(classifier, OptimConfig(name="adam", lr=1e-4))
+    pre_opt = build_optimizer(pretrain, OptimConfig(name="adamw", lr=1e-4))
+
+    def step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: Callable[[], torch.Tensor]):
+        def run() -> None:
             opt.zero_grad(set_to_none=True)
-            model.pretraining_loss(x, mask_size=400, single_pass=single)["loss"].backward()
+            loss().backward()
             opt.step()
-        t = timed(step, min_runs=3, min_time=0.0)
-        what = "one forward pass (both heads)" if single else "official joint objective, two forward passes"
-        cpu_note = f", thread CPU time {LAST_CPU[0]:.3f} s" if threads == 1 else ""
-        print(f"{what:46}: median {t:.3f} s, fastest {LAST_MIN[0]:.3f} s{cpu_note} (target <= 1.0 s)")
+        return run
+
+    steps = {
+        "fine-tuning (527-label head, BCE, Adam)": step(classifier, fine_opt,
+                                                         lambda: task.train_step(classifier, (x, labels))["loss"]),
+        "pretraining, one pass (both heads), AdamW": step(pretrain, pre_opt, lambda: pretrain.pretraining_loss(
+            x, mask_size=400, single_pass=True)["loss"]),
+        "pretraining, official joint objective: two passes": step(pretrain, pre_opt, lambda: pretrain.pretraining_loss(
+            x, mask_size=400)["loss"]),
+    }
+    replays, scan_counts, shapes = [], [], set()
+    for run in steps.values():
+        with StepRecorder() as rec:
+            run()
+        replays.append(matmul_replay(rec.matmuls))
+        scan_counts.append(len(rec.scans))
+        shapes.update(rec.scans)
+    if len(shapes) != 1:
+        raise RuntimeError(f"expected one scan shape in the training steps, got {sorted(shapes)}")
+    batch, length, _ = shapes.pop()
+    scan_fb = best_of(mixer_scan(length, batch=batch, backward=True), k=3)
+    runs = Interleaved(list(steps.values()) + [fn for fn, _ in replays] + [scan_fb], min_runs=5, min_time=0.0)
+    k = len(steps)
+    print(f"floor = the step's matmuls (recorded in the step, replayed on random operands of the same layouts) + its "
+          f"mixer scans, forward and backward at the step's shape (B={batch}, L={length}, both directions)")
+    print(f"{'step':50} | {'median s':>8} {'fastest':>7} | {'matmul s':>8} {'GF/s':>6} {'scans s':>7} "
+          f"{'floor s':>7} | {'step/floor':>10} | target")
+    for i, name in enumerate(steps):
+        mm_time, scans = runs.median(k + i), scan_counts[i] * runs.median(2 * k)
+        ratio = runs.ratio(lambda t, i=i: t[i] / (t[k + i] + scan_counts[i] * t[2 * k]))
+        target = "<= 1.0 s" if i < 2 else "(no target: two forward passes, see below)"
+        print(f"{name:50} | {runs.median(i):8.3f} {runs.fastest(i):7.3f} | {mm_time:8.3f} "
+              f"{replays[i][1] / mm_time / 1e9:6.1f} {scans:7.3f} {mm_time + scans:7.3f} | {ratio:10.2f} | {target}")
+    print(f"(steps, matmul replays and one scan forward+backward (best of 3) run round-robin; step/floor = median of "
+          f"per-round ratios; scans per step: {', '.join(map(str, scan_counts))}.  The official pretraining objective "
+          f"runs the encoder twice per batch (independent masks), twice a one-pass step's work: its floor alone is "
+          f"twice the one-pass floor)")
 
 
 def main() -> None:

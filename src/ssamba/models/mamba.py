@@ -168,7 +168,7 @@ class BiMambaMixer(nn.Module):
         z = act(F.linear(hidden, w_z))
         y = ops.scan(
             [x_f, x_b],
-            [F.linear(d[0], w).to(x_f.dtype) for d, w in zip(dbl, dt_proj_w)],
+            [_narrow_linear(d[0], w).to(x_f.dtype) for d, w in zip(dbl, dt_proj_w)],
             [-torch.exp(a.float()) for a in a_log],
             [d[1] for d in dbl], [d[2] for d in dbl],
             [t.float() for t in d_skip],
@@ -233,6 +233,15 @@ class BiMambaMixer(nn.Module):
                 D=d_skip.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
                 backend=self.scan_backend, reverse=backwards,
             )
+
+
+def _narrow_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """``F.linear(x, weight)`` for a weight with few input features (dt_proj: 12), with the weight's gradient in
+    the fast layout.  F.linear multiplies by the transposed weight, so autograd computes its gradient as
+    (out x tokens) @ (tokens x 12), which oneDNN runs at ~40 GFLOP/s on 2 threads; multiplying by a contiguous
+    copy of the transpose makes it (12 x tokens) @ (tokens x out): 3-4x faster (SSAMBA-tiny, B=4 x 513 tokens,
+    0.34 -> 0.09 ms per call, 48 calls per training step).  The copy is (12, d_inner): negligible."""
+    return torch.matmul(x, weight.t().contiguous())
 
 
 def _bmm(a: Tensor, b: Tensor) -> Tensor:
