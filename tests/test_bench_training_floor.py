@@ -36,14 +36,17 @@ def _linear_flops(model: torch.nn.Module, tokens: int) -> float:
     return total
 
 
-def test_replay_runs_the_step_s_matmuls_and_the_step_s_scans(bench):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_replay_runs_the_step_s_matmuls_and_the_step_s_scans(bench, bf16):
     torch.manual_seed(0)
     depth, batch, frames = 2, 2, 128
     model = AudioClassifier(ModelConfig(encoder=preset("ssamba", "tiny", depth=depth, input_tdim=frames),
                                         task="classify", label_dim=5)).train()
     x = torch.randn(batch, frames, 128)
     with bench.StepRecorder() as rec:
-        F.cross_entropy(model(x), torch.tensor([1, 3])).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x).float(), torch.tensor([1, 3]))
+        loss.backward()
     tokens = batch * (model.encoder.grid[0] * model.encoder.grid[1] + model.num_cls_tokens)
     # one scan per mixer, at (batch, patches + cls tokens, d_inner)
     assert rec.scans == [(batch, tokens // batch, 2 * 192)] * depth
@@ -53,6 +56,8 @@ def test_replay_runs_the_step_s_matmuls_and_the_step_s_scans(bench):
     with bench.StepRecorder() as again:
         replay()
     assert again.matmuls == rec.matmuls and again.scans == []
+    dtypes = {a[2] for _, key, _ in rec.matmuls for a in key if isinstance(a, tuple)}
+    assert dtypes == ({torch.bfloat16} if bf16 else {torch.float32})
 
 
 def test_strided_operands_keep_the_recorded_layout(bench):
