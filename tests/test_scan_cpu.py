@@ -288,12 +288,55 @@ def test_conv_silu_bfloat16_in_and_out(isa):
     f_f, f_b = ops.conv_silu_bidir(x.float(), *w)
     assert y_f.dtype == y_b.dtype == torch.bfloat16
     assert torch.equal(y_f, f_f.bfloat16()) and torch.equal(y_b, f_b.bfloat16())  # round-to-nearest-even
-    # backward: bf16 inputs and output gradients are widened exactly, so every gradient equals the float32 op's
+    # backward: bf16 inputs and output gradients are widened exactly, so every gradient equals the float32 op's;
+    # the input's gradient comes in the input's dtype, rounded once (as autograd's cast of a float32 one would)
     g_f, g_b = (torch.randn(batch, length, dim, generator=g).bfloat16() for _ in range(2))
     got = torch.ops.ssamba_cpu.conv_silu_bwd(g_f, g_b, x, *w)
     want = torch.ops.ssamba_cpu.conv_silu_bwd(g_f.float(), g_b.float(), x.float(), *w)
-    for a, b in zip(got, want):
+    assert got[0].dtype == torch.bfloat16 and torch.equal(got[0], flush_denormals(want[0]).bfloat16())
+    for a, b in zip(got[1:], want[1:]):
         assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+def flush_denormals(t: torch.Tensor) -> torch.Tensor:
+    """float32 ``t`` with its denormals as zero: AVX512-BF16's conversion reads them so (they round to tiny bf16
+    denormals otherwise)."""
+    return torch.where(t.abs() < torch.finfo(torch.float32).tiny, torch.zeros_like(t), t)
+
+
+@pytest.mark.parametrize("ndirs", [1, 2])
+def test_bfloat16_activation_gradients_are_the_float32_ones_rounded_once(isa, ndirs):
+    """With bf16 activations the scan returns the gradients of u, delta and z in bf16: bit for bit the float32
+    op's gradients on the same (exactly widened) values, rounded to nearest even once, dL/dz summed over both
+    directions in float32 first.  The other gradients are the float32 op's."""
+    g = torch.Generator().manual_seed(4)
+    batch, length, dim, nstate = 2, 45, 40, 16
+    acts = lambda *shape: [torch.randn(*shape, generator=g).bfloat16() for _ in range(ndirs)]  # noqa: E731
+    u, delta, B, C = acts(batch, length, dim), acts(batch, length, dim), acts(batch, length, nstate), \
+        acts(batch, length, nstate)
+    z = torch.randn(batch, length, dim, generator=g).bfloat16()
+    A = [-torch.rand(dim, nstate, generator=g) - 0.5 for _ in range(ndirs)]
+    D = [torch.randn(dim, generator=g) for _ in range(ndirs)]
+    bias = [torch.randn(dim, generator=g) for _ in range(ndirs)]
+
+    def grads(dtype: torch.dtype) -> list[torch.Tensor]:
+        """Gradients of u, delta, B, C (per direction), z, then A, D, delta_bias (per direction)."""
+        leaves = [[t.to(dtype, copy=True).requires_grad_() for t in group] for group in (u, delta, B, C)]
+        zz = z.to(dtype, copy=True).requires_grad_()
+        params = [[t.clone().requires_grad_() for t in group] for group in (A, D, bias)]
+        out = ops.scan(leaves[0], leaves[1], params[0], leaves[2], leaves[3], params[1], params[2], zz, True)
+        assert out.dtype == torch.float32
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(5)))
+        return [t.grad for group in leaves for t in group] + [zz.grad] + [t.grad for group in params for t in group]
+
+    got, want = grads(torch.bfloat16), grads(torch.float32)
+    for i, (a, b) in enumerate(zip(got, want)):
+        if i < 2 * ndirs or i == 4 * ndirs:  # u, delta and z: rounded by the kernel
+            assert a.dtype == torch.bfloat16 and torch.equal(a, flush_denormals(b).bfloat16()), i
+        elif i < 4 * ndirs:  # B, C: float32 from the kernel, cast by autograd
+            assert a.dtype == torch.bfloat16 and torch.equal(a, b.bfloat16()), i
+        else:  # A, D, delta_bias
+            assert a.dtype == torch.float32 and torch.equal(a, b), i
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -115,17 +115,18 @@ def _scan_fwd_fake(u, delta, A, B, C, D, delta_bias, z, softplus, save):
 def _scan_bwd_fake(grad_out, u, delta, A, B, C, D, delta_bias, z, softplus, ckpt):
     batch, length, dim = u[0].shape
     nstate = A[0].shape[-1]
-    like = A[0]  # gradients are float32
+    like = A[0]  # float32: the gradients of A, B, C, D and delta_bias
+    act = dict(dtype=u[0].dtype)  # those of u, delta and z: the activations' dtype
     per_dir = [
-        [like.new_empty(batch, length, dim) for _ in u],
-        [like.new_empty(batch, length, dim) for _ in u],
+        [like.new_empty(batch, length, dim, **act) for _ in u],
+        [like.new_empty(batch, length, dim, **act) for _ in u],
         [like.new_empty(dim, nstate) for _ in u],
         [like.new_empty(batch, length, nstate) for _ in u],
         [like.new_empty(batch, length, nstate) for _ in u],
         [like.new_empty(dim) for _ in u],
         [like.new_empty(dim) for _ in u],
     ]
-    gz = like.new_empty(batch, length, dim) if z is not None else like.new_empty(0)
+    gz = like.new_empty(batch, length, dim, **act) if z is not None else like.new_empty(0, **act)
     return [t for group in per_dir for t in group] + [gz]
 
 
@@ -181,7 +182,7 @@ def _conv_fwd_fake(x, w_f, b_f, w_b, b_b):
 
 
 def _conv_bwd_fake(g_f, g_b, x, w_f, b_f, w_b, b_b):
-    return [x.new_empty(x.shape, dtype=torch.float32), w_f.new_empty(w_f.shape), b_f.new_empty(b_f.shape),
+    return [x.new_empty(x.shape), w_f.new_empty(w_f.shape), b_f.new_empty(b_f.shape),
             w_b.new_empty(w_b.shape), b_b.new_empty(b_b.shape)]
 
 

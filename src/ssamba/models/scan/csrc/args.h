@@ -27,7 +27,7 @@ struct ScanDir {
   bool reverse;         // scan from l = L-1 down to 0 (outputs stay at their time index)
   float* ckpt;          // (B, nchunks, N, D): state entering each chunk; null when not saving
   // backward only
-  float* gu; float* gdelta;           // (B, L, D) contiguous
+  void* gu; void* gdelta;             // (B, L, D) contiguous, in the activations' dtype (see ScanArgs::bf16)
   float* gB; float* gC;               // partials per kPartialBlocks channel blocks (nseg, B, L, N) contiguous
   double* gA; double* gD; double* gbias;  // per batch partials (B, D, N), (B, D), (B, D)
 };
@@ -45,7 +45,10 @@ struct ScanArgs {
                                           // here, rounded to bfloat16, and `out` holds the earlier directions'
                                           // partial sums
   const float* gout;                      // backward: (B, L, D) contiguous
-  float* gz;                              // backward: (B, L, D) contiguous float32, or null
+  float* gz;                              // backward: (B, L, D) contiguous float32 dL/dz (with bf16 activations
+                                          // and two directions: the first one's part), or null
+  uint16_t* gz_bf16;                      // backward with bf16 activations: dL/dz rounded to bfloat16, written by
+                                          // the last direction (the sum of both in float32, rounded once)
   ScanDir dir[kMaxDirs];
 };
 
@@ -62,7 +65,7 @@ struct ConvArgs {
   void* y_f; void* y_b;
   // backward
   const void* g_f; const void* g_b;     // (B, L, E) contiguous
-  float* gx;                             // (B, L, E) contiguous
+  void* gx;                              // (B, L, E) contiguous, bfloat16 when bf16 (rounded once), else float32
   double* gw_f; double* gb_f; double* gw_b; double* gb_b;  // per task partials (B, nchunks, E, K), (B, nchunks, E)
 };
 

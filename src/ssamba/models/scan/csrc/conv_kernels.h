@@ -155,7 +155,7 @@ inline void conv_bwd_step(const ConvArgs& a, const ConvBwdScratch& sc, int64_t b
       gx = fmadd(c.wb[k], load(sc.ring_b + slot(j - K + 1 + k)), gx);
       gx = fmadd(c.wf[k], load(sc.ring_f + slot(j + K - 1 - k)), gx);
     }
-    storem(a.gx + g0 + j * E, gx, m);
+    store_act<kBf16>(a.gx, g0 + j * E, gx, m);
   }
 }
 

@@ -234,8 +234,11 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
   a.gout = gout.data_ptr<float>();
   const KernelTable* k = current();
   const int64_t nblk = (a.dim + k->width - 1) / k->width;
-  const auto opts = u[0].options().dtype(at::kFloat);  // gradients are float32 (autograd casts to the input's)
+  const auto opts = u[0].options().dtype(at::kFloat);
   const auto dopts = opts.dtype(at::kDouble);
+  // dL/du, dL/ddelta and dL/dz in the activations' dtype (bf16: rounded in the kernel, not cast by autograd after);
+  // the small ones (A, B, C, D, bias) are float32 and autograd casts B's and C's
+  const auto gopts = opts.dtype(a.bf16 ? at::kBFloat16 : at::kFloat);
   std::vector<Tensor> gu, gdelta, gA, gBp, gCp, gD, gbias;
   const int64_t nseg = (nblk + kPartialBlocks - 1) / kPartialBlocks;
   const int64_t part = nseg * a.batch * a.length * a.nstate;
@@ -245,26 +248,34 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
                 "ssamba_cpu: the forward pass did not save its states (called with save=False?)");
     ScanDir& d = a.dir[i];
     d.ckpt = ckpt[i].data_ptr<float>();
-    gu.push_back(at::empty({a.batch, a.length, a.dim}, opts));
-    gdelta.push_back(at::empty({a.batch, a.length, a.dim}, opts));
+    gu.push_back(at::empty({a.batch, a.length, a.dim}, gopts));
+    gdelta.push_back(at::empty({a.batch, a.length, a.dim}, gopts));
     gBp.push_back(at::from_blob(ws + (2 * i) * part, {nseg, a.batch, a.length, a.nstate}, opts));
     gCp.push_back(at::from_blob(ws + (2 * i + 1) * part, {nseg, a.batch, a.length, a.nstate}, opts));
     // each (batch entry, channel) belongs to one task, which writes its sums once: no zero fill needed
     gA.push_back(at::empty({a.batch, a.dim, a.nstate}, dopts));
     gD.push_back(at::empty({a.batch, a.dim}, dopts));
     gbias.push_back(at::empty({a.batch, a.dim}, dopts));
-    d.gu = gu.back().data_ptr<float>();
-    d.gdelta = gdelta.back().data_ptr<float>();
+    d.gu = gu.back().data_ptr();
+    d.gdelta = gdelta.back().data_ptr();
     d.gB = gBp.back().data_ptr<float>();
     d.gC = gCp.back().data_ptr<float>();
     d.gA = gA.back().data_ptr<double>();
     d.gD = gD.back().data_ptr<double>();
     d.gbias = gbias.back().data_ptr<double>();
   }
-  Tensor gz;
+  Tensor gz, gz_part;
   if (z.has_value() && z->defined()) {  // (not a.z: an empty z has a null data pointer)
-    gz = at::empty({a.batch, a.length, a.dim}, opts);
-    a.gz = gz.data_ptr<float>();
+    gz = at::empty({a.batch, a.length, a.dim}, gopts);
+    if (!a.bf16) {
+      a.gz = gz.data_ptr<float>();
+    } else {
+      a.gz_bf16 = reinterpret_cast<uint16_t*>(gz.data_ptr());
+      if (a.ndirs > 1) {  // the first direction's part, float32
+        gz_part = at::empty({a.batch, a.length, a.dim}, opts);
+        a.gz = gz_part.data_ptr<float>();
+      }
+    }
   }
   if (a.length > 0)
     scan_tasks(a, k, true, k->scan_bwd);
@@ -279,7 +290,7 @@ std::vector<Tensor> scan_bwd(Tensor gout, std::vector<Tensor> u, std::vector<Ten
   for (auto& t : gCp) result.push_back(t.sum(0));
   for (auto& t : gD) result.push_back(t.sum(0).to(at::kFloat));
   for (auto& t : gbias) result.push_back(t.sum(0).to(at::kFloat));
-  result.push_back(gz.defined() ? gz : at::empty({0}, opts));
+  result.push_back(gz.defined() ? gz : at::empty({0}, gopts));
   return result;
 }
 
@@ -335,12 +346,12 @@ std::vector<Tensor> conv_bwd(Tensor g_f, Tensor g_b, Tensor x, Tensor w_f, Tenso
   check_cl(g_f, "grad y_f", a.batch, a.length, a.dim, x.scalar_type());
   check_cl(g_b, "grad y_b", a.batch, a.length, a.dim, x.scalar_type());
   const auto dopts = x.options().dtype(at::kDouble);
-  Tensor gx = at::empty({a.batch, a.length, a.dim}, x.options().dtype(at::kFloat));
+  Tensor gx = at::empty({a.batch, a.length, a.dim}, x.options());  // x's dtype: bf16 rounded in the kernel
   Tensor gw_f = at::empty({a.batch * a.nchunks, a.dim, a.width}, dopts);
   Tensor gw_b = at::empty({a.batch * a.nchunks, a.dim, a.width}, dopts);
   Tensor gb_f = at::empty({a.batch * a.nchunks, a.dim}, dopts), gb_b = at::empty({a.batch * a.nchunks, a.dim}, dopts);
   a.g_f = g_f.data_ptr(); a.g_b = g_b.data_ptr();
-  a.gx = gx.data_ptr<float>();
+  a.gx = gx.data_ptr();
   a.gw_f = gw_f.data_ptr<double>(); a.gw_b = gw_b.data_ptr<double>();
   a.gb_f = gb_f.data_ptr<double>(); a.gb_b = gb_b.data_ptr<double>();
   const KernelTable* k = current();

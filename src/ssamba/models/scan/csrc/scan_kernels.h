@@ -61,6 +61,14 @@ inline void store_act(void* base, int64_t off, V v, Mask m) {
   else storem(static_cast<float*>(base) + off, v, m);
 }
 
+// A gradient with respect to an activation, in the activation's dtype: rounded to bfloat16 here rather than by a
+// cast pass of autograd's afterwards (the same round-to-nearest-even; SSAMBA-tiny's bf16 training step made
+// ~5 such copies of a (B, L, d_inner) tensor per mixer).  A branch per step, not a template: 2 stores per step.
+inline void store_grad(void* base, int64_t off, V v, Mask m, bool bf16) {
+  if (bf16) store_act<true>(base, off, v, m);
+  else store_act<false>(base, off, v, m);
+}
+
 // Element offset -> byte address, for prefetching.
 inline const void* addr(const void* base, int64_t off, bool bf16) {
   return static_cast<const char*>(base) + off * (bf16 ? 2 : 4);
@@ -363,9 +371,11 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
         const BlockInfo bi = block_info(D, blk);
         const Mask m = bi.mask;
         const V dskip = load_opt(d.Dskip, bi), bias = load_opt(d.bias, bi);
+        // dL/dz: float32 in gz, or (bf16 activations) rounded into gz16 by the last direction, the first of two
+        // directions leaving its part in gz
         float* gz = a.gz ? a.gz + b * L * D + bi.c0 : nullptr;
-        float* gu = d.gu + b * L * D + bi.c0;
-        float* gdelta = d.gdelta + b * L * D + bi.c0;
+        uint16_t* gz16 = a.gz_bf16 && dir == a.ndirs - 1 ? a.gz_bf16 + b * L * D + bi.c0 : nullptr;
+        const int64_t g0 = b * L * D + bi.c0;  // dL/du, dL/ddelta of this block: the activations' dtype
         // dL/dB and dL/dC rows: the first block of each set of kPartialBlocks writes its set's partial, the
         // others add to it in block order (a task owns whole sets, so the sums do not depend on the grouping)
         float* gB = d.gB + ((blk / kPartialBlocks) * a.batch + b) * L * N;
@@ -388,9 +398,10 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
           // stall the core: the rows the adjoint pass below writes, including this step's dL/dB partial row, and
           // the dL/dC partial row of a step 8 ahead (rows are 16 floats, one cache line for d_state 16).
           const int64_t row = (b * L + l) * D + bi.c0;
-          __builtin_prefetch(d.gu + row, 1);
-          __builtin_prefetch(d.gdelta + row, 1);
-          if (gz) __builtin_prefetch(a.gz + row, 1);
+          __builtin_prefetch(addr(d.gu, row, a.bf16), 1);
+          __builtin_prefetch(addr(d.gdelta, row, a.bf16), 1);
+          if (gz16) __builtin_prefetch(a.gz_bf16 + row, 1);
+          else if (gz) __builtin_prefetch(a.gz + row, 1);
           __builtin_prefetch(gB + l * N, 1);
           if (j + 8 < len) __builtin_prefetch(gC + time_index(d, L, t0 + j + 8) * N, 1);
           const V dt = st.dt[j], du = st.du[j], gy = bs.gy[j];
@@ -420,10 +431,11 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
           const int64_t l = time_index(d, L, t0 + j);
           prefetch_step(a, d, b, next, j, true);
           const V gy = bs.gy[j], dt = st.dt[j], du = st.du[j], ul = st.u[j];
-          if (gz) {
+          if (gz || gz16) {
             V gzl = bs.gzf[j] * bs.y[j];
             if (dir > 0) gzl = gzl + loadm(gz + l * D, m);
-            storem(gz + l * D, gzl, m);
+            if (gz16) store_bf16(gz16 + l * D, gzl, m);
+            else storem(gz + l * D, gzl, m);
           }
           gD_acc = fmadd(gy, ul, gD_acc);
           const float *Bl, *Cl;
@@ -448,10 +460,10 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
           }
           reduce_lanes(parts, N, gB + l * N, accumulate);
           const V sumB = sumB0 + sumB1;
-          storem(gu + l * D, fmadd(gy, dskip, dt * sumB), m);
+          store_grad(d.gu, g0 + l * D, fmadd(gy, dskip, dt * sumB), m, a.bf16);
           V gdt = fmadd(ul, sumB, gdt0 + gdt1);
           if (a.softplus) gdt = gdt * bs.sig[j];
-          storem(gdelta + l * D, gdt, m);
+          store_grad(d.gdelta, g0 + l * D, gdt, m, a.bf16);
           gbias_acc = gbias_acc + gdt;
         }
         for (int n = 0; n < N; ++n) lams[g * N + n] = lam[n];
