@@ -61,14 +61,6 @@ inline void store_act(void* base, int64_t off, V v, Mask m) {
   else storem(static_cast<float*>(base) + off, v, m);
 }
 
-// A gradient with respect to an activation, in the activation's dtype: rounded to bfloat16 here rather than by a
-// cast pass of autograd's afterwards (the same round-to-nearest-even; SSAMBA-tiny's bf16 training step made
-// ~5 such copies of a (B, L, d_inner) tensor per mixer).  A branch per step, not a template: 2 stores per step.
-inline void store_grad(void* base, int64_t off, V v, Mask m, bool bf16) {
-  if (bf16) store_act<true>(base, off, v, m);
-  else store_act<false>(base, off, v, m);
-}
-
 // Element offset -> byte address, for prefetching.
 inline const void* addr(const void* base, int64_t off, bool bf16) {
   return static_cast<const char*>(base) + off * (bf16 ? 2 : 4);
@@ -337,7 +329,12 @@ void scan_fwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
   }
 }
 
-template <int kN>
+// kBf16: the activations are bfloat16, and so are the gradients of u, delta and z that the adjoint pass writes:
+// rounded here rather than cast by autograd afterwards (the same round-to-nearest-even; a bf16 training step of
+// SSAMBA-tiny made 5 such copies of a (B, L, d_inner) tensor per mixer).  A template parameter, so that the float32
+// instantiation is the code it was before bf16 gradients (a run-time test per store looked 2-5% slower in
+// alternating runs of the two builds).
+template <int kN, bool kBf16>
 void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* scratch) {
   const int N = kN ? kN : (int)a.nstate;
   const int64_t L = a.length, D = a.dim, nchunks = (L + kChunk - 1) / kChunk;
@@ -374,7 +371,7 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
         // dL/dz: float32 in gz, or (bf16 activations) rounded into gz16 by the last direction, the first of two
         // directions leaving its part in gz
         float* gz = a.gz ? a.gz + b * L * D + bi.c0 : nullptr;
-        uint16_t* gz16 = a.gz_bf16 && dir == a.ndirs - 1 ? a.gz_bf16 + b * L * D + bi.c0 : nullptr;
+        uint16_t* gz16 = kBf16 && dir == a.ndirs - 1 ? a.gz_bf16 + b * L * D + bi.c0 : nullptr;
         const int64_t g0 = b * L * D + bi.c0;  // dL/du, dL/ddelta of this block: the activations' dtype
         // dL/dB and dL/dC rows: the first block of each set of kPartialBlocks writes its set's partial, the
         // others add to it in block order (a task owns whole sets, so the sums do not depend on the grouping)
@@ -398,9 +395,9 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
           // stall the core: the rows the adjoint pass below writes, including this step's dL/dB partial row, and
           // the dL/dC partial row of a step 8 ahead (rows are 16 floats, one cache line for d_state 16).
           const int64_t row = (b * L + l) * D + bi.c0;
-          __builtin_prefetch(addr(d.gu, row, a.bf16), 1);
-          __builtin_prefetch(addr(d.gdelta, row, a.bf16), 1);
-          if (gz16) __builtin_prefetch(a.gz_bf16 + row, 1);
+          __builtin_prefetch(addr(d.gu, row, kBf16), 1);
+          __builtin_prefetch(addr(d.gdelta, row, kBf16), 1);
+          if (kBf16 && gz16) __builtin_prefetch(a.gz_bf16 + row, 1);
           else if (gz) __builtin_prefetch(a.gz + row, 1);
           __builtin_prefetch(gB + l * N, 1);
           if (j + 8 < len) __builtin_prefetch(gC + time_index(d, L, t0 + j + 8) * N, 1);
@@ -431,10 +428,10 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
           const int64_t l = time_index(d, L, t0 + j);
           prefetch_step(a, d, b, next, j, true);
           const V gy = bs.gy[j], dt = st.dt[j], du = st.du[j], ul = st.u[j];
-          if (gz || gz16) {
+          if (gz || (kBf16 && gz16)) {
             V gzl = bs.gzf[j] * bs.y[j];
             if (dir > 0) gzl = gzl + loadm(gz + l * D, m);
-            if (gz16) store_bf16(gz16 + l * D, gzl, m);
+            if (kBf16 && gz16) store_bf16(gz16 + l * D, gzl, m);
             else storem(gz + l * D, gzl, m);
           }
           gD_acc = fmadd(gy, ul, gD_acc);
@@ -460,10 +457,10 @@ void scan_bwd_group(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* s
           }
           reduce_lanes(parts, N, gB + l * N, accumulate);
           const V sumB = sumB0 + sumB1;
-          store_grad(d.gu, g0 + l * D, fmadd(gy, dskip, dt * sumB), m, a.bf16);
+          store_act<kBf16>(d.gu, g0 + l * D, fmadd(gy, dskip, dt * sumB), m);
           V gdt = fmadd(ul, sumB, gdt0 + gdt1);
           if (a.softplus) gdt = gdt * bs.sig[j];
-          store_grad(d.gdelta, g0 + l * D, gdt, m, a.bf16);
+          store_act<kBf16>(d.gdelta, g0 + l * D, gdt, m);
           gbias_acc = gbias_acc + gdt;
         }
         for (int n = 0; n < N; ++n) lams[g * N + n] = lam[n];
@@ -497,8 +494,13 @@ void scan_fwd_task(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* sc
 }
 
 void scan_bwd_task(const ScanArgs& a, int64_t b, int64_t blk0, int nb, float* scratch) {
-  if (a.nstate == 16) scan_bwd_group<16>(a, b, blk0, nb, scratch);
-  else scan_bwd_group<0>(a, b, blk0, nb, scratch);
+  if (a.bf16) {
+    if (a.nstate == 16) scan_bwd_group<16, true>(a, b, blk0, nb, scratch);
+    else scan_bwd_group<0, true>(a, b, blk0, nb, scratch);
+  } else {
+    if (a.nstate == 16) scan_bwd_group<16, false>(a, b, blk0, nb, scratch);
+    else scan_bwd_group<0, false>(a, b, blk0, nb, scratch);
+  }
 }
 
 }  // namespace
