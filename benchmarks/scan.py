@@ -4,8 +4,10 @@ Prints: the scan per backend (B in {1, 4}, L in {512, 1212, 4096, 22000}; forwar
 state updates per second per core, peak memory); the single-thread scan rate; SSAMBA-tiny forward latency at
 512 tokens (1 and 2 threads; fp32, bf16 autocast per clip and over 8 clips, and bf16 autocast with the Linear
 weights stored in bf16) with its floor (matmul FLOPs at the measured matmul rate plus 48 scans at the measured scan
-rate); SSAMBA-tiny vs SSAST-tiny (sdpa) at 512, 2k and 22k tokens; an SSAMBA-tiny training step (B=4, 128x1024).
-Times are medians; the fp32/bf16, fp32/floor and SSAMBA/SSAST ratios are medians of per-round ratios of runs
+rate); SSAMBA-tiny vs SSAST-tiny (sdpa) at 512, 2k and 22k tokens; SSAMBA-tiny training steps at B=4, 128x1024
+(fine-tuning, pretraining with one and with two forward passes, fine-tuning under bf16 autocast), each with its floor
+(its own matmuls, recorded and replayed, plus its scans' forward and backward).
+Times are medians; the fp32/bf16, fp32/floor, step/floor and SSAMBA/SSAST ratios are medians of per-round ratios of runs
 interleaved round-robin (this kind of VM drifts by up to 2x within minutes).
 
     PYTHONPATH=src python benchmarks/scan.py [--quick] [--threads N]
