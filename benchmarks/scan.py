@@ -362,20 +362,20 @@ def mixer_scan(tokens: int, batch: int = 1, backward: bool = False) -> Callable[
     as in the mixer."""
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    u, delta = [r(batch, tokens, D_INNER) for _ in range(2)], [r(batch, tokens, D_INNER) * 0.5 - 1 for _ in range(2)]
+    A = [-torch.exp(r(D_INNER, D_STATE) * 0.5) for _ in range(2)]
     dbl = [r(batch, tokens, 12 + 2 * D_STATE) for _ in range(2)]
-    args = ([r(batch, tokens, D_INNER) for _ in range(2)], [r(batch, tokens, D_INNER) * 0.5 - 1 for _ in range(2)],
-            [-torch.exp(r(D_INNER, D_STATE) * 0.5) for _ in range(2)],
-            [t[..., 12:12 + D_STATE] for t in dbl], [t[..., 12 + D_STATE:] for t in dbl],
-            [r(D_INNER) for _ in range(2)], [r(D_INNER) for _ in range(2)], r(batch, tokens, D_INNER))
+    D, bias, z = [r(D_INNER) for _ in range(2)], [r(D_INNER) for _ in range(2)], r(batch, tokens, D_INNER)
+    leaves = [*u, *delta, *A, *dbl, *D, *bias, z]
+    for t in leaves:
+        t.requires_grad_(backward)
+    args = (u, delta, A, [t[..., 12:12 + D_STATE] for t in dbl], [t[..., 12 + D_STATE:] for t in dbl], D, bias, z)
     if backward:
-        dbl = [t.requires_grad_() for t in dbl]
-        leaves = [t.requires_grad_() for group in args[:3] + args[5:7] for t in group] + [args[7].requires_grad_()]
-        args = args[:3] + ([t[..., 12:12 + D_STATE] for t in dbl], [t[..., 12 + D_STATE:] for t in dbl]) + args[5:]
         grad = r(batch, tokens, D_INNER)
 
         def run_backward():
             ops.scan(*args, True).backward(grad)
-            for t in leaves + dbl:
+            for t in leaves:
                 t.grad = None
         return run_backward
 
@@ -528,8 +528,7 @@ def training_step() -> None:
     fine_opt = build_optimizer(classifier, OptimConfig(name="adam", lr=1e-4))
     pre_opt = build_optimizer(pretrain, OptimConfig(name="adamw", lr=1e-4))
 
-    def step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: Callable[[], torch.Tensor],
-             bf16: bool = False):
+    def step(opt: torch.optim.Optimizer, loss: Callable[[], torch.Tensor], bf16: bool = False):
         def run() -> None:
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the trainer: forward and loss
@@ -538,18 +537,19 @@ def training_step() -> None:
             opt.step()
         return run
 
+    fine_loss = lambda: task.train_step(classifier, (x, labels))["loss"]  # noqa: E731
+    # name: (step, target)
     steps = {
-        "fine-tuning (527-label head, BCE, Adam)": step(classifier, fine_opt,
-                                                         lambda: task.train_step(classifier, (x, labels))["loss"]),
-        "pretraining, one pass (both heads), AdamW": step(pretrain, pre_opt, lambda: pretrain.pretraining_loss(
-            x, mask_size=400, single_pass=True)["loss"]),
-        "pretraining, official joint objective: two passes": step(pretrain, pre_opt, lambda: pretrain.pretraining_loss(
-            x, mask_size=400)["loss"]),
-        "fine-tuning under bf16 autocast (train.amp=bf16)": step(
-            classifier, fine_opt, lambda: task.train_step(classifier, (x, labels))["loss"], bf16=True),
+        "fine-tuning (527-label head, BCE, Adam)": (step(fine_opt, fine_loss), "<= 1.0 s"),
+        "pretraining, one pass (both heads), AdamW": (step(pre_opt, lambda: pretrain.pretraining_loss(
+            x, mask_size=400, single_pass=True)["loss"]), "<= 1.0 s"),
+        "pretraining, official joint objective: two passes": (step(pre_opt, lambda: pretrain.pretraining_loss(
+            x, mask_size=400)["loss"]), "(no target: two forward passes, see below)"),
+        "fine-tuning under bf16 autocast (train.amp=bf16)": (step(fine_opt, fine_loss, bf16=True),
+                                                             "(no target: not fp32)"),
     }
     replays, scan_counts, shapes = [], [], set()
-    for run in steps.values():
+    for run, _ in steps.values():
         with StepRecorder() as rec:
             run()
         replays.append(matmul_replay(rec.matmuls))
@@ -559,16 +559,16 @@ def training_step() -> None:
         raise RuntimeError(f"expected one scan shape in the training steps, got {sorted(shapes)}")
     batch, length, _ = shapes.pop()
     scan_fb = best_of(mixer_scan(length, batch=batch, backward=True), k=3)
-    runs = Interleaved(list(steps.values()) + [fn for fn, _ in replays] + [scan_fb], min_runs=5, min_time=0.0)
+    runs = Interleaved([run for run, _ in steps.values()] + [fn for fn, _ in replays] + [scan_fb], min_runs=5,
+                       min_time=0.0)
     k = len(steps)
     print(f"floor = the step's matmuls (recorded in the step, replayed on random operands of the same layouts) + its "
           f"mixer scans, forward and backward at the step's shape (B={batch}, L={length}, both directions)")
     print(f"{'step':50} | {'median s':>8} {'fastest':>7} | {'matmul s':>8} {'GF/s':>6} {'scans s':>7} "
           f"{'floor s':>7} | {'step/floor':>10} | target")
-    for i, name in enumerate(steps):
+    for i, (name, (_, target)) in enumerate(steps.items()):
         mm_time, scans = runs.median(k + i), scan_counts[i] * runs.median(2 * k)
         ratio = runs.ratio(lambda t, i=i: t[i] / (t[k + i] + scan_counts[i] * t[2 * k]))
-        target = ("<= 1.0 s", "<= 1.0 s", "(no target: two forward passes, see below)", "(no target: not fp32)")[i]
         print(f"{name:50} | {runs.median(i):8.3f} {runs.fastest(i):7.3f} | {mm_time:8.3f} "
               f"{replays[i][1] / mm_time / 1e9:6.1f} {scans:7.3f} {mm_time + scans:7.3f} | {ratio:10.2f} | {target}")
     print(f"(steps, matmul replays and one scan forward+backward (best of 3) run round-robin; step/floor = median of "

@@ -26,12 +26,12 @@ def bench():
     return module
 
 
-def _linear_flops(model: torch.nn.Module, tokens: int) -> float:
-    """Forward FLOPs of every Linear, applied to ``tokens`` rows (the classification head: to the batch)."""
+def _linear_flops(model: torch.nn.Module, tokens: int, batch: int) -> float:
+    """Forward FLOPs of every Linear, applied to ``tokens`` rows (the classification head: to ``batch`` rows)."""
     total = 0.0
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear):
-            rows = 2 if name.startswith("head") else tokens
+            rows = batch if name.startswith("head") else tokens
             total += 2.0 * rows * mod.in_features * mod.out_features
     return total
 
@@ -52,7 +52,7 @@ def test_replay_runs_the_step_s_matmuls_and_the_step_s_scans(bench, bf16):
     assert rec.scans == [(batch, tokens // batch, 2 * 192)] * depth
     replay, flops = bench.matmul_replay(rec.matmuls)
     # every Linear's input requires grad (the patch embedding is a conv): forward + input grad + weight grad
-    assert flops == pytest.approx(3 * _linear_flops(model, tokens), rel=1e-12)
+    assert flops == pytest.approx(3 * _linear_flops(model, tokens, batch), rel=1e-12)
     with bench.StepRecorder() as again:
         replay()
     assert again.matmuls == rec.matmuls and again.scans == []
