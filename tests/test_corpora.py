@@ -15,6 +15,7 @@ from ssamba.cli import main
 from ssamba.data.corpora.speechcommands import KS1_CLASSES, V2_WORDS
 from ssamba.data.manifest import read_class_labels, read_csv_manifest, read_json_manifest
 from ssamba.data.prepare import prepare
+from ssamba.data.sequences import SequenceConfig, plan_sequences
 
 TARGETS = {"yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"}
 
@@ -214,6 +215,14 @@ def test_urbansound8k(tmp_path: Path) -> None:
         "air_conditioner", "car_horn", "children_playing", "dog_bark")
     assert len(report.split_counts) == 10 and (tmp_path / "out" / "fold10_eval.json").is_file()
     assert len(read_json_manifest(tmp_path / "out" / "fold10_train.json")) == 36
+    # the 60-s sequences group clips by fold, also when a cache holds some of a fold's clips and not others
+    _tiny(root / "audio" / "fold1" / "1001-0-0-1.wav", sr=16000)
+    with (root / "metadata" / "UrbanSound8K.csv").open("a") as f:
+        f.write("1001-0-0-1.wav,1001,0.0,4.0,1,1,0,air_conditioner\n")
+    prepare("urbansound8k", root, tmp_path / "cached", cache=tmp_path / "cache")
+    fold1 = read_json_manifest(tmp_path / "cached" / "fold1_eval.json")
+    assert len({Path(e.path).parent for e in fold1}) == 2  # in place (16 kHz) and resampled (22.05 kHz)
+    assert plan_sequences(fold1, SequenceConfig()) == [tuple(range(5))]  # 15 slots: one sequence
 
 
 def test_librispeech_and_plain_folders(tmp_path: Path) -> None:
@@ -262,11 +271,11 @@ def test_resampling_cache_is_resumable_and_reports_failures(tmp_path: Path, work
     cache, out = tmp_path / "cache", tmp_path / "out"
     report = prepare("folder-per-class", root, out, cache=cache, workers=workers)
     entries = {Path(e.path).name: e for e in read_json_manifest(out / "all.json")}
-    assert set(entries) == {"x8k.wav", "x48k.wav", "x16k.wav"}  # broken one reported, not silently kept
+    assert set(entries) == {"x8k.wav", "x48k.flac.wav", "x16k.wav"}  # broken one reported, not silently kept
     assert entries["x8k.wav"].path == str(cache / "a" / "x8k.wav")
     assert entries["x16k.wav"].path == str(root / "b" / "x16k.wav")  # already 16 kHz: used in place
     assert [sf.info(e.path).samplerate for e in entries.values()] == [16000] * 3
-    assert sf.info(entries["x48k.wav"].path).frames == 8000
+    assert sf.info(entries["x48k.flac.wav"].path).frames == 8000
     assert report.failed[0][0].endswith("broken.wav") and "not a readable audio file" in report.failed[0][1]
     assert "broken.wav" in (out / "failed.txt").read_text()
     stamp = (cache / "a" / "x8k.wav").stat().st_mtime_ns
@@ -278,3 +287,99 @@ def test_resampling_cache_is_resumable_and_reports_failures(tmp_path: Path, work
 def test_options_a_recipe_does_not_take_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="corpus 'folder' takes no option"):
         prepare("folder", tmp_path, tmp_path / "out", classes="found")
+
+
+def test_cache_keeps_sources_apart_and_is_rewritten_when_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "corpus"
+    write_tone(root / "a" / "x.flac", seconds=0.5, sr=8000, freq=300.0)
+    write_tone(root / "a" / "x.wav", seconds=1.0, sr=8000, freq=900.0)
+    write_tone(root / "b" / "y.wav", seconds=0.5, sr=22050)
+    monkeypatch.chdir(tmp_path)  # relative --cache and --out, as typed on a command line
+    assert main(["prepare", "folder-per-class", "--root", "corpus", "--out", "m", "--cache", "c16k"]) == 0
+    entries = {Path(e.path).name: e.path for e in read_json_manifest(tmp_path / "m" / "all.json")}
+    assert set(entries) == {"x.flac.wav", "x.wav", "y.wav"}  # x.flac and x.wav: two cache files, not one
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in entries.values())
+    assert sf.info(entries["x.flac.wav"]).frames == 8000 and sf.info(entries["x.wav"]).frames == 16000
+    # another rate: the 16 kHz copies are not reused
+    prepare("folder-per-class", root, tmp_path / "m8", cache=tmp_path / "c16k", sample_rate=22050)
+    assert {sf.info(e.path).samplerate for e in read_json_manifest(tmp_path / "m8" / "all.json")} == {22050}
+    # a source replaced after caching is resampled again
+    stale = tmp_path / "c16k" / "b" / "y.wav"
+    write_tone(root / "b" / "y.wav", seconds=0.25, sr=22050)
+    prepare("folder-per-class", root, tmp_path / "m", cache=tmp_path / "c16k")
+    assert sf.info(stale).samplerate == 16000 and sf.info(stale).frames == 4000
+
+
+def test_cache_and_output_inside_the_root_are_not_corpus_audio(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    write_tone(root / "a" / "x.wav", seconds=0.2, sr=8000)
+    write_tone(root / "b" / "y.wav", seconds=0.2, sr=8000)
+    for _ in range(2):  # the second run finds the first run's cache and manifests below --root
+        report = prepare("folder-per-class", root, root / "manifests", cache=root / "cache16k")
+        assert report.num_classes == 2 and report.split_counts == {"all": 2}
+    assert read_class_labels(root / "manifests" / "class_labels_indices.csv").mids == ("a", "b")
+
+
+def test_folder_scan_follows_symlinks_and_reports_what_it_skips(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    root, elsewhere = tmp_path / "classes", tmp_path / "other-disk" / "cat"
+    _tiny(root / "dog" / "d.wav")
+    _tiny(root / ".ipynb_checkpoints" / "d-checkpoint.wav")  # a hidden folder is no class
+    (root / "bird").mkdir()  # an empty class folder: reported
+    for i in range(2):
+        _tiny(elsewhere / f"c{i}.wav")
+    (root / "cat").symlink_to(elsewhere)  # a class linked in from another disk
+    (root / "dog" / "gone.wav").symlink_to(tmp_path / "no-such.wav")
+    (root / "dog" / "loop").symlink_to(root)  # a symlink loop is walked once
+    with caplog.at_level("WARNING"):
+        report = prepare("folder-per-class", root, tmp_path / "out")
+    assert report.class_counts == {"cat": 2, "dog": 1}
+    assert "gone.wav: skipped, a symlink to nothing" in caplog.text
+    assert "class folder(s) without audio, not made classes: bird" in caplog.text
+
+
+def test_reports_of_an_earlier_run_do_not_survive(tmp_path: Path) -> None:
+    root = tmp_path / "ESC-50-master"
+    _tiny(root / "audio" / "1-100-A-0.wav")
+    meta = "filename,fold,target,category,esc10,src_file,take\n1-100-A-0.wav,1,0,dog,True,100,A\n"
+    (root / "meta").mkdir()
+    (root / "meta" / "esc50.csv").write_text(meta + "1-101-A-0.wav,1,0,dog,True,101,A\n")
+    prepare("esc50", root, tmp_path / "out")
+    assert (tmp_path / "out" / "missing.txt").read_text().strip().endswith("1-101-A-0.wav")
+    (root / "meta" / "esc50.csv").write_text(meta)
+    prepare("esc50", root, tmp_path / "out")
+    assert not (tmp_path / "out" / "missing.txt").exists()
+    (root / "audio" / "1-100-A-0.wav").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no usable clips .*\(1 named by its metadata are missing"):
+        prepare("esc50", root, tmp_path / "out")
+
+
+@pytest.mark.parametrize("corpus, path, header, row, error", [
+    ("esc50", "meta/esc50.csv", "filename,fold,target,category", "a.wav,one,0,dog", "line 2: fold is 'one'"),
+    ("esc50", "meta/esc50.csv", "filename,fold,class,category", "a.wav,1,0,dog", r"column\(s\) target missing"),
+    ("urbansound8k", "metadata/UrbanSound8K.csv", "slice_file_name,fsID,fold,classID,class", "a.wav,1,1,x,dog",
+     "line 2: classID is 'x'"),
+])
+def test_malformed_metadata_names_file_and_line(tmp_path: Path, corpus: str, path: str, header: str, row: str,
+                                                error: str) -> None:
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_text(f"{header}\n{row}\n")
+    with pytest.raises(ValueError, match=f"{re.escape(path)}.*{error}"):
+        prepare(corpus, tmp_path, tmp_path / "out")
+
+
+def test_metadata_with_a_byte_order_mark(tmp_path: Path) -> None:
+    root = tmp_path / "ESC-50-master"
+    _tiny(root / "audio" / "1-100-A-0.wav")
+    (root / "meta").mkdir()
+    (root / "meta" / "esc50.csv").write_text("\ufefffilename,fold,target,category\n1-100-A-0.wav,1,0,dog\n",
+                                             encoding="utf-8")
+    assert prepare("esc50", root, tmp_path / "out").split_counts == {"fold1": 1}
+
+
+def test_relative_separate_ks1_test_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tiny(tmp_path / "ks1-test" / "yes" / "aaaa1111_nohash_0.wav")
+    monkeypatch.chdir(tmp_path)
+    prepare("speechcommands-v1", TTS_COMMANDS, "out", test_root="ks1-test")
+    test = read_json_manifest(tmp_path / "out" / "test.json")
+    assert [Path(e.path) for e in test] == [tmp_path / "ks1-test" / "yes" / "aaaa1111_nohash_0.wav"]

@@ -161,7 +161,8 @@ def test_running_stats_are_exact() -> None:
     assert stats.std == pytest.approx(float(values.std()), abs=1e-12)
 
 
-def test_stats_command(sc_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stats_command(sc_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                       caplog: pytest.LogCaptureFixture) -> None:
     entries = read_json_manifest(sc_manifest / "test.json")[:6]
     (tmp_path / "broken.wav").write_bytes(b"nope")
     manifest = write_json_manifest(entries + [Entry(str(tmp_path / "broken.wav"))], tmp_path / "m.json")
@@ -176,6 +177,9 @@ def test_stats_command(sc_manifest: Path, tmp_path: Path, capsys: pytest.Capture
     real = stacked[:, :98].double()
     assert unpadded.values == real.numel() == 6 * 98 * 128
     assert unpadded.mean == pytest.approx(float(real.mean()), abs=1e-9) and unpadded.mean < mean  # no zero padding
+    with caplog.at_level("ERROR"):  # no silent AudioSet default: the task's length is asked for
+        assert main(["stats", str(manifest)]) == 2
+    assert "exactly one of --target-length N" in caplog.text
     assert main(["stats", "--preset", "speech-commands"]) == 0
     assert capsys.readouterr().out.splitlines() == ["mean -6.845978", "std 5.5654526"]
     assert preset("UrbanSound8K").std == 4.229961395263672

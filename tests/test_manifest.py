@@ -15,10 +15,12 @@ ENTRIES = [Entry("/data/a.wav", ("/m/09x0r", "/t/dd00088"), "eval"), Entry("/dat
 
 def test_json_is_the_ast_format_and_round_trips(tmp_path: Path) -> None:
     path = write_json_manifest(ENTRIES, tmp_path / "eval.json")
-    assert json.loads(path.read_text()) == {"data": [
-        {"wav": "/data/a.wav", "labels": "/m/09x0r,/t/dd00088"}, {"wav": "/data/b.flac", "labels": "/m/04rlf"},
-        {"wav": "/data/c.wav", "labels": ""}]}
-    assert read_json_manifest(path) == [Entry(e.path, e.labels) for e in ENTRIES]
+    assert json.loads(path.read_text()) == {"data": [  # SSAST reads wav and labels; the split is ours
+        {"wav": "/data/a.wav", "labels": "/m/09x0r,/t/dd00088", "split": "eval"},
+        {"wav": "/data/b.flac", "labels": "/m/04rlf", "split": "eval"}, {"wav": "/data/c.wav", "labels": "", "split": "eval"}]}
+    assert read_json_manifest(path) == ENTRIES
+    unsplit = write_json_manifest([Entry(e.path, e.labels) for e in ENTRIES], tmp_path / "plain.json")
+    assert "split" not in unsplit.read_text()
 
 
 def test_relative_paths_resolve_against_the_manifest(tmp_path: Path) -> None:

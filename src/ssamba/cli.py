@@ -32,6 +32,9 @@ def _stats(args: argparse.Namespace) -> int:
         return 0
     if not args.manifest:
         raise ValueError("give a MANIFEST or --preset NAME")
+    if (args.target_length is None) == (not args.no_pad):
+        raise ValueError("give exactly one of --target-length N (the task's input length: zero padding counts, as in "
+                         "the official statistics) and --no-pad (real frames only)")
     paths = [e.path for e in read_manifest(args.manifest)][: args.limit]
     result = dataset_stats(paths, None if args.no_pad else args.target_length)
     print(f"mean {result.mean!r}\nstd {result.std!r}\nfiles {result.files}\nvalues {result.values}")
@@ -190,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stats", help="mean/std of the log-mel inputs of a manifest, for normalisation")
     p.add_argument("manifest", nargs="?", help="SSAST/AST .json or path,label .csv manifest")
-    p.add_argument("--target-length", type=int, default=1024, help="pad/cut to this many frames (official)")
+    p.add_argument("--target-length", type=int,
+                   help="pad/cut to the task's input length in frames, as the official statistics were taken "
+                        "(the recipe's data.target_length: 1024 AudioSet, 512 ESC-50, 128 Speech Commands)")
     p.add_argument("--no-pad", action="store_true", help="use only real frames (no padding)")
     p.add_argument("--limit", type=int, help="use only the first N files")
     p.add_argument("--preset", help="print the official statistics of audioset/esc50/speechcommands/urbansound8k")

@@ -1,9 +1,12 @@
 """One-time resampling of a corpus into a cache directory: parallel, resumable, failures reported.
 
-Files already at the target rate are used in place. The others are resampled with the reference kernel that
-SSAMBA's preparation scripts used (``transforms.Resample``) and written as float WAV (nothing re-quantised) to
-``<cache>/<path relative to the corpus root>.wav``. A file is written under a temporary name and renamed when
-complete, so an interrupted run resumes where it stopped and never sees half-written output.
+Files already at the target rate are used in place (their header is read, not their samples). The others are
+resampled with the reference kernel that SSAMBA's preparation scripts used (``transforms.Resample``) and written as
+float WAV (nothing re-quantised) to ``<cache>/<path relative to the corpus root>`` with ``.wav`` appended to any
+other suffix (``x.flac`` -> ``x.flac.wav``, so ``x.flac`` and ``x.wav`` cannot collide). A file is written under a
+temporary name and renamed when complete, so an interrupted run resumes where it stopped and never sees half-written
+output. A cached file is reused only if it is at the requested rate and newer than its source. The cache folder
+holds a marker file, so that a cache inside a corpus root is not scanned as corpus audio on the next run.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from tqdm import tqdm
 
 from ssamba.audio.io import AudioLoadError, audio_info, load_audio, save_audio
 from ssamba.audio.resample import resample
+from ssamba.data.corpora._common import CACHE_MARKER
 from ssamba.data.manifest import Entry
 
 log = logging.getLogger(__name__)
@@ -39,18 +43,29 @@ def cache_path(path: Path, root: Path, cache: Path) -> Path:
         rel = path.resolve().relative_to(root.resolve())
     except ValueError:
         rel = Path("_external") / hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12] / path.name
-    return (cache / rel).with_suffix(".wav")
+    return cache / (rel if rel.suffix.lower() == ".wav" else rel.with_name(rel.name + ".wav"))
 
 
 def _single_thread() -> None:
     torch.set_num_threads(1)  # the pool already uses every core
 
 
+def _reusable(source: Path, target: Path, rate: int) -> bool:
+    """Whether an earlier run's ``target`` holds ``source`` at ``rate``: a cache from another rate, or one older
+    than a replaced source, is written again."""
+    if not target.is_file():
+        return False
+    try:
+        return audio_info(target)[0] == rate and target.stat().st_mtime >= source.stat().st_mtime
+    except AudioLoadError:
+        return False  # a damaged cache file is written again
+
+
 def _convert(job: tuple[str, str, int]) -> tuple[str, str, str | None]:
     """Worker: ``(source, target, rate)`` -> ``(source, status, error)``; status is resampled/reused/in-place."""
     source, target, rate = job
     try:
-        if Path(target).is_file():
+        if _reusable(Path(source), Path(target), rate):
             return source, "reused", None
         if audio_info(source)[0] == rate:
             return source, "in-place", None
@@ -70,6 +85,8 @@ def _convert(job: tuple[str, str, int]) -> tuple[str, str, str | None]:
 def resample_to_cache(entries: list[Entry], root: Path, cache: Path, sample_rate: int = 16000,
                       workers: int = 1) -> CacheResult:
     """Make every entry's audio available at ``sample_rate``, resampling into ``cache`` where needed."""
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / CACHE_MARKER).write_text("resampled copies written by `ssamba prepare --cache`: not corpus audio\n")
     jobs = [(e.path, str(cache_path(Path(e.path), root, cache)), sample_rate) for e in entries]
     results: dict[str, tuple[str, str | None]] = {}
     progress = tqdm(total=len(jobs), desc=f"resampling to {sample_rate} Hz", unit="file", disable=None)

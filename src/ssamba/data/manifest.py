@@ -89,9 +89,11 @@ def read_json_manifest(path: str | Path) -> list[Entry]:
 
 
 def write_json_manifest(entries: Iterable[Entry], path: str | Path) -> Path:
-    """Write entries as ``{"data": [{"wav", "labels"}]}`` (labels comma-joined, ``""`` when unlabeled)."""
+    """Write entries as ``{"data": [{"wav", "labels"[, "split"]}]}`` (labels comma-joined, ``""`` when unlabeled).
+    The split (fold) is kept so that readers can group by it (UrbanSound8K's 60-s sequences); SSAST ignores it."""
     path = Path(path)
-    data = [{"wav": e.path, "labels": ",".join(e.labels)} for e in entries]
+    data = [{"wav": e.path, "labels": ",".join(e.labels), **({"split": e.split} if e.split is not None else {})}
+            for e in entries]
     path.write_text(json.dumps({"data": data}, indent=1) + "\n")
     return path
 

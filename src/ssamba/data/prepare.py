@@ -77,6 +77,7 @@ def prepare(corpus: str, root: str | Path | None, out: str | Path, *, cache: str
         Path(out).mkdir(parents=True, exist_ok=True)
         root = out
     root, out = Path(root).resolve(), Path(out).resolve()  # manifests hold absolute paths
+    cache = Path(cache).resolve() if cache is not None else None
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: corpus root is not a directory")
     accepted = set(inspect.signature(RECIPES[corpus]).parameters) - {"root", "out"}
@@ -85,18 +86,23 @@ def prepare(corpus: str, root: str | Path | None, out: str | Path, *, cache: str
         raise ValueError(f"corpus {corpus!r} takes no option(s) {', '.join(unexpected)}"
                          + (f" (it accepts: {', '.join(sorted(accepted))})" if accepted else ""))
     result = RECIPES[corpus](root, out, **options)
+    if not result.entries:
+        raise FileNotFoundError(f"{root}: no usable clips for corpus {corpus!r}"
+                                + (f" ({len(result.missing)} named by its metadata are missing, e.g. "
+                                   f"{result.missing[0]})" if result.missing else ""))
     failed: list[tuple[str, str]] = []
     if cache is not None:
-        cached = resample_to_cache(result.entries, root, Path(cache), sample_rate, workers)
+        cached = resample_to_cache(result.entries, root, cache, sample_rate, workers)
         result.entries, failed = cached.entries, cached.failures
         log.info("cache %s: %d resampled, %d reused, %d failed", cache, cached.resampled, cached.reused, len(failed))
     files = write_corpus(result, out)
-    if result.missing:
-        files.append(out / "missing.txt")
-        files[-1].write_text("".join(f"{m}\n" for m in result.missing))
-    if failed:
-        files.append(out / "failed.txt")
-        files[-1].write_text("".join(f"{path}\t{reason}\n" for path, reason in failed))
+    for name, lines in (("missing.txt", result.missing), ("failed.txt", [f"{p}\t{why}" for p, why in failed])):
+        report = out / name
+        if lines:
+            report.write_text("".join(f"{line}\n" for line in lines))
+            files.append(report)
+        else:
+            report.unlink(missing_ok=True)  # an earlier run's report no longer holds
     return PrepareReport(result.name, out, dict(Counter(e.split or "all" for e in result.entries)),
                          dict(Counter(label for e in result.entries for label in e.labels)),
                          len(result.labels) if result.labels is not None else None, result.missing, failed, files)

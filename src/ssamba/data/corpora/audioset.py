@@ -43,10 +43,11 @@ def clip_ids(stem: str) -> list[str]:
     return ids
 
 
-def index_clips(root: Path) -> dict[str, Path]:
-    """Map YouTube id -> clip file for every audio file below ``root`` (first in sorted order wins)."""
+def index_clips(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, Path]:
+    """Map YouTube id -> clip file for every audio file below ``root`` but not in ``skip`` (first in sorted order
+    wins)."""
     index: dict[str, Path] = {}
-    for path in find_audio(root):
+    for path in find_audio(root, skip):
         for ytid in clip_ids(path.stem):
             index.setdefault(ytid, path)
     return index
@@ -57,7 +58,7 @@ def prepare(root: Path, out: Path) -> Corpus:
     present = {split: root / name for split, name in SEGMENT_FILES.items() if (root / name).is_file()}
     if not present:
         raise FileNotFoundError(f"{root}: none of {', '.join(SEGMENT_FILES.values())} found")
-    clips = index_clips(root)
+    clips = index_clips(root, skip=(out,))
     entries, missing = [], []
     for split, csv_path in present.items():
         rows = read_segments(csv_path)

@@ -4,17 +4,15 @@ Class index = the ``target`` column (the official order); split = ``fold1``..``f
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from ssamba.data.corpora._common import Corpus, keep_existing, require
+from ssamba.data.corpora._common import Corpus, keep_existing, read_metadata, require
 from ssamba.data.manifest import ClassLabels, Entry
 
 
 def prepare(root: Path, out: Path) -> Corpus:
     meta = require(root / "meta" / "esc50.csv", "ESC-50 metadata meta/esc50.csv")
-    with meta.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metadata(meta, ("filename", "fold", "target", "category"), integers=("fold", "target"))
     names: dict[int, str] = {}
     for row in rows:
         target, category = int(row["target"]), row["category"]

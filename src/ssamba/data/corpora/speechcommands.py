@@ -132,6 +132,7 @@ def prepare_v1(root: Path, out: Path, test_root: Path | None = None) -> Corpus:
     silence = cut_silence(require(root / NOISE_DIR, f"{NOISE_DIR} folder"), out / "_silence_")
     entries = [Entry(str(root / rel), (_ks1_label(word),), split) for word, rel, split in clips]
     if test_root is not None:
+        test_root = Path(test_root).resolve()  # manifests hold absolute paths
         entries = [e for e in entries if e.split != "test"]
         silence = [e for e in silence if e.split != "test"]
         test = [Entry(str(wav), (_ks1_label(wav.parent.name),), "test")

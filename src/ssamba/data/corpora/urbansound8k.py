@@ -5,17 +5,15 @@ inputs at training time: ssamba.data.sequences.)
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from ssamba.data.corpora._common import Corpus, keep_existing, require
+from ssamba.data.corpora._common import Corpus, keep_existing, read_metadata, require
 from ssamba.data.manifest import ClassLabels, Entry
 
 
 def prepare(root: Path, out: Path) -> Corpus:
     meta = require(root / "metadata" / "UrbanSound8K.csv", "UrbanSound8K metadata metadata/UrbanSound8K.csv")
-    with meta.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metadata(meta, ("slice_file_name", "fold", "classID", "class"), integers=("fold", "classID"))
     names: dict[int, str] = {}
     for row in rows:
         class_id, name = int(row["classID"]), row["class"]
