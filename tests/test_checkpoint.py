@@ -126,6 +126,22 @@ def test_load_options_are_validated():
         ssamba.load(OFFICIAL / "official_tiny_pretrain.pth", input_tdim=128)
     with pytest.raises(TypeError, match="already a fine-tuning model"):
         ssamba.load(OFFICIAL / "official_tiny_finetune_t256.pth", label_dim=3)
+    with pytest.raises(ValueError, match="fstride must be a positive integer, got 0"):
+        ssamba.load(OFFICIAL / "official_tiny_finetune_t256.pth", fstride=0)
+    with pytest.raises(ValueError, match="tstride must be a positive integer, got -5"):
+        ssamba.load(OFFICIAL / "official_tiny_pretrain.pth", label_dim=3, tstride=-5)
+    with pytest.raises(CheckpointError, match="holds 300 patches, which the given 128x512 input with stride 10x10"):
+        ssamba.load(OFFICIAL / "official_tiny_finetune_t256.pth", input_tdim=512, fstride=10, tstride=10)
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("depth", "two", "depth must be a positive integer, got 'two'"), ("fstride", 0, "fstride must be a positive"),
+    ("drop_path_rate", "high", "drop_path_rate must be a number in"), ("num_cls_tokens", 3, "num_cls_tokens must"),
+    ("dt_rank", 0, "dt_rank must be a positive integer"), ("norm_eps", 0.0, "norm_eps must be a positive number"),
+])
+def test_encoder_config_values_are_checked_by_name(field, value, error):
+    with pytest.raises(ValueError, match=re.escape(error)):
+        preset("ssamba", "tiny", input_tdim=64, **{field: value})
 
 
 def test_cli_convert(tmp_path, official_inputs, official_outputs):

@@ -78,10 +78,10 @@ def test_embed_folder_writes_npy_per_file_and_an_index(model_dir, folder, tmp_pa
     index = list(csv.DictReader((out / "index.csv").open()))
     assert len(index) == 6 and [r["status"] for r in index].count("error") == 1
     ok = [r for r in index if r["status"] == "ok"]
-    # yes/clip0.wav and no/clip0.wav stay apart: output stems mirror the folders
-    assert (out / "yes" / "clip0.npy").is_file() and (out / "no" / "clip0.npy").is_file()
-    assert not np.array_equal(np.load(out / "yes" / "clip0.npy"), np.load(out / "no" / "clip0.npy"))
-    assert not (out / "no" / "broken.npy").exists()
+    # yes/clip0.wav and no/clip0.wav stay apart: output stems mirror the folders and keep the suffix
+    assert (out / "yes" / "clip0.wav.npy").is_file() and (out / "no" / "clip0.wav.npy").is_file()
+    assert not np.array_equal(np.load(out / "yes" / "clip0.wav.npy"), np.load(out / "no" / "clip0.wav.npy"))
+    assert not (out / "no" / "broken.wav.npy").exists()
     model = ssamba.load(model_dir)
     for row in ok:
         files = row["files"].split(";")
@@ -98,16 +98,43 @@ def test_embed_safetensors_without_timestamps(model_dir, tmp_path):
     assert main(["embed", *map(str, files), "--model", str(model_dir), "--out", str(out),
                  "--format", "safetensors", "--stats", "speechcommands"]) == 0
     for f in files:
-        tensors = load_file(out / (f.stem + ".safetensors"))
+        tensors = load_file(out / (f.name + ".safetensors"))
         assert set(tensors) == {"clip"} and tensors["clip"].shape == (192,)
     expected = ssamba.load(model_dir).embed(files[0], stats="speechcommands").clip
-    np.testing.assert_allclose(load_file(out / (files[0].stem + ".safetensors"))["clip"], expected, atol=1e-6)
+    np.testing.assert_allclose(load_file(out / (files[0].name + ".safetensors"))["clip"], expected, atol=1e-6)
 
 
-def test_cli_errors_name_the_problem(model_dir, tmp_path, caplog):
+def test_embed_keeps_files_that_differ_only_in_suffix_apart(model_dir, tmp_path):
+    words = tmp_path / "in"
+    (words / "sub").mkdir(parents=True)
+    yes, no = tts_files("yes", 1)[0], tts_files("no", 1)[0]
+    shutil.copy(yes, words / "a.wav")
+    write_wav(words / "a.flac", ssamba.audio.load_audio(no)[0][0].numpy(), subtype="PCM_16")
+    shutil.copy(yes, words / "a.frames.wav")  # its clip file must not land on a.wav's frame matrix
+    out = tmp_path / "emb"
+    assert main(["embed", str(words), "--model", str(model_dir), "--out", str(out), "--timestamps"]) == 0
+    assert sorted(p.name for p in out.glob("*.npy")) == sorted(
+        f"{stem}{extra}.npy" for stem in ("a.wav", "a.flac", "a.frames.wav") for extra in ("", ".frames", ".timestamps"))
+    assert np.load(out / "a.wav.frames.npy").ndim == 2 and np.load(out / "a.frames.wav.npy").shape == (192,)
+    assert not np.array_equal(np.load(out / "a.wav.npy"), np.load(out / "a.flac.npy"))
+
+
+def test_cli_errors_name_the_problem(model_dir, tmp_path, caplog, capsys):
     empty = tmp_path / "nothing"
     empty.mkdir()
-    assert main(["predict", str(empty), "--model", str(model_dir)]) == 2
-    assert f"{empty}: folder holds no audio files" in caplog.text
+    good = tts_files("yes", 1)[0]
+    # a folder without audio is one failed input: the other inputs are still predicted
+    assert main(["predict", str(good), str(empty), "--model", str(model_dir)]) == 1
+    records = json.loads(capsys.readouterr().out)
+    assert [r["source"] for r in records] == [str(good), str(empty)] and "top" in records[0]
+    assert records[1]["error"].startswith(f"{empty}: folder holds no audio files")
+    # MEAN,STD statistics start with a minus sign: taken as the option's value, not as an option
+    assert main(["predict", str(good), "--model", str(model_dir), "--stats", "-6.845978,5.5654526"]) == 0
+    [with_stats] = json.loads(capsys.readouterr().out)
+    expected = ssamba.load(model_dir).predict(good, stats=(-6.845978, 5.5654526))
+    assert [t["label"] for t in with_stats["top"]] == [label for label, _ in expected.top]
+    assert with_stats["top"][0]["score"] == pytest.approx(expected.top[0][1], abs=1e-6)
+    assert main(["predict", str(good), "--model", str(model_dir), "--stats", "-6.8,zero"]) == 2
+    assert "expected a preset name or MEAN,STD" in caplog.text
     assert main(["predict", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
     assert f"{tmp_path / 'nope'}: no such file or directory" in caplog.text

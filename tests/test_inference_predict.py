@@ -170,6 +170,24 @@ def test_multichannel_and_malformed_arrays_are_refused_clearly(shallow):
         shallow.embed([3.5])
 
 
+def test_channels_last_arrays_and_byte_order(shallow):
+    stereo = np.stack([tone(1.0), tone(1.0)], axis=1)  # (samples, channels), as soundfile.read returns
+    with pytest.raises(ValueError, match=r"shape \(16000, 2\) is read as \(batch, samples\).*x.mean\(1\)"):
+        shallow.embed(stereo)
+    native = tone(1.0).astype(np.float32)
+    swapped = native.astype(native.dtype.newbyteorder(">"))  # big-endian samples, e.g. from an AIFF reader
+    np.testing.assert_array_equal(shallow.embed(swapped).clip, shallow.embed(native).clip)
+
+
+def test_non_finite_outputs_are_errors_not_scores(shallow):
+    loud, fine = np.full(16000, 1e30, np.float32) * np.sign(tone(1.0)), tone(1.0)
+    preds = shallow.predict([loud, fine])
+    assert not preds[0].ok and "the model's output is not finite (peak amplitude 1e+30" in preds[0].error
+    assert preds[1].ok and np.isfinite(preds[1].scores).all()
+    with pytest.raises(ValueError, match="positive std"):
+        Predictor(shallow, stats=(-4.0, 0.0))
+
+
 def test_pretraining_models_embed_but_do_not_predict():
     model = ssamba.load(PRETRAIN)
     emb = model.embed(tone(0.5))

@@ -1,6 +1,8 @@
 """The sinc resampler against torchaudio 2.2.2's golden outputs (fixtures README: same algorithm, atol 1e-6)."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,24 @@ def test_gpu_matches_reference() -> None:
     got = resample(torch.from_numpy(d["in_speech_48000"]).cuda(), 48000, 16000)
     assert got.is_cuda
     np.testing.assert_allclose(got.cpu().numpy(), d["out_speech_48000_to_16000"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("orig, new", [(1601, 1600), (1600, 1601), (441, 160)])
+def test_direct_evaluation_equals_the_float64_polyphase_kernel(orig: int, new: int,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(2, 3001, generator=torch.Generator().manual_seed(0))
+    exact = resample(x.double(), orig, new)  # the polyphase kernel in float64
+    module = importlib.import_module("ssamba.audio.resample")  # the package exports the function by that name
+    monkeypatch.setattr(module, "MAX_POLYPHASE_TAPS", 0)  # force the per-output evaluation
+    direct = resample(x, orig, new)
+    assert direct.dtype == torch.float32 and direct.shape == exact.shape
+    torch.testing.assert_close(direct.double(), exact, rtol=0, atol=1e-6)
+
+
+def test_rates_with_a_small_gcd_resample_without_a_huge_kernel() -> None:
+    # 16001 Hz: a polyphase kernel of 16000 x 16015 taps (1 GB); evaluated per output sample instead
+    x = torch.sin(torch.arange(16001) * (2 * np.pi * 440 / 16001))
+    y = resample(x, 16001, 16000)
+    assert y.shape == (resampled_length(16001, 16001, 16000),) == (16000,)
+    reference = torch.sin(torch.arange(16000, dtype=torch.float64) * (2 * np.pi * 440 / 16000))
+    assert float((y[100:-100].double() - reference[100:-100]).abs().max()) < 1e-3  # the same 440 Hz tone

@@ -94,8 +94,11 @@ def _predictor(args: argparse.Namespace):
 
     stats = args.stats
     if "," in stats:
-        mean, std = stats.split(",")
-        stats = (float(mean), float(std))
+        try:
+            mean, std = map(float, stats.split(","))
+        except ValueError:
+            raise ValueError(f"--stats {stats!r}: expected a preset name or MEAN,STD (two numbers)") from None
+        stats = (mean, std)
     policy = LengthPolicy(args.min_frames, args.max_frames, args.overlap_frames)
     model = load(args.model, sha256=args.sha256)
     return Predictor(model, stats=stats, policy=policy, batch_size=args.batch_size, progress=True,
@@ -258,8 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options whose value may start with "-" (a negative mean: ``--stats -4.27,4.57``)
+NEGATIVE_VALUE_OPTIONS = ("--stats",)
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--stats -4.27,4.57`` -> ``--stats=-4.27,4.57``: argparse takes a value starting with "-" that is not a
+    plain number for an option and fails, although a MEAN,STD pair's mean is always negative."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in NEGATIVE_VALUE_OPTIONS and arg.startswith("-") and "," in arg:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

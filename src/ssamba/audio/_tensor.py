@@ -13,6 +13,8 @@ def as_float_tensor(waveform: torch.Tensor | np.ndarray) -> torch.Tensor:
     Integer PCM is scaled to [-1, 1] like a loaded file (int16 / 32768), because feeding int16-scale samples would
     shift every log-mel bin by 2*ln(32768). Half precision is promoted to float32: the fbank needs its range.
     """
+    if isinstance(waveform, np.ndarray) and not waveform.dtype.isnative:  # e.g. big-endian samples from a file
+        waveform = waveform.astype(waveform.dtype.newbyteorder("="))
     tensor = torch.from_numpy(np.ascontiguousarray(waveform)) if isinstance(waveform, np.ndarray) else waveform
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor or numpy.ndarray, got {type(waveform).__name__}")

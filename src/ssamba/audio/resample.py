@@ -5,6 +5,12 @@ the ``new'`` output phases (rates reduced by their gcd) is one output channel of
 interleaved and the result is cut to the reference length. Another resampler moves the top mel bins by several nats,
 so the released checkpoints only see in-distribution input through this one. Batched over any leading dimensions;
 runs on whatever device the input lives on.
+
+That kernel has ``new' x (2*width + orig')`` taps, nearly all zero: for rates whose gcd is small (a file at
+16001 Hz: 16000 phases of 16015 taps, 1 GB) it does not fit in memory. Past :data:`MAX_POLYPHASE_TAPS` the same
+windowed sinc is evaluated at each output sample's own ``2*width + 2`` input neighbours instead (float64 positions
+and weights, output in chunks): it equals the float64 polyphase result to float32 rounding (at such rates the float32
+polyphase kernel itself is off by up to 3e-4), with memory linear in the audio.
 """
 from __future__ import annotations
 
@@ -22,6 +28,11 @@ from ssamba.audio._tensor import as_float_tensor
 #: ``"transform"``: the cached kernel of ``torchaudio.transforms.Resample`` (used by SSAMBA's preparation scripts),
 #: computed in float64 from float32 phase offsets and cast. They differ by at most ~1.4e-5.
 KernelVariant = Literal["functional", "transform"]
+
+#: largest polyphase kernel built (taps); the common rates need far fewer (44.1 -> 16 kHz: 76,000)
+MAX_POLYPHASE_TAPS = 1 << 22
+#: outputs per chunk of the direct evaluation (its weights: chunk x (2*width + 2) float64)
+_DIRECT_CHUNK = 1 << 16
 
 
 def reduced_rates(orig_sr: int, new_sr: int) -> tuple[int, int]:
@@ -97,9 +108,38 @@ def resample(waveform: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int, *, 
         return x
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
+    width = kernel_width(orig_sr, new_sr, lowpass_filter_width, rolloff)
+    if new * (2 * width + orig) > MAX_POLYPHASE_TAPS:
+        out = _resample_direct(flat, orig, new, width, lowpass_filter_width, rolloff,
+                               resampled_length(shape[-1], orig_sr, new_sr))
+        return out.reshape(*shape[:-1], out.shape[-1])
     kernel, width = sinc_kernel(orig_sr, new_sr, lowpass_filter_width=lowpass_filter_width, rolloff=rolloff,
                                 dtype=x.dtype, device=x.device, variant=variant)
     padded = F.pad(flat, (width, width + orig))
     phases = F.conv1d(padded[:, None], kernel, stride=orig)  # (signals, new', steps)
     out = phases.transpose(1, 2).reshape(flat.shape[0], -1)[..., :resampled_length(shape[-1], orig_sr, new_sr)]
     return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def _resample_direct(flat: torch.Tensor, orig: int, new: int, width: int, lowpass_filter_width: int,
+                     rolloff: float, length: int) -> torch.Tensor:
+    """The polyphase resampler's result for ``(signals, samples)`` computed per output sample: output ``j`` sits
+    at input position ``j * orig / new`` and takes the kernel at its ``2*width + 2`` nearest inputs (zero outside
+    the signal), the kernel being the same Hann-windowed sinc as :func:`_kernel_cpu`'s."""
+    base_freq = min(orig, new) * rolloff
+    taps = torch.arange(-width, width + 2, device=flat.device)  # offsets from floor(position)
+    padded = F.pad(flat, (width, width + 2))
+    out = flat.new_empty(flat.shape[0], length)
+    for first in range(0, length, _DIRECT_CHUNK):
+        j = torch.arange(first, min(first + _DIRECT_CHUNK, length), device=flat.device, dtype=torch.int64)
+        start = torch.div(j * orig, new, rounding_mode="floor")  # input sample at or before output j
+        index = start[:, None] + taps  # input samples read by output j
+        # (index - j*orig/new) / orig in exact integer arithmetic, then scaled as the kernel's time axis
+        t = (index * new - j[:, None] * orig).to(torch.float64) / (new * orig) * base_freq
+        t = t.clamp_(-lowpass_filter_width, lowpass_filter_width)
+        window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+        t *= math.pi
+        weights = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * (base_freq / orig)
+        gathered = padded[:, index + width]  # (signals, chunk, taps)
+        out[:, first:first + j.numel()] = (gathered.to(torch.float64) * weights).sum(-1).to(flat.dtype)
+    return out

@@ -7,6 +7,7 @@ the same alone or batched with longer clips.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,12 +48,15 @@ class Encoded:
 
 def resolve_stats(stats: Stats) -> NormStats:
     """A preset name ("audioset", "esc50", ...), a :class:`NormStats` or a ``(mean, std)`` pair."""
-    if isinstance(stats, NormStats):
-        return stats
     if isinstance(stats, str):
         return preset(stats)
-    mean, std = stats
-    return NormStats(float(mean), float(std))
+    if not isinstance(stats, NormStats):
+        mean, std = stats
+        stats = NormStats(float(mean), float(std))
+    if not (math.isfinite(stats.mean) and math.isfinite(stats.std) and stats.std > 0):
+        raise ValueError(f"normalisation statistics need a finite mean and a positive std, got mean {stats.mean}, "
+                         f"std {stats.std}")
+    return stats
 
 
 @contextlib.contextmanager

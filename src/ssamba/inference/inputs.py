@@ -34,15 +34,13 @@ class Source:
 
 
 def audio_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand folders (recursively, sorted) into audio files; files are kept as given, even missing ones, so that
-    they are reported rather than dropped."""
+    """Expand folders (recursively, sorted) into audio files; files are kept as given, even missing ones, and so is
+    a folder without audio, so that they are reported (as failed inputs) rather than dropped or fatal."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(f"{p}: folder holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
-            out.extend(found)
+            out.extend(found or [p])
         else:
             out.append(p)
     return out
@@ -63,6 +61,10 @@ def as_sources(audio: Audio | Iterable[Audio], sample_rate: int = SAMPLE_RATE,
         if audio.ndim == 1:
             items, single = [audio], True
         elif audio.ndim == 2:
+            if audio.shape[1] < MIN_SAMPLES <= audio.shape[0]:  # no batch of clips this short: it is channels last
+                raise ValueError(f"a waveform array of shape {tuple(audio.shape)} is read as (batch, samples): "
+                                 f"{audio.shape[0]} clips of {audio.shape[1]} samples. If it is (samples, channels), "
+                                 "as soundfile.read returns, pass one channel (x[:, 0]) or their mean (x.mean(1))")
             items, single = list(audio), False
         else:
             raise ValueError(f"a waveform array must be (samples,) or (batch, samples), got shape {tuple(audio.shape)}")
@@ -76,11 +78,17 @@ def as_sources(audio: Audio | Iterable[Audio], sample_rate: int = SAMPLE_RATE,
 def _source(item: Audio, index: int, sample_rate: int, mono: MonoPolicy) -> Source:
     if isinstance(item, (str, Path)):
         path = Path(item)
-        return Source(str(path), lambda: _check(load_audio(path, mono=mono, sample_rate=SAMPLE_RATE)[0][0], path))
+        return Source(str(path), lambda: _load_file(path, mono))
     if isinstance(item, (np.ndarray, Tensor)):
         name = f"<array {index}>"
         return Source(name, lambda: _from_array(item, name, sample_rate))
     raise TypeError(f"item {index}: expected a path or a numpy/torch waveform, got {type(item).__name__}")
+
+
+def _load_file(path: Path, mono: MonoPolicy) -> Tensor:
+    if path.is_dir():  # kept by audio_files so that it is reported
+        raise AudioLoadError(path, f"folder holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
+    return _check(load_audio(path, mono=mono, sample_rate=SAMPLE_RATE)[0][0], path)
 
 
 def _from_array(array: np.ndarray | Tensor, name: str, sample_rate: int) -> Tensor:
@@ -91,7 +99,7 @@ def _from_array(array: np.ndarray | Tensor, name: str, sample_rate: int) -> Tens
                                    "reduce channels first (e.g. waveform.mean(0))")
     try:
         x = as_float_tensor(array).detach().to("cpu", torch.float32)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise AudioLoadError(name, str(exc)) from exc
     if x.numel() and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())

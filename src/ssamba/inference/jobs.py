@@ -17,6 +17,8 @@ from ssamba.inference.inputs import as_sources, audio_files
 from ssamba.inference.predictor import Embedding, Prediction, Predictor
 
 INDEX_NAME = "index.csv"
+#: what ``embed_files`` appends to a stem besides the format's suffix: the clip file has none
+_EXTRA_NAMES = (".frames", ".timestamps")
 
 
 @dataclass
@@ -80,17 +82,28 @@ def _csv_rows(writer, pred: Prediction) -> None:
 
 
 def output_stems(paths: list[Path]) -> dict[str, Path]:
-    """A relative output stem per source path: its path below the inputs' common folder, suffix dropped (so
-    ``dog/a.wav`` and ``cat/a.wav`` stay apart)."""
+    """A relative output stem per source path: its path below the inputs' common folder, suffix kept (so
+    ``dog/a.wav``, ``cat/a.wav`` and ``dog/a.flac`` stay apart: ``dog/a.wav.npy``, ...).  Two different files that
+    would still write the same output (e.g. ``a.wav`` and ``a.wav.frames`` with ``--timestamps``) are an error
+    before anything runs, never a silent overwrite."""
     resolved = [p.resolve() for p in paths]
     root = Path(os.path.commonpath([str(p.parent) for p in resolved])) if resolved else Path(".")
-    return {str(p): r.relative_to(root).with_suffix("") for p, r in zip(paths, resolved)}
+    stems = {str(p): r.relative_to(root) for p, r in zip(paths, resolved)}
+    owner: dict[Path, str] = {}
+    for source, stem in stems.items():
+        for name in (stem.name, *(stem.name + extra for extra in _EXTRA_NAMES)):
+            other = owner.setdefault(stem.with_name(name), source)
+            if Path(other).resolve() != Path(source).resolve():
+                raise ValueError(f"{source} and {other} would write the same output file "
+                                 f"{stem.with_name(name)}; rename one or embed them separately")
+    return stems
 
 
 def embed_files(predictor: Predictor, inputs: Iterable[str | Path], out_dir: str | Path, *,
                 timestamps: bool = False, fmt: Literal["npy", "safetensors"] = "npy") -> JobReport:
-    """Embeddings of every file (folders expanded) into ``out_dir``: ``STEM.npy`` (clip embedding) plus
-    ``STEM.frames.npy`` and ``STEM.timestamps.npy`` with ``timestamps``; or one ``STEM.safetensors`` holding
+    """Embeddings of every file (folders expanded) into ``out_dir``, ``STEM`` being the file's path below the
+    inputs' common folder (:func:`output_stems`): ``STEM.npy`` (clip embedding) plus ``STEM.frames.npy`` and
+    ``STEM.timestamps.npy`` with ``timestamps``; or one ``STEM.safetensors`` holding
     ``clip`` (and ``frames``, ``timestamps_ms``).  ``index.csv`` lists every input with its files or its error."""
     if fmt not in ("npy", "safetensors"):
         raise ValueError(f"format must be npy or safetensors, got {fmt!r}")
@@ -127,7 +140,7 @@ def _write_embedding(emb: Embedding, stem: Path, fmt: str) -> list[Path]:
         target = stem.with_name(stem.name + ".safetensors")
         save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(target))
         return [target]
-    names = {"clip": "", "frames": ".frames", "timestamps_ms": ".timestamps"}
+    names = {"clip": "", "frames": _EXTRA_NAMES[0], "timestamps_ms": _EXTRA_NAMES[1]}
     written = []
     for key, value in arrays.items():
         target = stem.with_name(stem.name + names[key] + ".npy")

@@ -95,8 +95,8 @@ class Predictor:
                     except AudioLoadError as exc:
                         logger.warning("skipping %s", exc)
                         results[id(src)] = exc
-                for src, enc in zip(loaded, self.encoder.encode(waves, layers) if waves else []):
-                    results[id(src)] = enc
+                for src, wave, enc in zip(loaded, waves, self.encoder.encode(waves, layers) if waves else []):
+                    results[id(src)] = _check_finite(src, wave, enc)
                 for src in chunk:
                     yield src, results[id(src)]
                 bar.update(len(chunk))
@@ -153,6 +153,17 @@ class Predictor:
         embeddings, for a file, a folder, a waveform, or a batch of any of these."""
         sources, single = as_sources(audio, sample_rate, self.mono)
         return _finish(list(self.iter_embed(sources, timestamps)), single, on_error)
+
+
+def _check_finite(src: Source, wave: torch.Tensor, enc: Encoded) -> Encoded | AudioLoadError:
+    """``enc``, or an error naming the clip when the model's output for it is not finite (e.g. float audio far
+    outside [-1, 1]): a NaN score must not be reported as a result."""
+    if bool(torch.isfinite(enc.pooled).all()) and bool(torch.isfinite(enc.columns).all()):
+        return enc
+    error = AudioLoadError(src.name, f"the model's output is not finite (peak amplitude {float(wave.abs().max()):.3g};"
+                                     " float audio is expected in [-1, 1])")
+    logger.warning("skipping %s", error)
+    return error
 
 
 def _embedding(src: Source, enc: Encoded, timestamps: bool) -> Embedding:

@@ -141,6 +141,12 @@ class Geometry:
     tstride: int | None = None
     input_fdim: int = 128
 
+    def __post_init__(self) -> None:
+        for name in ("input_tdim", "fstride", "tstride", "input_fdim"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
 
 def config_from_official(state: dict[str, Tensor], geometry: Geometry | None = None,
                          source: str = "checkpoint") -> ModelConfig:
@@ -216,8 +222,15 @@ def _finetune_geometry(num_patches: int, fshape: int, tshape: int, g: Geometry, 
                 logger.info("%s: inferred fine-tuning geometry %dx%d input, stride %dx%d (grid %dx%d)",
                             source, g.input_fdim, tdim, fstride, tstride, f_dim, t_dim)
             return dict(input_fdim=g.input_fdim, input_tdim=tdim, fstride=fstride, tstride=tstride)
+    given = {k: v for k, v in (("input_tdim", g.input_tdim), ("fstride", g.fstride), ("tstride", g.tstride))
+             if v is not None}
+    if len(given) == 3:
+        raise CheckpointError(f"{source}: its position embedding holds {num_patches} patches, which the given "
+                              f"{g.input_fdim}x{g.input_tdim} input with stride {g.fstride}x{g.tstride} does not give "
+                              f"(patch {fshape}x{tshape})")
     raise CheckpointError(f"{source}: cannot infer the input size/stride of a fine-tuning checkpoint with "
-                          f"{num_patches} patches; pass input_tdim, fstride and tstride")
+                          f"{num_patches} patches" + (f" from {given}" if given else "")
+                          + "; pass input_tdim, fstride and tstride")
 
 
 def convert_official_state(state: dict[str, Tensor]) -> dict[str, Tensor]:

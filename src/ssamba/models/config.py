@@ -13,6 +13,11 @@ EMBED_DIMS = {"tiny": 192, "small": 384, "base": 768}
 SSAST_HEADS = {"tiny": 3, "small": 6, "base": 12}
 
 
+#: EncoderConfig fields that must be positive integers (a stride of 0 or a depth of "two" fails here, by name)
+_POSITIVE_INTS = ("embed_dim", "depth", "input_fdim", "input_tdim", "fshape", "tshape", "fstride", "tstride",
+                  "d_state", "d_conv", "expand", "num_heads")
+
+
 @dataclass
 class EncoderConfig:
     """Everything needed to build an SSAMBA or SSAST encoder.
@@ -54,6 +59,19 @@ class EncoderConfig:
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if self.attention not in ("sdpa", "naive"):
             raise ValueError(f"attention must be 'sdpa' or 'naive', got {self.attention!r}")
+        for name in _POSITIVE_INTS + (("dt_rank",) if self.dt_rank is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("norm_eps", "mlp_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if isinstance(self.drop_path_rate, bool) or not isinstance(self.drop_path_rate, (int, float)) \
+                or not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be a number in [0, 1), got {self.drop_path_rate!r}")
+        if self.num_cls_tokens not in (1, 2):
+            raise ValueError(f"num_cls_tokens must be 1 (cls) or 2 (cls + distillation), got {self.num_cls_tokens!r}")
         if self.input_fdim < self.fshape or self.input_tdim < self.tshape:
             raise ValueError(
                 f"input {self.input_fdim}x{self.input_tdim} is smaller than one {self.fshape}x{self.tshape} patch"
