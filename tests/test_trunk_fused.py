@@ -182,3 +182,42 @@ def test_cpu_inference_trunk_not_taken_in_training_or_with_gradients(encoder, mo
     with torch.no_grad():
         encoder(x)  # another scan backend keeps the plain PyTorch stream
     assert not calls
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_hooks_on_blocks_and_norms_run_in_inference_too(encoder, backend):
+    """A forward hook on a block or a norm (feature extraction, ablation) fires and takes effect under no_grad as it
+    does with gradients: the fused paths give way to the module calls when one is hooked."""
+    scan.set_backend(backend)
+    x = torch.randn(1, 64, 128)
+    fired: list[str] = []
+    handles = [encoder.layers[2].register_forward_hook(lambda *a: fired.append("block") and None),
+               encoder.layers[3].norm.register_forward_hook(lambda m, i, out: fired.append("norm") or out * 0),
+               encoder.norm_f.register_forward_hook(lambda *a: fired.append("norm_f") and None)]
+    try:
+        with_grad = encoder(x)
+        expected, fired[:] = list(fired), []
+        with torch.no_grad():
+            without_grad = encoder(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert expected == ["block", "norm", "norm_f", "norm_f"] and fired == expected
+    torch.testing.assert_close(without_grad, with_grad.detach(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(encoder(x), without_grad, atol=1e-3)  # the ablation did change the output
+
+
+def test_float16_autocast_and_float16_models_run_on_the_cpu_backend(encoder):
+    scan.set_backend("cpu")
+    x = torch.randn(1, 64, 128)
+    with torch.no_grad():
+        want = encoder(x)
+        with torch.autocast("cpu", dtype=torch.float16):
+            got = encoder(x)  # the norms' fused op reads float32/bf16 only: the stream goes module by module
+        assert max_rel_err(got.float(), want) < 2e-2
+        half = encoder.half()
+        out = half(x.half())  # fp16 weights: the mixers run step by step, their scans on the cpu kernels
+        scan.set_backend("reference")
+        assert max_rel_err(out, half(x.half())) < 5e-3  # fp16 rounding apart
+    assert out.dtype == torch.float16 and max_rel_err(out.float(), want) < 2e-2

@@ -77,13 +77,20 @@ class BiMambaMixer(nn.Module):
         forward in time, and every other step is per token.
         """
         backend = get_backend(hidden, self.scan_backend)
-        if backend.name == "cpu":
+        if backend.name == "cpu" and self._fused_cpu(hidden):
             return self._forward_fused(hidden, reverse)
         if backend.reverses:
             return self._forward_flip_free(hidden, reverse)
         if reverse:
             return self._forward_reference(hidden.flip(1)).flip(1)
         return self._forward_reference(hidden)
+
+    def _fused_cpu(self, hidden: Tensor) -> bool:
+        """Whether the fused CPU ops take this call: the cpu backend, and float32 or bf16 weights (their matmuls
+        run in the weights' dtype or autocast's; a float16 model goes step by step, its scans still on the cpu
+        kernels)."""
+        return (self.out_proj.weight.dtype in (torch.float32, torch.bfloat16)
+                and get_backend(hidden, self.scan_backend).name == "cpu")
 
     def _forward_reference(self, hidden: Tensor) -> Tensor:
         """Spec §5 step by step (any scan backend): the oracle of the fused path."""
@@ -262,7 +269,7 @@ def _bmm(a: Tensor, b: Tensor) -> Tensor:
 PAIR_MAX_ELEMENTS = 1 << 19
 
 
-def _hooked(module: nn.Module) -> bool:
+def has_forward_hooks(module: nn.Module) -> bool:
     """Whether calling ``module`` would run forward hooks (which a direct op call would skip)."""
     from torch.nn.modules import module as hooks
 
@@ -278,8 +285,8 @@ def _side_by_side(first: BiMambaMixer, h_first: Tensor, second: BiMambaMixer, h_
     if h_first.numel() // first.d_model * first.d_inner > PAIR_MAX_ELEMENTS:
         return False
     pairs = ((first, h_first), (second, h_second))
-    return all(type(m) is BiMambaMixer and not _hooked(m) and get_backend(h, m.scan_backend).name == "cpu"
-               and not m._wants_grad(h) for m, h in pairs)
+    return all(type(m) is BiMambaMixer and not has_forward_hooks(m) and m._fused_cpu(h) and not m._wants_grad(h)
+               for m, h in pairs)
 
 
 def pair_input_dtype(first: nn.Module, second: nn.Module, device: torch.device) -> torch.dtype | None:
@@ -290,7 +297,7 @@ def pair_input_dtype(first: nn.Module, second: nn.Module, device: torch.device) 
         return None
     if torch.get_autocast_dtype("cpu") != torch.bfloat16:
         return None
-    if any(type(m) is not BiMambaMixer or _hooked(m) for m in (first, second)):
+    if any(type(m) is not BiMambaMixer or has_forward_hooks(m) for m in (first, second)):
         return None
     return torch.bfloat16
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ssamba.models.config import EncoderConfig
 from ssamba.models.encoder import PatchEncoder
 from ssamba.models.layers import DropPath, linspace, make_norm
-from ssamba.models.mamba import BiMambaMixer, pair_input_dtype, run_pair
+from ssamba.models.mamba import BiMambaMixer, has_forward_hooks, pair_input_dtype, run_pair
 from ssamba.models.scan import get_backend
 
 
@@ -70,7 +70,8 @@ class SSAMBAEncoder(PatchEncoder):
         """
         hidden, residual = tokens, None
         for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
-            if not torch.is_grad_enabled() and fwd.drop_path.identity and bwd.drop_path.identity:
+            if (not torch.is_grad_enabled() and fwd.drop_path.identity and bwd.drop_path.identity
+                    and not has_forward_hooks(fwd) and not has_forward_hooks(bwd)):
                 # inference: both blocks add the same residual, so form it once and let the pair's inputs go
                 # (three sequence-sized tensors fewer alive during the mixers; the same numbers bit for bit)
                 r = hidden if residual is None else residual + hidden
@@ -100,10 +101,19 @@ class SSAMBAEncoder(PatchEncoder):
         return self.norm_f(out) if self.config.final_norm_twice else out
 
     def _cpu_inference(self, tokens: Tensor) -> bool:
-        """Whether the CPU kernels can run the whole stream: no gradient, no drop path, LayerNorms, float32."""
-        return (not torch.is_grad_enabled() and not self.training and self.config.norm == "layernorm"
-                and tokens.dtype == torch.float32 and self.norm_f.weight.dtype == torch.float32
-                and get_backend(tokens, self.config.scan_backend).name == "cpu")
+        """Whether the CPU kernels can run the whole stream: no gradient, no drop path, LayerNorms, float32 (or
+        bf16 autocast), and no forward hook on a block or norm (the fused pass would skip it: a feature extractor's
+        or an ablation's hook must see the same calls as in training mode; hooked mixers are handled by run_pair)."""
+        if torch.is_grad_enabled() or self.training or self.config.norm != "layernorm":
+            return False
+        if tokens.dtype != torch.float32 or self.norm_f.weight.dtype != torch.float32:
+            return False
+        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") != torch.bfloat16:
+            return False  # fp16 autocast: the norms' C++ op reads float32 or bf16 only
+        if get_backend(tokens, self.config.scan_backend).name != "cpu":
+            return False
+        modules = [self.norm_f, *self.layers, *(layer.norm for layer in self.layers)]
+        return not any(has_forward_hooks(m) for m in modules)
 
     def _trunk_cpu_inference(self, tokens: Tensor, collect: list[Tensor] | None) -> Tensor:
         """``norm_f(residual_stream(tokens))`` with each pair's residual adds and norms in one pass

@@ -82,7 +82,9 @@ def get_backend(u: Tensor, name: str | None = None) -> ScanBackend:
         )
     backend = _BACKENDS[name]
     if not backend.can_run(u):
-        raise RuntimeError(f"scan backend {name!r} cannot run on a {u.device.type} tensor here (is it installed?)")
+        raise RuntimeError(f"scan backend {name!r} cannot run a {u.dtype} tensor on {u.device.type} here "
+                           "(cpu: float32/bfloat16/float16 CPU tensors with its kernels built; triton and mamba_ssm: "
+                           "CUDA tensors with the package installed)")
     return backend
 
 
