@@ -53,8 +53,12 @@ _selected: str | None = None
 
 def register_backend(name: str, fn: ScanFn, supports: Callable[[Tensor], bool], priority: int,
                      runs: Callable[[Tensor], bool] | None = None, reverses: bool = False) -> None:
-    """Add a backend (see ``ScanBackend``)."""
+    """Add a backend (see ``ScanBackend``). The registry is kept in descending priority, so that "auto" takes the
+    first backend that supports the input (a plain loop, which torch.compile traces without graph breaks)."""
     _BACKENDS[name] = ScanBackend(name, fn, supports, priority, runs, reverses)
+    ranked = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
+    _BACKENDS.clear()
+    _BACKENDS.update((b.name, b) for b in ranked)
 
 
 def available_backends() -> list[str]:
@@ -73,8 +77,10 @@ def get_backend(u: Tensor, name: str | None = None) -> ScanBackend:
     """Resolve which backend runs a scan on ``u``."""
     name = name or _selected or os.environ.get(ENV_VAR) or "auto"
     if name == "auto":
-        usable = [b for b in _BACKENDS.values() if b.supports(u)]
-        return max(usable, key=lambda b: b.priority)
+        for backend in _BACKENDS.values():  # highest priority first
+            if backend.supports(u):
+                return backend
+        raise RuntimeError(f"no scan backend supports a {u.dtype} tensor on {u.device.type}")
     if name not in _BACKENDS:
         raise ValueError(
             f"unknown scan backend {name!r} (from argument, set_backend or ${ENV_VAR}); "
