@@ -52,11 +52,17 @@ def test_outputs_csv_markdown_and_plots(bench_run):
 
 def test_earlier_results_render_again_merged_and_on_cpu_time(bench_run, tmp_path):
     out = tmp_path / "merged"
-    argv = ["bench", "efficiency", "--from-csv", str(bench_run / "results.csv"), "--threads", "1", "--out", str(out)]
+    # no measurement flags here: the header must come from the rows (depth 2, 1 thread, 1 warm-up, median of 1)
+    argv = ["bench", "efficiency", "--from-csv", str(bench_run / "results.csv"), "--out", str(out)]
     assert main(argv) == 0
     assert (out / "results.csv").read_text() == (bench_run / "results.csv").read_text()
-    table = [ln for ln in (bench_run / "results.md").read_text().splitlines() if ln.startswith("| 64 |")]
-    assert table and table == [ln for ln in (out / "results.md").read_text().splitlines() if ln.startswith("| 64")]
+    original, rendered = (bench_run / "results.md").read_text(), (out / "results.md").read_text()
+    table = [ln for ln in original.splitlines() if ln.startswith("| 64 |")]
+    assert table and table == [ln for ln in rendered.splitlines() if ln.startswith("| 64")]
+    header = f"device cpu, torch {torch.__version__}, threads 1, scan backend"
+    assert header in original and header in rendered
+    assert "depth 2; 1 warm-up run(s), then the median of 1." in original
+    assert "depth 2; 1 warm-up run(s), then the median of 1." in rendered
     assert main(argv + ["--clock", "cpu"]) == 0
     md = (out / "results.md").read_text()
     assert "Time: process CPU time" in md

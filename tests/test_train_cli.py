@@ -87,12 +87,20 @@ def test_linear_probe_end_to_end(corpus, pretrained, tmp_path):
     recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "probe_speechcommands.yaml")
     argv = ["probe", recipe, *COMMON, f"out_dir={tmp_path}", f"model.init={pretrained / 'final'}",
             "model.fstride=16", "model.tstride=16", f"data.train={corpus / 'train_5.json'}",
-            f"data.test={corpus / 'test_5.json'}", f"data.class_labels={corpus / 'labels_5.csv'}",
-            "probe.epochs=30"]
+            f"data.valid={corpus / 'validation_5.json'}", f"data.test={corpus / 'test_5.json'}",
+            f"data.class_labels={corpus / 'labels_5.csv'}", "probe.epochs=30"]
     assert main(argv) == 0
     results = json.loads((tmp_path / "probe_results.json").read_text())
-    assert [r["layer"] for r in results["layers"]] == ["layer 1", "output"]
-    assert max(r["acc"] for r in results["layers"]) > 1 / len(WORDS)
+    layers = results["layers"]
+    assert [r["layer"] for r in layers] == ["layer 1", "output"]
+    assert max(r["test acc"] for r in layers) > 1 / len(WORDS)
+    # the best layer is chosen on the validation split, and its test score is reported beside it
+    best = max(layers, key=lambda r: r["valid acc"])
+    assert results["selected_on"] == "valid" and results["best_layer"] == best["layer"] and results["best"] == best
+    # without data.valid it is chosen on test, and marked so
+    assert main([*argv, "data.valid=null", f"out_dir={tmp_path / 'test_only'}"]) == 0
+    test_only = json.loads((tmp_path / "test_only" / "probe_results.json").read_text())
+    assert test_only["selected_on"] == "test" and "valid acc" not in test_only["layers"][0]
 
 
 def test_bad_config_is_a_clear_error(tmp_path, caplog):

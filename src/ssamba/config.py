@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -33,8 +34,24 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
+    except ConfigError:  # raised by a check in ``cls`` that already names its key
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {exc}") from exc
+
+
+def check_fields(cls: type, data: Any, where: str, exclude: Collection[str] = ()) -> dict[str, Any]:
+    """Check ``data`` as keyword arguments for some of dataclass ``cls``'s fields (a free-form section such as
+    ``model.overrides``) by name and type, without building ``cls``; returns the values coerced as ``from_dict``
+    does. Errors name the key as ``where + key``; ``exclude``: fields not allowed here."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.rstrip('.')}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in exclude)
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{where}{key}: unknown key; valid keys: {names}")
+    return {key: _coerce(hints[key], value, f"{where}{key}") for key, value in data.items()}
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -133,4 +150,4 @@ def save_config(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
 
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "apply_overrides", "load_config", "save_config"]
+__all__ = ["ConfigError", "from_dict", "check_fields", "to_dict", "apply_overrides", "load_config", "save_config"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ QUICK = DemoBudget(clips_per_class=30, unlabeled=240, depth=4, pretrain_steps=40
 FULL = DemoBudget(clips_per_class=80, unlabeled=1200, depth=8, pretrain_steps=300, finetune_epochs=10,
                   bench_tokens=(512, 2048, 4096))
 FRAMES = 100  # 1-s clips
+#: the runs the demo writes below its output folder
+RUN_FOLDERS = ("pretrain", "finetune_pretrained", "finetune_scratch", "efficiency")
 
 
 def _run_config(out: Path, task: str, budget: DemoBudget, corpus: Path, stats, **extra: Any) -> RunConfig:
@@ -79,6 +82,10 @@ def run_demo(out: str | Path, quick: bool = False, bench: bool = True) -> dict[s
     """Run the demo into ``out``; returns the results that ``report.md`` shows."""
     budget, out = (QUICK if quick else FULL), Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FOLDERS:  # the demo's own runs: a second demo replaces them (training refuses to mix runs)
+        if (out / name).is_dir():
+            logger.info("replacing the previous demo's %s", out / name)
+            shutil.rmtree(out / name)
     started = time.perf_counter()
     torch.manual_seed(0)
 

@@ -203,6 +203,18 @@ class Row:
     device: str = ""
     threads: int | None = None
     note: str = ""
+    # how the row was measured, so that a report rendered later (--from-csv) describes the rows, not its own flags
+    depth: int | None = None  # None: the size preset's depth
+    repeats: int | None = None
+    warmup: int | None = None
+    torch: str = ""
+
+
+def _row(config: Config, status: str, **values) -> Row:
+    """A row of ``config`` before (or instead of) its measurement."""
+    return Row(config.variant, config.arch, config.attention, config.size, config.batch, config.tokens,
+               config.frames, status, device=config.device, depth=config.depth, repeats=config.repeats,
+               warmup=config.warmup, torch=torch.__version__, **values)
 
 
 def plan(spec: BenchSpec) -> list[Config]:
@@ -215,8 +227,7 @@ def plan(spec: BenchSpec) -> list[Config]:
 
 def run_config(config: Config, spec: BenchSpec) -> Row:
     """Run one configuration in a fresh subprocess, unless its estimate exceeds the memory available now."""
-    row = Row(config.variant, config.arch, config.attention, config.size, config.batch, config.tokens,
-              config.frames, "ok", device=config.device)
+    row = _row(config, "ok")
     estimate = estimate_bytes(config)
     row.estimated_mb = estimate / 2**20
     limit = spec.memory_limit_gb * 2**30 if spec.memory_limit_gb else SAFETY * available_bytes(config.device)
@@ -261,14 +272,29 @@ def environment(spec: BenchSpec) -> dict:
             "warmup": spec.warmup, "depth": spec.depth or "preset", "clock": spec.clock}
 
 
+def environment_of_rows(rows: list[Row], clock: str) -> dict:
+    """The report header of rows measured earlier: each setting as the rows recorded it ("mixed: ..." where they
+    differ, "not recorded" for rows written before the setting was stored); ``clock`` picks the time shown."""
+    def setting(name: str, unset: str) -> str:
+        values = list(dict.fromkeys(getattr(r, name) for r in rows if r.status == "ok") or
+                      dict.fromkeys(getattr(r, name) for r in rows))
+        shown = [unset if v is None else "not recorded" if v == "" else str(v) for v in values]
+        return shown[0] if len(shown) == 1 else "mixed: " + ", ".join(shown)
+
+    return {"device": setting("device", "not recorded"), "torch": setting("torch", "not recorded"),
+            "threads": setting("threads", "torch default"), "repeats": setting("repeats", "not recorded"),
+            "warmup": setting("warmup", "not recorded"), "depth": setting("depth", "preset"), "clock": clock}
+
+
 def render_from_csv(paths: list[str | Path], spec: BenchSpec, out_dir: str | Path) -> BenchResult:
-    """Write the outputs for rows measured earlier (merging several ``results.csv``), without running anything."""
+    """Write the outputs for rows measured earlier (merging several ``results.csv``), without running anything. The
+    header describes the rows (their device, depth, repeats, ...), whatever this command's measurement flags say."""
     from ssamba.bench.report import read_rows, write_outputs
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_rows([Path(p) for p in paths])
-    markdown, files = write_outputs(rows, environment(spec), out_dir)
+    markdown, files = write_outputs(rows, environment_of_rows(rows, spec.clock), out_dir)
     return BenchResult(rows, markdown, files)
 
 
@@ -285,8 +311,7 @@ def run_benchmark(spec: BenchSpec, out_dir: str | Path) -> BenchResult:
         series = (config.variant, config.size, config.batch)
         if series in broken or (spec.time_budget_s is not None and time.monotonic() - start > spec.time_budget_s):
             note = "a smaller configuration failed" if series in broken else f"time budget ({spec.time_budget_s:g} s)"
-            row = Row(config.variant, config.arch, config.attention, config.size, config.batch, config.tokens,
-                      config.frames, "skipped", device=config.device, note=note)
+            row = _row(config, "skipped", note=note)
         else:
             row = run_config(config, spec)
             if row.status in ("failed", "timeout"):

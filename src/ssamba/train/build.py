@@ -37,6 +37,22 @@ def class_labels(cfg: RunConfig) -> ClassLabels:
     return read_class_labels(cfg.data.class_labels)
 
 
+def check_classes(model: AudioClassifier, labels: ClassLabels, source: str) -> None:
+    """A classifier's output ``i`` means its ``i``-th class: the data's class list must have the same classes in
+    the same order, or every prediction is scored against the wrong label without any other sign. The names are
+    compared where the model's config stores them (ours do; official checkpoints do not)."""
+    if model.config.label_dim != len(labels):
+        raise TrainingError(f"{source} has {model.config.label_dim} outputs, the data {len(labels)} classes")
+    saved = model.config.labels
+    if saved is None or list(saved) == list(labels.names):
+        return
+    index = next(i for i, (a, b) in enumerate(zip(saved, labels.names)) if a != b)
+    what = "the same classes in another order" if sorted(saved) == sorted(labels.names) else "other classes"
+    raise TrainingError(f"{source} was trained on {what} than data.class_labels: output {index} is "
+                        f"{saved[index]!r} for the model but {labels.names[index]!r} in the class list; use the "
+                        "class_labels_indices.csv the model was trained with")
+
+
 def per_second(cfg: RunConfig) -> bool:
     return cfg.task == "finetune" and cfg.finetune.task == "per_second"
 
@@ -73,8 +89,9 @@ def build_model(cfg: RunConfig, labels: ClassLabels | None) -> AudioModel:
         if isinstance(model, MaskedPatchModel):
             return model.to_classifier(len(labels), input_tdim=frames, fstride=m.fstride, tstride=m.tstride,
                                        labels=names, pooling=m.pooling)
-        if model.config.label_dim != len(labels):
-            raise TrainingError(f"{m.init} has {model.config.label_dim} outputs, the data {len(labels)} classes")
+        if not isinstance(model, AudioClassifier):
+            raise TrainingError(f"{m.init}: neither a pretraining checkpoint nor a classifier")
+        check_classes(model, labels, m.init)
         return model
     enc = preset(m.arch, m.size, input_tdim=frames, fstride=m.fstride, tstride=m.tstride, **m.overrides)
     return AudioClassifier(ModelConfig(encoder=enc, task="classify", label_dim=len(labels), labels=names,

@@ -4,10 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ssamba.config import ConfigError, check_fields
 from ssamba.data.dataset import DatasetConfig
 from ssamba.data.sequences import SequenceConfig
+from ssamba.models.config import EncoderConfig
 from ssamba.train.engine import TrainConfig
 from ssamba.train.optim import OptimConfig
+
+
+#: EncoderConfig fields that the run sets from other keys, so ``model.overrides`` may not
+SET_ELSEWHERE = {"arch": "model.arch", "size": "model.size", "input_tdim": "data.dataset.features.target_length",
+                 "fstride": "model.fstride", "tstride": "model.tstride"}
 
 
 @dataclass
@@ -21,6 +28,14 @@ class ModelSection:
     pooling: Literal["mean", "cls"] = "mean"
     #: any other EncoderConfig field, e.g. depth, drop_path_rate, attention, scan_backend
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # checked with the rest of the config (before the run writes anything), naming the key, and not first when
+        # the encoder is built, where a misspelt or mistyped field fails with an unrelated message
+        for key in self.overrides if isinstance(self.overrides, dict) else ():
+            if key in SET_ELSEWHERE:
+                raise ConfigError(f"model.overrides.{key}: set by {SET_ELSEWHERE[key]}, not by model.overrides")
+        self.overrides = check_fields(EncoderConfig, self.overrides, "model.overrides.", exclude=SET_ELSEWHERE)
 
 
 @dataclass

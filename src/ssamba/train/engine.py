@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ssamba.config import ConfigError
 from ssamba.models.scan.reference import flush_denormals
 from ssamba.train import state as ckpt
 from ssamba.train.distributed import DistEnv, all_reduce_mean
@@ -40,7 +41,7 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 (CUDA) uses a GradScaler
+    amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 (CUDA only) uses a GradScaler
     log_every: int = 10
     eval_every: int | None = None  # steps; None = at the end of every epoch
     checkpoint_every: int = 200  # steps (and at the end of every epoch)
@@ -50,6 +51,14 @@ class TrainConfig:
 
 class TrainingError(RuntimeError):
     pass
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """fp16 needs CUDA: on CPU there is no GradScaler and the fused CPU kernels take float32/bf16 only, so the run
+    would train unscaled and then fail at its first validation."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.amp=fp16 needs a CUDA device, and this run is on {device.type}; "
+                          "use train.amp=bf16 (or none) on CPU")
 
 
 class Task(Protocol):
@@ -73,6 +82,7 @@ def move(batch: Any, device: torch.device) -> Any:
 class Trainer:
     def __init__(self, model: nn.Module, task: Task, train_cfg: TrainConfig, optim_cfg: OptimConfig,
                  out_dir: str | Path, env: DistEnv, collate_fn=None) -> None:
+        check_amp(train_cfg.amp, env.device)
         self.model, self.task, self.cfg, self.optim_cfg = model.to(env.device), task, train_cfg, optim_cfg
         self.out_dir, self.env, self.collate_fn = Path(out_dir), env, collate_fn
         self.ddp = DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
@@ -112,6 +122,7 @@ class Trainer:
             raise TrainingError(f"{path}: saved with {len(state['rng'])} processes, resuming with "
                                 f"{self.env.world_size}: exact resume needs the same world size")
         ckpt.set_rng_state(state["rng"][self.env.rank])
+        self.log.truncate(self.step)  # the steps after the checkpoint are trained (and logged) again
         logger.info("resumed from %s at step %d (epoch %d, %d samples into it)", path, self.step, self.epoch + 1,
                     self.consumed)
 
@@ -149,13 +160,15 @@ class Trainer:
                 if hasattr(train_set, "set_epoch"):  # per-epoch augmentation seeds (AudioDataset)
                     train_set.set_epoch(self.epoch)
                 loader = self._loader(train_set, sampler, cfg.batch_size, drop_last=True)
-                finished = self._train_epoch(loader, valid_set, bar, total)
-                if not finished and self.step < (self.epoch + 1) * per_epoch:  # stopped mid-epoch by max_steps
+                epoch_end = (self.epoch + 1) * per_epoch
+                finished = self._train_epoch(loader, valid_set, bar, total, epoch_end)
+                if not finished and self.step < epoch_end:  # stopped mid-epoch by max_steps
                     break
                 self.epoch, self.consumed = self.epoch + 1, 0
                 metric = self._validate(valid_set) if valid_set is not None and cfg.eval_every is None else None
                 self.schedule.end_epoch(metric)
-                self.save_checkpoint()
+                if self.epoch < cfg.epochs and self.step < total:  # else the final checkpoint below follows
+                    self.save_checkpoint()
         finally:
             bar.close()
         if valid_set is not None and (not self.history or self.history[-1]["step"] != self.step):
@@ -165,9 +178,13 @@ class Trainer:
         self.log.close()
         return {"step": self.step, "epoch": self.epoch, "best": self.best, "history": self.history}
 
-    def _train_epoch(self, loader: DataLoader, valid_set: Dataset | None, bar, total: int) -> bool:
+    def _train_epoch(self, loader: DataLoader, valid_set: Dataset | None, bar, total: int, epoch_end: int) -> bool:
         """One (possibly resumed) epoch; False if it stopped on reaching ``total`` steps, which may also be the
-        epoch's last step (the caller tells the two apart, so a finished last epoch still counts as finished)."""
+        epoch's last step (the caller tells the two apart, so a finished last epoch still counts as finished).
+
+        A checkpoint is always the last thing done at its step: the epoch's last step (``epoch_end``) and the run's
+        last (``total``) are checkpointed by the caller, after their validation. So a resumed run drops exactly the
+        log records after the checkpoint's step (``RunLogger.truncate``) and logs the same records again."""
         cfg, accum = self.cfg, self.optim_cfg.accum_steps
         self.ddp.train()
         self.optimizer.zero_grad(set_to_none=True)  # drop a partial accumulation left by the previous epoch
@@ -186,14 +203,12 @@ class Trainer:
             if not last_micro:
                 continue
             micro = 0
-            self._optimizer_step()
             stats = {k: all_reduce_mean(torch.stack([w[k] for w in window]).mean(), self.env).item()
                      for k in window[0]}
             window = []
-            if not math.isfinite(stats["loss"]):
-                raise TrainingError(
-                    f"non-finite loss ({stats['loss']}) at step {self.step}; stopping. The last good checkpoint "
-                    f"is {self.out_dir / 'checkpoints' / ckpt.LAST} (lower the lr, enable grad_clip, check the data)")
+            if not math.isfinite(stats["loss"]):  # checked before the update: the model in memory stays finite
+                raise TrainingError(self._nonfinite_message(stats["loss"]))
+            self._optimizer_step()
             elapsed = time.perf_counter() - started
             if self.step % cfg.log_every == 0 or self.step == total:
                 rate = cfg.batch_size * accum * self.env.world_size * cfg.log_every / max(elapsed, 1e-9)
@@ -203,15 +218,23 @@ class Trainer:
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()})
             if cfg.eval_every and valid_set is not None and self.step % cfg.eval_every == 0:
-                self.schedule.end_epoch(self._validate(valid_set))
+                self.schedule.observe(self._validate(valid_set))  # not an epoch: no epoch milestone moves
                 self.ddp.train()
-            if self.step % cfg.checkpoint_every == 0:
+            if self.step % cfg.checkpoint_every == 0 and self.step < min(epoch_end, total):
                 self.save_checkpoint()
             if cfg.halt_after_steps is not None and self.step >= cfg.halt_after_steps:
                 raise SystemExit(f"halt_after_steps={cfg.halt_after_steps} reached (simulated interruption)")
             if self.step >= total:
                 return False
         return True
+
+    def _nonfinite_message(self, loss: float) -> str:
+        """Names the checkpoint to go back to only if one was written (a run can diverge before its first)."""
+        last = self.out_dir / "checkpoints" / ckpt.LAST
+        where = (f"The last good checkpoint is {last}" if last.is_file()
+                 else f"No checkpoint was written yet ({last} does not exist)")
+        return (f"non-finite loss ({loss}) at step {self.step + 1}; stopping. {where} "
+                "(lower the lr, enable grad_clip, check the data)")
 
     def _optimizer_step(self) -> None:
         self.schedule.apply(self.step)

@@ -91,9 +91,15 @@ class LRSchedule:
         return self.optimizer.param_groups[0]["lr"]
 
     def end_epoch(self, metric: float | None = None) -> None:
-        """After each epoch (MultiStepLR), or each validation of the metric to maximise (ReduceLROnPlateau)."""
+        """After each epoch (MultiStepLR counts epochs), with the epoch-end validation's metric if there was one."""
         self.epochs_done += 1
-        if self.cfg.scheduler == "plateau" and metric is not None:
+        if metric is not None:
+            self.observe(metric)
+
+    def observe(self, metric: float) -> None:
+        """After a validation of the metric to maximise (ReduceLROnPlateau). Periodic validations
+        (``train.eval_every``) call this alone: they are not epochs, so they must not move an epoch milestone."""
+        if self.cfg.scheduler == "plateau":
             # torch's ReduceLROnPlateau(mode="max", threshold=1e-4 relative, cooldown 0)
             if self.best is None or metric > self.best * (1 + 1e-4 if self.best > 0 else 1 - 1e-4):
                 self.best, self.bad_epochs = metric, 0

@@ -74,26 +74,39 @@ def probe_scores(head: torch.nn.Linear, mean: np.ndarray, std: np.ndarray, x: np
 
 
 def run_probe(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
+    """Probe every layer: a linear classifier trained on ``data.train`` per layer, scored on ``data.valid`` and
+    ``data.test``. The best layer is chosen on the validation split and reported with its test score; with a test
+    split alone it is chosen on test, which the results (``selected_on``) and a warning mark as optimistic."""
     if cfg.data.train is None or (cfg.data.valid is None and cfg.data.test is None):
         raise TrainingError("probing needs data.train and data.valid or data.test")
     labels = class_labels(cfg)
     model = build_model(cfg, labels).to(env.device)  # init=None probes a randomly initialised encoder (a control)
-    splits = {"train": cfg.data.train, "eval": cfg.data.test or cfg.data.valid}
+    splits = {name: manifest for name, manifest in
+              (("train", cfg.data.train), ("valid", cfg.data.valid), ("test", cfg.data.test)) if manifest}
     feats = {}
     for name, manifest in splits.items():
         loader = eval_loader(make_dataset(manifest, labels, cfg, train=False), env, cfg.train)
         feats[name] = extract_embeddings(model.encoder, loader, len(labels), env, cfg.probe.layers)
+    held_out = [name for name in ("valid", "test") if name in feats]
     rows = []
-    for layer, (train_x, eval_x) in enumerate(zip(feats["train"][0], feats["eval"][0])):
+    for layer, train_x in enumerate(feats["train"][0]):
         head, mean, std = fit_linear(train_x, feats["train"][1], cfg.probe, cfg.finetune.loss, cfg.train.seed)
-        stats = classification_stats(probe_scores(head, mean, std, eval_x), feats["eval"][1]).as_dict()
-        name = "output" if layer == len(feats["train"][0]) - 1 else f"layer {layer + 1}"
-        rows.append({"layer": name, **stats})
-    results = {"init": cfg.model.init, "eval_manifest": splits["eval"], "layers": rows,
-               "best_layer": max(rows, key=lambda r: r[cfg.finetune.metric])["layer"]}
+        row: dict[str, Any] = {"layer": "output" if layer == len(feats["train"][0]) - 1 else f"layer {layer + 1}"}
+        for name in held_out:
+            x, y = feats[name][0][layer], feats[name][1]
+            row.update({f"{name} {k}": v for k, v in classification_stats(probe_scores(head, mean, std, x), y)
+                        .as_dict().items()})
+        rows.append(row)
+    selected_on = held_out[0]
+    if selected_on == "test":
+        logger.warning("probe: no data.valid, so the best layer is chosen on the test split (an optimistic score)")
+    best = max(rows, key=lambda r: r[f"{selected_on} {cfg.finetune.metric}"])
+    results = {"init": cfg.model.init, "manifests": splits, "metric": cfg.finetune.metric, "layers": rows,
+               "best_layer": best["layer"], "selected_on": selected_on, "best": best}
     if env.is_main:
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "probe_results.json").write_text(json.dumps(results, indent=2) + "\n")
-        logger.info("linear probe (%s):\n%s", cfg.model.init or "random init", format_table(rows))
+        logger.info("linear probe (%s):\n%s\nbest layer on %s %s: %s", cfg.model.init or "random init",
+                    format_table(rows), selected_on, cfg.finetune.metric, best["layer"])
     return results

@@ -6,16 +6,17 @@ import dataclasses
 import json
 import logging
 import statistics
+import zlib
 from pathlib import Path
 from typing import Any
 
 from ssamba.config import save_config
 from ssamba.loading import load
 from ssamba.models.classifier import AudioClassifier
-from ssamba.train.build import build_model, class_labels, make_dataset, make_task, seed_everything
+from ssamba.train.build import build_model, check_classes, class_labels, make_dataset, make_task, seed_everything
 from ssamba.train.config import RunConfig
 from ssamba.train.distributed import DistEnv, cleanup, init_distributed
-from ssamba.train.engine import Trainer, TrainingError, evaluate
+from ssamba.train.engine import Trainer, TrainingError, check_amp, evaluate
 from ssamba.train.logger import format_table
 from ssamba.train.probe import run_probe
 
@@ -28,8 +29,31 @@ def _write_json(path: Path, data: Any, env: DistEnv) -> None:
         path.write_text(json.dumps(data, indent=2, default=float) + "\n")
 
 
+#: what a run writes into its folder; a new run (no --resume) refuses a folder holding any of these
+RUN_OUTPUTS = ("checkpoints", "log.jsonl", "log.csv", "tensorboard", "best", "final", "results.json")
+
+
+def check_fresh(out_dirs: list[Path]) -> None:
+    """A new run never mixes with an old one: its logs would append to the old logs, and an old ``best/`` could
+    stand in for the model this run trains. Continuing needs --resume; starting afresh, an empty folder."""
+    for out_dir in out_dirs:
+        found = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+        if found:
+            raise TrainingError(f"{out_dir} already holds a previous run ({', '.join(found)}): pass --resume to "
+                                "continue it, or choose a new out_dir (or delete this one) to start afresh")
+
+
+def fold_seed(seed: int, fold: str) -> int:
+    """Each fold draws from its own seed (train.seed and the fold's name), so its model, and so its result, do not
+    depend on which folds ran before it in this process or were skipped by --resume as done."""
+    return seed + zlib.crc32(fold.encode())
+
+
 def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict[str, Any]:
-    """One training run (one split or one fold) into ``out_dir``; returns and writes ``results.json``."""
+    """One training run (one split or one fold) into ``out_dir``; returns and writes ``results.json``.
+
+    Test metrics are those of the model this run selected on the validation set (``best/``), or, without
+    validation, of the model it ended with."""
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -46,13 +70,13 @@ def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict
         trainer.resume(checkpoint)
     elif resume:
         logger.warning("--resume: no checkpoint at %s; starting from the beginning", checkpoint)
+        trainer.log.truncate(0)  # what a run killed before its first checkpoint logged is logged again
     fit = trainer.fit(train_set, valid_set)
     results: dict[str, Any] = {"steps": fit["step"], "epochs": fit["epoch"], "best_valid": fit["best"],
                                "history": fit["history"]}
     if cfg.data.test and labels is not None:
-        best = out_dir / "best"
-        if best.is_dir():  # the model selected on the validation set, not the last one
-            model.load_state_dict(type(model).from_pretrained(best).state_dict())
+        if fit["best"]["step"] is not None:  # this run selected a model on the validation set: test that one
+            model.load_state_dict(type(model).from_pretrained(out_dir / "best").state_dict())
         results["test"] = evaluate(model, make_dataset(cfg.data.test, labels, cfg, train=False), task, env,
                                    cfg.train)
     _write_json(out_dir / "results.json", results, env)
@@ -76,6 +100,7 @@ def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
             per_fold[fold] = json.loads((fold_out / "results.json").read_text())
             logger.info("fold %s already done; skipping", fold)
             continue
+        seed_everything(fold_seed(cfg.train.seed, fold) + env.rank)
         fold_cfg = dataclasses.replace(cfg, out_dir=str(fold_out), data=dataclasses.replace(
             cfg.data, train=str(Path(cfg.data.fold_dir) / f"{fold}_train.json"),
             valid=str(Path(cfg.data.fold_dir) / f"{fold}_eval.json"), folds=[]))
@@ -98,6 +123,10 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     try:
         if cfg.task == "probe":
             return run_probe(cfg, env)
+        check_amp(cfg.train.amp, env.device)
+        if not resume:
+            out = Path(cfg.out_dir)
+            check_fresh([out, *(out / fold for fold in cfg.data.folds)])
         if cfg.data.folds:
             return run_kfold(cfg, env, resume)
         return train_one(cfg, env, resume, Path(cfg.out_dir))
@@ -112,10 +141,12 @@ def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
         manifest = cfg.data.test or cfg.data.valid
         if cfg.model.init is None or manifest is None:
             raise TrainingError("evaluate needs model.init (a fine-tuned model) and data.test or data.valid")
+        check_amp(cfg.train.amp, env.device)
         labels = class_labels(cfg)
         model = load(cfg.model.init)
-        if not isinstance(model, AudioClassifier) or model.config.label_dim != len(labels):
-            raise TrainingError(f"{cfg.model.init}: not a classifier with {len(labels)} outputs")
+        if not isinstance(model, AudioClassifier):
+            raise TrainingError(f"{cfg.model.init}: not a classifier")
+        check_classes(model, labels, cfg.model.init)
         if model.config.encoder.input_tdim != cfg.data.dataset.features.target_length:
             logger.info("evaluating at the model's input length %d frames", model.config.encoder.input_tdim)
             cfg.data.dataset = dataclasses.replace(cfg.data.dataset, features=dataclasses.replace(

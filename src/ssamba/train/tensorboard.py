@@ -7,11 +7,15 @@ Summary{value=1 (repeated)}, Summary.Value{tag=1 (string), simple_value=2 (float
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
+import tempfile
 import time
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def _crc32c_table() -> list[int]:
@@ -76,6 +80,71 @@ def encode_event(wall_time: float, step: int, *, file_version: str | None = None
 def frame_record(data: bytes) -> bytes:
     header = struct.pack("<Q", len(data))
     return header + struct.pack("<I", masked_crc(header)) + data + struct.pack("<I", masked_crc(data))
+
+
+def read_records(path: str | Path) -> list[bytes]:
+    """The ``data`` of every complete record of a TFRecord file; a torn record at the end (a killed write) is
+    dropped."""
+    raw, pos, out = Path(path).read_bytes(), 0, []
+    while pos + 12 <= len(raw):
+        (length,) = struct.unpack_from("<Q", raw, pos)
+        end = pos + 12 + length + 4
+        if end > len(raw):
+            break
+        out.append(raw[pos + 12:pos + 12 + length])
+        pos = end
+    return out
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def event_step(data: bytes) -> int:
+    """The ``step`` field of an encoded ``Event`` (0 when absent, as protobuf reads it)."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+            if number == 2:
+                return value
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length, pos = _read_varint(data, pos)
+            pos += length
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+    return 0
+
+
+def truncate_events(log_dir: str | Path, step: int) -> None:
+    """Drop the events after ``step`` from every event file in ``log_dir`` (rewritten through a temporary file and
+    an atomic rename), so a run resumed from a checkpoint at ``step`` does not show the lost steps twice."""
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        records = read_records(path)
+        kept = [r for r in records if event_step(r) <= step]
+        if len(kept) == len(records) and path.stat().st_size == sum(len(r) + 16 for r in records):
+            continue
+        fd, tmp = tempfile.mkstemp(prefix=".events.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"".join(frame_record(r) for r in kept))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        logger.debug("%s: dropped %d events after step %d", path, len(records) - len(kept), step)
 
 
 class EventWriter:

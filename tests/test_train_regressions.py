@@ -1,0 +1,321 @@
+"""Regressions from the training audit: logs across resumes, K-fold seeding, reused run folders, epoch-counted
+schedules with periodic validation, class order, fp16 on CPU, model.overrides checks, the non-finite-loss message."""
+from __future__ import annotations
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from test_train_engine import NanAfter, toy_classification
+
+from ssamba.cli import main
+from ssamba.config import ConfigError, load_config
+from ssamba.models.classifier import AudioClassifier
+from ssamba.models.config import ModelConfig, preset
+from ssamba.train.build import build_model, class_labels
+from ssamba.train.config import RunConfig
+from ssamba.train.distributed import DistEnv
+from ssamba.train.engine import Trainer, TrainConfig, TrainingError
+from ssamba.train.logger import RunLogger
+from ssamba.train.optim import OptimConfig
+from ssamba.train.run import run, run_evaluate
+from ssamba.train.tasks import ClassificationTask
+from ssamba.train.tensorboard import read_records
+
+TIMING = "samples_per_s"  # wall-clock throughput: the one logged value that differs between identical runs
+
+
+def tiny_classifier(seed: int = 0) -> AudioClassifier:
+    torch.manual_seed(seed)
+    enc = preset("ssamba", "tiny", depth=2, embed_dim=32, input_tdim=32, fstride=16, tstride=16)
+    return AudioClassifier(ModelConfig(encoder=enc, task="classify", label_dim=3))
+
+
+def trainer(out: Path, model=None, optim: OptimConfig | None = None, task=None, **train_kw) -> Trainer:
+    cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "log_every": 1, "checkpoint_every": 4, "progress": False,
+                         **train_kw})
+    optim = optim or OptimConfig(name="adam", lr=1e-3, scheduler="none", weight_decay=0.0)
+    return Trainer(model or tiny_classifier(), task or ClassificationTask(), cfg, optim, out, DistEnv())
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        value, pos, shift = value | (data[pos] & 0x7F) << shift, pos + 1, shift + 7
+        if not data[pos - 1] & 0x80:
+            return value, pos
+
+
+def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
+    """(field number, value) of a protobuf message; fixed-width values as raw bytes."""
+    pos, out = 0, []
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        wire = key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            value, pos = data[pos:pos + length], pos + length
+        else:
+            width = 8 if wire == 1 else 4
+            value, pos = data[pos:pos + width], pos + width
+        out.append((key >> 3, value))
+    return out
+
+
+def tensorboard_scalars(run: Path) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of every scalar in the run's event files, in file order, without the timing."""
+    out = []
+    for path in sorted((run / "tensorboard").iterdir()):
+        for record in read_records(path):
+            event = dict(_fields(record))
+            for number, value in _fields(event.get(5, b"")):
+                tag_value = dict(_fields(value))
+                tag = tag_value[1].decode()
+                if number == 1 and not tag.endswith(TIMING):
+                    out.append((event.get(2, 0), tag, struct.unpack("<f", tag_value[2])[0]))
+    return out
+
+
+def logs(run: Path) -> tuple[list[dict], list[dict], list[tuple]]:
+    jsonl = [{k: v for k, v in json.loads(line).items() if k != TIMING}
+             for line in (run / "log.jsonl").read_text().splitlines()]
+    with open(run / "log.csv", newline="") as f:
+        rows = [{k: v for k, v in row.items() if k != TIMING} for row in csv.DictReader(f)]
+    return jsonl, rows, tensorboard_scalars(run)
+
+
+# --------------------------------------------------------------------------------------------- 1 and 5: logs
+def test_new_logger_keeps_earlier_csv_rows_and_widens_the_header(tmp_path):
+    first = RunLogger(tmp_path)
+    first.log("train", 1, {"loss": 1.0, "lr": 0.1})
+    first.log("valid", 1, {"loss": 0.5, "acc": 0.25})
+    first.close()
+    second = RunLogger(tmp_path)  # e.g. a resumed run: its first record has fewer columns than the file
+    second.log("train", 2, {"loss": 0.75, "lr": 0.1})
+    second.log("test", 2, {"f1": 0.5})  # a new column: the file is rewritten under the union of the columns
+    with open(tmp_path / "log.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["split", "step", "loss", "lr", "acc", "f1"]
+    assert rows == [
+        {"split": "train", "step": "1", "loss": "1.0", "lr": "0.1", "acc": "", "f1": ""},
+        {"split": "valid", "step": "1", "loss": "0.5", "lr": "", "acc": "0.25", "f1": ""},
+        {"split": "train", "step": "2", "loss": "0.75", "lr": "0.1", "acc": "", "f1": ""},
+        {"split": "test", "step": "2", "loss": "", "lr": "", "acc": "", "f1": "0.5"}]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resumed_run_logs_equal_an_uninterrupted_runs(tmp_path):
+    """Killed at step 9 (validated at 9, last checkpoint at 8): the resumed run drops the records after step 8
+    from log.jsonl, log.csv and TensorBoard and writes them again, so every log equals the uninterrupted run's."""
+    data, valid = toy_classification(n=40), toy_classification(n=16, seed=1)  # 5 steps per epoch
+    full = trainer(tmp_path / "full", eval_every=3)
+    full.fit(data, valid)
+    halted = trainer(tmp_path / "run", eval_every=3, halt_after_steps=9)
+    with pytest.raises(SystemExit):
+        halted.fit(data, valid)
+    jsonl = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in jsonl[-2:]] == [("train", 9), ("valid", 9)]
+    resumed = trainer(tmp_path / "run", tiny_classifier(seed=3), eval_every=3)
+    resumed.resume(tmp_path / "run" / "checkpoints")
+    assert resumed.step == 8
+    resumed.fit(data, valid)
+    expected, got = logs(tmp_path / "full"), logs(tmp_path / "run")
+    assert [(r["split"], r["step"]) for r in got[0]].count(("valid", 9)) == 1
+    assert got[0] == expected[0]  # log.jsonl
+    assert got[1] == expected[1]  # log.csv
+    assert got[2] == expected[2] and len(got[2]) > 40  # TensorBoard
+
+
+def test_run_killed_after_an_epoch_end_validation_resumes_without_duplicates(tmp_path):
+    """A checkpoint is the last thing done at its step: killed after logging the epoch-end validation (step 4) but
+    before the epoch's checkpoint, the run resumes from step 2, not from a step-4 checkpoint taken before that
+    validation, which would log it a second time."""
+    data, valid = toy_classification(n=32), toy_classification(n=8, seed=1)  # 4 steps per epoch
+    trainer(tmp_path / "full", checkpoint_every=2).fit(data, valid)
+    halted = trainer(tmp_path / "run", checkpoint_every=2)
+
+    def killed(name: str) -> None:
+        raise SystemExit(f"killed while saving {name}/")
+
+    halted._save_model = killed  # right after the step-4 validation is logged
+    with pytest.raises(SystemExit, match="best"):
+        halted.fit(data, valid)
+    resumed = trainer(tmp_path / "run", tiny_classifier(seed=3), checkpoint_every=2)
+    resumed.resume(tmp_path / "run" / "checkpoints")
+    assert resumed.step == 2
+    resumed.fit(data, valid)
+    assert logs(tmp_path / "run") == logs(tmp_path / "full")
+
+
+# --------------------------------------------------------------------------------------------- 4: multistep
+def test_periodic_validation_does_not_count_as_an_epoch(tmp_path):
+    optim = OptimConfig(name="adam", lr=1e-3, scheduler="multistep", decay_start=1, decay_every=1, decay_rate=0.5,
+                        weight_decay=0.0)
+    t = trainer(tmp_path, optim=optim, eval_every=2)
+    t.fit(toy_classification(n=40), toy_classification(n=8, seed=1))
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if r["split"] == "train"]
+    assert lrs == [1e-3] * 5 + [5e-4] * 5  # epoch 1 at lr, epoch 2 decayed once
+    assert [r["step"] for r in records if r["split"] == "valid"] == [2, 4, 6, 8, 10]
+    assert t.schedule.epochs_done == 2
+
+
+# --------------------------------------------------------------------------------------------- 9: NaN message
+def test_nonfinite_loss_before_the_first_checkpoint_says_none_was_written(tmp_path):
+    t = trainer(tmp_path, task=NanAfter(1), epochs=1, checkpoint_every=100)
+    with pytest.raises(TrainingError) as err:
+        t.fit(toy_classification(n=40))
+    message = str(err.value)
+    assert "non-finite loss (nan) at step 2" in message and "No checkpoint was written yet" in message
+    assert "last good checkpoint" not in message and not (tmp_path / "checkpoints").exists()
+    assert t.step == 1 and all(torch.isfinite(p).all() for p in t.model.parameters())  # no NaN update taken
+
+
+# --------------------------------------------------------------------------------------------- 7: fp16 on CPU
+def test_fp16_on_cpu_is_rejected_up_front(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.amp=fp16 needs a CUDA device.*use train.amp=bf16"):
+        trainer(tmp_path / "t", amp="fp16", device="cpu")
+    cfg = RunConfig(out_dir=str(tmp_path / "run"))
+    cfg.train.amp, cfg.train.device = "fp16", "cpu"
+    with pytest.raises(ConfigError, match="train.amp=fp16 needs a CUDA device"):
+        run(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------- 8: overrides
+@pytest.mark.parametrize("override, message", [
+    ("model.overrides.dpeth=2", r"model.overrides.dpeth: unknown key; valid keys: \[.*'depth'"),
+    ("model.overrides.depth=two", "model.overrides.depth: expected int, got 'two'"),
+    ("model.overrides.drop_path_rate=high", "model.overrides.drop_path_rate: expected a number, got 'high'"),
+    ("model.overrides.input_tdim=64", "model.overrides.input_tdim: set by data.dataset.features.target_length"),
+])
+def test_model_overrides_are_checked_by_name_and_type(tmp_path, caplog, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(RunConfig, None, [override])
+    (tmp_path / "recipe.yaml").write_text("task: finetune\n")
+    assert main(["finetune", str(tmp_path / "recipe.yaml"), f"out_dir={tmp_path / 'run'}", override]) == 2
+    assert "model.overrides." in caplog.text and not (tmp_path / "run").exists()
+
+
+def test_model_overrides_are_coerced_like_other_keys():
+    cfg = load_config(RunConfig, None, ["model.overrides={depth: 2, drop_path_rate: 0, norm_eps: 1e-6}"])
+    assert cfg.model.overrides == {"depth": 2, "drop_path_rate": 0.0, "norm_eps": 1e-6}
+    assert isinstance(cfg.model.overrides["drop_path_rate"], float)
+
+
+# --------------------------------------------------------------------------------------------- 6: class order
+def test_classifier_with_other_class_order_is_refused(tmp_path):
+    torch.manual_seed(0)
+    enc = preset("ssamba", "tiny", depth=2, embed_dim=32, input_tdim=32, fstride=16, tstride=16)
+    model = AudioClassifier(ModelConfig(encoder=enc, task="classify", label_dim=3, labels=["dog", "cat", "bird"]))
+    model.save_pretrained(tmp_path / "model")
+    rows = "index,mid,display_name\n0,/m/b,bird\n1,/m/c,cat\n2,/m/d,dog\n"  # the same classes, sorted
+    (tmp_path / "labels.csv").write_text(rows)
+    cfg = load_config(RunConfig, None, [f"model.init={tmp_path / 'model'}", f"data.test={tmp_path / 'absent.json'}",
+                                        f"data.class_labels={tmp_path / 'labels.csv'}", "train.device=cpu",
+                                        "data.dataset.features.target_length=32"])
+    message = r"trained on the same classes in another order .* output 0 is 'dog' for the model but 'bird'"
+    with pytest.raises(TrainingError, match=message):
+        run_evaluate(cfg)
+    with pytest.raises(TrainingError, match=message):
+        build_model(cfg, class_labels(cfg))  # finetune model.init=<classifier>
+    (tmp_path / "labels.csv").write_text("index,mid,display_name\n0,/m/d,dog\n1,/m/c,cat\n2,/m/b,bird\n")
+    assert build_model(cfg, class_labels(cfg)).config.labels == ["dog", "cat", "bird"]
+
+
+# --------------------------------------------------------------------------------------------- CLI runs: 2, 3
+def clip_folds(root: Path) -> None:
+    """Two folds of eight 0.5-s tones of two classes, with the manifests and class list `ssamba prepare` writes."""
+    per_fold: dict[str, list[dict]] = {}
+    t = np.arange(8000) / 16000
+    for k in (1, 2):
+        for i in range(8):
+            path = root / f"{k}-{i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, (0.3 * np.sin(2 * np.pi * (300 + 40 * i + 400 * (i % 2)) * t)).astype(np.float32), 16000)
+            per_fold.setdefault(f"fold{k}", []).append({"wav": str(path), "labels": f"c{i % 2}"})
+    for fold, entries in per_fold.items():
+        train = [e for other, es in per_fold.items() if other != fold for e in es]
+        (root / f"{fold}_train.json").write_text(json.dumps({"data": train}))
+        (root / f"{fold}_eval.json").write_text(json.dumps({"data": entries}))
+    (root / "labels.csv").write_text("index,mid,display_name\n0,c0,low\n1,c1,high\n")
+    (root / "recipe.yaml").write_text("task: finetune\n")
+
+
+def tiny_args(data: Path, out: Path) -> list[str]:
+    return ["finetune", str(data / "recipe.yaml"), f"out_dir={out}",
+            "model.overrides={depth: 2, embed_dim: 32, drop_path_rate: 0.1}", "model.fstride=16", "model.tstride=16",
+            f"data.class_labels={data / 'labels.csv'}",
+            "data.dataset.features.target_length=32", "data.dataset.augment={mixup: 0.5, freqm: 8, timem: 8}",
+            "optim.lr=1e-3", "optim.scheduler=none", "train.epochs=1", "train.batch_size=4", "train.log_every=1",
+            "train.checkpoint_every=100", "train.progress=false", "train.device=cpu", "train.num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def folds(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("folds")
+    clip_folds(root)
+    return root
+
+
+def fold_result(run: Path, fold: str) -> tuple[dict, list]:
+    results = json.loads((run / fold / "results.json").read_text())
+    losses = [r["loss"] for r in map(json.loads, (run / fold / "log.jsonl").read_text().splitlines())]
+    return {k: results[k] for k in ("steps", "best_valid", "history")}, losses
+
+
+def test_kfold_resume_gives_each_fold_the_result_of_an_uninterrupted_run(folds, tmp_path):
+    kfold = [f"data.fold_dir={folds}", "data.test=null"]
+    assert main([*tiny_args(folds, tmp_path / "full"), *kfold, "data.folds=[fold1, fold2]"]) == 0
+    # killed between the folds: fold1 is done, fold2 not started; --resume skips fold1 and runs fold2
+    assert main([*tiny_args(folds, tmp_path / "res"), *kfold, "data.folds=[fold1]"]) == 0
+    assert main([*tiny_args(folds, tmp_path / "res"), *kfold, "data.folds=[fold1, fold2]", "--resume"]) == 0
+    assert fold_result(tmp_path / "res", "fold2") == fold_result(tmp_path / "full", "fold2")
+    assert (json.loads((tmp_path / "res" / "results.json").read_text())
+            == json.loads((tmp_path / "full" / "results.json").read_text()))
+    # a fold's seed depends on its name, not on its position in the list
+    assert main([*tiny_args(folds, tmp_path / "one"), *kfold, "data.folds=[fold2]"]) == 0
+    assert fold_result(tmp_path / "one", "fold2") == fold_result(tmp_path / "full", "fold2")
+
+
+def test_new_run_refuses_a_folder_with_a_previous_run(folds, tmp_path, caplog):
+    args = [*tiny_args(folds, tmp_path / "run"), f"data.train={folds / 'fold1_train.json'}",
+            f"data.valid={folds / 'fold1_eval.json'}"]
+    assert main(args) == 0
+    before = (tmp_path / "run" / "log.jsonl").read_text()
+    assert main([*args, "optim.lr=1e-2"]) == 2
+    assert f"{tmp_path / 'run'} already holds a previous run (checkpoints, log.jsonl" in caplog.text
+    assert "pass --resume to continue it" in caplog.text
+    assert (tmp_path / "run" / "log.jsonl").read_text() == before  # nothing appended
+    # K-fold: refused before any fold runs
+    assert main([*tiny_args(folds, tmp_path), f"data.fold_dir={folds}", "data.folds=[fold1, run]"]) == 2
+    assert not (tmp_path / "fold1").exists()
+
+
+def test_test_metrics_come_from_the_model_this_run_trained(folds, tmp_path):
+    """A run killed before its first checkpoint leaves a ``best/``; resumed without validation, the run starts over
+    and its test metrics are those of its own final model, not of that ``best/``."""
+    base = [*tiny_args(folds, tmp_path / "run"), f"data.train={folds / 'fold1_train.json'}",
+            f"data.test={folds / 'fold2_eval.json'}", "train.epochs=2"]  # 2 steps per epoch
+    with pytest.raises(SystemExit, match="halt_after_steps"):
+        main([*base, f"data.valid={folds / 'fold1_eval.json'}", "train.eval_every=1", "train.halt_after_steps=2"])
+    assert (tmp_path / "run" / "best").is_dir() and not (tmp_path / "run" / "checkpoints").exists()
+    assert main([*base, "data.valid=null", "optim.lr=3e-3", "--resume"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["best_valid"]["step"] is None
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # the killed attempt's records are gone
+    assert main(["evaluate", str(folds / "recipe.yaml"), f"model.init={tmp_path / 'run' / 'final'}",
+                 f"data.test={folds / 'fold2_eval.json'}", f"data.class_labels={folds / 'labels.csv'}",
+                 f"out_dir={tmp_path / 'eval'}", "train.device=cpu", "train.num_workers=0", "train.batch_size=4",
+                 "data.dataset.features.target_length=32"]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert {k: evaluated[k] for k in results["test"]} == results["test"]
