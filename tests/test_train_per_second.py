@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from _audio_helpers import write_fold_manifests
 from torch.utils.data import DataLoader, TensorDataset
 
 from ssamba.cli import main
@@ -123,11 +124,7 @@ def synthetic_folds(root: Path, folds: int = 2, clips: int = 8) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, (0.3 * np.sin(2 * np.pi * 300 * 2 ** c * t)).astype(np.float32), 16000)
             per_fold.setdefault(f"fold{k}", []).append({"wav": str(path), "labels": f"c{c}"})
-    for fold, entries in per_fold.items():
-        train = [e for other, es in per_fold.items() if other != fold for e in es]
-        (root / f"{fold}_train.json").write_text(json.dumps({"data": train}))
-        (root / f"{fold}_eval.json").write_text(json.dumps({"data": entries}))
-    (root / "labels.csv").write_text("index,mid,display_name\n0,c0,low\n1,c1,mid\n2,c2,high\n")
+    write_fold_manifests(root, per_fold, ["low", "mid", "high"])
 
 
 def test_kfold_per_second_finetune_end_to_end(tmp_path) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from _audio_helpers import write_fold_manifests
 from test_train_engine import NanAfter, toy_classification
 
 from ssamba.cli import main
@@ -242,11 +243,7 @@ def clip_folds(root: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, (0.3 * np.sin(2 * np.pi * (300 + 40 * i + 400 * (i % 2)) * t)).astype(np.float32), 16000)
             per_fold.setdefault(f"fold{k}", []).append({"wav": str(path), "labels": f"c{i % 2}"})
-    for fold, entries in per_fold.items():
-        train = [e for other, es in per_fold.items() if other != fold for e in es]
-        (root / f"{fold}_train.json").write_text(json.dumps({"data": train}))
-        (root / f"{fold}_eval.json").write_text(json.dumps({"data": entries}))
-    (root / "labels.csv").write_text("index,mid,display_name\n0,c0,low\n1,c1,high\n")
+    write_fold_manifests(root, per_fold, ["low", "high"])
     (root / "recipe.yaml").write_text("task: finetune\n")
 
 
