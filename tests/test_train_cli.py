@@ -8,7 +8,7 @@ import pytest
 from conftest import SHARED
 
 from ssamba.cli import main
-from ssamba.data.manifest import Entry, read_manifest, write_json_manifest
+from ssamba.data.manifest import read_manifest, write_json_manifest
 
 WORDS = ["yes", "no", "up", "down", "stop"]
 COMMON = ["model.arch=ssamba", "model.size=tiny", "model.overrides={depth: 2, drop_path_rate: 0.0}",

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssamba.audio.features import FeatureConfig
 from ssamba.audio.stats import dataset_stats
 from ssamba.config import from_dict
 from ssamba.data.manifest import read_manifest

@@ -5,7 +5,6 @@ softmax(QK^T)V, as the original code ran); efficiency comparisons need both.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
