@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 from ssamba.audio import AugmentConfig, FeatureConfig, features, load_audio
 from ssamba.audio.stats import SPEECHCOMMANDS, RunningStats, dataset_stats, preset
 from ssamba.cli import main
-from ssamba.data.dataset import AudioDataset, DatasetConfig, TooManyBadFiles
+from ssamba.audio.io import AudioLoadError
+from ssamba.data.dataset import AudioDataset, DatasetConfig, TooManyBadFiles, read_bad_files
 from ssamba.data.manifest import ClassLabels, Entry, read_json_manifest, write_json_manifest
 from ssamba.data.prepare import prepare
 
@@ -140,6 +141,44 @@ def test_too_many_bad_files_fail_loudly(tmp_path: Path) -> None:
         for i in range(len(dataset)):
             dataset[i]
     assert "corrupt.wav" in str(info.value)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_bad_file_limit_is_run_wide_whatever_the_workers(tmp_path: Path, workers: int) -> None:
+    """With a bad-files log the limit counts every worker's and epoch's files: a run fails or passes the same with
+    any num_workers (each worker would otherwise hold its own count, and the limit grow with the workers)."""
+    good = [Entry(str(tmp_path / f"good{i}.wav"), ("a",)) for i in range(12)]
+    for e in good:
+        write_tone(Path(e.path), seconds=0.3)
+    entries = good + _bad_files(tmp_path)
+    log = tmp_path / f"run{workers}" / "bad_files.tsv"
+    config = DatasetConfig(features=SC, max_bad_files=3, bad_files_log=str(log))
+    dataset = AudioDataset(entries, ClassLabels.from_names(["a"]), config)
+    loader = DataLoader(dataset, batch_size=2, num_workers=workers)  # 2 workers: two bad files each
+    with pytest.raises(TooManyBadFiles, match="4 bad audio files, more than max_bad_files=3"):
+        list(loader)
+    assert sorted(read_bad_files(log)) == sorted(e.path for e in entries[12:])
+    passing = DatasetConfig(features=SC, max_bad_files=4, bad_files_log=str(tmp_path / f"ok{workers}.tsv"))
+    assert len(list(DataLoader(AudioDataset(entries, ClassLabels.from_names(["a"]), passing), batch_size=2,
+                               num_workers=workers))) == 8
+    assert "empty file" in read_bad_files(tmp_path / f"ok{workers}.tsv")[str(tmp_path / "empty.wav")]
+
+
+def test_evaluation_sets_do_not_replace_bad_files(tmp_path: Path) -> None:
+    write_tone(tmp_path / "good.wav", seconds=0.3)
+    entries = [Entry(str(tmp_path / "good.wav"), ("a",))] + _bad_files(tmp_path)[3:]  # absent.wav
+    dataset = AudioDataset(entries, ClassLabels.from_names(["a"]), DatasetConfig(features=SC, on_bad="raise"))
+    assert dataset[0][0].shape == (128, 128)
+    with pytest.raises(AudioLoadError, match="absent.wav: file not found.*evaluation set does not replace"):
+        dataset[1]
+
+
+def test_clips_without_a_label_are_refused_in_a_labelled_set(tmp_path: Path) -> None:
+    write_tone(tmp_path / "a.wav", seconds=0.3)
+    entries = [Entry(str(tmp_path / "a.wav"), ("a",)), Entry(str(tmp_path / "a.wav"), ())]
+    with pytest.raises(ValueError, match="a.wav: no label, but the data is used with 2 classes"):
+        AudioDataset(entries, ClassLabels.from_names(["a", "b"]), DatasetConfig(features=SC))
+    assert len(AudioDataset(entries[1:], None, DatasetConfig(features=SC))) == 1  # unlabeled data: fine
 
 
 def test_short_raise_policy_makes_short_clips_bad_files(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from ssamba.cli import main
 from ssamba.config import ConfigError, load_config
 from ssamba.models.classifier import AudioClassifier
 from ssamba.models.config import ModelConfig, preset
-from ssamba.train.build import build_model, class_labels
+from ssamba.train.build import build_model, class_labels, make_dataset
 from ssamba.train.config import RunConfig
 from ssamba.train.distributed import DistEnv
 from ssamba.train.engine import Trainer, TrainConfig, TrainingError
@@ -316,3 +316,28 @@ def test_test_metrics_come_from_the_model_this_run_trained(folds, tmp_path):
                  "data.dataset.features.target_length=32"]) == 0
     evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert {k: evaluated[k] for k in results["test"]} == results["test"]
+
+
+def test_bad_training_files_are_listed_in_the_results_and_bad_test_files_are_errors(folds, tmp_path, caplog):
+    train = json.loads((folds / "fold1_train.json").read_text())["data"]
+    missing = str(tmp_path / "gone.wav")
+    (tmp_path / "train.json").write_text(json.dumps({"data": train + [{"wav": missing, "labels": "c0"}]}))
+    args = [*tiny_args(folds, tmp_path / "run"), f"data.train={tmp_path / 'train.json'}", "data.valid=null"]
+    assert main([*args, f"data.test={folds / 'fold1_eval.json'}"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert list(results["bad_files"]) == [missing] and "file not found" in results["bad_files"][missing]
+    assert "test" in results  # the run went on without the file
+    (tmp_path / "test.json").write_text(json.dumps({"data": [{"wav": missing, "labels": "c0"}]}))
+    assert main([*tiny_args(folds, tmp_path / "run2"), f"data.train={folds / 'fold1_train.json'}",
+                 "data.valid=null", f"data.test={tmp_path / 'test.json'}"]) == 2
+    assert "gone.wav: file not found (an evaluation set does not replace unreadable clips" in caplog.text
+
+
+def test_train_seed_changes_the_augmentation_draws(folds, tmp_path):
+    def first_batch(seed: int) -> torch.Tensor:
+        cfg = load_config(RunConfig, None, [*tiny_args(folds, tmp_path)[3:], f"data.train={folds / 'fold1_train.json'}",
+                                            f"train.seed={seed}"])
+        dataset = make_dataset(cfg.data.train, class_labels(cfg), cfg, train=True)
+        return torch.stack([dataset[i][0] for i in range(4)])
+
+    assert torch.equal(first_batch(1), first_batch(1)) and not torch.equal(first_batch(1), first_batch(2))

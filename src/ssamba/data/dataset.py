@@ -8,9 +8,13 @@ Randomness comes from a generator seeded by ``(seed, epoch, index)``, so an item
 DataLoader worker draws it, and differently each epoch (call :meth:`AudioDataset.set_epoch`; with
 ``persistent_workers=True`` the workers keep the epoch they were started with).
 
-Bad files (unreadable, empty, NaN, missing...) are counted, logged with the path and reason, and replaced by another
-random item, up to ``max_bad_files`` distinct files per dataset copy (each worker holds one); past that the run
-fails with :class:`TooManyBadFiles` listing them.
+Bad files (unreadable, empty, NaN, missing...) in a training set are counted, logged with the path and reason, and
+replaced by another random item, up to ``max_bad_files`` distinct files; past that the run fails with
+:class:`TooManyBadFiles` listing them. With ``bad_files_log`` (the trainer sets it to ``<run>/bad_files.tsv``) the
+count is kept in that file, shared by every DataLoader worker, epoch and process, so the limit does not depend on
+``num_workers`` and the run's report lists every file; without it each dataset copy counts its own. An evaluation set
+(``on_bad="raise"``) never stands another clip in for a bad one: that would put a duplicate clip and label into the
+metric; the file is an error.
 """
 from __future__ import annotations
 
@@ -51,6 +55,10 @@ class DatasetConfig:
     mono: MonoPolicy = "first"
     seed: int = 0
     max_bad_files: int = 10
+    #: "replace": a bad file is replaced by another random item (training); "raise": it is an error (evaluation)
+    on_bad: Literal["replace", "raise"] = "replace"
+    #: tab-separated path/reason file that counts bad files across workers, epochs and processes (see above)
+    bad_files_log: str | None = None
     #: folder for cached log-mels (before padding) of un-mixed items; None disables
     feature_cache: str | None = None
 
@@ -63,6 +71,8 @@ class DatasetConfig:
             raise ValueError(f"the dataset needs a mono policy ('first' or 'mean'), got {self.mono!r}")
         if self.max_bad_files < 0:
             raise ValueError(f"max_bad_files must be >= 0, got {self.max_bad_files}")
+        if self.on_bad not in ("replace", "raise"):
+            raise ValueError(f"on_bad must be 'replace' or 'raise', got {self.on_bad!r}")
 
 
 class TooManyBadFiles(RuntimeError):
@@ -183,10 +193,36 @@ class AudioDataset(Dataset):
         return logmel
 
     def _record_bad(self, exc: AudioLoadError) -> None:
-        if exc.path not in self.bad_files:
-            self.bad_files[exc.path] = exc.reason
-            log.warning("bad audio file %d/%d skipped: %s", len(self.bad_files), self.config.max_bad_files, exc)
-        if len(self.bad_files) > self.config.max_bad_files:
-            listing = "\n".join(f"  {p}: {r}" for p, r in self.bad_files.items())
-            raise TooManyBadFiles(f"{len(self.bad_files)} bad audio files, more than max_bad_files="
+        if self.config.on_bad == "raise":
+            raise AudioLoadError(exc.path, f"{exc.reason} (an evaluation set does not replace unreadable clips: fix "
+                                           "the file or remove it from the manifest)") from exc
+        known = self._known_bad()
+        if exc.path not in known:
+            reason = " ".join(exc.reason.split())  # one line, no tabs
+            known[exc.path] = reason
+            if self.config.bad_files_log is not None:
+                log_path = Path(self.config.bad_files_log)
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(log_path, "a") as f:  # one short append: whole lines even from concurrent workers
+                    f.write(f"{exc.path}\t{reason}\n")
+            log.warning("bad audio file %d/%d skipped: %s", len(known), self.config.max_bad_files, exc)
+        self.bad_files = known
+        if len(known) > self.config.max_bad_files:
+            listing = "\n".join(f"  {p}: {r}" for p, r in known.items())
+            raise TooManyBadFiles(f"{len(known)} bad audio files, more than max_bad_files="
                                   f"{self.config.max_bad_files}:\n{listing}")
+
+    def _known_bad(self) -> dict[str, str]:
+        """The bad files seen so far: by every worker and epoch when ``bad_files_log`` is set, else by this copy."""
+        if self.config.bad_files_log is None:
+            return self.bad_files
+        return read_bad_files(self.config.bad_files_log)
+
+
+def read_bad_files(path: str | Path) -> dict[str, str]:
+    """``{path: reason}`` of a ``bad_files_log`` (empty if none was written)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    return dict(line.split("\t", 1) for line in lines if "\t" in line)

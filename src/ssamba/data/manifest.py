@@ -155,8 +155,12 @@ def write_class_labels(labels: ClassLabels, path: str | Path) -> Path:
 
 
 def check_labels(entries: Sequence[Entry], labels: ClassLabels) -> None:
-    """Raise naming the first file whose label is not in ``labels`` (rather than failing mid-epoch)."""
+    """Raise naming the first file whose label is not in ``labels``, or that has no label at all (it would train
+    as an all-negative target, or as class 0 under cross-entropy), rather than failing mid-epoch."""
     for e in entries:
+        if not e.labels:
+            raise ValueError(f"{e.path}: no label, but the data is used with {len(labels)} classes (every clip of a "
+                             "labelled task needs at least one)")
         for mid in e.labels:
             if mid not in labels:
                 raise ValueError(f"{e.path}: label {mid!r} is not one of the {len(labels)} classes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,10 +58,19 @@ def per_second(cfg: RunConfig) -> bool:
     return cfg.task == "finetune" and cfg.finetune.task == "per_second"
 
 
+#: where a run lists the training files it could not read (``DatasetConfig.bad_files_log``)
+BAD_FILES_LOG = "bad_files.tsv"
+
+
 def make_dataset(manifest: str, labels: ClassLabels | None, cfg: RunConfig, train: bool) -> AudioDataset:
     """Training sets get the recipe's augmentation (and sequence jitter); evaluation sets the same features and
     sequences without them. The per-second task reads sequences of concatenated clips."""
-    config = cfg.data.dataset if train else dataclasses.replace(cfg.data.dataset, augment=AugmentConfig())
+    if train:  # augmentation draws follow train.seed too; bad files are counted run-wide, in the run's folder
+        seed = int(np.random.SeedSequence([cfg.data.dataset.seed, cfg.train.seed]).generate_state(1)[0] >> 1)
+        config = dataclasses.replace(cfg.data.dataset, seed=seed,
+                                     bad_files_log=str(Path(cfg.out_dir) / BAD_FILES_LOG))
+    else:  # evaluation: no augmentation, and a bad file is an error rather than another clip in the metric
+        config = dataclasses.replace(cfg.data.dataset, augment=AugmentConfig(), on_bad="raise")
     if per_second(cfg):
         sequence = cfg.data.sequence if train else dataclasses.replace(cfg.data.sequence, jitter=False)
         return SequenceDataset(read_manifest(manifest), labels, config, sequence)

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ssamba.config import save_config
+from ssamba.data.dataset import read_bad_files
 from ssamba.loading import load
 from ssamba.models.classifier import AudioClassifier
-from ssamba.train.build import build_model, check_classes, class_labels, make_dataset, make_task, seed_everything
+from ssamba.train.build import BAD_FILES_LOG, build_model, check_classes, class_labels, make_dataset, make_task, \
+    seed_everything
 from ssamba.train.config import RunConfig
 from ssamba.train.distributed import DistEnv, cleanup, init_distributed
 from ssamba.train.engine import Trainer, TrainingError, check_amp, evaluate
@@ -30,7 +32,7 @@ def _write_json(path: Path, data: Any, env: DistEnv) -> None:
 
 
 #: what a run writes into its folder; a new run (no --resume) refuses a folder holding any of these
-RUN_OUTPUTS = ("checkpoints", "log.jsonl", "log.csv", "tensorboard", "best", "final", "results.json")
+RUN_OUTPUTS = ("checkpoints", "log.jsonl", "log.csv", "tensorboard", "best", "final", "results.json", BAD_FILES_LOG)
 
 
 def check_fresh(out_dirs: list[Path]) -> None:
@@ -79,6 +81,11 @@ def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict
             model.load_state_dict(type(model).from_pretrained(out_dir / "best").state_dict())
         results["test"] = evaluate(model, make_dataset(cfg.data.test, labels, cfg, train=False), task, env,
                                    cfg.train)
+    bad = read_bad_files(out_dir / BAD_FILES_LOG)
+    if bad:  # replaced by other clips during training: listed, never silently dropped
+        results["bad_files"] = bad
+        logger.warning("%d training file(s) could not be read and were replaced by other clips; see %s",
+                       len(bad), out_dir / BAD_FILES_LOG)
     _write_json(out_dir / "results.json", results, env)
     if env.is_main:
         summary = {"run": str(out_dir), **{f"valid_{k}": v for k, v in (fit["best"] or {}).items()
