@@ -248,3 +248,26 @@ def test_bf16_precision_runs_the_encoder_under_autocast_close_to_fp32(shallow, m
     assert np.abs(e16.clip - e32.clip).max() <= 1e-2 * np.abs(e32.clip).max()
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
         shallow.predictor(precision="fp16")
+
+
+def test_predict_with_bf16_matmul_weights_or_inside_a_callers_autocast(shallow):
+    """The README's other bf16 routes: a model whose Linear weights were cast once (cast_matmul_weights) predicts
+    with precision="bf16" (and says so without it), and predict inside the caller's own autocast region computes
+    its features in float32 as always."""
+    import copy
+
+    from ssamba.models.precision import cast_matmul_weights
+
+    files = tts_files("yes", 1) + tts_files("no", 1)
+    fp32, bf16 = shallow.predict(files, top_k=3), shallow.predict(files, top_k=3, precision="bf16")
+    cast = cast_matmul_weights(copy.deepcopy(shallow))
+    for a, b in zip(bf16, cast.predict(files, top_k=3, precision="bf16")):
+        assert b.ok and b.top[0][0] == a.top[0][0]
+        np.testing.assert_allclose(b.scores, a.scores, atol=2e-2)
+    with pytest.raises(ValueError, match="matmul weights are bfloat16 .* precision='bf16'"):
+        cast.predict(files[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = shallow.predict(files, top_k=3)
+    for a, b in zip(fp32, inside):
+        assert b.ok and b.top[0][0] == a.top[0][0]
+        np.testing.assert_allclose(b.scores, a.scores, atol=2e-2)  # only the head ran under the caller's bf16

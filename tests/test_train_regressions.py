@@ -341,3 +341,14 @@ def test_train_seed_changes_the_augmentation_draws(folds, tmp_path):
         return torch.stack([dataset[i][0] for i in range(4)])
 
     assert torch.equal(first_batch(1), first_batch(1)) and not torch.equal(first_batch(1), first_batch(2))
+
+
+def test_resume_flag_may_sit_before_the_overrides_and_a_probe_refuses_it(folds, tmp_path, caplog):
+    args = [*tiny_args(folds, tmp_path / "run"), f"data.train={folds / 'fold1_train.json'}", "data.valid=null"]
+    assert main(args) == 0
+    before = (tmp_path / "run" / "results.json").read_text()
+    assert main([args[0], args[1], "--resume", *args[2:]]) == 0  # `ssamba finetune CONFIG --resume k=v ...`
+    assert (tmp_path / "run" / "results.json").read_text() == before  # resumed from the end: the same results
+    (tmp_path / "probe.yaml").write_text("task: probe\n")
+    assert main(["probe", str(tmp_path / "probe.yaml"), "--resume", f"out_dir={tmp_path / 'p'}"]) == 2
+    assert "a probe has nothing to resume" in caplog.text

@@ -265,9 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
 NEGATIVE_VALUE_OPTIONS = ("--stats",)
 
 
-def _attach_negative_values(argv: list[str]) -> list[str]:
-    """``--stats -4.27,4.57`` -> ``--stats=-4.27,4.57``: argparse takes a value starting with "-" that is not a
-    plain number for an option and fails, although a MEAN,STD pair's mean is always negative."""
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """Two argv rewrites argparse needs. ``--stats -4.27,4.57`` -> ``--stats=-4.27,4.57``: argparse takes a value
+    starting with "-" that is not a plain number for an option and fails, although a MEAN,STD pair's mean is always
+    negative. ``--resume`` goes last: given between a recipe and its overrides, it would end the overrides'
+    positional list and argparse would reject the rest."""
+    if "--resume" in argv:
+        argv = [a for a in argv if a != "--resume"] + ["--resume"]
     out: list[str] = []
     for arg in argv:
         if out and out[-1] in NEGATIVE_VALUE_OPTIONS and arg.startswith("-") and "," in arg:
@@ -278,7 +282,7 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    args = build_parser().parse_args(_normalise_argv(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -87,6 +87,10 @@ class ClipEncoder:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "fp32" and any(m.weight.dtype == torch.bfloat16 for m in model.modules()
+                                       if isinstance(m, nn.Linear)):
+            raise ValueError("this model's matmul weights are bfloat16 (cast_matmul_weights): run it with "
+                             "precision='bf16'")
         self.model = model
         self.stats = resolve_stats(stats)
         self.policy = policy or LengthPolicy()
@@ -109,7 +113,8 @@ class ClipEncoder:
 
     def encode(self, waveforms: list[Tensor], layers: bool = False) -> list[Encoded]:
         """Encode every waveform ``(samples,)`` (16 kHz, validated) into an :class:`Encoded`."""
-        raws = [log_mel(w.to(torch.float32)) for w in waveforms]
+        with torch.autocast(self.device.type, enabled=False):  # features in float32, even inside a caller's autocast
+            raws = [log_mel(w.to(torch.float32)) for w in waveforms]
         plans = [plan_runs(r.shape[0], self.config, self.policy) for r in raws]
         groups: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for clip, runs in enumerate(plans):

@@ -112,16 +112,19 @@ class Predictor:
         labels = self.model.config.labels or [str(i) for i in range(self.model.config.label_dim)]
         top_k = max(1, min(top_k, len(labels)))
         act = _activation(activation, self.model.config.label_dim)
+        # a head whose Linear weights were cast to bf16 (cast_matmul_weights) runs under bf16 autocast, as the encoder
+        cast_head = any(m.weight.dtype == torch.bfloat16 for m in head.modules() if isinstance(m, torch.nn.Linear))
+        head_autocast = torch.autocast(self.encoder.device.type, dtype=torch.bfloat16, enabled=cast_head)
         for src, enc in self.iter_encoded(sources, desc="predict"):
             if isinstance(enc, AudioLoadError):
                 yield Prediction(src.name, error=str(enc))
                 continue
-            with torch.inference_mode():
-                scores = act(head(enc.pooled.to(self.encoder.device)[None]))[0].float().cpu()
+            with torch.inference_mode(), head_autocast:
+                scores = act(head(enc.pooled.to(self.encoder.device)[None]).float())[0].cpu()
                 seconds = None
                 if per_second:
                     pooled = per_second_pool(enc.columns, self.encoder.config, enc.duration_s)
-                    per = act(head(pooled.to(self.encoder.device))).float().cpu()
+                    per = act(head(pooled.to(self.encoder.device)).float()).cpu()
                     seconds = [_top(row, labels, top_k) for row in per]
             yield Prediction(src.name, _top(scores, labels, top_k), scores.numpy(), enc.duration_s, seconds,
                              embedding=_embedding(src, enc, True) if embeddings else None)

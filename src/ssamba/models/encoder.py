@@ -52,8 +52,8 @@ class PatchEncoder(nn.Module):
         if x.shape[1] < cfg.tshape or t_dim != cfg.grid[1]:
             raise ValueError(
                 f"input has {x.shape[1]} frames, but this model was built for {cfg.input_tdim} "
-                f"({cfg.grid[1]} time patches); pad/cut the input or adapt the model with "
-                f"with_input_size(input_tdim={x.shape[1]})"
+                f"({cfg.grid[1]} time patches); pad/cut the input or adapt the encoder with "
+                f"model.encoder.with_input_size(input_tdim={x.shape[1]})"
             )
 
     def tokens(self, x: Tensor, mask_index: Tensor | None = None, mask_embed: Tensor | None = None) -> Tensor:

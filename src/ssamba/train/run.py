@@ -129,6 +129,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     seed_everything(cfg.train.seed + env.rank)
     try:
         if cfg.task == "probe":
+            if resume:
+                raise TrainingError("a probe has nothing to resume (it trains its linear heads in one go): run it "
+                                    "again without --resume")
             return run_probe(cfg, env)
         check_amp(cfg.train.amp, env.device)
         if not resume:
