@@ -113,6 +113,12 @@ def test_per_second_pooling_is_time_aligned():
     assert torch.allclose(pooled.squeeze(-1), torch.tensor([[2.5, 7.5]]))
     fixed = pool_per_second(tokens, 1, (f_dim, t_dim), 16, 16, segment_frames=100, num_segments=3)
     assert torch.allclose(fixed.squeeze(-1), torch.tensor([[2.5, 7.5, 9.0]]))  # empty second: nearest column
+    one = pool_per_second(tokens, 1, (f_dim, t_dim), 16, 16, segment_frames=100, num_segments=1)
+    assert torch.allclose(one.squeeze(-1), torch.tensor([[2.5]]))  # columns centred past the last second: left out
+    # the 60-s task: 6144 frames, 384 columns; the 9 centred past 6000 frames see only padding, second 59 its 6
+    sixty = torch.arange(384, dtype=torch.float32).reshape(1, -1, 1)
+    seconds = pool_per_second(sixty, 0, (1, 384), 16, 16, segment_frames=100, num_segments=60)
+    assert float(seconds[0, 59, 0]) == sum(range(369, 375)) / 6
     # the official pooling runs over frequency-major tokens including cls (quirk Q11)
     official = pool_official_1sec(tokens, num_segments=3)
     assert torch.allclose(official.squeeze(-1), tokens[0, :21, 0].reshape(3, 7).mean(1)[None])

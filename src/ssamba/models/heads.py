@@ -32,9 +32,10 @@ def pool_per_second(
     """Time-aligned pooling: ``(B, S, D)``, one mean per segment of ``segment_frames`` frames (1 s at 10 ms hops).
 
     Each time column of patches goes to the segment holding its centre frame and is averaged over all frequency
-    rows.  ``num_segments`` defaults to the segments that hold any patch centre; columns past the last segment
-    are folded into it, and a segment that holds no centre (possible only with a stride wider than a segment)
-    takes the mean of its nearest column.  The official ``ft_avgtok_1sec`` (quirk Q11, see ``pool_official_1sec``)
+    rows.  ``num_segments`` defaults to the segments that hold any patch centre; columns centred past the last
+    segment are left out (with 60 segments of a 6144-frame input they cover only the zero padding past 60 s, and
+    folded into second 59 they were 60% of its mean), and a segment that holds no centre (a stride wider than a
+    segment, or a last segment shorter than a column) takes the mean of its nearest column.  The official ``ft_avgtok_1sec`` (quirk Q11, see ``pool_official_1sec``)
     instead averages runs of consecutive frequency-major tokens, which are not time segments.
     """
     f_dim, t_dim = grid
@@ -44,8 +45,9 @@ def pool_per_second(
     segment = torch.div(centres, segment_frames, rounding_mode="floor").long()
     if num_segments is None:
         num_segments = int(segment.max().item()) + 1
-    segment = segment.clamp(max=num_segments - 1)
-    sums = columns.new_zeros(batch, num_segments, dim).index_add_(1, segment, columns)
+    inside = segment < num_segments
+    segment, inside_columns = segment[inside], columns[:, inside]
+    sums = columns.new_zeros(batch, num_segments, dim).index_add_(1, segment, inside_columns)
     counts = torch.bincount(segment, minlength=num_segments).to(columns.dtype)
     empty = counts == 0
     if empty.any():  # nearest column for segments without a centre
