@@ -3,6 +3,7 @@ schedules with periodic validation, class order, fp16 on CPU, model.overrides ch
 from __future__ import annotations
 
 import csv
+import os
 import json
 import struct
 from pathlib import Path
@@ -352,3 +353,60 @@ def test_resume_flag_may_sit_before_the_overrides_and_a_probe_refuses_it(folds, 
     (tmp_path / "probe.yaml").write_text("task: probe\n")
     assert main(["probe", str(tmp_path / "probe.yaml"), "--resume", f"out_dir={tmp_path / 'p'}"]) == 2
     assert "a probe has nothing to resume" in caplog.text
+
+
+def test_resume_refuses_a_changed_setup_and_keeps_the_runs_config(folds, tmp_path, caplog):
+    base = [*tiny_args(folds, tmp_path / "run"), f"data.train={folds / 'fold1_train.json'}", "data.valid=null",
+            "train.checkpoint_every=1"]
+    with pytest.raises(SystemExit, match="halt_after_steps"):
+        main([*base, "train.halt_after_steps=2"])
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert main([*base, "optim.lr=0.5", "--resume"]) == 2  # the optimiser state would keep lr 1e-3 silently
+    assert "optim.lr: 0.001 -> 0.5" in caplog.text and "last.pt: this checkpoint was written with" in caplog.text
+    assert main([*base, "train.batch_size=2", "--resume"]) == 2
+    assert "batch_size: 4 -> 2" in caplog.text
+    assert main([*base, f"data.train={folds / 'fold2_train.json'}", "--resume"]) == 2  # other clips, same size
+    assert "train_data.digest:" in caplog.text
+    (tmp_path / "more.json").write_text(json.dumps({"data": json.loads((folds / "fold1_train.json").read_text())["data"]
+                                                    + json.loads((folds / "fold1_eval.json").read_text())["data"]}))
+    assert main([*base, f"data.train={tmp_path / 'more.json'}", "--resume"]) == 2
+    assert "train_data.samples: 8 -> 16" in caplog.text
+    assert (tmp_path / "run" / "config.yaml").read_text() == config  # a refused resume leaves the run's config
+    assert main([*base, "train.epochs=2", "--resume"]) == 0  # the run's length may change
+
+
+def test_ddp_evaluation_with_a_rank_that_holds_no_item(monkeypatch):
+    """An evaluation set smaller than the number of processes leaves a rank empty: it contributes nothing."""
+    from ssamba.train import tasks
+
+    monkeypatch.setattr(tasks, "gather_objects", lambda obj, env: [obj, None if not isinstance(obj, tuple) or
+                                                                   not isinstance(obj[1], int) else ({}, 0)])
+    model = torch.nn.Linear(3, 2)
+    loader = [(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))]
+    single = tasks.ClassificationTask().evaluate(model, loader, DistEnv())
+    monkeypatch.undo()
+    assert single["acc"] == tasks.ClassificationTask().evaluate(model, loader, DistEnv())["acc"]
+    assert tasks.predict(model, []) is None
+
+
+def test_a_torn_fold_result_is_redone_on_resume(folds, tmp_path, caplog):
+    kfold = [f"data.fold_dir={folds}", "data.test=null", "data.folds=[fold1, fold2]"]
+    assert main([*tiny_args(folds, tmp_path / "run"), *kfold]) == 0
+    whole = (tmp_path / "run" / "fold2" / "results.json").read_text()
+    (tmp_path / "run" / "fold2" / "results.json").write_text(whole[:200])  # killed mid-write by an old version
+    assert main([*tiny_args(folds, tmp_path / "run"), *kfold, "--resume"]) == 0
+    assert "fold2/results.json: unreadable" in caplog.text
+    assert json.loads((tmp_path / "run" / "fold2" / "results.json").read_text()) == json.loads(whole)
+
+
+def test_atomic_writes_leave_readable_files_and_no_orphans(tmp_path):
+    from ssamba.atomic import atomic_write_text
+
+    orphan = tmp_path / ".model.json.abc123.tmp"
+    orphan.write_text("left by a writer killed mid-write")
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "model.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.json").stat().st_mode & 0o777 == 0o644 and not orphan.exists()

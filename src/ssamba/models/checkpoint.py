@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ssamba.atomic import atomic_write
 from ssamba.models.config import EMBED_DIMS, SSAST_HEADS, EncoderConfig, ModelConfig, grid_size
 
 logger = logging.getLogger(__name__)
@@ -42,9 +41,9 @@ def save_pretrained_files(directory: str | Path, config: dict[str, Any], state: 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     payload = {"ssamba_format": FORMAT_VERSION, **config}
-    _atomic_write(directory / CONFIG_NAME,
+    atomic_write(directory / CONFIG_NAME,
                   lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8"))
     return directory
 
@@ -70,18 +69,6 @@ def load_pretrained_files(directory: str | Path, weights: bool = True) -> tuple[
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({exc})") from exc
     return config, state
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory and rename, so a crash never leaves a torn file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------

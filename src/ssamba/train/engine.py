@@ -8,6 +8,8 @@ last good checkpoint in place.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -85,6 +87,9 @@ class Trainer:
         check_amp(train_cfg.amp, env.device)
         self.model, self.task, self.cfg, self.optim_cfg = model.to(env.device), task, train_cfg, optim_cfg
         self.out_dir, self.env, self.collate_fn = Path(out_dir), env, collate_fn
+        self.train_data: dict[str, Any] | None = None  # set by fit (train_data_of); part of a checkpoint's setup
+        self.resumed_setup: dict[str, Any] | None = None
+        self.resumed_from: Path | None = None
         self.ddp = DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
                                            else None) if env.distributed else self.model
         self.optimizer = build_optimizer(self.model, optim_cfg)
@@ -102,7 +107,18 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "consumed": self.consumed, "best": self.best,
-                "history": self.history, "rng": gather_objects(ckpt.rng_state(), self.env)}
+                "history": self.history, "rng": gather_objects(ckpt.rng_state(), self.env),
+                "setup": self.setup()}
+
+    def setup(self, train_data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What a checkpoint's step, epoch and optimiser state mean: the model, the optimiser settings (its saved
+        state carries lr, betas and weight decay), the batch geometry and the training set's size. A resume with
+        any of them changed would continue silently with the old values or on shifted data, so it is refused;
+        the run length (epochs, max_steps) may change."""
+        config = getattr(self.model, "config", None)
+        return {"model": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+                "optim": dataclasses.asdict(self.optim_cfg), "batch_size": self.cfg.batch_size,
+                "seed": self.cfg.seed, "train_data": self.train_data if train_data is None else train_data}
 
     def save_checkpoint(self) -> None:
         state = self.state_dict()  # collective (gathers RNG states): every rank takes part
@@ -110,9 +126,16 @@ class Trainer:
             path = ckpt.save_training_state(self.out_dir / "checkpoints", state)
             logger.debug("checkpoint at step %d -> %s", self.step, path)
 
-    def resume(self, path: str | Path) -> None:
+    def resume(self, path: str | Path, train_set: Dataset | None = None) -> None:
+        """Continue from a training checkpoint; with ``train_set`` the setup check (``setup``) covers the training
+        data now rather than when ``fit`` starts."""
         state = ckpt.load_training_state(path)
-        self.model.load_state_dict(state["model"])
+        self.resumed_setup, self.resumed_from = state.get("setup"), Path(path)  # checked here and in fit
+        self._check_setup(train_data_of(train_set) if train_set is not None else None)
+        try:
+            self.model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError) as exc:
+            raise TrainingError(f"{path}: does not fit this run's model: {exc}") from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
@@ -143,8 +166,30 @@ class Trainer:
         with flush_denormals():
             return self._fit(train_set, valid_set)
 
+    def _check_setup(self, train_data: dict[str, Any] | None) -> None:
+        """Refuse a resume whose setup differs from its checkpoint's (see ``setup``); checkpoints written before the
+        setup was stored are not checked. The training set's size is compared once ``fit`` knows it."""
+        saved = self.resumed_setup
+        if saved is None:
+            return
+        now = self.setup(train_data)
+        keys = [k for k in now if k in saved and (k != "train_data" or train_data is not None)]
+        changed = []
+        for key in keys:
+            if isinstance(now[key], dict) and isinstance(saved[key], dict):
+                changed += [f"{key}.{k}: {saved[key].get(k)!r} -> {v!r}" for k, v in now[key].items()
+                            if saved[key].get(k) != v and not (isinstance(v, tuple) and list(v) == saved[key].get(k))]
+            elif now[key] != saved[key]:
+                changed.append(f"{key}: {saved[key]!r} -> {now[key]!r}")
+        if changed:
+            raise TrainingError(f"{self.resumed_from}: this checkpoint was written with another setup; --resume "
+                                f"continues a run only with the same one ({'; '.join(changed)}). Start a new run "
+                                "in another out_dir, or give the checkpoint's settings (config.yaml of the run)")
+
     def _fit(self, train_set: Dataset, valid_set: Dataset | None) -> dict[str, Any]:
         cfg, env = self.cfg, self.env
+        self.train_data = train_data_of(train_set)
+        self._check_setup(self.train_data)
         sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank,
                                    world_size=env.world_size)
         per_epoch = len(sampler.indices()) // cfg.batch_size // self.optim_cfg.accum_steps
@@ -264,6 +309,15 @@ class Trainer:
     def _save_model(self, name: str) -> None:
         if self.env.is_main and hasattr(self.model, "save_pretrained"):
             self.model.save_pretrained(self.out_dir / name)
+
+
+def train_data_of(dataset: Dataset) -> dict[str, Any]:
+    """What identifies a training set for a resume: its size, and a digest of its clips and labels where the dataset
+    lists them (``AudioDataset.entries``): the same size from other files would shift every epoch's order too."""
+    entries = getattr(dataset, "entries", None)
+    digest = None if entries is None else hashlib.sha1(
+        "\n".join(f"{e.path}\t{','.join(e.labels)}" for e in entries).encode()).hexdigest()[:16]
+    return {"samples": len(dataset), "digest": digest}
 
 
 def eval_loader(dataset: Dataset, env: DistEnv, cfg: TrainConfig, collate_fn=None) -> DataLoader:

@@ -4,11 +4,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, TextIO
 
+from ssamba.atomic import atomic_write
 from ssamba.train.tensorboard import EventWriter, truncate_events
 
 CSV, JSONL, TENSORBOARD = "log.csv", "log.jsonl", "tensorboard"
@@ -109,14 +108,11 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
 
 def _replace(path: Path, write: Callable[[TextIO], object]) -> None:
     """Rewrite ``path`` with what ``write`` writes to the open file, atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+    def fill(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, fill)
 
 
 def _plain(value):

@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from ssamba.atomic import atomic_write_text
 from ssamba.config import save_config
 from ssamba.data.dataset import read_bad_files
 from ssamba.loading import load
@@ -26,9 +27,8 @@ logger = logging.getLogger(__name__)
 
 
 def _write_json(path: Path, data: Any, env: DistEnv) -> None:
-    if env.is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    if env.is_main:  # atomic: a K-fold --resume reads a fold's results.json as "this fold is done"
+        atomic_write_text(path, json.dumps(data, indent=2, default=float) + "\n")
 
 
 #: what a run writes into its folder; a new run (no --resume) refuses a folder holding any of these
@@ -45,6 +45,17 @@ def check_fresh(out_dirs: list[Path]) -> None:
                                 "continue it, or choose a new out_dir (or delete this one) to start afresh")
 
 
+def _read_results(path: Path) -> dict[str, Any] | None:
+    """A finished run's results, or None if it has none (or an unreadable one, which is said, and redone)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        logger.warning("%s: unreadable (%s); running that fold again", path, exc)
+        return None
+
+
 def fold_seed(seed: int, fold: str) -> int:
     """Each fold draws from its own seed (train.seed and the fold's name), so its model, and so its result, do not
     depend on which folds ran before it in this process or were skipped by --resume as done."""
@@ -58,7 +69,6 @@ def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict
     validation, of the model it ended with."""
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
     if cfg.data.train is None:
         raise TrainingError("data.train (a manifest) is required")
     labels = None if cfg.task == "pretrain" else class_labels(cfg)
@@ -69,10 +79,12 @@ def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict
     trainer = Trainer(model, task, cfg.train, cfg.optim, out_dir, env)
     checkpoint = out_dir / "checkpoints" / "last.pt"
     if resume and checkpoint.is_file():
-        trainer.resume(checkpoint)
+        trainer.resume(checkpoint, train_set)
     elif resume:
         logger.warning("--resume: no checkpoint at %s; starting from the beginning", checkpoint)
         trainer.log.truncate(0)  # what a run killed before its first checkpoint logged is logged again
+    if env.is_main:  # after a resume was accepted: a refused one leaves the run's own config.yaml
+        save_config(cfg, out_dir / "config.yaml")
     fit = trainer.fit(train_set, valid_set)
     results: dict[str, Any] = {"steps": fit["step"], "epochs": fit["epoch"], "best_valid": fit["best"],
                                "history": fit["history"]}
@@ -103,8 +115,9 @@ def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
     per_fold: dict[str, Any] = {}
     for fold in cfg.data.folds:
         fold_out = out / fold
-        if resume and (fold_out / "results.json").is_file():
-            per_fold[fold] = json.loads((fold_out / "results.json").read_text())
+        done = _read_results(fold_out / "results.json") if resume else None
+        if done is not None:
+            per_fold[fold] = done
             logger.info("fold %s already done; skipping", fold)
             continue
         seed_everything(fold_seed(cfg.train.seed, fold) + env.rank)

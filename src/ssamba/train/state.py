@@ -6,14 +6,14 @@ rank (python, numpy, torch, CUDA), so a resumed run draws the same masks, drop p
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ssamba.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +36,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(directory: str | Path, state: dict[str, Any]) -> Path:
-    """``torch.save`` into ``directory/last.pt`` through a temporary file and an atomic rename."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / LAST
-    fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """``torch.save`` into ``directory/last.pt`` atomically (``ssamba.atomic``)."""
+    return atomic_write(Path(directory) / LAST, lambda tmp: torch.save(state, tmp))
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

@@ -52,8 +52,7 @@ class ClassificationTask:
         return {"loss": self.compute_loss(logits, targets), "acc": acc}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, env: DistEnv) -> dict[str, float]:
-        scores, targets = predict(model, loader)
-        parts = gather_objects((scores, targets), env)
+        parts = [p for p in gather_objects(predict(model, loader), env) if p is not None]  # a rank may hold no item
         scores = np.concatenate([p[0] for p in parts])
         targets = np.concatenate([p[1] for p in parts])
         logits, labels = torch.from_numpy(scores), torch.from_numpy(targets)
@@ -62,14 +61,17 @@ class ClassificationTask:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and float targets of every batch, on this process."""
+def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray] | None:
+    """Logits and float targets of every batch, on this process; None when it holds no item (an evaluation set
+    smaller than the number of processes)."""
     all_logits, all_targets = [], []
     for x, target, *_ in loader:
         device = next(model.parameters()).device
         logits = model(x.to(device)).float().cpu()
         all_logits.append(logits.numpy())
         all_targets.append(as_targets(target, logits.shape[1]).numpy())
+    if not all_logits:
+        return None
     return np.concatenate(all_logits), np.concatenate(all_targets)
 
 
@@ -95,7 +97,7 @@ class PretrainTask:
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + v.item() * len(x)
             count += len(x)
-        parts = gather_objects((totals, count), env)
+        parts = [p for p in gather_objects((totals, count), env) if p[1]]  # a rank may hold no item
         n = sum(p[1] for p in parts)
         return {k: sum(p[0][k] for p in parts) / n for k in parts[0][0]}
 

@@ -11,9 +11,10 @@ import logging
 import os
 import socket
 import struct
-import tempfile
 import time
 from pathlib import Path
+
+from ssamba.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +137,8 @@ def truncate_events(log_dir: str | Path, step: int) -> None:
         kept = [r for r in records if event_step(r) <= step]
         if len(kept) == len(records) and path.stat().st_size == sum(len(r) + 16 for r in records):
             continue
-        fd, tmp = tempfile.mkstemp(prefix=".events.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(b"".join(frame_record(r) for r in kept))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        data = b"".join(frame_record(r) for r in kept)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
         logger.debug("%s: dropped %d events after step %d", path, len(records) - len(kept), step)
 
 
