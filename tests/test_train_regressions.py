@@ -361,6 +361,9 @@ def test_resume_refuses_a_changed_setup_and_keeps_the_runs_config(folds, tmp_pat
     with pytest.raises(SystemExit, match="halt_after_steps"):
         main([*base, "train.halt_after_steps=2"])
     config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "halt_after_steps: null" in config  # resuming from the run's own config.yaml does not stop again
+    assert main([*base, "data.dataset.augment.mixup=0", "--resume"]) == 2  # the first steps trained with mixup
+    assert "train_data.pipeline:" in caplog.text
     assert main([*base, "optim.lr=0.5", "--resume"]) == 2  # the optimiser state would keep lr 1e-3 silently
     assert "optim.lr: 0.001 -> 0.5" in caplog.text and "last.pt: this checkpoint was written with" in caplog.text
     assert main([*base, "train.batch_size=2", "--resume"]) == 2
@@ -410,3 +413,9 @@ def test_atomic_writes_leave_readable_files_and_no_orphans(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "model.json").stat().st_mode & 0o777 == 0o644 and not orphan.exists()
+
+
+def test_short_runs_are_told_when_warm_up_outlasts_them(folds, tmp_path, caplog):
+    assert main([*tiny_args(folds, tmp_path / "run"), f"data.train={folds / 'fold1_train.json'}", "data.valid=null",
+                 "optim.warmup_steps=1000"]) == 0
+    assert "optim.warmup_steps=1000 >= the run's 2 steps: the learning rate never reaches optim.lr" in caplog.text

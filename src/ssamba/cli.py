@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", nargs="?", help="SSAST/AST .json or path,label .csv manifest")
     p.add_argument("--target-length", type=int,
                    help="pad/cut to the task's input length in frames, as the official statistics were taken "
-                        "(the recipe's data.target_length: 1024 AudioSet, 512 ESC-50, 128 Speech Commands)")
+                        "(the recipe's data.dataset.features.target_length: 1024 AudioSet, 512 ESC-50, 128 Speech "
+                        "Commands); the printed mean and std go to data.dataset.features.mean/std")
     p.add_argument("--no-pad", action="store_true", help="use only real frames (no padding)")
     p.add_argument("--limit", type=int, help="use only the first N files")
     p.add_argument("--preset", help="print the official statistics of audioset/esc50/speechcommands/urbansound8k")

@@ -103,6 +103,8 @@ def build_model(cfg: RunConfig, labels: ClassLabels | None) -> AudioModel:
             raise TrainingError(f"{m.init}: neither a pretraining checkpoint nor a classifier")
         check_classes(model, labels, m.init)
         return model
+    logger.warning("model.init is null: training %s-%s from random initialisation (give model.init=... to fine-tune "
+                   "a pretrained model)", m.arch, m.size)
     enc = preset(m.arch, m.size, input_tdim=frames, fstride=m.fstride, tstride=m.tstride, **m.overrides)
     return AudioClassifier(ModelConfig(encoder=enc, task="classify", label_dim=len(labels), labels=names,
                                        pooling=m.pooling))

@@ -197,6 +197,10 @@ class Trainer:
             raise TrainingError(f"{len(train_set)} training samples give no full batch of {cfg.batch_size} "
                                 f"x {self.optim_cfg.accum_steps} accumulation steps x {env.world_size} processes")
         total = per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, per_epoch * cfg.epochs)
+        if self.optim_cfg.warmup_steps >= total and env.is_main:
+            logger.warning("optim.warmup_steps=%d >= the run's %d steps: the learning rate never reaches optim.lr "
+                           "(and is 0 for the first %d steps); set optim.warmup_steps=0 for a short run",
+                           self.optim_cfg.warmup_steps, total, self.optim_cfg.warmup_interval)
         bar = tqdm(total=total, initial=self.step, disable=not (cfg.progress and env.is_main), unit="step",
                    dynamic_ncols=True, desc="train")
         try:
@@ -312,12 +316,16 @@ class Trainer:
 
 
 def train_data_of(dataset: Dataset) -> dict[str, Any]:
-    """What identifies a training set for a resume: its size, and a digest of its clips and labels where the dataset
-    lists them (``AudioDataset.entries``): the same size from other files would shift every epoch's order too."""
+    """What identifies a training set for a resume: its size, a digest of its clips and labels where the dataset
+    lists them (``AudioDataset.entries``: the same size from other files would shift every epoch's order too), and
+    its features and augmentation (``AudioDataset.config``)."""
     entries = getattr(dataset, "entries", None)
     digest = None if entries is None else hashlib.sha1(
         "\n".join(f"{e.path}\t{','.join(e.labels)}" for e in entries).encode()).hexdigest()[:16]
-    return {"samples": len(dataset), "digest": digest}
+    config = getattr(dataset, "config", None)  # features, normalisation, augmentation (AudioDataset)
+    pipeline = ({k: v for k, v in dataclasses.asdict(config).items() if k != "bad_files_log"}
+                if dataclasses.is_dataclass(config) else None)
+    return {"samples": len(dataset), "digest": digest, "pipeline": pipeline}
 
 
 def eval_loader(dataset: Dataset, env: DistEnv, cfg: TrainConfig, collate_fn=None) -> DataLoader:

@@ -84,7 +84,9 @@ def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict
         logger.warning("--resume: no checkpoint at %s; starting from the beginning", checkpoint)
         trainer.log.truncate(0)  # what a run killed before its first checkpoint logged is logged again
     if env.is_main:  # after a resume was accepted: a refused one leaves the run's own config.yaml
-        save_config(cfg, out_dir / "config.yaml")
+        # without the simulated interruption, so that `finetune RUN/config.yaml --resume` does not stop there again
+        save_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, halt_after_steps=None)),
+                    out_dir / "config.yaml")
     fit = trainer.fit(train_set, valid_set)
     results: dict[str, Any] = {"steps": fit["step"], "epochs": fit["epoch"], "best_valid": fit["best"],
                                "history": fit["history"]}
@@ -176,7 +178,8 @@ def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
                 cfg.data.dataset.features, target_length=model.config.encoder.input_tdim))
         metrics = evaluate(model.to(env.device), make_dataset(manifest, labels, cfg, train=False), make_task(cfg),
                            env, cfg.train)
-        _write_json(Path(cfg.out_dir) / "eval_results.json", {"manifest": manifest, **metrics}, env)
+        _write_json(Path(cfg.out_dir) / "eval_results.json", {"model": str(cfg.model.init), "manifest": manifest,
+                                                                **metrics}, env)
         if env.is_main:
             logger.info("evaluation of %s on %s:\n%s", cfg.model.init, manifest, format_table([metrics]))
         return metrics
