@@ -15,6 +15,7 @@ import torch
 from _audio_helpers import write_fold_manifests
 from test_train_engine import NanAfter, toy_classification
 
+import ssamba
 from ssamba.cli import main
 from ssamba.config import ConfigError, load_config
 from ssamba.models.classifier import AudioClassifier
@@ -419,3 +420,15 @@ def test_short_runs_are_told_when_warm_up_outlasts_them(folds, tmp_path, caplog)
     assert main([*tiny_args(folds, tmp_path / "run"), f"data.train={folds / 'fold1_train.json'}", "data.valid=null",
                  "optim.warmup_steps=1000"]) == 0
     assert "optim.warmup_steps=1000 >= the run's 2 steps: the learning rate never reaches optim.lr" in caplog.text
+
+
+def test_a_trained_model_carries_its_normalisation_to_predict(folds, tmp_path):
+    args = [*tiny_args(folds, tmp_path / "run"), f"data.train={folds / 'fold1_train.json'}", "data.valid=null",
+            "data.dataset.features.mean=-3.5", "data.dataset.features.std=2.5"]
+    assert main(args) == 0
+    model = ssamba.load(tmp_path / "run" / "final")
+    assert model.config.norm_stats == [-3.5, 2.5]
+    clip = str(json.loads((folds / "fold1_eval.json").read_text())["data"][0]["wav"])
+    default, explicit = model.predict(clip), model.predict(clip, stats=(-3.5, 2.5))
+    np.testing.assert_array_equal(default.scores, explicit.scores)
+    assert not np.array_equal(default.scores, model.predict(clip, stats="audioset").scores)

@@ -93,7 +93,7 @@ def _predictor(args: argparse.Namespace):
     from ssamba.loading import load
 
     stats = args.stats
-    if "," in stats:
+    if stats is not None and "," in stats:
         try:
             mean, std = map(float, stats.split(","))
         except ValueError:
@@ -149,9 +149,10 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="audio files and/or folders (searched recursively)")
     p.add_argument("--model", required=True, help="saved model folder, official .pth, or hf://OWNER/REPO/FILE")
     p.add_argument("--sha256", help="pin the checkpoint file's sha256")
-    p.add_argument("--stats", default="audioset",
-                   help="input normalisation the model was trained with: audioset (default, pretraining), esc50, "
-                        "speechcommands, urbansound8k, or MEAN,STD")
+    p.add_argument("--stats",
+                   help="input normalisation the model was trained with: audioset, esc50, speechcommands, "
+                        "urbansound8k, or MEAN,STD (default: the model's own, saved by ssamba finetune/pretrain; "
+                        "else audioset, as the official checkpoints)")
     p.add_argument("--batch-size", type=int, default=8, help="equally long runs per forward pass")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: the encoder under bfloat16 autocast (faster on CPUs with AMX or AVX512-BF16 and on "

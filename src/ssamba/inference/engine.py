@@ -46,6 +46,13 @@ class Encoded:
     layers: Tensor | None = None
 
 
+def model_stats(model: AudioModel) -> Stats:
+    """The normalisation ``model`` was trained with (``ModelConfig.norm_stats``, saved by ``ssamba finetune`` and
+    ``pretrain``), else AudioSet's, which SSAMBA's pretraining and the official checkpoints use."""
+    saved = getattr(getattr(model, "config", None), "norm_stats", None)
+    return tuple(saved) if saved is not None else "audioset"
+
+
 def resolve_stats(stats: Stats) -> NormStats:
     """A preset name ("audioset", "esc50", ...), a :class:`NormStats` or a ``(mean, std)`` pair."""
     if isinstance(stats, str):
@@ -81,7 +88,7 @@ class ClipEncoder:
     still compute in float32 and the outputs are float32 (speed: README, "bfloat16 inference on a CPU").
     """
 
-    def __init__(self, model: AudioModel, stats: Stats = "audioset", policy: LengthPolicy | None = None,
+    def __init__(self, model: AudioModel, stats: Stats | None = None, policy: LengthPolicy | None = None,
                  batch_size: int = 8, precision: Precision = "fp32") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -92,7 +99,7 @@ class ClipEncoder:
             raise ValueError("this model's matmul weights are bfloat16 (cast_matmul_weights): run it with "
                              "precision='bf16'")
         self.model = model
-        self.stats = resolve_stats(stats)
+        self.stats = resolve_stats(model_stats(model) if stats is None else stats)
         self.policy = policy or LengthPolicy()
         self.batch_size = batch_size
         self.precision = precision

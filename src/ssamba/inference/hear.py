@@ -26,7 +26,7 @@ class HearModel(nn.Module):
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, model: AudioModel, stats: str | tuple[float, float] = "audioset",
+    def __init__(self, model: AudioModel, stats: str | tuple[float, float] | None = None,
                  policy: LengthPolicy | None = None, batch_size: int = 8) -> None:
         super().__init__()
         self.model = model.eval()
@@ -47,7 +47,7 @@ class HearModel(nn.Module):
         return self.clip_encoder.encode([a.detach().to("cpu", torch.float32) for a in audio])
 
 
-def load_model(model_file_path: str = "", *, stats: str | tuple[float, float] = "audioset",
+def load_model(model_file_path: str = "", *, stats: str | tuple[float, float] | None = None,
                min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int = 1000,
                batch_size: int = 8, **load_options) -> HearModel:
     """Load a checkpoint (our folder, an official ``.pth`` or ``hf://...``; the official SSAMBA-tiny from the hub

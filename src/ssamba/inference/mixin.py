@@ -21,7 +21,7 @@ from ssamba.models.base import AudioModel
 class InferenceMixin:
     """Adds ``predict`` and ``embed``; every option of :class:`Predictor` and :class:`LengthPolicy` is a keyword."""
 
-    def predictor(self, *, stats: Stats = "audioset", batch_size: int = 8, progress: bool = False,
+    def predictor(self, *, stats: Stats | None = None, batch_size: int = 8, progress: bool = False,
                   min_frames: int | None = None, max_frames: int | None = None,
                   overlap_frames: int = 1000, mono: MonoPolicy = "first", precision: Precision = "fp32") -> Predictor:
         """``mono``: how multichannel files become mono ("first" channel, or "mean" of all channels);

@@ -65,10 +65,11 @@ class Embedding:
 
 class Predictor:
     """Inference with one model. ``stats``: the normalisation the model was trained with (a preset name such as
-    "audioset" -- the pretraining default -- "esc50", "speechcommands", or ``(mean, std)``); ``precision``:
+    "audioset", "esc50", "speechcommands", or ``(mean, std)``; by default the model's own ``config.norm_stats``,
+    else AudioSet's); ``precision``:
     "fp32", or "bf16" for the encoder under bfloat16 autocast (see :class:`ClipEncoder`)."""
 
-    def __init__(self, model: AudioModel, *, stats: Stats = "audioset", policy: LengthPolicy | None = None,
+    def __init__(self, model: AudioModel, *, stats: Stats | None = None, policy: LengthPolicy | None = None,
                  batch_size: int = 8, progress: bool = False, mono: MonoPolicy = "first",
                  precision: Precision = "fp32") -> None:
         self.encoder = ClipEncoder(model, stats, policy, batch_size, precision)

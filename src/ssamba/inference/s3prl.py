@@ -47,7 +47,7 @@ class UpstreamExpert(nn.Module):
         self.model = load(ckpt)
         cfg = self.model.encoder.config
         policy = LengthPolicy(cfg.tshape, options.get("max_frames"), options.get("overlap_frames", 1000))
-        self.clip_encoder = ClipEncoder(self.model, options.get("stats", "audioset"), policy,
+        self.clip_encoder = ClipEncoder(self.model, options.get("stats"), policy,
                                         options.get("batch_size", 8))
 
     def get_downsample_rates(self, key: str = "hidden_states") -> int:

@@ -139,10 +139,16 @@ class ModelConfig:
     label_dim: int = 0
     pooling: Literal["mean", "cls"] = "mean"
     labels: list[str] | None = None  # display names of the classes, when known
+    #: the input normalisation (mean, std) the model was trained with; predict/embed use it unless told otherwise
+    norm_stats: list[float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
             self.encoder = EncoderConfig.from_dict(self.encoder)
+        if self.norm_stats is not None:
+            self.norm_stats = [float(v) for v in self.norm_stats]
+            if len(self.norm_stats) != 2 or not self.norm_stats[1] > 0:
+                raise ValueError(f"norm_stats must be [mean, std] with std > 0, got {self.norm_stats}")
         if self.task not in ("pretrain", "classify"):
             raise ValueError(f"task must be 'pretrain' or 'classify', got {self.task!r}")
         if self.task == "classify" and self.label_dim <= 0:

@@ -78,6 +78,15 @@ def make_dataset(manifest: str, labels: ClassLabels | None, cfg: RunConfig, trai
 
 
 def build_model(cfg: RunConfig, labels: ClassLabels | None) -> AudioModel:
+    """The run's model, carrying the input normalisation it is trained with (``ModelConfig.norm_stats``), so that
+    predict and embed use it by default."""
+    model = _build_model(cfg, labels)
+    features = cfg.data.dataset.features
+    model.config.norm_stats = [float(features.mean), float(features.std)] if features.normalize else None
+    return model
+
+
+def _build_model(cfg: RunConfig, labels: ClassLabels | None) -> AudioModel:
     m, frames = cfg.model, cfg.data.dataset.features.target_length
     if cfg.task == "pretrain":
         if m.init is not None:
