@@ -80,3 +80,11 @@ def test_unknown_labels_are_caught_before_training() -> None:
         check_labels([Entry("a.wav", ("dog",)), Entry("b.wav", ("cow",))], labels)
     with pytest.raises(KeyError, match="cow"):
         labels.index("cow")
+
+
+def test_csv_with_a_misnamed_column_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("path,labels\nclips/y.wav,cat\n")
+    with pytest.raises(ValueError, match="no 'label' column but labels; the header is path,label"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("path,label,duration\nclips/y.wav,cat,1.0\n")  # extra columns: ignored
+    assert read_manifest(tmp_path / "m.csv") == [Entry(str(tmp_path / "clips/y.wav"), ("cat",))]

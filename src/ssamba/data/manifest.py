@@ -99,12 +99,17 @@ def write_json_manifest(entries: Iterable[Entry], path: str | Path) -> Path:
 
 
 def read_csv_manifest(path: str | Path) -> list[Entry]:
-    """Entries of a ``path,label[,split]`` CSV (``label`` may be empty for unlabeled audio)."""
+    """Entries of a ``path,label[,split]`` CSV (``label`` may be empty for unlabeled audio; other columns are
+    ignored)."""
     path = Path(path)
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "path" not in reader.fieldnames:
             raise ValueError(f"{path}: CSV manifest needs a header with a 'path' column (path,label[,split])")
+        misnamed = sorted({"labels", "class", "category", "target"} & set(reader.fieldnames))
+        if "label" not in reader.fieldnames and misnamed:  # every clip would be read as unlabeled
+            raise ValueError(f"{path}: no 'label' column but {', '.join(misnamed)}; the header is path,label[,split] "
+                             "(other columns are ignored)")
         return [Entry(_resolve(row["path"], path.parent), split_labels(row.get("label") or ""),
                       row.get("split") or None) for row in reader]
 
