@@ -168,7 +168,7 @@ class Trainer:
 
     def _check_setup(self, train_data: dict[str, Any] | None) -> None:
         """Refuse a resume whose setup differs from its checkpoint's (see ``setup``); checkpoints written before the
-        setup was stored are not checked. The training set's size is compared once ``fit`` knows it."""
+        setup was stored are not checked. The training data (``train_data_of``) is compared once it is known."""
         saved = self.resumed_setup
         if saved is None:
             return
@@ -178,7 +178,7 @@ class Trainer:
         for key in keys:
             if isinstance(now[key], dict) and isinstance(saved[key], dict):
                 changed += [f"{key}.{k}: {saved[key].get(k)!r} -> {v!r}" for k, v in now[key].items()
-                            if saved[key].get(k) != v and not (isinstance(v, tuple) and list(v) == saved[key].get(k))]
+                            if saved[key].get(k) != v]
             elif now[key] != saved[key]:
                 changed.append(f"{key}: {saved[key]!r} -> {now[key]!r}")
         if changed:
