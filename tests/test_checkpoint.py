@@ -119,6 +119,27 @@ def test_corrupt_and_truncated_files_fail_clearly(tmp_path):
         ssamba.load(tmp_path / "bad")
 
 
+@pytest.mark.parametrize("edit, error", [
+    (lambda cfg: cfg.pop("encoder"), r"lacks 'encoder'"),
+    (lambda cfg: cfg.pop("task"), r"lacks 'task'"),
+    (lambda cfg: cfg["encoder"].update(embed_dim="x"), r"invalid model config: embed_dim must be a positive integer"),
+    (lambda cfg: cfg["encoder"].update(bogus=1), r"invalid model config: unknown encoder config keys: \['bogus'\]"),
+    (lambda cfg: cfg.update(encoder="tiny"), r"invalid model config: encoder must be an encoder config"),
+    (lambda cfg: cfg.update(task="zzz"), r"invalid model config: task must be"),
+])
+def test_a_damaged_config_json_is_refused_naming_the_file(tmp_path, edit, error):
+    """A hand-edited config fails on load, naming config.json, instead of as a shape mismatch or AttributeError."""
+    out = MaskedPatchModel(ModelConfig(encoder=small("ssamba"))).save_pretrained(tmp_path / "m")
+    cfg = json.loads((out / "config.json").read_text())
+    edit(cfg)
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=re.escape(str(out / "config.json")) + ": " + error):
+        ssamba.load(out)
+    (out / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="expected a JSON object, got list"):
+        ssamba.load(out)
+
+
 def test_load_options_are_validated():
     with pytest.raises(TypeError, match="unknown options"):
         ssamba.load(OFFICIAL / "official_tiny_pretrain.pth", label_dims=3)

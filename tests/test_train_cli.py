@@ -81,6 +81,12 @@ def test_finetune_from_pretrained_beats_chance_then_evaluate(corpus, pretrained,
                  "data.dataset.features.target_length=100"]) == 0
     evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert evaluated["acc"] == pytest.approx(results["test"]["acc"])
+    # without a class list, the class names the model recorded in training are used
+    assert main(["evaluate", recipe, f"model.init={run / 'best'}", f"data.test={corpus / 'test_5.json'}",
+                 "data.class_labels=null", f"out_dir={tmp_path / 'eval2'}",
+                 "data.dataset.features.target_length=100"]) == 0
+    evaluated = json.loads((tmp_path / "eval2" / "eval_results.json").read_text())
+    assert evaluated["acc"] == pytest.approx(results["test"]["acc"])
 
 
 def test_linear_probe_end_to_end(corpus, pretrained, tmp_path):

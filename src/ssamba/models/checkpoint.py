@@ -6,6 +6,7 @@ from the keys and shapes, and anything that cannot be represented is an error na
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -59,9 +60,12 @@ def load_pretrained_files(directory: str | Path, weights: bool = True) -> tuple[
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     version = config.pop("ssamba_format", None)
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{config_path}: unsupported ssamba_format {version!r} (expected {FORMAT_VERSION})")
+    _check_model_config(config, config_path)
     if not weights:
         return config, {}
     try:
@@ -69,6 +73,17 @@ def load_pretrained_files(directory: str | Path, weights: bool = True) -> tuple[
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({exc})") from exc
     return config, state
+
+
+def _check_model_config(config: dict[str, Any], config_path: Path) -> None:
+    """A hand-edited or damaged config fails here, naming its file, not later as a confusing shape mismatch."""
+    missing = [key for key in ("encoder", "task") if key not in config]
+    if missing:
+        raise CheckpointError(f"{config_path}: lacks {', '.join(map(repr, missing))} (every saved model records them)")
+    try:
+        ModelConfig.from_dict(copy.deepcopy(config))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: invalid model config: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------------------------

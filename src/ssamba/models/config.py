@@ -145,6 +145,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
             self.encoder = EncoderConfig.from_dict(self.encoder)
+        if not isinstance(self.encoder, EncoderConfig):
+            raise ValueError(f"encoder must be an encoder config (a mapping), got {self.encoder!r}")
         if self.norm_stats is not None:
             self.norm_stats = [float(v) for v in self.norm_stats]
             if len(self.norm_stats) != 2 or not self.norm_stats[1] > 0:

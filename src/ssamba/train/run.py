@@ -13,6 +13,7 @@ from typing import Any
 from ssamba.atomic import atomic_write_text
 from ssamba.config import save_config
 from ssamba.data.dataset import read_bad_files
+from ssamba.data.manifest import ClassLabels
 from ssamba.loading import load
 from ssamba.models.classifier import AudioClassifier
 from ssamba.train.build import BAD_FILES_LOG, build_model, check_classes, class_labels, make_dataset, make_task, \
@@ -167,11 +168,17 @@ def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
         if cfg.model.init is None or manifest is None:
             raise TrainingError("evaluate needs model.init (a fine-tuned model) and data.test or data.valid")
         check_amp(cfg.train.amp, env.device)
-        labels = class_labels(cfg)
         model = load(cfg.model.init)
         if not isinstance(model, AudioClassifier):
             raise TrainingError(f"{cfg.model.init}: not a classifier")
-        check_classes(model, labels, cfg.model.init)
+        if cfg.data.class_labels is None and model.config.labels is not None:
+            # the model knows its classes (ours record them); the manifest's labels must be those names
+            logger.info("classes: the %d names stored with %s (no data.class_labels given)",
+                        len(model.config.labels), cfg.model.init)
+            labels = ClassLabels.from_names(model.config.labels)
+        else:
+            labels = class_labels(cfg)
+            check_classes(model, labels, cfg.model.init)
         if model.config.encoder.input_tdim != cfg.data.dataset.features.target_length:
             logger.info("evaluating at the model's input length %d frames", model.config.encoder.input_tdim)
             cfg.data.dataset = dataclasses.replace(cfg.data.dataset, features=dataclasses.replace(
