@@ -7,7 +7,8 @@
    one pass at their own length, with the position embedding interpolated
    to it (SSAMBA's cost is linear in the length; SSAST's attention is quadratic).
 3. Clips longer than ``max_frames`` are cut into windows of ``max_frames`` frames overlapping by
-   ``overlap_frames`` (both rounded to the patch stride so all windows share one global column grid).  Every time
+   ``overlap_frames`` (both rounded to the patch stride so all windows share one global column grid); the last
+   window ends at the clip's end (less than one stride of padding), so it overlaps its neighbour more.  Every time
    column is taken from the window in which it lies furthest from an edge (the overlaps are split at their middle),
    so stitched frame embeddings are continuous.  Windows are batched, so memory is bounded by the window length and
    the batch, not by the clip: an hour of audio runs in a few GB.
@@ -88,7 +89,10 @@ def plan_runs(num_frames: int, config: EncoderConfig, policy: LengthPolicy) -> l
     stride = config.tstride
     hop = max(stride, (window - policy.overlap_frames) // stride * stride)
     count = math.ceil((num_frames - window) / hop) + 1
-    offsets = [k * hop // stride for k in range(count)]
+    offsets = [k * hop // stride for k in range(count - 1)]
+    # the last window ends with the audio instead of running on past it: a window that is mostly padding would
+    # weigh its padding into the clip's pooled vector (a 61 s clip: half its score from 59 s of zeros)
+    offsets.append(math.ceil((num_frames - window) / stride))
     width = column_count(config, window)
     bounds = [0] + [(offsets[k] + offsets[k - 1] + width) // 2 for k in range(1, count)] + [offsets[-1] + width]
     return [Run(off * stride, window, off, bounds[k], bounds[k + 1]) for k, off in enumerate(offsets)]
