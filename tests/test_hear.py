@@ -15,6 +15,7 @@ import torch
 from _inference_helpers import PRETRAIN, one_thread, shallow_copy, tone  # noqa: F401
 
 import ssamba.hear as hear
+from ssamba.inference.hear import interpolate_columns
 from ssamba.inference.hub import HubError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,9 +58,9 @@ def test_timestamp_embeddings_as_the_validator_checks_them(model, seconds):
     ts = ts.numpy()
     diff = np.diff(ts)
     assert (diff > 0).all() and np.abs(diff - diff.mean()).max() <= 1.0  # regular, monotone
-    assert diff.mean() == pytest.approx(160.0)
-    assert ts.min() <= diff.mean() and ts.max() <= 1000 * seconds  # starts at once, never past the audio
-    assert ts.max() >= 1000 * seconds - diff.mean()  # and reaches its end
+    assert diff.mean() == pytest.approx(40.0)  # HEAR's <= 50 ms: the 160 ms columns, interpolated 4x
+    assert ts.min() <= 160 and ts.max() <= 1000 * seconds  # starts at once, never past the audio
+    assert ts.max() >= 1000 * seconds - 160  # and reaches its last column
     assert np.array_equal(ts[0], ts[1])
     assert not torch.allclose(emb[0], emb[1])  # two different sounds
 
@@ -72,10 +73,38 @@ def test_scene_embeddings_for_a_batch_of_different_sounds(model):
     distances = torch.cdist(scene, scene)
     assert (distances + torch.eye(4) * 1e9).min() > 1e-2  # all four differ
     emb, _ = hear.get_timestamp_embeddings(sounds, model)
-    torch.testing.assert_close(scene, emb.mean(1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(scene, emb[:, ::4].mean(1), atol=1e-6, rtol=1e-5)  # the mean of the columns
     for k in range(4):  # a sound's embedding does not depend on its batch
         alone = hear.get_scene_embeddings(sounds[k:k + 1], model)
         torch.testing.assert_close(alone[0], scene[k], atol=1e-6, rtol=0)
+
+
+def test_timestamps_interpolate_the_columns_onto_hears_50_ms_grid(model_dir, model):
+    audio = white_noise(1, 2.0)
+    native = hear.load_model(str(model_dir), max_timestamp_hop_ms=None)
+    columns, stamps = hear.get_timestamp_embeddings(audio, native)
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    assert np.diff(stamps[0].numpy()).mean() == pytest.approx(160.0) and columns.shape[1] == 12
+    assert emb.shape[1] == 4 * 11 + 1 and torch.equal(ts[0, ::4], stamps[0])
+    assert torch.equal(emb[0, ::4], columns[0])  # every 4th stamp is a column, unchanged
+    torch.testing.assert_close(emb[0, 1], 0.75 * columns[0, 0] + 0.25 * columns[0, 1])  # linear in between
+    torch.testing.assert_close(emb[0, 2], (columns[0, 0] + columns[0, 1]) / 2)
+    # a stride-10 model's 100 ms columns get a 50 ms grid; a hop already fine enough is left alone
+    values = torch.randn(5, 3)
+    out, at = interpolate_columns(values, 87.5 + 100.0 * torch.arange(5, dtype=torch.float64), 50.0)
+    assert out.shape == (9, 3) and torch.equal(at, 87.5 + 50.0 * torch.arange(9, dtype=torch.float64))
+    assert interpolate_columns(values, 87.5 + 40.0 * torch.arange(5, dtype=torch.float64), 50.0)[0] is values
+    with pytest.raises(ValueError, match="max_timestamp_hop_ms must be positive"):
+        hear.load_model(str(model_dir), max_timestamp_hop_ms=0)
+
+
+def test_audio_shorter_than_a_column_centre_is_stamped_inside_it(model):
+    """Audio of 30-87 ms has one column, centred at 87.5 ms past its end: its stamp is the audio's middle."""
+    for samples in (480, 800, 1399):
+        emb, ts = hear.get_timestamp_embeddings(white_noise(1, samples / 16000), model)
+        assert emb.shape[1] == 1 and ts[0, 0] == pytest.approx(samples / 32)  # the middle, in ms
+    _, ts = hear.get_timestamp_embeddings(white_noise(1, 0.1), model)
+    assert ts[0, 0] == 87.5
 
 
 def test_bad_audio_is_refused(model):
@@ -100,6 +129,7 @@ import json, sys, torch
 torch.set_num_threads(1)
 from ssamba.bench.memory import current_rss_bytes, peak_rss_bytes
 import ssamba.hear as hear
+from ssamba.inference.hear import interpolate_columns
 model = hear.load_model(sys.argv[1], batch_size=4)
 audio = torch.rand((1, 20 * 60 * 16000), generator=torch.Generator().manual_seed(0)) * 2 - 1
 before = current_rss_bytes()
@@ -117,6 +147,6 @@ def test_twenty_minutes_in_bounded_memory(model_dir):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["shape"] == [1, 7500, 192] and out["ts_shape"] == [1, 7500] and out["finite"]
+    assert out["shape"] == [1, 29997, 192] and out["ts_shape"] == [1, 29997] and out["finite"]  # 7500 columns
     assert out["first"] == 87.5 and out["last"] == pytest.approx(87.5 + 160 * 7499)
     assert out["growth_mb"] < 2048, out  # measured ~0.5 GB; 20 minutes of float32 audio alone is 73 MB

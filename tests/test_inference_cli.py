@@ -138,3 +138,16 @@ def test_cli_errors_name_the_problem(model_dir, tmp_path, caplog, capsys):
     assert "expected a preset name or MEAN,STD" in caplog.text
     assert main(["predict", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
     assert f"{tmp_path / 'nope'}: no such file or directory" in caplog.text
+
+
+def test_mono_option_picks_the_channel_policy(model_dir, tmp_path, capsys):
+    """--mono mean averages a stereo file's channels (default: its first channel, as the official pipeline)."""
+    left, right = tone(1.5, freq=440.0, seed=1), tone(1.5, freq=2500.0, seed=2)
+    path = write_wav(tmp_path / "stereo.wav", np.stack([left, right], axis=1))
+    model = ssamba.load(model_dir)
+    for option, expected in ((["--mono", "mean"], (left + right) / 2), ([], left)):
+        assert main(["embed", str(path), "--model", str(model_dir), "--out", str(tmp_path / f"e{len(option)}"),
+                     *option]) == 0
+        clip = np.load(tmp_path / f"e{len(option)}" / "stereo.wav.npy")
+        np.testing.assert_allclose(clip, np.asarray(model.embed(expected.astype(np.float32)).clip), atol=1e-5, rtol=0)
+    capsys.readouterr()

@@ -52,7 +52,7 @@ def test_hidden_states_contract(which, layers, rate, request):
         valid = max(1, math.ceil(len(w) / rate) - 1)
         alone = upstream([w])["hidden_states"]
         n = alone[0].shape[1]
-        assert abs(n - valid) <= TOLERABLE_SEQLEN_DIFF
+        assert abs(n - valid) <= TOLERABLE_SEQLEN_DIFF and n >= round(len(w) / rate)
         for h, a in zip(hidden, alone):
             torch.testing.assert_close(h[k, :n], a[0], atol=1e-5, rtol=0)
             assert torch.count_nonzero(h[k, n:]) == 0  # zero padding past the clip
@@ -69,3 +69,17 @@ def test_options_from_a_yaml_model_config(ssamba_dir, tmp_path):
         UpstreamExpert(str(ssamba_dir), str(config))
     with pytest.raises(ValueError, match="at least 400 samples"):
         upstream([torch.zeros(100)])
+
+
+def test_every_step_s3prl_keeps_is_a_feature_not_padding(ssamba_dir):
+    """s3prl keeps round(samples / rate) steps per clip. A 26,931-sample clip has 10 columns centred in its audio
+    but s3prl keeps 11: the 11th repeats the 10th, and is never a zero padding row of the batch."""
+    upstream = UpstreamExpert(str(ssamba_dir))
+    short, long = (torch.from_numpy(tone(n / 16000, freq=500.0, seed=k)) for k, n in enumerate((26931, 80000)))
+    kept = round(len(short) / upstream.get_downsample_rates())
+    hidden = upstream([short, long])["hidden_states"]
+    alone = upstream([short])["hidden_states"]
+    assert kept == 11 and alone[0].shape[1] == 11
+    for h, a in zip(hidden, alone):
+        assert torch.equal(h[0, :kept], a[0]) and torch.count_nonzero(h[0, :kept], dim=-1).min() > 0
+        assert torch.equal(a[0, 10], a[0, 9]) and torch.count_nonzero(h[0, kept:]) == 0

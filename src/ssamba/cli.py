@@ -102,7 +102,7 @@ def _predictor(args: argparse.Namespace):
     policy = LengthPolicy(args.min_frames, args.max_frames, args.overlap_frames)
     model = load(args.model, sha256=args.sha256)
     return Predictor(model, stats=stats, policy=policy, batch_size=args.batch_size, progress=True,
-                     precision=args.precision)
+                     precision=args.precision, mono=args.mono)
 
 
 def _report_failures(report) -> int:
@@ -162,6 +162,8 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, help="window clips longer than this (default: 6000 = 60 s, or the "
                                                   "model's trained length if longer)")
     p.add_argument("--overlap-frames", type=int, default=1000, help="overlap of the windows (default 1000)")
+    p.add_argument("--mono", choices=["first", "mean"], default="first",
+                   help="multichannel files: the first channel (default, as the official pipeline) or the mean")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,8 @@ class Encoded:
     """One clip through the encoder.
 
     ``columns``: final-layer output per time column (mean over frequency rows), only columns centred inside the
-    audio, ``(T', D)``; ``timestamps_ms``: their centres ``(T',)`` (float64); ``pooled``: what the classification
+    audio, ``(T', D)``; ``timestamps_ms``: their centres ``(T',)`` (float64; audio shorter than the first centre,
+    87.5 ms, has its one column stamped at its middle); ``pooled``: what the classification
     head sees, the model's pooling over its whole run(s), averaged over windows by the columns each keeps;
     ``layers``: when asked for, the columns of every layer's states followed by the final output ``(L + 1, T', D)``
     (the states of ``encoder.hidden_states``).
@@ -155,4 +156,7 @@ class ClipEncoder:
         weights = torch.tensor([r.keep_to - r.keep_from for r in runs], dtype=torch.float32)
         pooled = (torch.stack([p[1] for p in parts]) * weights[:, None]).sum(0) / weights.sum()
         layers = torch.stack([s[:keep] for s in per_state]) if len(per_state) > 1 else None
-        return Encoded(per_state[-1][:keep], column_centres_ms(self.config, keep), pooled, duration_s, layers)
+        stamps = column_centres_ms(self.config, keep)
+        if stamps[-1] > duration_s * 1000:  # audio shorter than its one column's centre: stamped at its middle
+            stamps = torch.full_like(stamps, duration_s * 500)
+        return Encoded(per_state[-1][:keep], stamps, pooled, duration_s, layers)

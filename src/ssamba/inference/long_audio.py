@@ -10,8 +10,9 @@
    ``overlap_frames`` (both rounded to the patch stride so all windows share one global column grid); the last
    window ends at the clip's end (less than one stride of padding), so it overlaps its neighbour more.  Every time
    column is taken from the window in which it lies furthest from an edge (the overlaps are split at their middle),
-   so stitched frame embeddings are continuous.  Windows are batched, so memory is bounded by the window length and
-   the batch, not by the clip: an hour of audio runs in a few GB.
+   so stitched frame embeddings are continuous.  Windows are batched, so the encoder's memory is bounded by the
+   window length and the batch, not by the clip; the decoded waveform and its log-mel are held whole (~8 MB per
+   minute of 16 kHz audio): an hour runs in under 2 GB.
 
 Only columns whose centre lies inside the audio are reported (padding never yields a frame embedding), and every
 clip runs at a length that depends on the clip alone, so batching never changes a result.

@@ -6,8 +6,11 @@ s3prl is never imported (it pulls torchaudio).  To evaluate on SUPERB as the pap
 ``-u ssamba_local -k CHECKPOINT``.
 
 Every clip runs at its own length (no padding to the pretraining length, short clips padded to one patch only);
-``hidden_states`` are every layer's states plus the final output, as ``encoder.hidden_states``, averaged over the
-frequency rows of the patch grid: one vector per time column, ``tstride * 160`` samples apart.  The upstream is
+``hidden_states`` are the states of ``encoder.hidden_states`` (SSAMBA: one per bidirectional block pair, so 13 for
+24 blocks; SSAST: every block) plus the final output, averaged over the frequency rows of the patch grid: one vector
+per time column, ``tstride * 160`` samples apart.  Each clip has its columns centred inside the audio, and at least
+``round(samples / (tstride * 160))`` steps (the number s3prl's featurizer keeps; the last column repeats where the
+clip has fewer), then zeros up to the longest clip.  The upstream is
 frozen (features are computed without gradients), which is how SUPERB's SID and ER tasks use it.
 """
 from __future__ import annotations
@@ -63,10 +66,14 @@ class UpstreamExpert(nn.Module):
                                  f"got shape {tuple(w.shape)}")
         device = wavs[0].device
         encoded = self.clip_encoder.encode([w.detach().to("cpu", torch.float32) for w in wavs], layers=True)
-        longest = max(e.layers.shape[1] for e in encoded)
-        padded = torch.zeros(len(encoded), encoded[0].layers.shape[0], longest, encoded[0].layers.shape[2])
-        for b, e in enumerate(encoded):
+        # s3prl's featurizer keeps round(samples / rate) steps of each clip: a clip with fewer columns of its own
+        # repeats its last one up to that, or a zero padding row would pass for a feature
+        rate = self.get_downsample_rates()
+        steps = [max(e.layers.shape[1], round(w.shape[0] / rate)) for e, w in zip(encoded, wavs)]
+        padded = torch.zeros(len(encoded), encoded[0].layers.shape[0], max(steps), encoded[0].layers.shape[2])
+        for b, (e, n) in enumerate(zip(encoded, steps)):
             padded[b, :, :e.layers.shape[1]] = e.layers
+            padded[b, :, e.layers.shape[1]:n] = e.layers[:, -1:]
         hidden = [padded[:, k].to(device) for k in range(padded.shape[1])]
         return {"hidden_states": hidden, "last_hidden_state": hidden[-1]}
 
