@@ -129,3 +129,75 @@ def test_model_config_selects_the_backend():
         assert len(calls) == 2 * 2  # two layers, two directions each
     finally:
         scan._BACKENDS.pop("counting")
+
+
+BROKEN_TRITON = r"""
+import sys, types, warnings
+from ssamba.models.scan import _triton_supports, triton_ops
+assert triton_ops.IMPORT_ERROR == "RuntimeError: libcuda.so.1: cannot open shared object file", triton_ops.IMPORT_ERROR
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert not _triton_supports(types.SimpleNamespace(is_cuda=True))
+    assert not _triton_supports(types.SimpleNamespace(is_cuda=True))  # said once
+print([str(w.message) for w in caught])
+"""
+
+
+def test_an_installed_gpu_kernel_package_that_fails_to_import_is_said(tmp_path, monkeypatch):
+    """A broken Triton or mamba_ssm install once sent CUDA scans to a slower backend without a word; an absent
+    one stays silent."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import warnings
+
+    fake = tmp_path / "fake"
+    for package in ("triton", "mamba_ssm"):
+        (fake / package).mkdir(parents=True)
+        (fake / package / "__init__.py").write_text(
+            "raise RuntimeError('libcuda.so.1: cannot open shared object file')\n")
+    src = os.path.join(os.path.dirname(__file__), os.pardir, "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), src])}
+    proc = subprocess.run([sys.executable, "-c", BROKEN_TRITON + "\nimport json\n"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = proc.stdout.strip().splitlines()[-1]
+    assert said.count("triton is installed but fails to import (RuntimeError: libcuda.so.1") == 1, said
+    json.dumps(said)
+
+    monkeypatch.syspath_prepend(str(fake))
+    scan._mamba_ssm_fn.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"mamba_ssm is installed but fails to import \(RuntimeError"):
+            assert scan._mamba_ssm_fn() is None
+        monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # not installed: silent
+        scan._mamba_ssm_fn.cache_clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert scan._mamba_ssm_fn() is None
+    finally:
+        scan._mamba_ssm_fn.cache_clear()
+
+
+def test_the_kernel_check_is_marked_constant_for_torch_compile_as_torch_marks_it():
+    """cpu.available() carries the mark of torch.compiler.assume_constant_result without importing torch._dynamo
+    on `import ssamba`: torch's decorator must set exactly that mark and nothing else."""
+    from ssamba.models.scan import cpu
+
+    def probe() -> bool:
+        return True
+
+    before = set(vars(probe))
+    assert torch.compiler.assume_constant_result(probe) is probe
+    assert {k: vars(probe)[k] for k in set(vars(probe)) - before} == {"_dynamo_marked_constant": True}
+    assert cpu.available._dynamo_marked_constant is True
+
+
+def test_import_ssamba_does_not_import_torch_dynamo():
+    import subprocess
+    import sys
+
+    code = "import sys, ssamba; print('torch._dynamo' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-2000:]

@@ -208,6 +208,14 @@ def test_model_overrides_are_checked_by_name_and_type(tmp_path, caplog, override
     assert "model.overrides." in caplog.text and not (tmp_path / "run").exists()
 
 
+def test_a_misspelt_device_is_refused_not_run_on_the_cpu():
+    """train.device=gpu once passed the loader and trained on the CPU without a word."""
+    for value in ("gpu", "GPU", "cuda:1"):
+        with pytest.raises(ConfigError, match=f"train.device.*{value!r}"):
+            load_config(RunConfig, None, [f"train.device={value}"])
+    assert load_config(RunConfig, None, ["train.device=cpu"]).train.device == "cpu"
+
+
 def test_model_overrides_are_coerced_like_other_keys():
     cfg = load_config(RunConfig, None, ["model.overrides={depth: 2, drop_path_rate: 0, norm_eps: 1e-6}"])
     assert cfg.model.overrides == {"depth": 2, "drop_path_rate": 0.0, "norm_eps": 1e-6}

@@ -19,7 +19,6 @@ logger = logging.getLogger(__name__)
 class DistEnv:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -35,7 +34,9 @@ def init_distributed(device: str = "auto") -> DistEnv:
     """Join the process group torchrun describes (if any) and pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} requested but CUDA is not available")
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
@@ -44,12 +45,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         logger.info("rank %d/%d joined the process group (%s)", rank, world, dist.get_backend())
-    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
-
-
-def barrier(env: DistEnv) -> None:
-    if env.distributed:
-        dist.barrier()
+    return DistEnv(rank=rank, world_size=world, device=dev)
 
 
 def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:

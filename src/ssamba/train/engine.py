@@ -42,7 +42,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     num_workers: int = 0
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # cuda: this process's GPU (LOCAL_RANK under torchrun)
     amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 (CUDA only) uses a GradScaler
     log_every: int = 10
     eval_every: int | None = None  # steps; None = at the end of every epoch

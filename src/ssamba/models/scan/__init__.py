@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -142,13 +143,37 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
             raise ValueError(f"selective_scan: {name} has shape {tuple(tensor.shape)}, expected {shape}")
 
 
+def _warn_broken(package: str, error: str) -> None:
+    """An optional GPU kernel package that is installed but fails to import is said, never silently skipped:
+    the scan would fall back to a far slower backend."""
+    warnings.warn(f"ssamba: {package} is installed but fails to import ({error}); its scan backend is skipped, "
+                  "and CUDA tensors fall back to a slower one", RuntimeWarning, stacklevel=4)
+
+
 @functools.lru_cache(maxsize=None)
 def _mamba_ssm_fn() -> ScanFn | None:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or a broken CUDA build raising at import
+    except Exception as exc:  # not installed, or a broken CUDA build raising at import
+        if not (isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "mamba_ssm"):
+            _warn_broken("mamba_ssm", f"{type(exc).__name__}: {exc}")
         return None
     return selective_scan_fn
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_broken_said() -> None:
+    if _triton.IMPORT_ERROR is not None:
+        _warn_broken("triton", _triton.IMPORT_ERROR)
+
+
+def _triton_supports(u: Tensor) -> bool:
+    if not u.is_cuda:
+        return False
+    if not _triton.available():
+        _triton_broken_said()
+        return False
+    return True
 
 
 def _mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
@@ -183,7 +208,7 @@ register_backend(
     priority=80,
 )
 # CPU tensors run only by name and only in Triton's interpreter (the test suite's way to check the kernels).
-register_backend("triton", _triton_scan, supports=lambda u: u.is_cuda and _triton.available(), priority=100,
+register_backend("triton", _triton_scan, supports=_triton_supports, priority=100,
                  runs=_triton.supports, reverses=True)
 
 __all__ = [

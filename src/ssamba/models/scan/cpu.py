@@ -18,6 +18,7 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -144,7 +145,15 @@ def _load() -> object | None:
     return torch.ops.ssamba_cpu
 
 
-@torch.compiler.assume_constant_result  # torch.compile calls it eagerly instead of tracing the build
+def _constant_under_compile(fn: Callable[[], bool]) -> Callable[[], bool]:
+    """What ``torch.compiler.assume_constant_result`` does (torch.compile calls ``fn`` eagerly instead of tracing
+    the build), without importing ``torch._dynamo``, which costs ~2 s on every ``import ssamba`` (and fails with a
+    broken Triton installed); a test pins that this is the mark torch sets."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+@_constant_under_compile
 def available() -> bool:
     """True when the kernels are built and loaded (builds them on the first call; warns once on failure)."""
     return _load() is not None

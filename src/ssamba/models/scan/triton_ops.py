@@ -28,12 +28,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+#: why an installed Triton failed to import (None: it imported, or is simply not installed)
+IMPORT_ERROR: str | None = None
 try:  # an optional extra (pip install ssamba[gpu]); CUDA builds of torch already ship it
     import triton
     import triton.language as tl
-except Exception:  # ImportError, or a broken install raising at import
+except Exception as exc:  # not installed, or a broken install raising at import (said on first CUDA use)
     triton = None
     tl = None
+    if not (isinstance(exc, ModuleNotFoundError) and exc.name == "triton"):
+        IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 CONFIG_VAR = "SSAMBA_TRITON_CONFIG"
 
