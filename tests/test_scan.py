@@ -1,6 +1,8 @@
 """The reference selective scan against a float64 evaluation of itself, and the backend switch."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -201,3 +203,37 @@ def test_import_ssamba_does_not_import_torch_dynamo():
     code = "import sys, ssamba; print('torch._dynamo' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-2000:]
+
+
+def test_models_beyond_the_cpu_kernels_limits_run_on_the_reference_under_auto():
+    """d_state > 256 or d_conv > 8 once reached the CPU kernels under "auto" and failed in C++; now the automatic
+    choice scans them on the reference backend, and naming "cpu" says why it cannot."""
+    from ssamba.models import build_encoder
+    from ssamba.models.config import preset
+    from ssamba.models.scan import cpu
+    from ssamba.models.scan.ops import selective_scan_cpu
+
+    if not cpu.available():
+        pytest.skip("the CPU kernels are not built here")
+    u, delta = torch.randn(1, 4, 5), torch.rand(1, 4, 5)
+    for n in (cpu.MAX_STATE, cpu.MAX_STATE + 1):  # the Python limit is the C++ one
+        A, B, C = -torch.rand(4, n), torch.randn(1, n, 5), torch.randn(1, n, 5)
+        if n <= cpu.MAX_STATE:
+            torch.testing.assert_close(selective_scan(u, delta, A, B, C, backend="cpu"),
+                                       selective_scan_reference(u, delta, A, B, C), rtol=1e-5, atol=1e-5)
+            continue
+        with pytest.raises(RuntimeError, match=f"d_state must be in \\[1, {cpu.MAX_STATE}\\]"):
+            selective_scan_cpu(u, delta, A, B, C, None, None, None, False)  # the kernel itself refuses it
+        with pytest.raises(ValueError, match=f"scan backend 'cpu' takes d_state <= {cpu.MAX_STATE}, got {n}"):
+            selective_scan(u, delta, A, B, C, backend="cpu")
+        assert scan.get_backend(u, d_state=n).name == "reference"
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 128)
+    for overrides in ({"d_state": cpu.MAX_STATE + 1}, {"d_conv": cpu.MAX_CONV + 1}):
+        config = preset("ssamba", "tiny", depth=2, embed_dim=32, input_tdim=64, **overrides)
+        auto = build_encoder(config).eval()
+        reference = build_encoder(dataclasses.replace(config, scan_backend="reference")).eval()
+        reference.load_state_dict(auto.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(auto(x), reference(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(auto(x).sum(), reference(x).sum(), rtol=1e-5, atol=1e-4)  # the training path

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssamba.models.scan import cpu as cpu_limits
 from ssamba.models.scan import get_backend, selective_scan, triton_conv
 from ssamba.models.scan.triton_ops import ALIGN as SCAN_ALIGN
 
@@ -76,7 +77,7 @@ class BiMambaMixer(nn.Module):
         materialising the flips on the fused path: time-reversing the input swaps which parameter set scans
         forward in time, and every other step is per token.
         """
-        backend = get_backend(hidden, self.scan_backend)
+        backend = get_backend(hidden, self.scan_backend, self.d_state)
         if backend.name == "cpu" and self._fused_cpu(hidden):
             return self._forward_fused(hidden, reverse)
         if backend.reverses:
@@ -89,8 +90,8 @@ class BiMambaMixer(nn.Module):
         """Whether the fused CPU ops take this call: the cpu backend, and float32 or bf16 weights (their matmuls
         run in the weights' dtype or autocast's; a float16 model goes step by step, its scans still on the cpu
         kernels)."""
-        return (self.out_proj.weight.dtype in (torch.float32, torch.bfloat16)
-                and get_backend(hidden, self.scan_backend).name == "cpu")
+        return (self.out_proj.weight.dtype in (torch.float32, torch.bfloat16) and self.d_conv <= cpu_limits.MAX_CONV
+                and get_backend(hidden, self.scan_backend, self.d_state).name == "cpu")
 
     def _forward_reference(self, hidden: Tensor) -> Tensor:
         """Spec §5 step by step (any scan backend): the oracle of the fused path."""

@@ -43,6 +43,7 @@ class ScanBackend:
     priority: int  # higher wins under "auto"
     runs: Callable[[Tensor], bool] | None = None
     reverses: bool = False  # scans backwards in time natively (``fn(..., reverse=True)``), without flipped copies
+    max_state: int | None = None  # largest d_state it takes (None: any)
 
     def can_run(self, u: Tensor) -> bool:
         return (self.runs or self.supports)(u)
@@ -53,10 +54,11 @@ _selected: str | None = None
 
 
 def register_backend(name: str, fn: ScanFn, supports: Callable[[Tensor], bool], priority: int,
-                     runs: Callable[[Tensor], bool] | None = None, reverses: bool = False) -> None:
+                     runs: Callable[[Tensor], bool] | None = None, reverses: bool = False,
+                     max_state: int | None = None) -> None:
     """Add a backend (see ``ScanBackend``). The registry is kept in descending priority, so that "auto" takes the
     first backend that supports the input (a plain loop, which torch.compile traces without graph breaks)."""
-    _BACKENDS[name] = ScanBackend(name, fn, supports, priority, runs, reverses)
+    _BACKENDS[name] = ScanBackend(name, fn, supports, priority, runs, reverses, max_state)
     ranked = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
     _BACKENDS.clear()
     _BACKENDS.update((b.name, b) for b in ranked)
@@ -74,12 +76,16 @@ def set_backend(name: str | None) -> None:
     _selected = None if name == "auto" else name
 
 
-def get_backend(u: Tensor, name: str | None = None) -> ScanBackend:
-    """Resolve which backend runs a scan on ``u``."""
+def get_backend(u: Tensor, name: str | None = None, d_state: int | None = None) -> ScanBackend:
+    """Resolve which backend runs a scan on ``u`` (with ``d_state`` states, where known)."""
     name = name or _selected or os.environ.get(ENV_VAR) or "auto"
+
+    def fits(backend: ScanBackend) -> bool:
+        return backend.max_state is None or d_state is None or d_state <= backend.max_state
+
     if name == "auto":
         for backend in _BACKENDS.values():  # highest priority first
-            if backend.supports(u):
+            if backend.supports(u) and fits(backend):
                 return backend
         raise RuntimeError(f"no scan backend supports a {u.dtype} tensor on {u.device.type}")
     if name not in _BACKENDS:
@@ -88,6 +94,9 @@ def get_backend(u: Tensor, name: str | None = None) -> ScanBackend:
             f"choose from auto, {', '.join(available_backends())}"
         )
     backend = _BACKENDS[name]
+    if not fits(backend):
+        raise ValueError(f"scan backend {name!r} takes d_state <= {backend.max_state}, got {d_state} "
+                         "(the automatic choice runs such models on another backend)")
     if not backend.can_run(u):
         raise RuntimeError(f"scan backend {name!r} cannot run a {u.dtype} tensor on {u.device.type} here "
                            "(cpu: float32/bfloat16/float16 CPU tensors with its kernels built; triton and mamba_ssm: "
@@ -115,7 +124,7 @@ def selective_scan(
     flipping every time axis, scanning and flipping back, which is what happens for backends that cannot do it
     natively."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    impl = get_backend(u, backend)
+    impl = get_backend(u, backend, d_state=A.shape[-1])
     if reverse and impl.reverses:
         return impl.fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=True)
     if reverse:
@@ -199,7 +208,7 @@ def _triton_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=Fa
     return _triton.selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=reverse)
 
 
-register_backend("cpu", _cpu_scan, supports=_cpu.supports, priority=50)
+register_backend("cpu", _cpu_scan, supports=_cpu.supports, priority=50, max_state=_cpu.MAX_STATE)
 # Under "auto" on CUDA: triton (nothing to build) ahead of mamba_ssm, which "auto" takes only without Triton.
 register_backend(
     "mamba_ssm",

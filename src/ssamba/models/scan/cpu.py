@@ -183,6 +183,11 @@ def amx_available() -> bool:
     return available() and torch.ops.ssamba_cpu.amx_available()
 
 
+#: the kernels' limits (csrc/args.h kMaxState, kMaxConv; a test pins them): larger models scan on another backend
+MAX_STATE = 256
+MAX_CONV = 8
+
+
 def supports(t: torch.Tensor) -> bool:
     """Whether the CPU backend can run a scan on ``t``: CPU tensor, float32/bf16/fp16, kernels built."""
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16, torch.float16) and available()
