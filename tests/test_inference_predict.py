@@ -271,3 +271,18 @@ def test_predict_with_bf16_matmul_weights_or_inside_a_callers_autocast(shallow):
     for a, b in zip(fp32, inside):
         assert b.ok and b.top[0][0] == a.top[0][0]
         np.testing.assert_allclose(b.scores, a.scores, atol=2e-2)  # only the head ran under the caller's bf16
+
+
+def test_folders_hold_the_same_audio_for_prepare_and_for_predict(tmp_path):
+    """One list of audio suffixes: a NIST SPHERE file (TIMIT's format) that `ssamba prepare` finds is also found by
+    predict/embed in a folder (it once read as "folder holds no audio files")."""
+    import soundfile as sf
+
+    from ssamba.data.corpora._common import find_audio
+    from ssamba.inference.inputs import audio_files
+
+    sf.write(str(tmp_path / "a.sph"), np.zeros(1600, dtype=np.float32), 16000, format="NIST", subtype="PCM_16")
+    sf.write(str(tmp_path / "b.flac"), np.zeros(1600, dtype=np.float32), 16000)
+    (tmp_path / "notes.txt").write_text("not audio")
+    expected = [tmp_path / "a.sph", tmp_path / "b.flac"]
+    assert audio_files([tmp_path]) == expected and sorted(find_audio(tmp_path)) == expected

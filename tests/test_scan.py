@@ -237,3 +237,20 @@ def test_models_beyond_the_cpu_kernels_limits_run_on_the_reference_under_auto():
         with torch.no_grad():
             torch.testing.assert_close(auto(x), reference(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(auto(x).sum(), reference(x).sum(), rtol=1e-5, atol=1e-4)  # the training path
+
+
+def test_the_kernels_are_built_wherever_they_can_be():
+    """The CPU-kernel and Triton test modules skip when their kernels are unavailable, so a build that breaks
+    would turn hundreds of tests into skips with CI still green: where a C++ compiler (or Triton) is installed,
+    the kernels must be there."""
+    import importlib.util
+    import os
+    import shutil
+
+    from ssamba.models.scan import cpu, triton_ops
+
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    if compiler and (shutil.which("ninja") or importlib.util.find_spec("ninja")):  # what torch's extension build needs
+        assert cpu.available(), "a C++ compiler is installed but the CPU kernels did not build (see the warning)"
+    if importlib.util.find_spec("triton") is not None:
+        assert triton_ops.available(), f"Triton is installed but does not import: {triton_ops.IMPORT_ERROR}"

@@ -14,6 +14,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
+#: suffixes treated as audio when a folder is scanned, by ``ssamba prepare`` and by predict/embed alike (what
+#: libsndfile reads)
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf",
+                            ".w64", ".rf64", ".sph", ".nist"})
+
 #: ``"first"``: channel 0 (the official pipeline feeds only channel 0 to the fbank); ``"mean"``: average of all
 #: channels; ``None``: keep every channel.
 MonoPolicy = Literal["first", "mean"] | None

@@ -13,12 +13,9 @@ from torch import Tensor
 
 from ssamba.audio._tensor import as_float_tensor
 from ssamba.audio.features import SAMPLE_RATE
-from ssamba.audio.io import AudioLoadError, MonoPolicy, load_audio
+from ssamba.audio.io import AUDIO_SUFFIXES, AudioLoadError, MonoPolicy, load_audio
 from ssamba.audio.resample import resample
 
-#: suffixes read from folders (what libsndfile reads)
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf",
-                            ".w64", ".rf64"})
 #: shortest usable clip: one 25 ms analysis window
 MIN_SAMPLES = 400
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssamba.audio.io import AUDIO_SUFFIXES
 from ssamba.data.manifest import ClassLabels, Entry
 
 log = logging.getLogger(__name__)
@@ -15,9 +16,6 @@ log = logging.getLogger(__name__)
 #: file that marks a folder as a resampling cache (``ssamba.data.cache``): its copies are not corpus audio
 CACHE_MARKER = ".ssamba-cache"
 
-#: suffixes treated as audio when scanning folders (what libsndfile reads)
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf",
-                            ".w64", ".rf64", ".sph", ".nist"})
 
 
 @dataclass
