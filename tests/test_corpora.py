@@ -30,7 +30,8 @@ def _tiny(path: Path, sr: int = 16000) -> None:
 
 def test_speechcommands_v2_on_tts_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["prepare", "speechcommands", "--root", str(TTS_COMMANDS), "--out", str(tmp_path)]) == 0
-    assert "800 clips, 35 classes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "800 clips, 35 classes" in out and "clips per class: 20 (bed) to 60 (yes)" in out
     labels = read_class_labels(tmp_path / "class_labels_indices.csv")
     assert labels.mids == V2_WORDS and len(labels) == 35 and labels.mids[:3] == ("backward", "bed", "bird")
     splits = {s: read_json_manifest(tmp_path / f"{s}.json") for s in ("train", "validation", "test")}

@@ -199,6 +199,10 @@ def test_config_string_errors(text, message):
     assert TritonConfig.parse("1,512,4,loop") == TritonConfig(1, 512, 4, "loop")
     with pytest.raises(ValueError, match="algo"):
         TritonConfig.parse("1,512,4,fast")
+    with pytest.raises(ValueError, match="algo must be one of tile, loop, chunked, got 'chunk'"):
+        TritonConfig(1, 512, 4, "chunk")  # once accepted, and run as 'loop'
+    with pytest.raises(ValueError, match="chunk must be a power of two, got 500"):
+        TritonConfig(1, 500, 4)
 
 
 def test_the_mixer_pads_once_and_its_scans_copy_nothing(monkeypatch):

@@ -1,5 +1,6 @@
-"""Atomic file writes: every file a run or a save produces (checkpoints, models, logs, results) is written through a
-temporary file in the same folder and renamed into place, so a crash or a kill never leaves a torn file.
+"""Atomic file writes: the files a training run or a model save produces (checkpoints, models, config.yaml, logs,
+results) are written through a temporary file in the same folder and renamed into place, so a crash or a kill never
+leaves a torn file.
 
 The temporary file gets the permissions a plain ``open`` would give (``0o666`` less the umask; ``mkstemp`` alone
 makes it ``0o600`` and the rename keeps that, so others in a group folder could not read the models), and the

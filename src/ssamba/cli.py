@@ -58,6 +58,10 @@ def _prepare(args: argparse.Namespace) -> int:
     print(f"{report.corpus}: {sum(report.split_counts.values())} clips{classes} -> {report.out}")
     for split, count in report.split_counts.items():
         print(f"  {split}: {count}")
+    if report.class_counts:  # a class with few clips is a thing to see before training
+        fewest, most = (min(report.class_counts.items(), key=lambda kv: (kv[1], kv[0])),
+                        max(report.class_counts.items(), key=lambda kv: (kv[1], kv[0])))
+        print(f"  clips per class: {fewest[1]} ({fewest[0]}) to {most[1]} ({most[0]})")
     if report.missing:
         print(f"  missing: {len(report.missing)} (see {report.out / 'missing.txt'})")
     if report.failed:

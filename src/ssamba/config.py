@@ -13,6 +13,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from ssamba.atomic import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -147,7 +149,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 def save_config(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
 __all__ = ["ConfigError", "from_dict", "check_fields", "to_dict", "apply_overrides", "load_config", "save_config"]

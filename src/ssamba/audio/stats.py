@@ -74,9 +74,6 @@ class RunningStats:
         """Sample standard deviation (``torch.std``'s default, ddof=1)."""
         return math.sqrt(self._m2 / (self.count - 1)) if self.count > 1 else float("nan")
 
-    def result(self) -> NormStats:
-        return NormStats(self.mean, self.std)
-
 
 @dataclass(frozen=True)
 class StatsResult:

@@ -2,7 +2,7 @@
 
 Written to ``out``:
 
-* ``all.csv`` — every clip as ``path,label,split``;
+* ``all.csv`` — every clip as ``path,label,split`` (and ``all.json`` when the corpus has no splits);
 * ``<split>.json`` — one SSAST/AST manifest per split (``train``, ``validation``, ``test``, ``fold3``, ...);
 * for cross-validation corpora, ``fold<k>_train.json`` / ``fold<k>_eval.json`` for every fold ``k``;
 * ``class_labels_indices.csv`` — for labeled corpora;

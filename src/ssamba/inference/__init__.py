@@ -4,7 +4,7 @@
 available for any model through :class:`Predictor`.  Modules: ``encoding`` (any-length encoder runs),
 ``long_audio`` (the length strategy and windowing), ``engine`` (batched encoding of clips), ``predictor``
 (predict/embed with per-file errors), ``hear`` (HEAR 2021 API, also as ``ssamba.hear``), ``s3prl`` (SUPERB
-upstream), ``hub`` (``hf://`` references).  The adapters are not imported here, so importing ssamba stays light.
+upstream), ``hub`` (``hf://`` references).  The HEAR and s3prl adapters are not imported here.
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Architecture configs: plain dataclasses that fully describe an encoder, serialised into ``config.json``."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -80,10 +79,6 @@ class EncoderConfig:
     @property
     def d_inner(self) -> int:
         return self.expand * self.embed_dim
-
-    @property
-    def resolved_dt_rank(self) -> int:
-        return self.dt_rank if self.dt_rank is not None else math.ceil(self.embed_dim / 16)
 
     @property
     def grid(self) -> tuple[int, int]:

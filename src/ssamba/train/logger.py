@@ -1,4 +1,5 @@
-"""Run logs: JSONL and CSV of every logged record, TensorBoard scalars, and a final summary table (rank 0 only)."""
+"""Run logs: JSONL and CSV of every logged record and TensorBoard scalars (rank 0 only); ``format_table`` renders
+results for the log."""
 from __future__ import annotations
 
 import csv

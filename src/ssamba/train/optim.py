@@ -20,7 +20,7 @@ class OptimConfig:
     head_lr_mult: float = 1.0  # the classification head's lr is lr * head_lr_mult (official "head_lr")
     betas: tuple[float, float] = (0.95, 0.999)
     weight_decay: float = 5e-7
-    momentum: float = 0.9  # sgd only
+    momentum: float = 0.9  # sgd only (no recipe uses it; the linear probe has its own AdamW, ProbeSection)
     warmup_steps: int = 0  # official: 1000 when warm-up is on
     warmup_interval: int = 50  # the official ramp changes lr every 50 steps
     scheduler: Literal["none", "multistep", "plateau"] = "multistep"
@@ -51,9 +51,9 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam (fine-tuning: coupled L2 decay) or AdamW (pretraining), the same decay on every tensor as officially;
-    SGD for linear probes."""
+    or SGD with momentum."""
     groups = param_groups(model, cfg)
-    if cfg.name == "sgd":  # e.g. for linear probing
+    if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     # torch's fused kernel: one pass per tensor instead of ~10 elementwise ops (SSAMBA-tiny pretraining, 447 tensors,

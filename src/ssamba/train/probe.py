@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssamba.atomic import atomic_write_text
 from ssamba.models.heads import pool_mean
 from ssamba.train.build import build_model, class_labels, make_dataset
 from ssamba.train.config import ProbeSection, RunConfig
@@ -104,9 +105,7 @@ def run_probe(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
     results = {"init": cfg.model.init, "manifests": splits, "metric": cfg.finetune.metric, "layers": rows,
                "best_layer": best["layer"], "selected_on": selected_on, "best": best}
     if env.is_main:
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "probe_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(Path(cfg.out_dir) / "probe_results.json", json.dumps(results, indent=2) + "\n")
         logger.info("linear probe (%s):\n%s\nbest layer on %s %s: %s", cfg.model.init or "random init",
                     format_table(rows), selected_on, cfg.finetune.metric, best["layer"])
     return results

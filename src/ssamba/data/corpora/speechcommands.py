@@ -35,7 +35,6 @@ V2_WORDS = tuple(sorted(V1_WORDS + ("backward", "follow", "forward", "learn", "v
 #: SUPERB KS1 classes, in SUPERB's order
 KS1_CLASSES = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_unknown_", "_silence_")
 NOISE_DIR = "_background_noise_"
-SPLITS = ("train", "validation", "test")
 
 
 def _read_list(root: Path, name: str) -> set[str]:

@@ -1,9 +1,10 @@
 """The selective scan behind one function, with interchangeable backends.
 
 ``selective_scan`` has the signature and tensor layout of mamba_ssm's ``selective_scan_fn`` so that every backend is
-a drop-in for the others.  The backend is chosen, in order of precedence, by the ``backend=`` argument, by
-``set_backend()`` (what model configs call), by the ``SSAMBA_SCAN_BACKEND`` environment variable, and otherwise
-automatically ("auto"): the fastest registered backend that supports the input's device.
+a drop-in for the others.  The backend is chosen, in order of precedence, by the ``backend=`` argument (what a
+model's ``EncoderConfig.scan_backend`` passes), by ``set_backend()`` (process-wide), by the ``SSAMBA_SCAN_BACKEND``
+environment variable, and otherwise automatically ("auto"): the fastest registered backend that supports the
+input's device (and its d_state: the cpu kernels take up to 256).
 
 Backends: ``triton`` (CUDA, whenever Triton is importable -- every CUDA build of torch ships it -- so "auto" picks
 it on GPUs; ``triton_ops``), ``mamba_ssm`` (CUDA, when installed; "auto" prefers triton), ``cpu`` (the C++

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -81,7 +82,15 @@ class TritonConfig:
     block_d: int = 1
     chunk: int = 512
     num_warps: int = 4
-    algo: str = "loop"
+    algo: Literal["tile", "loop", "chunked"] = "loop"
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:  # the kernel table would run another algorithm for a misspelt one
+            raise ValueError(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
+        for name in ("block_d", "chunk", "num_warps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two, got {value!r}")
 
     @classmethod
     def parse(cls, text: str) -> "TritonConfig":
@@ -94,14 +103,10 @@ class TritonConfig:
         except ValueError:
             raise ValueError(f"{CONFIG_VAR}={text!r}: expected 'block_d,chunk,num_warps[,algo]' "
                              f"with three integers") from None
-        config = cls(block_d, chunk, warps, *fields[3:])
-        if config.algo not in ALGOS:
-            raise ValueError(f"{CONFIG_VAR}={text!r}: algo must be one of {', '.join(ALGOS)}, got {config.algo!r}")
-        for name in ("block_d", "chunk", "num_warps"):
-            value = getattr(config, name)
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"{CONFIG_VAR}={text!r}: {name} must be a power of two, got {value}")
-        return config
+        try:
+            return cls(block_d, chunk, warps, *fields[3:])
+        except ValueError as exc:
+            raise ValueError(f"{CONFIG_VAR}={text!r}: {exc}") from None
 
 
 _config_override: TritonConfig | None = None
