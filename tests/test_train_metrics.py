@@ -80,3 +80,40 @@ def test_yaml_config_with_dotted_overrides(tmp_path):
         load_config(Outer, tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="key.path=value"):
         load_config(Outer, path, ["limit"])
+
+
+def test_kfold_result_is_every_fold_at_the_best_pass_of_the_fold_averaged_curve():
+    """SSAST's get_esc_result.py: one epoch for all folds, where their mean is best; each fold's own best epoch is
+    chosen on the fold it scores (optimistic), and reported beside it, as is the last epoch."""
+    from ssamba.train.engine import TrainingError
+    from ssamba.train.run import kfold_summary
+
+    curves = {"fold1": [0.5, 0.8, 0.7], "fold2": [0.6, 0.6, 0.9], "fold3": [0.7, 0.9, 0.8]}
+    summary = kfold_summary("acc", curves)
+    assert summary["pass"] == 3  # averages 0.6, 0.7667, 0.8
+    assert summary["folds"] == {"fold1": 0.7, "fold2": 0.9, "fold3": 0.8}
+    assert summary["mean"] == pytest.approx(0.8) and summary["std"] == pytest.approx(np.std([0.7, 0.9, 0.8]))
+    assert summary["fold_best"]["folds"] == {"fold1": 0.8, "fold2": 0.9, "fold3": 0.9}
+    assert summary["fold_best"]["mean"] == pytest.approx(2.6 / 3)  # the optimistic number, higher
+    assert summary["final"]["mean"] == pytest.approx(0.8)
+    # equal averages keep the earlier pass; unequal lengths compare the common passes
+    assert kfold_summary("acc", {"a": [0.5, 0.5], "b": [0.5, 0.5, 1.0]})["pass"] == 1
+    with pytest.raises(TrainingError, match="validation pass in every fold"):
+        kfold_summary("acc", {"a": [], "b": [0.5]})
+
+
+def test_non_finite_scores_give_nan_metrics_and_never_the_best_model():
+    """NaN/inf scores once gave finite, order-dependent AP/AUC/acc (an all-NaN model: acc 0.30, mAP 0.55) that
+    could select it; a NaN first validation kept best/ on it for the whole run."""
+    from ssamba.train.engine import improves
+
+    targets = np.eye(3)[[0, 1, 2, 0, 1]]
+    scores = np.random.default_rng(0).normal(size=(5, 3))
+    assert math.isfinite(classification_stats(scores, targets).mAP)
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = scores.copy()
+        broken[2, 1] = bad
+        assert all(math.isnan(v) for v in classification_stats(broken, targets).as_dict().values())
+    assert math.isnan(d_prime(float("nan")))
+    assert improves(0.5, None) and improves(0.5, float("nan")) and improves(0.6, 0.5)
+    assert not improves(float("nan"), None) and not improves(float("nan"), 0.1) and not improves(0.5, 0.5)

@@ -140,9 +140,13 @@ def test_kfold_per_second_finetune_end_to_end(tmp_path) -> None:
     summary = json.loads((out / "results.json").read_text())
     assert summary["metric"] == "acc" and list(summary["folds"]) == ["fold1", "fold2"]
     assert summary["mean"] == pytest.approx(np.mean(list(summary["folds"].values())))
+    curves = {}
     for fold in ("fold1", "fold2"):
         results = json.loads((out / fold / "results.json").read_text())
         assert results["steps"] == 2 and [h["epoch"] for h in results["history"]] == [1, 2]
+        curves[fold] = [h["acc"] for h in results["history"]]
+    assert summary["folds"] == {f: c[summary["pass"] - 1] for f, c in curves.items()}  # one pass for all folds
+    assert summary["fold_best"]["folds"] == {f: max(c) for f, c in curves.items()}
         best = results["best_valid"]
         assert 0.0 <= best["acc"] <= 1.0 and math.isfinite(best["loss"])
         # 7 of the fold's 8 seconds are labelled (the 0.3-s clip is not); accuracy is a multiple of 1/7

@@ -55,6 +55,14 @@ class TrainingError(RuntimeError):
     pass
 
 
+def improves(value: float, best: float | None) -> bool:
+    """Whether a validation metric (higher is better) beats the best so far: a NaN never does, and anything finite
+    beats a NaN (a first validation of NaN once kept ``best/`` on it for the whole run)."""
+    if math.isnan(value):
+        return False
+    return best is None or math.isnan(best) or value > best
+
+
 def check_amp(amp: str, device: torch.device) -> None:
     """fp16 needs CUDA: on CPU there is no GradScaler and the fused CPU kernels take float32/bf16 only, so the run
     would train unscaled and then fail at its first validation."""
@@ -301,7 +309,7 @@ class Trainer:
         record = {"step": self.step, "epoch": self.epoch, **metrics}
         self.history.append(record)
         self.log.log("valid", self.step, metrics)
-        if self.best["metric"] is None or value > self.best["metric"]:
+        if improves(value, self.best["metric"]):
             self.best = {"metric": value, "step": self.step, **metrics}
             self._save_model("best")
         logger.info("step %d: valid %s", self.step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -58,6 +58,8 @@ def d_prime(auc: float) -> float:
     """d' = sqrt(2) * Phi^-1(AUC), as in AST/SSAST."""
     from statistics import NormalDist
 
+    if math.isnan(auc):
+        return float("nan")
     if not 0.0 < auc < 1.0:
         return float("inf") if auc >= 1.0 else float("-inf")
     return math.sqrt(2.0) * NormalDist().inv_cdf(auc)
@@ -78,8 +80,13 @@ def classification_stats(scores: np.ndarray, targets: np.ndarray) -> Stats:
     """Accuracy, mean AP and mean AUC over the classes that have positives (and negatives), and d' of the mean AUC.
 
     ``scores`` (N, C) are probabilities or logits; ``targets`` (N, C) multi-hot/one-hot (or (N,) class ids).
+    Any NaN or infinite score makes every metric NaN: such a model is broken, and ranks of NaNs would still give it
+    a finite, order-dependent score (which could select it as the best).
     """
     scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        nan = float("nan")
+        return Stats(acc=nan, mAP=nan, mAUC=nan, d_prime=nan)
     targets = np.asarray(targets)
     if targets.ndim == 1:
         targets = np.eye(scores.shape[1])[targets.astype(int)]

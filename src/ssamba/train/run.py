@@ -111,7 +111,7 @@ def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict
 
 
 def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
-    """Cross-validation: one run per fold, then mean and std of each fold's best validation metric."""
+    """Cross-validation: one run per fold, then the folds' mean and std at one validation pass (``kfold_summary``)."""
     if cfg.data.fold_dir is None:
         raise TrainingError("data.folds needs data.fold_dir (the folder `ssamba prepare` wrote)")
     out, metric = Path(cfg.out_dir), make_task(cfg).main_metric
@@ -128,15 +128,39 @@ def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
             cfg.data, train=str(Path(cfg.data.fold_dir) / f"{fold}_train.json"),
             valid=str(Path(cfg.data.fold_dir) / f"{fold}_eval.json"), folds=[]))
         per_fold[fold] = train_one(fold_cfg, env, resume, fold_out)
-    scores = [r["best_valid"][metric] for r in per_fold.values()]
-    summary = {"metric": metric, "folds": {f: s for f, s in zip(per_fold, scores)},
-               "mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0}
+    summary = kfold_summary(metric, {fold: [r[metric] for r in result["history"]] for fold, result in per_fold.items()})
     _write_json(out / "results.json", summary, env)
     if env.is_main:
-        rows = [{"fold": f, metric: s} for f, s in summary["folds"].items()]
-        rows.append({"fold": "mean ± std", metric: f"{summary['mean']:.4f} ± {summary['std']:.4f}"})
-        logger.info("cross-validation:\n%s", format_table(rows))
+        own = summary["fold_best"]["folds"]
+        rows = [{"fold": f, metric: s, f"own best {metric}": own[f]} for f, s in summary["folds"].items()]
+        rows.append({"fold": "mean ± std", metric: f"{summary['mean']:.4f} ± {summary['std']:.4f}",
+                     f"own best {metric}": f"{summary['fold_best']['mean']:.4f} ± {summary['fold_best']['std']:.4f}"})
+        logger.info("cross-validation at validation pass %s, the best of the fold-averaged curve (own best: each "
+                    "fold's best pass, chosen on the fold it scores: optimistic):\n%s", summary["pass"],
+                    format_table(rows))
     return summary
+
+
+def kfold_summary(metric: str, curves: dict[str, list[float]]) -> dict[str, Any]:
+    """The cross-validation result as SSAST/AST report it (their ``get_esc_result.py``): average the folds' validation
+    curves, take the pass (epoch) where that average is best, and report every fold at that one pass.  Each fold's
+    own best pass is chosen on the very fold it scores, which SSAST calls over-optimistic; it is kept beside, as
+    ``fold_best``, and so is the last pass (``final``).  Curves of unequal length are compared over their common
+    passes."""
+
+    def stats(scores: dict[str, float]) -> dict[str, Any]:
+        values = list(scores.values())
+        return {"folds": scores, "mean": statistics.fmean(values),
+                "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+    passes = min(len(c) for c in curves.values())
+    if passes == 0:
+        raise TrainingError("cross-validation needs a validation pass in every fold (data.valid is the fold's eval)")
+    average = [statistics.fmean(c[i] for c in curves.values()) for i in range(passes)]
+    best = max(range(passes), key=lambda i: (average[i], -i))  # the first of equal bests
+    return {"metric": metric, "pass": best + 1, **stats({f: c[best] for f, c in curves.items()}),
+            "fold_best": stats({f: max(c) for f, c in curves.items()}),
+            "final": stats({f: c[passes - 1] for f, c in curves.items()})}
 
 
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
