@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
+import torch
 
 from ssamba.config import ConfigError, load_config
 from ssamba.train.metrics import average_precision, classification_stats, d_prime, roc_auc
@@ -117,3 +118,19 @@ def test_non_finite_scores_give_nan_metrics_and_never_the_best_model():
     assert math.isnan(d_prime(float("nan")))
     assert improves(0.5, None) and improves(0.5, float("nan")) and improves(0.6, 0.5)
     assert not improves(float("nan"), None) and not improves(float("nan"), 0.1) and not improves(0.5, 0.5)
+
+
+def test_linear_probe_fit_depends_on_its_seed_only():
+    """The probe head's initial weights once came from the global random state: the same seed gave another probe
+    after any other random draw."""
+    from ssamba.train.config import ProbeSection
+    from ssamba.train.probe import fit_linear
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 8)), np.eye(3)[rng.integers(0, 3, 40)]
+    cfg = ProbeSection(epochs=3, batch_size=8)
+    first, _, _ = fit_linear(x, y, cfg, "ce", seed=5)
+    torch.rand(100)  # some other draw from the global generator
+    second, _, _ = fit_linear(x, y, cfg, "ce", seed=5)
+    assert torch.equal(first.weight, second.weight) and torch.equal(first.bias, second.bias)
+    assert not torch.equal(fit_linear(x, y, cfg, "ce", seed=6)[0].weight, first.weight)

@@ -56,7 +56,9 @@ def fit_linear(train_x: np.ndarray, train_y: np.ndarray, cfg: ProbeSection, loss
     x = torch.from_numpy((train_x - mean) / std).float()
     y = torch.from_numpy(train_y).float()
     g = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(x.shape[1], y.shape[1])
+    with torch.random.fork_rng(devices=[]):  # the head's initial weights from the seed too, not the global state
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(x.shape[1], y.shape[1])
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     for _ in range(cfg.epochs):
         for idx in torch.randperm(len(x), generator=g).split(cfg.batch_size):
