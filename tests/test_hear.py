@@ -16,7 +16,7 @@ from _inference_helpers import PRETRAIN, one_thread, shallow_copy, tone  # noqa:
 
 import ssamba.hear as hear
 from ssamba.inference.hear import interpolate_columns
-from ssamba.inference.hub import HubError
+from ssamba.hub import HubError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SRC = Path(__file__).resolve().parents[1] / "src"

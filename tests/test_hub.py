@@ -12,8 +12,8 @@ import torch
 from _inference_helpers import FINETUNE, PRETRAIN
 
 import ssamba
-from ssamba.inference import hub
-from ssamba.inference.hub import HubError
+from ssamba import hub
+from ssamba.hub import HubError
 
 pytest.importorskip("huggingface_hub")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -11,6 +11,9 @@ cpu_memory.configure()  # before torch allocates anything: huge pages and heap r
 
 __version__ = "0.1.0"
 
+from ssamba.inference.mixin import install as _install_inference  # noqa: E402
 from ssamba.loading import load  # noqa: E402
+
+_install_inference()  # models get predict/embed (the methods live in ssamba.inference, see its mixin module)
 
 __all__ = ["load", "__version__"]

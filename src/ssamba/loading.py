@@ -4,8 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ssamba.inference.hub import is_hub_ref, resolve, verify_sha256
-from ssamba.inference.mixin import install as install_inference
+from ssamba.hub import is_hub_ref, resolve, verify_sha256
 from ssamba.models.base import AudioModel, load_state_strict
 from ssamba.models.checkpoint import (
     CONFIG_NAME, WEIGHTS_NAME, CheckpointError, Geometry, config_from_official, convert_official_state,
@@ -16,7 +15,6 @@ from ssamba.models.config import ModelConfig
 from ssamba.pretrain.model import MaskedPatchModel
 
 logger = logging.getLogger(__name__)
-install_inference()  # models get predict/embed (the methods live in ssamba.inference, see its mixin module)
 
 MODEL_CLASSES: dict[str, type[AudioModel]] = {"pretrain": MaskedPatchModel, "classify": AudioClassifier}
 _GEOMETRY = ("input_tdim", "fstride", "tstride", "input_fdim")
@@ -33,7 +31,7 @@ def load(path: str | Path, *, sha256: str | None = None, **options) -> AudioMode
     inferred when not given).  The model is returned in eval mode.
 
     ``path`` may be ``hf://OWNER/REPO/FILE`` (downloaded into the Hugging Face cache, see
-    :mod:`ssamba.inference.hub`); ``sha256`` pins the checkpoint file.  The returned model also has ``predict`` and
+    :mod:`ssamba.hub`); ``sha256`` pins the checkpoint file.  The returned model also has ``predict`` and
     ``embed`` (:mod:`ssamba.inference.mixin`).
     """
     unknown = set(options) - set(_FINETUNE_OPTIONS)

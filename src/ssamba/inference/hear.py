@@ -22,6 +22,7 @@ from ssamba.audio.features import SAMPLE_RATE
 from ssamba.inference.engine import ClipEncoder, Encoded
 from ssamba.inference.inputs import MIN_SAMPLES
 from ssamba.inference.long_audio import LengthPolicy
+from ssamba.loading import load
 from ssamba.models.base import AudioModel
 
 #: HEAR's suggested largest spacing of timestamps
@@ -66,8 +67,6 @@ def load_model(model_file_path: str = "", *, stats: str | tuple[float, float] | 
                **load_options) -> HearModel:
     """Load a checkpoint (our folder, an official ``.pth`` or ``hf://...``; the official SSAMBA-tiny from the hub
     when empty) for the HEAR API.  ``load_options`` go to :func:`ssamba.load`."""
-    from ssamba.loading import load  # here: loading imports the inference package
-
     model = load(model_file_path or DEFAULT_MODEL, **load_options)
     return HearModel(model, stats, LengthPolicy(min_frames, max_frames, overlap_frames), batch_size,
                      max_timestamp_hop_ms)

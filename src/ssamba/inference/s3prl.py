@@ -27,6 +27,7 @@ from ssamba.audio.features import SAMPLE_RATE
 from ssamba.inference.engine import ClipEncoder
 from ssamba.inference.inputs import MIN_SAMPLES
 from ssamba.inference.long_audio import LengthPolicy
+from ssamba.loading import load
 
 _OPTIONS = ("stats", "max_frames", "overlap_frames", "batch_size")
 
@@ -38,8 +39,6 @@ class UpstreamExpert(nn.Module):
 
     def __init__(self, ckpt: str, model_config: str | None = None, **kwargs: Any) -> None:
         super().__init__()
-        from ssamba.loading import load  # here: loading imports the inference package
-
         options: dict[str, Any] = {}
         if model_config:
             options.update(yaml.safe_load(Path(model_config).read_text()) or {})
