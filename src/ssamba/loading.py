@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 from ssamba.hub import is_hub_ref, resolve, verify_sha256
 from ssamba.models.base import AudioModel, load_state_strict
@@ -18,10 +19,12 @@ logger = logging.getLogger(__name__)
 
 MODEL_CLASSES: dict[str, type[AudioModel]] = {"pretrain": MaskedPatchModel, "classify": AudioClassifier}
 _GEOMETRY = ("input_tdim", "fstride", "tstride", "input_fdim")
-_FINETUNE_OPTIONS = ("label_dim", *_GEOMETRY, "labels", "pooling")
 
 
-def load(path: str | Path, *, sha256: str | None = None, **options) -> AudioModel:
+def load(path: str | Path, *, sha256: str | None = None, label_dim: int | None = None,
+         input_tdim: int | None = None, fstride: int | None = None, tstride: int | None = None,
+         input_fdim: int | None = None, labels: list[str] | None = None,
+         pooling: Literal["mean", "cls"] | None = None) -> AudioModel:
     """Load a model from a directory written by ``save_pretrained`` or from an official ``.pth`` file.
 
     For a pretraining checkpoint, passing ``label_dim`` (and optionally ``input_tdim``, ``fstride``, ``tstride``,
@@ -34,9 +37,9 @@ def load(path: str | Path, *, sha256: str | None = None, **options) -> AudioMode
     :mod:`ssamba.hub`); ``sha256`` pins the checkpoint file.  The returned model also has ``predict`` and
     ``embed`` (:mod:`ssamba.inference.mixin`).
     """
-    unknown = set(options) - set(_FINETUNE_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown options for ssamba.load: {sorted(unknown)}")
+    given = dict(label_dim=label_dim, input_tdim=input_tdim, fstride=fstride, tstride=tstride, input_fdim=input_fdim,
+                 labels=labels, pooling=pooling)
+    options = {k: v for k, v in given.items() if v is not None}
     if is_hub_ref(path):
         path = resolve(str(path), sha256)
     else:

@@ -32,17 +32,27 @@ class InferenceMixin:
 
     def predict(self, audio: Audio | Iterable[Audio], top_k: int = 5, *, sample_rate: int = SAMPLE_RATE,
                 per_second: bool = False, activation: Activation = "auto", on_error: OnError = "report",
-                embeddings: bool = False, **options) -> Prediction | list[Prediction]:
-        """Top-k labels (names from the checkpoint's config) with scores; see :meth:`Predictor.predict`."""
-        return self.predictor(**options).predict(audio, top_k=top_k, sample_rate=sample_rate,
-                                                 per_second=per_second, activation=activation, on_error=on_error,
-                                                 embeddings=embeddings)
+                embeddings: bool = False, stats: Stats | None = None, batch_size: int = 8, progress: bool = False,
+                min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int = 1000,
+                mono: MonoPolicy = "first", precision: Precision = "fp32") -> Prediction | list[Prediction]:
+        """Top-k labels (names from the checkpoint's config) with scores; see :meth:`Predictor.predict` (and
+        :meth:`predictor` for the options after ``embeddings``)."""
+        predictor = self.predictor(stats=stats, batch_size=batch_size, progress=progress, min_frames=min_frames,
+                                   max_frames=max_frames, overlap_frames=overlap_frames, mono=mono,
+                                   precision=precision)
+        return predictor.predict(audio, top_k=top_k, sample_rate=sample_rate, per_second=per_second,
+                                 activation=activation, on_error=on_error, embeddings=embeddings)
 
     def embed(self, audio: Audio | Iterable[Audio], *, sample_rate: int = SAMPLE_RATE, timestamps: bool = True,
-              on_error: OnError = "report", **options) -> Embedding | list[Embedding]:
-        """Clip and time-stamped frame embeddings; see :meth:`Predictor.embed`."""
-        return self.predictor(**options).embed(audio, sample_rate=sample_rate, timestamps=timestamps,
-                                               on_error=on_error)
+              on_error: OnError = "report", stats: Stats | None = None, batch_size: int = 8, progress: bool = False,
+              min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int = 1000,
+              mono: MonoPolicy = "first", precision: Precision = "fp32") -> Embedding | list[Embedding]:
+        """Clip and time-stamped frame embeddings; see :meth:`Predictor.embed` (and :meth:`predictor` for the
+        options after ``on_error``)."""
+        predictor = self.predictor(stats=stats, batch_size=batch_size, progress=progress, min_frames=min_frames,
+                                   max_frames=max_frames, overlap_frames=overlap_frames, mono=mono,
+                                   precision=precision)
+        return predictor.embed(audio, sample_rate=sample_rate, timestamps=timestamps, on_error=on_error)
 
 
 _METHODS = ("predictor", "predict", "embed")
