@@ -14,7 +14,8 @@ from ssamba.models.classifier import AudioClassifier
 from ssamba.models.config import ModelConfig, preset
 from ssamba.pretrain.model import MaskedPatchModel
 from ssamba.train.distributed import DistEnv
-from ssamba.train.engine import Trainer, TrainConfig, TrainingError
+from ssamba.train.config import TrainConfig
+from ssamba.train.engine import Trainer, TrainingError
 from ssamba.train.optim import LRSchedule, OptimConfig, build_optimizer
 from ssamba.train.tasks import ClassificationTask, PretrainTask
 from ssamba.train.tensorboard import masked_crc

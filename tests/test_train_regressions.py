@@ -23,7 +23,8 @@ from ssamba.models.config import ModelConfig, preset
 from ssamba.train.build import build_model, class_labels, make_dataset
 from ssamba.train.config import RunConfig
 from ssamba.train.distributed import DistEnv
-from ssamba.train.engine import Trainer, TrainConfig, TrainingError
+from ssamba.train.config import TrainConfig
+from ssamba.train.engine import Trainer, TrainingError
 from ssamba.train.logger import RunLogger
 from ssamba.train.optim import OptimConfig
 from ssamba.train.run import run, run_evaluate

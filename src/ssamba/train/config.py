@@ -8,8 +8,24 @@ from ssamba.config import ConfigError, check_fields
 from ssamba.data.dataset import DatasetConfig
 from ssamba.data.sequences import SequenceConfig
 from ssamba.models.config import EncoderConfig
-from ssamba.train.engine import TrainConfig
 from ssamba.train.optim import OptimConfig
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # optimiser steps; stops early when reached
+    batch_size: int = 8  # per process
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # cuda: this process's GPU (LOCAL_RANK under torchrun)
+    amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 (CUDA only) uses a GradScaler
+    log_every: int = 10
+    eval_every: int | None = None  # steps; None = at the end of every epoch
+    checkpoint_every: int = 200  # steps (and at the end of every epoch)
+    halt_after_steps: int | None = None  # testing aid: stop abruptly (as if killed) after this many steps
+    progress: bool = True
 
 
 #: EncoderConfig fields that the run sets from other keys, so ``model.overrides`` may not

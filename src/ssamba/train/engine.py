@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -26,29 +25,13 @@ from tqdm.auto import tqdm
 from ssamba.config import ConfigError
 from ssamba.models.scan.reference import flush_denormals
 from ssamba.train import state as ckpt
+from ssamba.train.config import TrainConfig
 from ssamba.train.distributed import DistEnv, all_reduce_mean
 from ssamba.train.logger import RunLogger
 from ssamba.train.optim import LRSchedule, OptimConfig, build_optimizer
 from ssamba.train.sampler import ResumableSampler
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    max_steps: int | None = None  # optimiser steps; stops early when reached
-    batch_size: int = 8  # per process
-    eval_batch_size: int | None = None
-    num_workers: int = 0
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # cuda: this process's GPU (LOCAL_RANK under torchrun)
-    amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 (CUDA only) uses a GradScaler
-    log_every: int = 10
-    eval_every: int | None = None  # steps; None = at the end of every epoch
-    checkpoint_every: int = 200  # steps (and at the end of every epoch)
-    halt_after_steps: int | None = None  # testing aid: stop abruptly (as if killed) after this many steps
-    progress: bool = True
 
 
 class TrainingError(RuntimeError):
@@ -63,7 +46,7 @@ def improves(value: float, best: float | None) -> bool:
     return best is None or math.isnan(best) or value > best
 
 
-def check_amp(amp: str, device: torch.device) -> None:
+def check_amp(amp: Literal["none", "bf16", "fp16"], device: torch.device) -> None:
     """fp16 needs CUDA: on CPU there is no GradScaler and the fused CPU kernels take float32/bf16 only, so the run
     would train unscaled and then fail at its first validation."""
     if amp == "fp16" and device.type != "cuda":
