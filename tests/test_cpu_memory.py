@@ -26,7 +26,8 @@ for _ in range(6):  # a layer's intermediate activations (six of 12 MB), freed, 
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 big = torch.ones(64 << 18)  # 64 MB, above glibc's mmap threshold: huge pages if enabled
 huge_kb = sum(int(l.split()[1]) for l in open("/proc/self/smaps") if l.startswith("AnonHugePages"))
-print(json.dumps({"faults": faults[2:], "huge_kb": huge_kb, "state": cpu_memory.configure()}))
+print(json.dumps({"faults": faults[2:], "huge_kb": huge_kb, "state": cpu_memory.configure(),
+                  "thp_env": __import__("os").environ.get("THP_MEM_ALLOC_ENABLE")}))
 """
 
 
@@ -61,8 +62,19 @@ def test_repeated_activations_reuse_memory_instead_of_faulting_it_in_again():
     assert min(pinned["faults"]) >= 6 * 2500, pinned
 
 
+def thp_mode() -> str | None:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return text[text.index("[") + 1:text.index("]")]
+
+
 def test_opting_out_applies_neither_setting():
-    assert probe(SSAMBA_CPU_MEMORY="default")["state"] == {"huge_pages": False, "heap_reuse": False}
+    out = probe(SSAMBA_CPU_MEMORY="default")
+    assert out["state"] == {"huge_pages": False, "heap_reuse": False} and out["thp_env"] is None
+    if thp_mode() == "madvise":  # huge pages only where torch asks for them, which it then does not
+        assert out["huge_kb"] < 32 << 10, out
 
 
 @pytest.mark.skipif(not thp_available(), reason="transparent huge pages are disabled on this machine")
