@@ -71,6 +71,9 @@ def test_config_and_unpadded_output() -> None:
     raw = features_from_config(x, 16000, FeatureConfig(target_length=128, normalize=False))
     torch.testing.assert_close(raw, fbank(x)[:128])
     assert features(x, 16000, None, None, None).shape == (298, 128)
+    assert torch.equal(features(x[None], 16000, 128), features(x, 16000, 128))  # (1, samples) is one clip
+    with pytest.raises(ValueError, match=r"one mono clip .* got shape \(2, "):
+        features(np.stack([x, x]), 16000)  # two channels are not silently one clip, nor a batch
     with pytest.raises(ValueError, match="std"):
         FeatureConfig(std=0.0)
     with pytest.raises(ValueError, match="target_length"):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ssamba.audio._tensor import as_float_tensor
-from ssamba.audio.fbank import ShortPolicy, fbank, fbank_batch
+from ssamba.audio.fbank import ShortPolicy, fbank_batch
 from ssamba.audio.resample import KernelVariant, resample
 from ssamba.audio.stats import AUDIOSET
 
@@ -64,11 +64,13 @@ def features(waveform: torch.Tensor | np.ndarray, sample_rate: int, target_lengt
     ``target_length=None`` keeps every frame (no padding or cutting).
     """
     x = as_float_tensor(waveform)
-    if sample_rate != SAMPLE_RATE:
-        x = resample(x, sample_rate, SAMPLE_RATE, variant=resample_variant)
-    out = fbank(x, SAMPLE_RATE, short=short)
-    out = out if target_length is None else fit_length(out, target_length)
-    return out if mean is None or std is None else normalize(out, mean, std)
+    if x.ndim == 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 1:
+        raise ValueError(f"features expects one mono clip (samples,) or (1, samples), got shape {tuple(x.shape)}; "
+                         "reduce channels with a mono policy or use features_batch for a batch")
+    return features_batch(x[None], sample_rate, target_length, mean, std, short=short,
+                          resample_variant=resample_variant)[0]
 
 
 def features_batch(waveforms: torch.Tensor | np.ndarray, sample_rate: int, target_length: int | None = 1024,
