@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _inference_helpers import (  # noqa: F401
-    FINETUNE, LABELS, PRETRAIN, one_thread, shallow_copy, tone, tts_files, write_wav,
+    FINETUNE, LABELS, OFFICIAL, PRETRAIN, one_thread, shallow_copy, tone, tts_files, write_wav,
 )
 
 import ssamba
@@ -286,3 +286,23 @@ def test_folders_hold_the_same_audio_for_prepare_and_for_predict(tmp_path):
     (tmp_path / "notes.txt").write_text("not audio")
     expected = [tmp_path / "a.sph", tmp_path / "b.flac"]
     assert audio_files([tmp_path]) == expected and sorted(find_audio(tmp_path)) == expected
+
+
+def test_clips_up_to_the_trained_length_see_exactly_the_training_input():
+    """The official 128-frame Speech Commands model (stride 10: 12 columns, the last 2 frames outside every patch):
+    predict() once ran it at 136 frames, stretching the position embedding to 13 columns, and its scores moved by
+    up to 0.022 from the model's own output on the official input."""
+    from ssamba.audio.features import features
+    from ssamba.audio.stats import SPEECHCOMMANDS
+
+    model = ssamba.load(PRETRAIN, label_dim=10, input_tdim=128, fstride=10, tstride=10)
+    head = torch.load(OFFICIAL / "official_tiny_finetune_t128_head.pt", map_location="cpu", weights_only=True)
+    model.head.load_state_dict({k.removeprefix("module.mlp_head."): v for k, v in head.items()})
+    model.eval()
+    clips = [tts_files(word, 1)[0] for word in ("yes", "stop")]
+    x = torch.stack([features(*load_audio(c), 128, SPEECHCOMMANDS.mean, SPEECHCOMMANDS.std) for c in clips])
+    with torch.no_grad():
+        expected = model(x).softmax(-1).numpy()
+    got = np.stack([p.scores for p in model.predict(clips, stats="speechcommands", top_k=1)])
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert [len(model.embed(c).frames) for c in clips] == [10, 10]  # of the 12 columns, those centred in 1 s

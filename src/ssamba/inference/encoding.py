@@ -55,8 +55,9 @@ def encode_any_length(encoder: PatchEncoder, x: Tensor, layers: bool = False) ->
     cfg = encoder.config
     if x.dim() != 3 or x.shape[2] != cfg.input_fdim:
         raise ValueError(f"expected (B, frames, {cfg.input_fdim}) features, got shape {tuple(x.shape)}")
-    if x.shape[1] < cfg.tshape or (x.shape[1] - cfg.tshape) % cfg.tstride:
-        raise ValueError(f"{x.shape[1]} frames do not fill whole patch columns; use aligned_frames()")
+    if x.shape[1] < cfg.tshape or (x.shape[1] - cfg.tshape) % cfg.tstride and x.shape[1] != cfg.input_tdim:
+        raise ValueError(f"{x.shape[1]} frames do not fill whole patch columns; use aligned_frames() (only the "
+                         f"trained length, {cfg.input_tdim}, may leave frames outside every patch)")
     columns = column_count(cfg, x.shape[1])
     patches = encoder.patch_embed(x)
     cls = [encoder.cls_token] + ([encoder.dist_token] if encoder.num_cls_tokens == 2 else [])

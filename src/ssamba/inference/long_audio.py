@@ -84,6 +84,11 @@ def plan_runs(num_frames: int, config: EncoderConfig, policy: LengthPolicy) -> l
         raise ValueError(f"max_frames={policy.max_frames} is shorter than the minimum run of {floor} frames")
     if policy.overlap_frames >= window:
         raise ValueError(f"overlap_frames={policy.overlap_frames} must be shorter than the {window}-frame window")
+    if max(num_frames, floor) == config.input_tdim:
+        # exactly the trained input, as the official loader pads or cuts to it: with a stride that does not tile it
+        # (128 frames, stride 10) the last frames fall outside every patch, as in training; aligning up would
+        # stretch the position embedding to a column the model never saw
+        return [Run(0, config.input_tdim, 0, 0, column_count(config, config.input_tdim))]
     length = aligned_frames(config, max(num_frames, floor))
     if length <= window:
         return [Run(0, length, 0, 0, column_count(config, length))]
