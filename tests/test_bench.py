@@ -134,3 +134,13 @@ def test_default_token_sweep_and_target_verdicts():
     rows[0].time_s = 2.0
     md = render_markdown(rows, ENV)
     assert "0.200 (target <= 0.073: not met)" in md and "not met (slower at 2048 tokens)" in md
+
+
+def test_bench_options_are_checked_before_anything_runs(tmp_path, caplog):
+    with pytest.raises(ValueError, match="clock must be wall or cpu, got 'cpu_time'"):
+        BenchSpec(clock="cpu_time")
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda, got 'gpu'"):
+        BenchSpec(device="gpu")
+    if not torch.cuda.is_available():  # once an AssertionError traceback from torch.cuda.mem_get_info
+        assert main(["bench", "efficiency", "--device", "cuda", "--out", str(tmp_path / "b"), "--tokens", "32"]) == 2
+        assert "this torch has no CUDA device" in caplog.text and not (tmp_path / "b").exists()

@@ -219,6 +219,9 @@ def test_stats_command(sc_manifest: Path, tmp_path: Path, capsys: pytest.Capture
     with caplog.at_level("ERROR"):  # no silent AudioSet default: the task's length is asked for
         assert main(["stats", str(manifest)]) == 2
     assert "exactly one of --target-length N" in caplog.text
+    with pytest.raises(SystemExit):  # --limit -1 once dropped the last file without a word
+        main(["stats", str(manifest), "--no-pad", "--limit", "-1"])
+    assert "must be a positive integer" in capsys.readouterr().err
     assert main(["stats", "--preset", "speech-commands"]) == 0
     assert capsys.readouterr().out.splitlines() == ["mean -6.845978", "std 5.5654526"]
     assert preset("UrbanSound8K").std == 4.229961395263672

@@ -151,3 +151,18 @@ def test_mono_option_picks_the_channel_policy(model_dir, tmp_path, capsys):
         clip = np.load(tmp_path / f"e{len(option)}" / "stereo.wav.npy")
         np.testing.assert_allclose(clip, np.asarray(model.embed(expected.astype(np.float32)).clip), atol=1e-5, rtol=0)
     capsys.readouterr()
+
+
+def test_max_frames_alone_can_be_lowered_and_counts_must_be_positive(model_dir, folder, capsys):
+    """--max-frames 512 once failed because the default 1000-frame overlap did not fit: the default overlap is now
+    at most half a window; --top-k 0 once returned one label without a word."""
+    long = str(folder / "long.flac")  # 12 s: windows of 512 frames overlapping by 256
+    assert main(["predict", long, "--model", str(model_dir), "--max-frames", "512", "--top-k", "2"]) == 0
+    windowed = json.loads(capsys.readouterr().out)
+    whole = json.loads(main(["predict", long, "--model", str(model_dir), "--top-k", "2"]) == 0
+                       and capsys.readouterr().out)
+    assert [t["label"] for t in windowed[0]["top"]] == [t["label"] for t in whole[0]["top"]]
+    for option in (["--top-k", "0"], ["--batch-size", "0"], ["--max-frames", "-5"]):
+        with pytest.raises(SystemExit):
+            main(["predict", long, "--model", str(model_dir), *option])
+        assert "must be a positive integer" in capsys.readouterr().err

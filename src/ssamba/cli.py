@@ -149,6 +149,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="audio files and/or folders (searched recursively)")
     p.add_argument("--model", required=True, help="saved model folder, official .pth, or hf://OWNER/REPO/FILE")
@@ -157,15 +164,16 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
                    help="input normalisation the model was trained with: audioset, esc50, speechcommands, "
                         "urbansound8k, or MEAN,STD (default: the model's own, saved by ssamba finetune/pretrain; "
                         "else audioset, as the official checkpoints)")
-    p.add_argument("--batch-size", type=int, default=8, help="equally long runs per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="equally long runs per forward pass")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: the encoder under bfloat16 autocast (faster on CPUs with AMX or AVX512-BF16 and on "
                         "GPUs; the official speech-commands model's scores move by < 1e-3)")
-    p.add_argument("--min-frames", type=int, help="pad shorter clips to this many frames (default: the model's "
-                                                  "trained input length)")
-    p.add_argument("--max-frames", type=int, help="window clips longer than this (default: 6000 = 60 s, or the "
-                                                  "model's trained length if longer)")
-    p.add_argument("--overlap-frames", type=int, default=1000, help="overlap of the windows (default 1000)")
+    p.add_argument("--min-frames", type=_positive_int,
+                   help="pad shorter clips to this many frames (default: the model's trained input length)")
+    p.add_argument("--max-frames", type=_positive_int,
+                   help="window clips longer than this (default: 6000 = 60 s, or the model's trained length if longer)")
+    p.add_argument("--overlap-frames", type=int, help="overlap of the windows (default 1000, or half a window "
+                                                      "shorter than 2000 frames)")
     p.add_argument("--mono", choices=["first", "mean"], default="first",
                    help="multichannel files: the first channel (default, as the official pipeline) or the mean")
 
@@ -193,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for the manifests")
     p.add_argument("--cache", help="resample clips not at --sample-rate into this folder once (resumable)")
     p.add_argument("--sample-rate", type=int, default=16000, help="target rate of the cache (default 16000)")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes for the cache")
+    p.add_argument("--workers", type=_positive_int, default=1, help="parallel processes for the cache")
     p.add_argument("--test-root", help="speechcommands-v1: the separate v0.01 test-set folder (SUPERB KS1)")
     p.add_argument("--classes", choices=["canonical", "found"], help="speechcommands: class set (default canonical)")
     p.add_argument("--clips-per-class", type=int, help="synthetic: labeled clips per class (default 50)")
@@ -208,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the recipe's data.dataset.features.target_length: 1024 AudioSet, 512 ESC-50, 128 Speech "
                         "Commands); the printed mean and std go to data.dataset.features.mean/std")
     p.add_argument("--no-pad", action="store_true", help="use only real frames (no padding)")
-    p.add_argument("--limit", type=int, help="use only the first N files")
+    p.add_argument("--limit", type=_positive_int, help="use only the first N files")
     p.add_argument("--preset", help="print the official statistics of audioset/esc50/speechcommands/urbansound8k")
     p.set_defaults(func=_stats)
 
@@ -231,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k labels of audio files with a fine-tuned model")
     _inference_options(p)
-    p.add_argument("--top-k", type=int, default=5, help="labels per clip (default 5)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="labels per clip (default 5)")
     p.add_argument("--format", choices=["json", "csv"], default="json", help="output format (default json)")
     p.add_argument("--per-second", action="store_true", help="also top-k labels for every second")
     p.add_argument("--out", help="write results to this file instead of stdout")

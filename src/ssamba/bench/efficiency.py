@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -47,12 +48,18 @@ class BenchSpec:
     repeats: int = 3
     warmup: int = 1
     threads: int | None = None
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     depth: int | None = None
-    clock: str = "wall"  # which time the tables and plots show: "wall" (elapsed) or "cpu" (process CPU time)
+    clock: Literal["wall", "cpu"] = "wall"  # which time the tables and plots show: elapsed, or process CPU time
     timeout_s: float = 3600.0
     memory_limit_gb: float | None = None
     time_budget_s: float | None = None  # no new configuration starts after this; the rest are reported as skipped
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.clock not in ("wall", "cpu"):
+            raise ValueError(f"clock must be wall or cpu, got {self.clock!r}")
 
     def token_counts(self) -> list[int]:
         counts = self.tokens or _doubling(512, self.max_tokens)
@@ -302,6 +309,8 @@ def run_benchmark(spec: BenchSpec, out_dir: str | Path) -> BenchResult:
     """Run every configuration (smallest first per series), then write CSV, Markdown and plots to ``out_dir``."""
     from ssamba.bench.report import write_outputs
 
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this torch has no CUDA device (a CPU-only build, or no GPU visible)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []

@@ -62,7 +62,7 @@ class HearModel(nn.Module):
 
 
 def load_model(model_file_path: str = "", *, stats: str | tuple[float, float] | None = None,
-               min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int = 1000,
+               min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int | None = None,
                batch_size: int = 8, max_timestamp_hop_ms: float | None = MAX_TIMESTAMP_HOP_MS,
                **load_options) -> HearModel:
     """Load a checkpoint (our folder, an official ``.pth`` or ``hf://...``; the official SSAMBA-tiny from the hub

@@ -33,6 +33,8 @@ from ssamba.models.heads import pool_per_second
 
 #: longest single run by default (60 s): the Urban8K-style one-minute recordings run without windows
 DEFAULT_MAX_FRAMES = 6000
+#: overlap of consecutive windows by default (10 s), or half the window if that is shorter
+DEFAULT_OVERLAP_FRAMES = 1000
 #: frames per fbank chunk for long clips (the fbank's intermediates are ~8 kB per frame)
 FBANK_CHUNK_FRAMES = 30000
 
@@ -45,18 +47,27 @@ class LengthPolicy:
     ``max_frames``: longer clips are windowed; windows are this long and overlap by ``overlap_frames``; ``None`` =
     the larger of :data:`DEFAULT_MAX_FRAMES` and the model's trained length.  On a CPU without a fast scan kernel,
     shorter windows (e.g. the trained length) with a larger batch run long audio several times faster.
+    ``overlap_frames``: ``None`` = :data:`DEFAULT_OVERLAP_FRAMES`, or half the window if that is shorter (so that
+    lowering ``max_frames`` alone works).
     """
 
     min_frames: int | None = None
     max_frames: int | None = None
-    overlap_frames: int = 1000
+    overlap_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.min_frames is not None and self.min_frames < 1:
             raise ValueError(f"min_frames must be positive, got {self.min_frames}")
-        if self.overlap_frames < 0 or (self.max_frames is not None and self.overlap_frames >= self.max_frames):
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be positive, got {self.max_frames}")
+        if self.overlap_frames is not None and (
+                self.overlap_frames < 0 or (self.max_frames is not None and self.overlap_frames >= self.max_frames)):
             raise ValueError(f"overlap_frames must be in [0, max_frames), got {self.overlap_frames} "
                              f"for max_frames={self.max_frames}")
+
+    def overlap(self, window: int) -> int:
+        """The overlap of windows of ``window`` frames."""
+        return self.overlap_frames if self.overlap_frames is not None else min(DEFAULT_OVERLAP_FRAMES, window // 2)
 
     def window(self, config: EncoderConfig) -> int:
         """The window (= longest single run) in frames for a model, aligned to its patch stride."""
@@ -82,8 +93,9 @@ def plan_runs(num_frames: int, config: EncoderConfig, policy: LengthPolicy) -> l
     window = policy.window(config)
     if aligned_frames(config, floor) > window:
         raise ValueError(f"max_frames={policy.max_frames} is shorter than the minimum run of {floor} frames")
-    if policy.overlap_frames >= window:
-        raise ValueError(f"overlap_frames={policy.overlap_frames} must be shorter than the {window}-frame window")
+    overlap = policy.overlap(window)
+    if overlap >= window:
+        raise ValueError(f"overlap_frames={overlap} must be shorter than the {window}-frame window")
     if max(num_frames, floor) == config.input_tdim:
         # exactly the trained input, as the official loader pads or cuts to it: with a stride that does not tile it
         # (128 frames, stride 10) the last frames fall outside every patch, as in training; aligning up would
@@ -93,7 +105,7 @@ def plan_runs(num_frames: int, config: EncoderConfig, policy: LengthPolicy) -> l
     if length <= window:
         return [Run(0, length, 0, 0, column_count(config, length))]
     stride = config.tstride
-    hop = max(stride, (window - policy.overlap_frames) // stride * stride)
+    hop = max(stride, (window - overlap) // stride * stride)
     count = math.ceil((num_frames - window) / hop) + 1
     offsets = [k * hop // stride for k in range(count - 1)]
     # the last window ends with the audio instead of running on past it: a window that is mostly padding would

@@ -23,7 +23,7 @@ class InferenceMixin:
 
     def predictor(self, *, stats: Stats | None = None, batch_size: int = 8, progress: bool = False,
                   min_frames: int | None = None, max_frames: int | None = None,
-                  overlap_frames: int = 1000, mono: MonoPolicy = "first", precision: Precision = "fp32") -> Predictor:
+                  overlap_frames: int | None = None, mono: MonoPolicy = "first", precision: Precision = "fp32") -> Predictor:
         """``mono``: how multichannel files become mono ("first" channel, or "mean" of all channels);
         ``precision``: "fp32" or "bf16" (bfloat16 autocast for the encoder)."""
         return Predictor(self, stats=stats, batch_size=batch_size, progress=progress,  # type: ignore[arg-type]
@@ -33,7 +33,7 @@ class InferenceMixin:
     def predict(self, audio: Audio | Iterable[Audio], top_k: int = 5, *, sample_rate: int = SAMPLE_RATE,
                 per_second: bool = False, activation: Activation = "auto", on_error: OnError = "report",
                 embeddings: bool = False, stats: Stats | None = None, batch_size: int = 8, progress: bool = False,
-                min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int = 1000,
+                min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int | None = None,
                 mono: MonoPolicy = "first", precision: Precision = "fp32") -> Prediction | list[Prediction]:
         """Top-k labels (names from the checkpoint's config) with scores; see :meth:`Predictor.predict` (and
         :meth:`predictor` for the options after ``embeddings``)."""
@@ -45,7 +45,7 @@ class InferenceMixin:
 
     def embed(self, audio: Audio | Iterable[Audio], *, sample_rate: int = SAMPLE_RATE, timestamps: bool = True,
               on_error: OnError = "report", stats: Stats | None = None, batch_size: int = 8, progress: bool = False,
-              min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int = 1000,
+              min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int | None = None,
               mono: MonoPolicy = "first", precision: Precision = "fp32") -> Embedding | list[Embedding]:
         """Clip and time-stamped frame embeddings; see :meth:`Predictor.embed` (and :meth:`predictor` for the
         options after ``on_error``)."""

@@ -48,7 +48,7 @@ class UpstreamExpert(nn.Module):
             raise ValueError(f"unknown upstream options {sorted(unknown)}; known: {', '.join(_OPTIONS)}")
         self.model = load(ckpt)
         cfg = self.model.encoder.config
-        policy = LengthPolicy(cfg.tshape, options.get("max_frames"), options.get("overlap_frames", 1000))
+        policy = LengthPolicy(cfg.tshape, options.get("max_frames"), options.get("overlap_frames"))
         self.clip_encoder = ClipEncoder(self.model, options.get("stats"), policy,
                                         options.get("batch_size", 8))
 
