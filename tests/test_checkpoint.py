@@ -203,3 +203,22 @@ def test_export_to_official_layout_and_import_back(tmp_path, arch, task):
             assert torch.equal(loaded.pretraining_loss(x, mask)["loss"], model.pretraining_loss(x, mask)["loss"])
         else:
             assert torch.equal(loaded(x), model(x))
+
+
+def test_a_saved_pretraining_folder_converts_like_an_official_file(tmp_path):
+    """ssamba.load(our pretraining folder, label_dim=...) builds the fine-tuning model by the same conversion as an
+    official .pth (the encoder's weights kept, the geometry changed)."""
+    torch.manual_seed(0)
+    pre = MaskedPatchModel(ModelConfig(encoder=small("ssamba")))
+    folder = pre.save_pretrained(tmp_path / "pre")
+    loaded = ssamba.load(folder, label_dim=5, input_tdim=100, fstride=10, tstride=10, labels=list("abcde"))
+    expected = pre.to_classifier(5, input_tdim=100, fstride=10, tstride=10, labels=list("abcde"))
+    assert isinstance(loaded, AudioClassifier) and loaded.config.labels == list("abcde")
+    assert loaded.config.encoder.input_tdim == 100 and loaded.config.encoder.tstride == 10
+    x = torch.randn(1, 100, 128)
+    expected.head.load_state_dict(loaded.head.state_dict())  # the new head is random: compare the encoders
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x), expected.eval().encode(x), atol=0, rtol=0)
+        assert loaded(x).shape == (1, 5)
+    with pytest.raises(TypeError, match="already fixes its input size"):
+        ssamba.load(loaded.save_pretrained(tmp_path / "ft"), input_tdim=200)

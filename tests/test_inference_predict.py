@@ -306,3 +306,18 @@ def test_clips_up_to_the_trained_length_see_exactly_the_training_input():
     got = np.stack([p.scores for p in model.predict(clips, stats="speechcommands", top_k=1)])
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert [len(model.embed(c).frames) for c in clips] == [10, 10]  # of the 12 columns, those centred in 1 s
+
+
+def test_integer_and_half_waveforms_predict_like_their_float_samples(shallow):
+    """PCM integers are scaled like a loaded file (int16 / 32768, 8-bit unsigned around 128), half precision is
+    promoted: each predicts exactly what its float32 samples predict."""
+    x = tone(1.0, freq=440.0, seed=3)
+    pcm16 = np.round(x * 32767).astype(np.int16)
+    pcm8 = np.round(x * 127 + 128).astype(np.uint8)
+    half = torch.from_numpy(x).half()
+    cases = [(pcm16, pcm16.astype(np.float32) / 32768), (pcm8, (pcm8.astype(np.float32) - 128) / 128),
+             (half, half.float().numpy())]
+    for given, as_float in cases:
+        got, expected = shallow.predict(given, top_k=1), shallow.predict(as_float, top_k=1)
+        assert got.error is None and np.isfinite(got.scores).all()
+        np.testing.assert_array_equal(got.scores, expected.scores)

@@ -260,3 +260,17 @@ def test_reference_scan_computes_in_float32_under_autocast(monkeypatch):
     assert calls == [(False, torch.float32)] * 2 + [(False, torch.bfloat16)] * 2
     err = ((half.double() - full.double()).norm() / full.double().norm()).item()
     assert half.dtype == torch.bfloat16 and 0 < err < 3e-2, err
+
+
+def test_grad_clip_bounds_the_first_update(tmp_path):
+    """optim.grad_clip clips the global gradient norm before the step: with plain SGD (lr 1, no momentum) the first
+    update of all parameters is the clipped gradient, of norm grad_clip."""
+    updates = {}
+    for clip in (None, 0.01):
+        model = small_classifier()
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        cfg = TrainConfig(epochs=1, max_steps=1, batch_size=8, progress=False, checkpoint_every=100)
+        optim = OptimConfig(name="sgd", lr=1.0, momentum=0.0, scheduler="none", weight_decay=0.0, grad_clip=clip)
+        Trainer(model, ClassificationTask(), cfg, optim, tmp_path / str(clip), DistEnv()).fit(toy_classification())
+        updates[clip] = float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+    assert updates[0.01] == pytest.approx(0.01, rel=1e-3) and updates[None] > 10 * 0.01, updates
