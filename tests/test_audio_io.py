@@ -150,3 +150,29 @@ def test_models_import_without_soundfile_and_audio_io_says_what_is_missing(tmp_p
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ERROR reading and writing audio needs the 'soundfile' package" in proc.stdout
+
+
+def test_files_are_decoded_block_by_block_into_the_same_samples(tmp_path: Path, monkeypatch) -> None:
+    """load_audio reduces each decoded block to its mono policy (an hour of 44.1 kHz stereo once took ~4 GB just
+    to load): with blocks of 1000 frames the result is the whole-file read, for every policy and format."""
+    from ssamba.audio import io
+
+    rng = np.random.default_rng(0)
+    data = (0.3 * rng.standard_normal((4321, 3))).astype(np.float32)
+    for name, subtype in (("a.wav", "FLOAT"), ("a.flac", "PCM_16")):
+        sf.write(tmp_path / name, data, 16000, subtype=subtype)
+        whole, _ = sf.read(tmp_path / name, dtype="float32", always_2d=True)
+        monkeypatch.setattr(io, "READ_BLOCK_FRAMES", 1000)
+        for mono, expected in (("first", whole[:, :1].T), ("mean", whole.mean(1, keepdims=True).T), (None, whole.T)):
+            got, sr = load_audio(tmp_path / name, mono=mono)
+            assert sr == 16000 and got.shape == expected.shape
+            np.testing.assert_allclose(got.numpy(), expected, atol=1e-7, rtol=0)
+        monkeypatch.undo()
+    bad = data.copy()
+    bad[[10, 2500, 4000], 1] = np.nan  # in three different blocks
+    sf.write(tmp_path / "nan.wav", bad, 16000, subtype="FLOAT")
+    monkeypatch.setattr(io, "READ_BLOCK_FRAMES", 1000)
+    with pytest.raises(AudioLoadError, match="3 of 12963 samples are NaN or infinite"):
+        load_audio(tmp_path / "nan.wav")
+    with pytest.raises(ValueError, match="mono policy must be 'first', 'mean' or None, got 'left'"):
+        load_audio(tmp_path / "a.wav", mono="left")

@@ -75,27 +75,60 @@ def load_audio(path: str | Path, *, mono: MonoPolicy = "first", sample_rate: int
     :class:`AudioLoadError` naming the file (NaN would poison the clip mean and with it every frame); set
     ``allow_nonfinite`` to get such samples back unchanged.
     """
+    if mono not in ("first", "mean", None):
+        raise ValueError(f"mono policy must be 'first', 'mean' or None, got {mono!r}")
     path = Path(path)
     _check_file(path)
     sf = _soundfile()
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        waveform, sr, nonfinite, samples, peak = _read_blocks(sf, path, mono)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioLoadError(path, f"not a readable audio file ({exc})") from exc
-    if data.shape[0] == 0:
+    if waveform.shape[-1] == 0:
         raise AudioLoadError(path, "contains no audio samples")
-    nonfinite = int(np.count_nonzero(~np.isfinite(data)))
     if nonfinite and not allow_nonfinite:
-        raise AudioLoadError(path, f"{nonfinite} of {data.size} samples are NaN or infinite")
-    peak = float(np.abs(data).max()) if not nonfinite else float("nan")
-    if peak > 1.0 + 1e-6:
+        raise AudioLoadError(path, f"{nonfinite} of {samples} samples are NaN or infinite")
+    if not nonfinite and peak > 1.0 + 1e-6:
         log.warning("%s: peak %.3g exceeds 1.0 (float file not in [-1, 1]?); log-mels shift by 2*ln(scale)", path, peak)
-    waveform = to_mono(torch.from_numpy(np.ascontiguousarray(data.T)), mono)
     if sample_rate is not None and sample_rate != sr:
         from ssamba.audio.resample import resample
 
         waveform, sr = resample(waveform, sr, sample_rate), sample_rate
     return waveform, int(sr)
+
+
+#: frames decoded at a time: a long multichannel file is reduced to its mono policy block by block, so only the
+#: result is held whole (an hour of 44.1 kHz stereo once took ~4 GB just to load)
+READ_BLOCK_FRAMES = 1 << 20
+
+
+def _read_blocks(sf, path: Path, mono: MonoPolicy) -> tuple[torch.Tensor, int, int, int, float]:
+    """Decode ``path`` block by block into float32 ``(channels after the mono policy, samples)``; also the
+    sample rate, the count of non-finite samples, the count of all samples and the peak |sample|."""
+    nonfinite, samples, peak = 0, 0, 0.0
+    with sf.SoundFile(str(path)) as f:
+        sr, expected = f.samplerate, max(int(f.frames), 0)
+        out = torch.empty(f.channels if mono is None else 1, expected)
+        extra: list[torch.Tensor] = []  # past the header's frame count (some compressed formats misreport it)
+        position = 0
+        while True:
+            block = f.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            if block.shape[0] == 0:
+                break
+            bad = block.size - int(np.count_nonzero(np.isfinite(block)))
+            nonfinite, samples = nonfinite + bad, samples + block.size
+            if not bad:
+                peak = max(peak, float(np.abs(block).max()))
+            reduced = to_mono(torch.from_numpy(np.ascontiguousarray(block.T)), mono)
+            fits = max(0, min(reduced.shape[-1], expected - position))
+            out[:, position:position + fits] = reduced[:, :fits]
+            if fits < reduced.shape[-1]:
+                extra.append(reduced[:, fits:])
+            position += reduced.shape[-1]
+    if extra:
+        return torch.cat([out, *extra], dim=-1), int(sr), nonfinite, samples, peak
+    waveform = out if position == expected else out[:, :position].clone()
+    return waveform, int(sr), nonfinite, samples, peak
 
 
 def save_audio(path: str | Path, waveform: torch.Tensor, sample_rate: int, subtype: str = "FLOAT") -> None:
