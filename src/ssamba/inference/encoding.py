@@ -58,11 +58,7 @@ def encode_any_length(encoder: PatchEncoder, x: Tensor, layers: bool = False) ->
     if x.shape[1] < cfg.tshape or (x.shape[1] - cfg.tshape) % cfg.tstride and x.shape[1] != cfg.input_tdim:
         raise ValueError(f"{x.shape[1]} frames do not fill whole patch columns; use aligned_frames() (only the "
                          f"trained length, {cfg.input_tdim}, may leave frames outside every patch)")
-    columns = column_count(cfg, x.shape[1])
-    patches = encoder.patch_embed(x)
-    cls = [encoder.cls_token] + ([encoder.dist_token] if encoder.num_cls_tokens == 2 else [])
-    tokens = torch.cat([c.expand(x.shape[0], -1, -1) for c in cls] + [patches], dim=1)
-    tokens = tokens + position_embedding(encoder, columns)
+    tokens = encoder.tokens(x, pos_embed=position_embedding(encoder, column_count(cfg, x.shape[1])))
     states: list[Tensor] | None = [] if layers else None
     out = encoder.trunk(tokens, collect=states)
     return (states or []) + [out]

@@ -56,9 +56,14 @@ class PatchEncoder(nn.Module):
                 f"model.encoder.with_input_size(input_tdim={x.shape[1]})"
             )
 
-    def tokens(self, x: Tensor, mask_index: Tensor | None = None, mask_embed: Tensor | None = None) -> Tensor:
-        """Patch embeddings (masked ones replaced by ``mask_embed``), cls token(s) first, plus position embedding."""
-        self.check_input(x)
+    def tokens(self, x: Tensor, mask_index: Tensor | None = None, mask_embed: Tensor | None = None,
+               pos_embed: Tensor | None = None) -> Tensor:
+        """Patch embeddings (masked ones replaced by ``mask_embed``), cls token(s) first, plus position embedding.
+
+        ``pos_embed``: one adapted to another number of time columns (any-length inference); the input is then not
+        held to the trained grid."""
+        if pos_embed is None:
+            self.check_input(x)
         patches = self.patch_embed(x)
         if mask_index is not None:
             if mask_embed is None:
@@ -67,7 +72,7 @@ class PatchEncoder(nn.Module):
             masked.scatter_(1, mask_index, True)
             patches = torch.where(masked.unsqueeze(-1), mask_embed.to(patches.dtype), patches)
         cls = [p.expand(x.shape[0], -1, -1) for p in self._cls_params()]
-        return torch.cat(cls + [patches], dim=1) + self.pos_embed
+        return torch.cat(cls + [patches], dim=1) + (self.pos_embed if pos_embed is None else pos_embed)
 
     def trunk(self, tokens: Tensor, collect: list[Tensor] | None = None) -> Tensor:  # pragma: no cover
         """Blocks and final norm; appends each layer's (pre-norm) output to ``collect`` when given."""
