@@ -274,3 +274,37 @@ def test_grad_clip_bounds_the_first_update(tmp_path):
         Trainer(model, ClassificationTask(), cfg, optim, tmp_path / str(clip), DistEnv()).fit(toy_classification())
         updates[clip] = float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
     assert updates[0.01] == pytest.approx(0.01, rel=1e-3) and updates[None] > 10 * 0.01, updates
+
+
+def test_a_mask_larger_than_the_grid_is_capped_and_said_once_per_task(caplog):
+    """32 frames x 128 mel = 8x2 patches: a 400-patch mask becomes 14 (two patches stay visible), with one warning
+    per task (the flag once lived on the class, so a second task in the process never said it)."""
+    torch.manual_seed(0)
+    model = MaskedPatchModel(ModelConfig(encoder=preset("ssamba", "tiny", depth=2, input_tdim=32)))
+    x = torch.randn(2, 32, 128)
+    for _ in range(2):
+        task = PretrainTask(mask_size=400, eval_mask_size=400)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            for _ in range(2):
+                out = task.train_step(model, (x,))
+        assert torch.isfinite(out["loss"]) and task._fit(model, 400) == 14 and task._fit(model, 10) == 10
+        assert caplog.text.count("mask size 400 exceeds what a 8x2 patch grid allows; masking 14") == 1
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(tmp_path):
+    """A run killed mid-write leaves half a JSON line; the resumed run's log reads like an uninterrupted run's."""
+    from ssamba.train.logger import RunLogger
+
+    log = RunLogger(tmp_path, DistEnv())
+    for step in (1, 2, 3):
+        log.log("train", step, {"loss": 1.0 / step})
+    log.close()
+    path = tmp_path / "log.jsonl"
+    whole = path.read_text()
+    path.write_text(whole + '{"split": "train", "step": 4, "lo')  # killed mid-line
+    log = RunLogger(tmp_path, DistEnv())
+    log.truncate(2)
+    log.log("train", 3, {"loss": 1.0 / 3})
+    log.close()
+    assert path.read_text() == whole

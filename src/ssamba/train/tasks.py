@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -83,6 +83,7 @@ class PretrainTask:
     eval_mask_size: int = 400
     single_pass: bool = False
     main_metric: str = "acc"
+    _capped: set[int] = field(default_factory=set, init=False, repr=False, compare=False)  # mask sizes warned of
 
     def train_step(self, model: nn.Module, batch) -> dict[str, Tensor]:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
@@ -101,15 +102,15 @@ class PretrainTask:
         n = sum(p[1] for p in parts)
         return {k: sum(p[0][k] for p in parts) / n for k in parts[0][0]}
 
-    @staticmethod
-    def _fit(model: nn.Module, mask_size: int) -> int:
-        """Cap the mask size to what the patch grid allows (small demo inputs have fewer than 400 patches)."""
+    def _fit(self, model: nn.Module, mask_size: int) -> int:
+        """Cap the mask size to what the patch grid allows (small demo inputs have fewer than 400 patches); said
+        once per task and size."""
         grid = _unwrap(model).encoder.grid
         limit = grid[0] * grid[1] - 2
         if mask_size > limit:
-            if not getattr(PretrainTask, "_warned", False):
+            if mask_size not in self._capped:
                 logger.warning("mask size %d exceeds what a %dx%d patch grid allows; masking %d patches instead",
                                mask_size, grid[0], grid[1], limit)
-                PretrainTask._warned = True
+                self._capped.add(mask_size)
             return limit
         return mask_size
