@@ -118,6 +118,13 @@ def test_non_finite_scores_give_nan_metrics_and_never_the_best_model():
     assert math.isnan(d_prime(float("nan")))
     assert improves(0.5, None) and improves(0.5, float("nan")) and improves(0.6, 0.5)
     assert not improves(float("nan"), None) and not improves(float("nan"), 0.1) and not improves(0.5, 0.5)
+    from ssamba.train.engine import first_best
+    from ssamba.train.run import kfold_summary
+
+    nan = float("nan")
+    assert first_best([nan, 0.5, 0.9, 0.9]) == 2 and first_best([nan, nan]) == 0
+    summary = kfold_summary("acc", {"a": [nan, 0.5], "b": [0.9, 0.6]})  # a NaN pass is never the selected one
+    assert summary["pass"] == 2 and summary["fold_best"]["folds"] == {"a": 0.5, "b": 0.9}
 
 
 def test_linear_probe_fit_depends_on_its_seed_only():

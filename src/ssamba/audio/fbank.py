@@ -158,10 +158,16 @@ def fbank(waveform: torch.Tensor | np.ndarray, sample_rate: int = 16000, *, mean
     channel 0; with ``mono="first"`` channel 0's own mean is subtracted, which the per-frame DC removal makes
     immaterial.) For batches use :func:`fbank_batch`.
     """
-    x = as_float_tensor(waveform)
+    x = one_clip(as_float_tensor(waveform), "fbank")
+    return fbank_batch(x[None], sample_rate, mean=mean, num_bins=num_bins, short=short)[0]
+
+
+def one_clip(x: torch.Tensor, caller: str) -> torch.Tensor:
+    """``(samples,)`` or ``(1, samples)`` -> ``(samples,)``; anything else (channels, a batch) is refused rather than
+    silently reduced."""
     if x.ndim == 2 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != 1:
-        raise ValueError(f"fbank expects one mono clip (samples,) or (1, samples), got shape {tuple(x.shape)}; "
-                         "reduce channels with a mono policy or use fbank_batch for a batch")
-    return fbank_batch(x[None], sample_rate, mean=mean, num_bins=num_bins, short=short)[0]
+        raise ValueError(f"{caller} expects one mono clip (samples,) or (1, samples), got shape {tuple(x.shape)}; "
+                         f"reduce channels with a mono policy or use {caller}_batch for a batch")
+    return x

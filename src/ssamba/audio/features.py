@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ssamba.audio._tensor import as_float_tensor
-from ssamba.audio.fbank import ShortPolicy, fbank_batch
+from ssamba.audio.fbank import ShortPolicy, fbank_batch, one_clip
 from ssamba.audio.resample import KernelVariant, resample
 from ssamba.audio.stats import AUDIOSET
 
@@ -63,12 +63,7 @@ def features(waveform: torch.Tensor | np.ndarray, sample_rate: int, target_lengt
     This is the official evaluation path (no augmentation). ``mean=std=None`` skips normalisation;
     ``target_length=None`` keeps every frame (no padding or cutting).
     """
-    x = as_float_tensor(waveform)
-    if x.ndim == 2 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim != 1:
-        raise ValueError(f"features expects one mono clip (samples,) or (1, samples), got shape {tuple(x.shape)}; "
-                         "reduce channels with a mono policy or use features_batch for a batch")
+    x = one_clip(as_float_tensor(waveform), "features")
     return features_batch(x[None], sample_rate, target_length, mean, std, short=short,
                           resample_variant=resample_variant)[0]
 

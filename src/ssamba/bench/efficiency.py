@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import torch
 

@@ -22,8 +22,8 @@ class InferenceMixin:
     """Adds ``predict`` and ``embed``; every option of :class:`Predictor` and :class:`LengthPolicy` is a keyword."""
 
     def predictor(self, *, stats: Stats | None = None, batch_size: int = 8, progress: bool = False,
-                  min_frames: int | None = None, max_frames: int | None = None,
-                  overlap_frames: int | None = None, mono: MonoPolicy = "first", precision: Precision = "fp32") -> Predictor:
+                  min_frames: int | None = None, max_frames: int | None = None, overlap_frames: int | None = None,
+                  mono: MonoPolicy = "first", precision: Precision = "fp32") -> Predictor:
         """``mono``: how multichannel files become mono ("first" channel, or "mean" of all channels);
         ``precision``: "fp32" or "bf16" (bfloat16 autocast for the encoder)."""
         return Predictor(self, stats=stats, batch_size=batch_size, progress=progress,  # type: ignore[arg-type]

@@ -46,6 +46,16 @@ def improves(value: float, best: float | None) -> bool:
     return best is None or math.isnan(best) or value > best
 
 
+def first_best(values: list[float]) -> int:
+    """Index of the best value (higher is better) by :func:`improves`: the first of equal bests, never a NaN
+    while anything is finite."""
+    best = 0
+    for i in range(1, len(values)):
+        if improves(values[i], values[best]):
+            best = i
+    return best
+
+
 def check_amp(amp: Literal["none", "bf16", "fp16"], device: torch.device) -> None:
     """fp16 needs CUDA: on CPU there is no GradScaler and the fused CPU kernels take float32/bf16 only, so the run
     would train unscaled and then fail at its first validation."""

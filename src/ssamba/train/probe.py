@@ -20,7 +20,7 @@ from ssamba.models.heads import pool_mean
 from ssamba.train.build import build_model, class_labels, make_dataset
 from ssamba.train.config import ProbeSection, RunConfig
 from ssamba.train.distributed import DistEnv, gather_objects
-from ssamba.train.engine import TrainingError, eval_loader, improves
+from ssamba.train.engine import TrainingError, eval_loader, first_best
 from ssamba.train.logger import format_table
 from ssamba.train.metrics import classification_stats
 from ssamba.train.tasks import as_targets
@@ -103,11 +103,7 @@ def run_probe(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
     selected_on = held_out[0]
     if selected_on == "test":
         logger.warning("probe: no data.valid, so the best layer is chosen on the test split (an optimistic score)")
-    key = f"{selected_on} {cfg.finetune.metric}"
-    best = rows[0]
-    for row in rows[1:]:  # the first of equal bests; a NaN layer never wins
-        if improves(row[key], best[key]):
-            best = row
+    best = rows[first_best([r[f"{selected_on} {cfg.finetune.metric}"] for r in rows])]
     results = {"init": cfg.model.init, "manifests": splits, "metric": cfg.finetune.metric, "layers": rows,
                "best_layer": best["layer"], "selected_on": selected_on, "best": best}
     if env.is_main:

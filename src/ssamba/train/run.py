@@ -20,7 +20,7 @@ from ssamba.train.build import BAD_FILES_LOG, build_model, check_classes, class_
     seed_everything
 from ssamba.train.config import RunConfig
 from ssamba.train.distributed import DistEnv, cleanup, init_distributed
-from ssamba.train.engine import Trainer, TrainingError, check_amp, evaluate
+from ssamba.train.engine import Trainer, TrainingError, check_amp, evaluate, first_best
 from ssamba.train.logger import format_table
 from ssamba.train.probe import run_probe
 
@@ -157,9 +157,9 @@ def kfold_summary(metric: str, curves: dict[str, list[float]]) -> dict[str, Any]
     if passes == 0:
         raise TrainingError("cross-validation needs a validation pass in every fold (data.valid is the fold's eval)")
     average = [statistics.fmean(c[i] for c in curves.values()) for i in range(passes)]
-    best = max(range(passes), key=lambda i: (average[i], -i))  # the first of equal bests
+    best = first_best(average)
     return {"metric": metric, "pass": best + 1, **stats({f: c[best] for f, c in curves.items()}),
-            "fold_best": stats({f: max(c) for f, c in curves.items()}),
+            "fold_best": stats({f: c[first_best(c)] for f, c in curves.items()}),
             "final": stats({f: c[passes - 1] for f, c in curves.items()})}
 
 

@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 CACHE_MARKER = ".ssamba-cache"
 
 
-
 @dataclass
 class Corpus:
     """A corpus turned into manifest entries.
