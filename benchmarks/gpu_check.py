@@ -233,10 +233,10 @@ def sweep(budget: float, configs: list[TritonConfig] | None = None) -> TritonCon
         try:
             fwd, both, _ = scan_times(2, 16384)
         except Exception as exc:  # a shape that does not compile or runs out of resources
-            say(f"| {c.block_d}, {c.chunk}, {c.num_warps}, {c.algo} | failed: {type(exc).__name__}: "
+            say(f"| {c.spec()} | failed: {type(exc).__name__}: "
                 f"{str(exc)[:80]} | |")
             continue
-        say(f"| {c.block_d}, {c.chunk}, {c.num_warps}, {c.algo} | {fwd:.3f} | {both:.3f} |")
+        say(f"| {c.spec()} | {fwd:.3f} | {both:.3f} |")
         if fwd + both < best_t:
             best, best_t = c, fwd + both
         if fwd < best_fwd_t:
@@ -290,7 +290,7 @@ def model_table(config: TritonConfig, out: Path, budget_s: float, tokens: list[i
     from ssamba.bench.efficiency import BenchSpec, run_benchmark
 
     say("## 4. SSAMBA-tiny vs SSAST-tiny, batch 2, inference (ssamba.bench.efficiency)")
-    os.environ[triton_ops.CONFIG_VAR] = f"{config.block_d},{config.chunk},{config.num_warps},{config.algo}"
+    os.environ[triton_ops.CONFIG_VAR] = config.spec()
     spec = BenchSpec(sizes=["tiny"], batches=[2], tokens=tokens, repeats=3, warmup=1, device="cuda",
                      timeout_s=min(90.0, max(30.0, budget_s)), time_budget_s=budget_s)
     result = run_benchmark(spec, out / "bench")

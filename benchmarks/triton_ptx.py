@@ -1,5 +1,6 @@
 """What the Triton scan kernels compile to on a GPU target, without a GPU: layout conversions, shared-memory traffic,
-warp shuffles and vector loads per kernel variant (Triton compiles to PTX on any machine).
+warp shuffles and vector loads per kernel variant (Triton compiles to PTX on any machine), and the machine code
+(SASS) of each forward's state loop: instructions per state update, registers.
 
 Why: on the H200 the model's scan calls took ~2x the scan benchmark's time for the same shape, and half of them are
 reverse scans.  Compiled with negated time strides (the old reverse path), the loop forward had 3x the layout
@@ -9,16 +10,26 @@ the code, the GPU check measures what it costs.  The backward is compiled the sa
 the wrapper pads sequences to a multiple of 16 steps: SSAMBA's lengths (patches + a cls token) are never
 16-divisible, and a length Triton cannot prove divisible costs the same as the negated strides did.
 
+The state-loop table is the forward's per-step cost, read off the cubin with the ``nvdisasm`` and ``cuobjdump``
+that ship with Triton: the instructions of the innermost loop (one state ``n`` over a thread's steps) divided by
+the steps a thread holds.  On an H200 the loop forward's 41 instructions per update ran at 0.52 ms for B=2,
+d_inner=384, N=16, L=16384 (10x the bandwidth floor, ~2x its issue-slot bound): the count predicts the
+instruction-bound part of the time, not latency or occupancy, which the GPU check measures.
+
     PYTHONPATH=src python benchmarks/triton_ptx.py [--arch 90] [--chunk 512] [--warps 4]
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import triton
 
-from ssamba.models.scan import triton_loop
+from ssamba.models.scan import triton_loop, triton_serial
 from ssamba.models.scan.triton_compile import ALIGNED_INTS, UNIT_STRIDES, compile_for
 
 # Pointers the old reverse path moved to the last step (negated strides from there: not 16-byte aligned).
@@ -49,11 +60,67 @@ def counts(ttgir: str, ptx: str) -> dict[str, int]:
             "vector loads": len(re.findall(r"ld\.global\S*\.v4", ptx)), "PTX lines": len(ptx.splitlines())}
 
 
+def _tool(name: str) -> Path:
+    """A CUDA binary utility bundled with Triton's NVIDIA backend."""
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+
+
+def state_loop(cubin: bytes) -> dict[str, int]:
+    """Registers, and the SASS instructions of the innermost loop whose body exponentiates (the loop over states):
+    their number, shuffles, MUFU (exp2) and barriers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", path], capture_output=True, text=True,
+                               check=True).stdout
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\s*(\.L_x_\d+):", line))}
+    opcode = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+    best: list[str] = []
+    for i, line in enumerate(lines):  # loops: a branch back to an earlier label; the smallest one that exponentiates
+        m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
+        if m and labels.get(m.group(1), i) < i:
+            ops = [o.group(1).split(".")[0] for x in lines[labels[m.group(1)]:i + 1] if (o := opcode.match(x))]
+            if "MUFU" in ops and (not best or len(ops) < len(best)):
+                best = ops
+    count = collections.Counter(best)
+    regs = re.search(r"REG:(\d+)", usage)
+    return {"registers": int(regs.group(1)) if regs else -1, "instructions": len(best), "SHFL": count["SHFL"],
+            "MUFU": count["MUFU"], "BAR": count["BAR"]}
+
+
+def state_loop_table(arch: int) -> None:
+    """The loop and serial forwards (inference: no saved states) at the launch shapes the GPU check sweeps."""
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SAVE_STATES=False, BLOCK_N=16)
+    variants = [("loop", triton_loop.fwd_loop_kernel, dict(BLOCK_D=1, CHUNK=512, CHUNK_PARALLEL=False), 4)]
+    for warps in (1, 2, 4):
+        for stages in (1, 2):
+            variants.append((f"serial, stages {stages}", triton_serial.fwd_serial_kernel,
+                             dict(CHUNK=512 * warps, STAGES=stages), warps))
+    print(f"\nforward state loop (SASS, sm_{arch}; per thread: steps it holds, instructions per step of one state)")
+    print("| kernel | warps | chunk | direction | registers | loop instructions | steps per thread | "
+          "instructions per step | shuffles per step | MUFU per step | barriers per loop |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, fn, extra, warps in variants:
+        for reverse in (False, True):
+            _, _, cubin = compile_for(fn, dict(flags, **extra, REVERSE=reverse), arch=arch, num_warps=warps)
+            if not cubin:
+                print(f"| {label} | {warps} | {extra['CHUNK']} | no cubin built |")
+                continue
+            st = state_loop(cubin)
+            steps = extra["CHUNK"] // (32 * warps)
+            print(f"| {label} | {warps} | {extra['CHUNK']} | {'reverse' if reverse else 'forward'} | "
+                  f"{st['registers']} | {st['instructions']} | {steps} | {st['instructions'] / steps:.1f} | "
+                  f"{st['SHFL'] / steps:.2f} | {st['MUFU'] / steps:.2f} | {st['BAR']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90: H100/H200)")
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--warps", type=int, default=4)
+    parser.add_argument("--skip-sass", action="store_true", help="leave out the forward state-loop table")
     args = parser.parse_args()
     variants = {"forward": dict(negated=False, reverse=False),
                 "reverse, ascending (REVERSE)": dict(negated=False, reverse=True),
@@ -68,6 +135,8 @@ def main() -> None:
         print("|---|" + "---|" * len(columns))
         for label, row in rows.items():
             print(f"| {label} | " + " | ".join(str(row[c]) for c in columns) + " |")
+    if not args.skip_sass:
+        state_loop_table(args.arch)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,18 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(params=["tile", "loop", "chunked"])
+# Small launch shapes so that several chunks and channel blocks (some partial) are crossed; "serial" holds 16 steps
+# per row (one thread's), so its smallest chunk is one row.
+CONFIGS = {"tile": TritonConfig(block_d=2, chunk=8, num_warps=1, algo="tile"),
+           "loop": TritonConfig(block_d=2, chunk=8, num_warps=1, algo="loop"),
+           "chunked": TritonConfig(block_d=2, chunk=8, num_warps=1, algo="chunked"),
+           "serial": TritonConfig(block_d=1, chunk=16, num_warps=1, algo="serial")}
+
+
+@pytest.fixture(params=list(CONFIGS))
 def config(request):
-    """Small launch shapes so that several chunks and channel blocks (some partial) are crossed; both algorithms."""
-    triton_ops.set_config(TritonConfig(block_d=2, chunk=8, num_warps=1, algo=request.param))
+    """Every algorithm, at a small launch shape."""
+    triton_ops.set_config(CONFIGS[request.param])
     yield
     triton_ops.set_config(None)
 
@@ -92,7 +100,7 @@ def test_reverse_scan_matches_flipped_reference(config):
         assert rel_err(grad, grads64[name]) < 1e-4, name
 
 
-@pytest.mark.parametrize("algo", ["loop", "chunked"])
+@pytest.mark.parametrize("algo", ["loop", "chunked", "serial"])
 def test_loop_kernels_read_a_reverse_scan_ascending(monkeypatch, algo):
     """Reverse scans reach the loop kernels as REVERSE with positive strides, on a sequence padded to a multiple of
     16 steps: negated strides or lengths Triton cannot prove 16-divisible compiled to 3x the layout conversions and
@@ -112,7 +120,7 @@ def test_loop_kernels_read_a_reverse_scan_ascending(monkeypatch, algo):
         return Launcher()
 
     monkeypatch.setattr(triton_ops, "_kernel", recording)
-    triton_ops.set_config(TritonConfig(block_d=2, chunk=8, num_warps=1, algo=algo))
+    triton_ops.set_config(CONFIGS[algo])
     try:
         inputs = make_inputs(batch=1, dim=3, length=19, n=4)
         run(lambda **kw: selective_scan(**kw, backend="triton", reverse=True), inputs, torch.float32, True)
@@ -127,6 +135,29 @@ def test_loop_kernels_read_a_reverse_scan_ascending(monkeypatch, algo):
             assert all(a >= 0 for a in ints), (name, args)
             # 19 steps padded with identity steps to 32: lengths and row strides Triton can prove 16-divisible
             assert 32 in ints and 19 not in ints, (name, ints)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("stages", [1, 2])
+def test_serial_rows_and_chunks_match_float64(reverse, stages):
+    """The serial forward with several rows per chunk (the exclusive scan across rows), several chunks (the carried
+    state), and a last chunk mostly past the end (its rows read a real row instead of zeros); forward, reverse, and
+    the training path (chunk start states and pre-gate output for the loop backward)."""
+    triton_ops.set_config(TritonConfig(block_d=1, chunk=64, num_warps=1, algo="serial", stages=stages))
+    try:
+        inputs = make_inputs(batch=2, dim=3, length=150, n=5)  # padded to 160: chunks of 64, 64 and 2 of 4 rows
+        scan_t = lambda **kw: selective_scan(**kw, backend="triton", reverse=reverse)  # noqa: E731
+        scan_r = lambda **kw: selective_scan(**kw, backend="reference", reverse=reverse)  # noqa: E731
+        out, grads = run(scan_t, inputs, torch.float32, True)
+        out64, grads64 = run(scan_r, inputs, torch.float64, True)
+        with torch.no_grad():
+            inference = scan_t(**{k: v.to(DEVICE) if v is not None else None for k, v in inputs.items()},
+                               delta_softplus=True)
+    finally:
+        triton_ops.set_config(None)
+    assert rel_err(out, out64) < 1e-4 and rel_err(inference, out64) < 1e-4
+    for name, grad in grads.items():
+        assert rel_err(grad, grads64[name]) < 1e-4, name
 
 
 def test_default_launch_shape_matches_reference():
@@ -190,16 +221,27 @@ def test_selective_scan_dispatches_to_triton(config):
     assert rel_err(out, ref) < 1e-5
 
 
-@pytest.mark.parametrize("text, message", [("4,32", "three integers"), ("3,32,4", "power of two"),
+@pytest.mark.parametrize("text, message", [("4,32", "expected .block_d,chunk,num_warps"), ("3,32,4", "power of two"),
                                            ("4,0,4", "power of two")])
 def test_config_string_errors(text, message):
     with pytest.raises(ValueError, match=message):
         TritonConfig.parse(text)
     assert TritonConfig.parse("8,16,2") == TritonConfig(8, 16, 2)
     assert TritonConfig.parse("1,512,4,loop") == TritonConfig(1, 512, 4, "loop")
+    serial = TritonConfig.parse("1,1024,2,serial,2")
+    assert serial == TritonConfig(1, 1024, 2, "serial", stages=2)
+    assert TritonConfig.parse(serial.spec()) == serial and TritonConfig(1, 8, 1).spec() == "1,8,1,loop"
     with pytest.raises(ValueError, match="algo"):
         TritonConfig.parse("1,512,4,fast")
-    with pytest.raises(ValueError, match="algo must be one of tile, loop, chunked, got 'chunk'"):
+    with pytest.raises(ValueError, match="block_d must be 1"):
+        TritonConfig(2, 512, 4, "serial")
+    with pytest.raises(ValueError, match="chunk at least 16"):
+        TritonConfig(1, 8, 1, "serial")
+    with pytest.raises(ValueError, match="has none"):
+        TritonConfig.parse("1,512,4,loop,2")
+    with pytest.raises(ValueError, match="integers"):
+        TritonConfig.parse("1,512,4,serial,two")
+    with pytest.raises(ValueError, match="algo must be one of tile, loop, chunked, serial, got 'chunk'"):
         TritonConfig(1, 512, 4, "chunk")  # once accepted, and run as 'loop'
     with pytest.raises(ValueError, match="chunk must be a power of two, got 500"):
         TritonConfig(1, 500, 4)

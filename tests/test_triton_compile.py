@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not triton_ops.available(),
 
 COMPILE = r'''
 import json, sys
-from ssamba.models.scan import triton_conv, triton_loop, triton_ops
+from ssamba.models.scan import triton_conv, triton_loop, triton_ops, triton_serial
 from ssamba.models.scan.triton_compile import compile_for
 
 SCAN = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=1, BLOCK_N=16, CHUNK=512)
@@ -34,6 +34,12 @@ for rev in (False, True):
     KERNELS[f"fwd-saving-chunk-parallel-reverse{rev}"] = (triton_loop.fwd_loop_kernel, dict(
         SCAN, SAVE_STATES=True, CHUNK_PARALLEL=True, REVERSE=rev))
     KERNELS[f"bwd-reverse{rev}"] = (triton_loop.bwd_loop_kernel, dict(SCAN, REVERSE=rev))
+    SERIAL = dict(SCAN, BLOCK_N=16, REVERSE=rev)
+    del SERIAL["BLOCK_D"]
+    KERNELS[f"serial-reverse{rev}"] = (triton_serial.fwd_serial_kernel, dict(
+        SERIAL, SAVE_STATES=False, CHUNK=1024, STAGES=1))
+    KERNELS[f"serial-saving-pipelined-reverse{rev}"] = (triton_serial.fwd_serial_kernel, dict(
+        SERIAL, SAVE_STATES=True, CHUNK=2048, STAGES=2))
     KERNELS[f"chunk-end-reverse{rev}"] = (triton_loop.chunk_end_kernel, dict(
         HAS_BIAS=True, SOFTPLUS=True, REVERSE=rev, BLOCK_D=1, BLOCK_N=16, CHUNK=512))
     KERNELS[f"conv-backwards{rev}"] = (triton_conv.conv_silu_kernel, dict(
@@ -43,8 +49,9 @@ KERNELS["tile-fwd"] = (triton_ops._fwd_kernel, dict(SCAN, SAVE_STATES=True, BLOC
 KERNELS["tile-bwd"] = (triton_ops._bwd_kernel, dict(SCAN, BLOCK_D=2, CHUNK=32))
 
 def summary(fn, flags, arch):
-    ir, ptx, cubin = compile_for(fn, flags, arch=arch)
-    return {"entry": ".entry" in ptx, "cubin": cubin, "convert_layout": ir.count("convert_layout"),
+    warps = {1024: 2, 2048: 4}.get(flags["CHUNK"], 4) if fn is triton_serial.fwd_serial_kernel else 4
+    ir, ptx, cubin = compile_for(fn, flags, arch=arch, num_warps=warps)
+    return {"entry": ".entry" in ptx, "cubin": bool(cubin), "convert_layout": ir.count("convert_layout"),
             "st_shared": ptx.count("st.shared"), "vector_loads": ptx.count("ld.global.v4"),
             "shfl": ptx.count("shfl.sync")}
 
@@ -68,7 +75,7 @@ def sm90() -> dict[str, dict]:
 
 
 def test_every_kernel_compiles_for_hopper(sm90):
-    assert len(sm90) == 13
+    assert len(sm90) == 17
     for name, info in sm90.items():
         assert info["entry"] and info["cubin"], name
 
@@ -94,3 +101,16 @@ def test_compiling_in_interpreter_mode_says_why_it_cannot():
 
     with pytest.raises(RuntimeError, match="interpreter mode"):
         compile_for(triton_loop.chunk_carry_kernel, dict(BLOCK_D=32, BLOCK_N=16))
+
+
+@pytest.mark.parametrize("kind", ["serial", "serial-saving-pipelined"])
+def test_the_serial_forward_exchanges_across_lanes_once_per_16_steps(sm90, kind):
+    """The serial forward's threads scan 16 steps each in registers (4 vector loads per row of u, delta, z): its
+    shuffles, counted over the whole kernel, are fewer per step of a thread than half the loop forward's (4 steps
+    per thread), in both directions (``tl.associative_scan`` reversed along an in-thread axis compiled to 4x the shuffles, so the
+    in-thread scans are written out)."""
+    forward, reverse = sm90[f"{kind}-reverseFalse"], sm90[f"{kind}-reverseTrue"]
+    loop = sm90["fwd-reverseFalse"]
+    assert reverse["shfl"] == forward["shfl"]
+    assert forward["shfl"] / 16 < loop["shfl"] / 4 / 2
+    assert forward["vector_loads"] >= 3 * 4 and reverse["vector_loads"] == forward["vector_loads"]

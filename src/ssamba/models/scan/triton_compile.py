@@ -17,8 +17,8 @@ ALIGNED_INTS = ("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn", "s_ob", "s_od")
 
 def compile_for(fn: Callable, flags: dict, *, arch: int = 90, num_warps: int = 4,
                 unit_strides: Iterable[str] = UNIT_STRIDES, aligned_ints: Iterable[str] = ALIGNED_INTS,
-                unaligned_pointers: Iterable[str] = ()) -> tuple[str, str, bool]:
-    """(TTGIR, PTX, whether a cubin was built) of kernel ``fn`` (a plain function, as ``triton_loop`` defines them)
+                unaligned_pointers: Iterable[str] = ()) -> tuple[str, str, bytes]:
+    """(TTGIR, PTX, cubin: empty if none was built) of kernel ``fn`` (a plain function, as ``triton_loop`` defines them)
     for ``sm_{arch}``.  ``flags`` gives every constexpr; pointers are float32 and 16-byte aligned unless named in
     ``unaligned_pointers``, the integers in ``aligned_ints`` 16-divisible, the others plain."""
     from triton.backends.compiler import GPUTarget
@@ -48,4 +48,4 @@ def compile_for(fn: Callable, flags: dict, *, arch: int = 90, num_warps: int = 4
                 attrs[(i,)] = [["tt.divisibility", 16]]
     kernel = triton.compile(ASTSource(jitted, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=num_warps))
-    return kernel.asm["ttgir"], kernel.asm["ptx"], bool(kernel.asm.get("cubin"))
+    return kernel.asm["ttgir"], kernel.asm["ptx"], kernel.asm.get("cubin") or b""

@@ -55,7 +55,7 @@ def fwd_loop_kernel(
         mask_x = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
-        dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)  # 0 past the end: the identity step
+        dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias[:, None], SOFTPLUS)  # 0 past the end: the identity step
         dlu = dl * u
         if SAVE_STATES and not CHUNK_PARALLEL:
             tl.store(states_ptr + state_off + ci * d_state, carry, mask=mask_dn)
@@ -107,7 +107,7 @@ def chunk_end_kernel(
     mask_x = mask_d[:, None] & mask_t[None, :]
     x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
     u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
-    dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)  # 0 past the end: the identity step
+    dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias[:, None], SOFTPLUS)  # 0 past the end: the identity step
     dlu = dl * u
     rest = tl.cumsum(dl, axis=1, reverse=not REVERSE) - dl  # sum of delta over the later steps of the chunk
     bc = pid_b * s_bb + t * s_bl
@@ -176,7 +176,7 @@ def bwd_loop_kernel(
         mask_x = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
-        dl, dl_pre = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)
+        dl, dl_pre = _load_delta(dl_ptr + x_off, mask_x, bias[:, None], SOFTPLUS)
         # the step before (inside this chunk only: the saved chunk-start state stands for the rest)
         if REVERSE:
             prev_ok = (offs_t < CHUNK - 1) & (t + 1 >= 0)
@@ -186,10 +186,10 @@ def bwd_loop_kernel(
             next_ok = t + 1 < length
         mask_p = mask_d[:, None] & prev_ok[None, :]
         u_p = tl.load(u_ptr + x_off + x_back, mask=mask_p, other=0.0).to(tl.float32)
-        dl_p, _ = _load_delta(dl_ptr + x_off + x_back, mask_p, bias, SOFTPLUS)
+        dl_p, _ = _load_delta(dl_ptr + x_off + x_back, mask_p, bias[:, None], SOFTPLUS)
         # the step after (reaching into the next chunk)
         mask_nx = mask_d[:, None] & next_ok[None, :]
-        dl_n, _ = _load_delta(dl_ptr + x_off - x_back, mask_nx, bias, SOFTPLUS)
+        dl_n, _ = _load_delta(dl_ptr + x_off - x_back, mask_nx, bias[:, None], SOFTPLUS)
 
         dout = tl.load(dout_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
         dy = dout

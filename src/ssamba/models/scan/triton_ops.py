@@ -5,16 +5,17 @@ PyTorch's CUDA builds ship Triton, so this backend gives GPU users a fast scan w
 Algorithm.  A program owns one batch element and a block of ``block_d`` channels, and walks the sequence in chunks of
 ``chunk`` steps, carrying the state ``h`` (block_d, N) between chunks.  Inside a chunk the recurrence
 ``h_t = a_t h_{t-1} + b_t`` (``a = exp(delta A)``, ``b = delta u B``) is an associative scan over time, so every step
-of the chunk is computed in parallel.  Two algorithms (``TritonConfig.algo``): "tile" (this module) scans a
+of the chunk is computed in parallel.  Four algorithms (``TritonConfig.algo``): "tile" (this module) scans a
 (block_d, N, chunk) tile; "loop" (``triton_loop``, the default: 1.4x faster forward on an H200) loops over the N
 states with a (block_d, chunk) tile, so ``y`` needs no reduction over the states and each thread scans several
 consecutive steps before any cross-lane exchange; "chunked" is "loop" with a forward that computes all chunks of a
-sequence in parallel from precomputed chunk start states.  The forward saves the state at each
-chunk start (N floats per chunk and channel); the backward walks the chunks in reverse, recomputes the states of a
-chunk from its saved start (an exclusive scan, so ``h_{t-1}`` is exact rather than ``(h_t - b_t) / a_t``), and runs
-the adjoint recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` as a reverse associative scan, carrying ``g`` across
-chunks.  dB and dC sum over channels, so each program adds its block's share atomically; the other parameter
-gradients are reduced per program and summed in PyTorch.
+sequence in parallel from precomputed chunk start states; "serial" (``triton_serial``) is "loop" with a forward in
+which every thread scans 16 consecutive steps in registers (a third of the instructions per step).  The forward
+saves the state at each chunk start (N floats per chunk and channel); the backward walks the chunks in reverse,
+recomputes the states of a chunk from its saved start (an exclusive scan, so ``h_{t-1}`` is exact rather than
+``(h_t - b_t) / a_t``), and runs the adjoint recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` as a reverse
+associative scan, carrying ``g`` across chunks.  dB and dC sum over channels, so each program adds its block's share
+atomically; the other parameter gradients are reduced per program and summed in PyTorch.
 
 The same kernels run on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1`` set before Triton is first
 imported), which is how the test suite checks them without a GPU (slowly: use small shapes).
@@ -63,26 +64,32 @@ def supports(t: Tensor) -> bool:
     return available() and (t.is_cuda or (t.device.type == "cpu" and interpreted()))
 
 
-ALGOS = ("tile", "loop", "chunked")
+ALGOS = ("tile", "loop", "chunked", "serial")
 
 
 @dataclass(frozen=True)
 class TritonConfig:
     """Launch shape and algorithm: channels per program, steps per chunk (both powers of two), warps per program;
     ``algo`` "tile" scans a (channels, states, time) tile, "loop" loops over the states (``triton_loop``), "chunked"
-    is "loop" with a chunk-parallel forward (chunk start states first, then every chunk at once; same backward).
+    is "loop" with a chunk-parallel forward (chunk start states first, then every chunk at once; same backward),
+    "serial" is "loop" with a forward whose threads scan 16 consecutive steps each (``triton_serial``; one channel
+    per program, ``chunk`` = 16 steps per thread, so 512 x num_warps fills the warps).  ``stages`` > 1 ("serial"
+    only) software-pipelines its per-state loads through shared memory (Triton's ``num_stages``).
     "loop" is faster than "tile"; "tile" keeps no pre-gate output for the backward (one (B, D, L) float32 buffer
     less when training).
 
     The default was the fastest forward + backward of ``benchmarks/gpu_check.py``'s sweep on an H200 (B=2,
     d_inner=384, N=16, L=16384: 0.52 ms forward, 3.8 ms forward + backward; docs/bench/tiny-h200-triton-2/
     gpu_check.md).  "1,512,2,chunked" had the fastest forward there (0.46 ms) but a slower backward (5.4 ms): the
-    sequential walk is not what limits the kernel, the per-step instruction count of the scan is."""
+    sequential walk is not what limits the kernel, the per-step instruction count of the scan is.  "serial" came
+    after that run and has not been timed on a GPU: compiled for sm_90 its state loop is 15 instructions per step
+    against the loop forward's 41 (``benchmarks/triton_ptx.py``)."""
 
     block_d: int = 1
     chunk: int = 512
     num_warps: int = 4
-    algo: Literal["tile", "loop", "chunked"] = "loop"
+    algo: Literal["tile", "loop", "chunked", "serial"] = "loop"
+    stages: int = 1
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:  # the kernel table would run another algorithm for a misspelt one
@@ -91,22 +98,35 @@ class TritonConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two, got {value!r}")
+        if isinstance(self.stages, bool) or not isinstance(self.stages, int) or self.stages < 1:
+            raise ValueError(f"stages must be a positive integer, got {self.stages!r}")
+        if self.algo == "serial" and (self.block_d != 1 or self.chunk < 16):
+            raise ValueError(f"algo 'serial' runs one channel per program and 16 steps per thread: block_d must be 1 "
+                             f"and chunk at least 16, got block_d={self.block_d}, chunk={self.chunk}")
+        if self.stages > 1 and self.algo != "serial":
+            raise ValueError(f"stages > 1 pipelines the 'serial' forward's loads; algo {self.algo!r} has none")
 
     @classmethod
     def parse(cls, text: str) -> "TritonConfig":
-        """``"block_d,chunk,num_warps[,algo]"``, e.g. from ``$SSAMBA_TRITON_CONFIG``."""
+        """``"block_d,chunk,num_warps[,algo[,stages]]"``, e.g. from ``$SSAMBA_TRITON_CONFIG``."""
         fields = text.split(",")
         try:
             block_d, chunk, warps = (int(v) for v in fields[:3])
-            if len(fields) not in (3, 4):
+            stages = [int(v) for v in fields[4:5]]
+            if len(fields) not in (3, 4, 5):
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{CONFIG_VAR}={text!r}: expected 'block_d,chunk,num_warps[,algo]' "
-                             f"with three integers") from None
+            raise ValueError(f"{CONFIG_VAR}={text!r}: expected 'block_d,chunk,num_warps[,algo[,stages]]' "
+                             f"with integers for all but algo") from None
         try:
-            return cls(block_d, chunk, warps, *fields[3:])
+            return cls(block_d, chunk, warps, *fields[3:4], *stages)
         except ValueError as exc:
             raise ValueError(f"{CONFIG_VAR}={text!r}: {exc}") from None
+
+    def spec(self) -> str:
+        """The ``parse`` string of this config (``$SSAMBA_TRITON_CONFIG`` for a child process)."""
+        return f"{self.block_d},{self.chunk},{self.num_warps},{self.algo}" + (
+            f",{self.stages}" if self.stages != 1 else "")
 
 
 _config_override: TritonConfig | None = None
@@ -176,14 +196,20 @@ if triton is not None:
         return values
 
     @triton.jit
-    def _load_delta(ptrs, mask, bias, SOFTPLUS: tl.constexpr):
-        """(delta, pre): softplus(delta + bias) as float32, 0 where masked (a step outside the sequence is the
-        identity, a = 1 and b = 0), and the pre-softplus value (its sigmoid is softplus' derivative)."""
-        pre = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + bias[:, None]
-        dl = pre
+    def _delta(raw, bias, SOFTPLUS: tl.constexpr):
+        """softplus(raw + bias) in float32 (or raw + bias): the scan's step size.  ``bias`` broadcasts against
+        ``raw`` (a channel column, or one channel's scalar)."""
+        pre = raw.to(tl.float32) + bias
         if SOFTPLUS:
-            dl = tl.where(pre <= 20.0, tl.log(1.0 + tl.exp(pre)), pre)
-        return tl.where(mask, dl, 0.0), pre
+            return tl.where(pre <= 20.0, tl.log(1.0 + tl.exp(pre)), pre)
+        return pre
+
+    @triton.jit
+    def _load_delta(ptrs, mask, bias, SOFTPLUS: tl.constexpr):
+        """(delta, pre): ``_delta`` of the loaded tile, 0 where masked (a step outside the sequence is the
+        identity, a = 1 and b = 0), and the pre-softplus value (its sigmoid is softplus' derivative)."""
+        pre = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + bias
+        return tl.where(mask, _delta(pre, 0.0, SOFTPLUS), 0.0), pre
 
 
 def _fwd_kernel(
@@ -208,7 +234,7 @@ def _fwd_kernel(
         mask_x = mask_d[:, None] & mask_t[None, :]
         x_off = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
-        dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)
+        dl, _ = _load_delta(dl_ptr + x_off, mask_x, bias[:, None], SOFTPLUS)
         bc_off = pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :] * s_bl
         mask_bc = mask_n[:, None] & mask_t[None, :]
         Bt = tl.load(B_ptr + bc_off, mask=mask_bc, other=0.0).to(tl.float32)
@@ -260,7 +286,7 @@ def _bwd_kernel(
         bc_off = pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :] * s_bl
         mask_bc = mask_n[:, None] & mask_t[None, :]
         u = tl.load(u_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
-        dl, dl_pre = _load_delta(dl_ptr + x_off, mask_x, bias, SOFTPLUS)
+        dl, dl_pre = _load_delta(dl_ptr + x_off, mask_x, bias[:, None], SOFTPLUS)
         Bt = tl.load(B_ptr + bc_off, mask=mask_bc, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + bc_off, mask=mask_bc, other=0.0).to(tl.float32)
         dout = tl.load(dout_ptr + x_off, mask=mask_x, other=0.0).to(tl.float32)
@@ -268,7 +294,7 @@ def _bwd_kernel(
         # h_{t-1} by an exclusive scan: step t of the chunk scans the inputs of step t-1 (identity at the start)
         mask_p = mask_d[:, None] & ((offs_t >= 1) & (t - 1 < length))[None, :]
         u_p = tl.load(u_ptr + x_off - s_xl, mask=mask_p, other=0.0).to(tl.float32)
-        dl_p, _ = _load_delta(dl_ptr + x_off - s_xl, mask_p, bias, SOFTPLUS)
+        dl_p, _ = _load_delta(dl_ptr + x_off - s_xl, mask_p, bias[:, None], SOFTPLUS)
         mask_bp = mask_n[:, None] & ((offs_t >= 1) & (t - 1 < length))[None, :]
         B_p = tl.load(B_ptr + bc_off - s_bl, mask=mask_bp, other=0.0).to(tl.float32)
         h_in = tl.load(states_ptr + state_off + ci * d_state, mask=mask_dn, other=0.0)
@@ -291,7 +317,7 @@ def _bwd_kernel(
 
         # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, a reverse scan whose last step reaches into the next chunk
         mask_nx = mask_d[:, None] & (t + 1 < length)[None, :]
-        dl_n, _ = _load_delta(dl_ptr + x_off + s_xl, mask_nx, bias, SOFTPLUS)
+        dl_n, _ = _load_delta(dl_ptr + x_off + s_xl, mask_nx, bias[:, None], SOFTPLUS)
         ga, gb = tl.associative_scan(
             (tl.exp2(dl_n[:, None, :] * A2[:, :, None]), Ct[None, :, :] * dy[:, None, :]),
             axis=2, combine_fn=_combine, reverse=True,
@@ -320,12 +346,18 @@ def _bwd_kernel(
 
 def _kernel(name: str, algo: str):
     """The jitted kernel ``name`` ("fwd", "bwd", "chunk_end", "chunk_carry") of an algorithm ("chunked" runs the
-    "loop" kernels)."""
+    "loop" kernels, "serial" its own forward and the "loop" backward)."""
+    if algo == "serial" and name == "fwd":
+        return _jitted(name, "serial")
     return _jitted(name, "tile" if algo == "tile" else "loop")
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted(name: str, family: str):
+    if family == "serial":
+        from ssamba.models.scan import triton_serial
+
+        return triton.jit(triton_serial.fwd_serial_kernel)
     if family == "loop":
         from ssamba.models.scan import triton_loop
 
@@ -400,7 +432,7 @@ class _SelectiveScan(torch.autograd.Function):
         # "chunked": every chunk's start state first (two small launches), then all chunks at once
         parallel = config.algo == "chunked" and 1 < n_chunks <= _MAX_GRID_Z
         states = torch.empty(batch, dim, n_chunks if (save or parallel) else 0, d_state, **f32)
-        loop = config.algo in ("loop", "chunked")
+        loop = config.algo != "tile"  # the loop kernels' family: "loop", "chunked", "serial"
         ypre = torch.empty(u_.shape, **f32) if (loop and save and z is not None) else None
         dummy = A_
         r = bool(reverse)
@@ -426,6 +458,10 @@ class _SelectiveScan(torch.autograd.Function):
             extra = dict(CHUNK_PARALLEL=True)
         if native:
             extra["REVERSE"] = True
+        if config.algo == "serial":  # one channel per program (block_d 1), with or without pipelined loads
+            extra["STAGES"] = config.stages
+        else:
+            extra["BLOCK_D"] = config.block_d
         _kernel("fwd", config.algo)[grid](
             _at(u_, rv), _at(dl_, rv), A_, _at(B_, rv), _at(C_, rv), dummy if D is None else D.float().contiguous(),
             dummy if z_ is None else _at(z_, rv), dummy if delta_bias is None else delta_bias.float().contiguous(),
@@ -433,8 +469,7 @@ class _SelectiveScan(torch.autograd.Function):
             *([dummy if ypre is None else _at(ypre, rv)] if loop else []),
             dim, length, d_state, n_chunks, *_time_strides(u_, B_, rv),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            SAVE_STATES=save, BLOCK_D=config.block_d, BLOCK_N=block_n, CHUNK=chunk,
-            num_warps=config.num_warps, **extra,
+            SAVE_STATES=save, BLOCK_N=block_n, CHUNK=chunk, num_warps=config.num_warps, **extra,
         )
         if save:
             ctx.save_for_backward(u_, dl_, A_, B_, C_, D, z_, delta_bias, states, ypre)
