@@ -2,12 +2,14 @@
 
 1. Correctness on CUDA: the triton scan (forward and every gradient) against the float64 reference on small and
    model-sized shapes, and SSAMBA-tiny (24 blocks) through the triton backend against the reference backend.
-2. Launch-shape sweep of the scan at B=2, d_inner=384 (SSAMBA-tiny), N=16, L=16384; the fastest is used below.
+2. Launch-shape sweep of the scan at B=2, d_inner=384 (SSAMBA-tiny), N=16, L=16384; the fastest forward is used
+   for the inference sections below (the scan table, the models, the profile).
 3. Scan time vs its memory-bandwidth floor (bytes of u, delta, z, B, C read and y written, at the copy bandwidth
    measured here), L = 1k..150k; reverse-scan forward, forward+backward time and peak memory; then the fused
    conv + SiLU against F.conv1d + SiLU.
 4. SSAMBA-tiny vs SSAST-tiny (sdpa and naive attention), batch 2, 1k-150k frames: inference time and peak memory
-   through ``ssamba.bench.efficiency`` (one subprocess per configuration), written to ``OUT/bench``.
+   through ``ssamba.bench.efficiency`` (one subprocess per configuration), written to ``OUT/bench``; then at 4k
+   and 22k tokens with TF32 matmuls in both models (``OUT/bench-tf32``; the first table is full float32).
 5. Eager vs CUDA-graph replay of both models at 4k and 22k tokens (the GPU's own time, without launch overhead).
 
     PYTHONPATH=src python benchmarks/gpu_check.py --out DIR [--budget-s 420]
@@ -92,7 +94,13 @@ def correctness() -> bool:
              ((2, 5, 37, 5), {}, TritonConfig(2, 8, 1, "chunked")),
              ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), TritonConfig(1, 256, 4, "chunked")),
              ((1, 64, 4099, D_STATE), {}, TritonConfig(1, 512, 4, "chunked")),
-             ((2, D_INNER, 1000, D_STATE), dict(reverse=True), TritonConfig(1, 128, 2, "chunked"))]
+             ((2, D_INNER, 1000, D_STATE), dict(reverse=True), TritonConfig(1, 128, 2, "chunked")),
+             ((2, 5, 37, 5), {}, TritonConfig(1, 16, 1, "serial")),
+             ((2, D_INNER, 1000, D_STATE), {}, TritonConfig(1, 1024, 2, "serial")),
+             ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), TritonConfig(1, 512, 1, "serial")),
+             ((1, 64, 4099, D_STATE), {}, TritonConfig(1, 2048, 4, "serial", stages=2)),
+             ((2, D_INNER, 3000, D_STATE), dict(reverse=True), TritonConfig(1, 1024, 2, "serial")),
+             ((2, D_INNER, 3000, D_STATE), dict(reverse=True), TritonConfig(1, 4096, 8, "serial", stages=2))]
     triton_scan = lambda **kw: selective_scan(**kw, backend="triton")  # noqa: E731
     reference_scan = lambda **kw: selective_scan(**kw, backend="reference")  # noqa: E731
     for shape, kw, config in cases:
@@ -110,7 +118,8 @@ def correctness() -> bool:
         ok &= good
         say(f"| {shape} {kw or ''} | {triton_ops.current_config()} | {e_out:.1e} | {worst} {errs[worst]:.1e}"
             f"{'' if good else ' FAIL'} |")
-    for config in (TritonConfig(1, 512, 4, "chunked"), TritonConfig(1, 128, 2, "chunked")):
+    for config in (TritonConfig(1, 512, 4, "chunked"), TritonConfig(1, 128, 2, "chunked"),
+                   TritonConfig(1, 1024, 2, "serial"), TritonConfig(1, 2048, 4, "serial", stages=2)):
         triton_ops.set_config(config)
         inp = inputs(2, D_INNER, 3000, D_STATE)
         with torch.no_grad():
@@ -141,29 +150,33 @@ def correctness() -> bool:
     torch.manual_seed(0)
     enc = build_encoder(preset("ssamba", "tiny", input_tdim=1024, drop_path_rate=0.0)).cuda()
     x = torch.randn(2, 1024, 128, device="cuda")
+    weight = None
     res = {}
-    for backend in ("triton", "reference"):
+    for label, backend, config in (("reference", "reference", None), ("default", "triton", None),
+                                   ("serial", "triton", TritonConfig(1, 1024, 2, "serial"))):
+        triton_ops.set_config(config)
         for m in enc.modules():
             if hasattr(m, "scan_backend"):
                 m.scan_backend = backend
         enc.zero_grad()
         out = enc(x)
-        # a fixed random projection: out.square().mean() would have ~zero gradient after the final LayerNorm
-        weight = torch.randn(out.shape, generator=torch.Generator(device="cuda").manual_seed(1), device="cuda")
+        if weight is None:  # a fixed random projection: out.square().mean() has ~zero gradient after the LayerNorm
+            weight = torch.randn(out.shape, generator=torch.Generator(device="cuda").manual_seed(1), device="cuda")
         (out.float() * weight).sum().backward()
-        res[backend] = (out.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
-    e_out = rel_err(res["triton"][0], res["reference"][0])
+        res[label] = (out.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
+    triton_ops.set_config(None)
     names = list(res["reference"][1])
     flat = lambda grads: torch.cat([grads[n].flatten() for n in names])  # noqa: E731
-    e_all = rel_err(flat(res["triton"][1]), flat(res["reference"][1]))
-    errs = {n: rel_err(res["triton"][1][n], res["reference"][1][n]) for n in names}
-    worst = max(errs, key=errs.get)
-    good = e_out < 1e-4 and e_all < 1e-4
-    ok &= good
-    say(f"| SSAMBA-tiny 24 blocks, 512 tokens, triton (flip-free mixer) vs reference backend (literal spec path), "
-        f"fp32 | default | {e_out:.1e} | "
-        f"all gradients {e_all:.1e}; worst parameter {worst} {errs[worst]:.1e} (norm "
-        f"{res['reference'][1][worst].norm():.1e}){'' if good else ' FAIL'} |")
+    for label in ("default", "serial"):
+        e_out = rel_err(res[label][0], res["reference"][0])
+        e_all = rel_err(flat(res[label][1]), flat(res["reference"][1]))
+        errs = {n: rel_err(res[label][1][n], res["reference"][1][n]) for n in names}
+        worst = max(errs, key=errs.get)
+        good = e_out < 1e-4 and e_all < 1e-4
+        ok &= good
+        say(f"| SSAMBA-tiny 24 blocks, 512 tokens, triton (flip-free mixer) vs reference backend (literal spec "
+            f"path), fp32 | {label} | {e_out:.1e} | all gradients {e_all:.1e}; worst parameter {worst} "
+            f"{errs[worst]:.1e} (norm {res['reference'][1][worst].norm():.1e}){'' if good else ' FAIL'} |")
     say(f"\ncorrectness: {'PASS' if ok else 'FAIL'} ({elapsed():.0f} s)\n")
     return ok
 
@@ -213,28 +226,29 @@ def _scan_backward_times(batch: int, length: int, inp: dict) -> tuple[float, flo
     return both, peak
 
 
-def sweep(budget: float, configs: list[TritonConfig] | None = None) -> TritonConfig:
+def sweep(budget: float, configs: list[TritonConfig] | None = None) -> tuple[TritonConfig, TritonConfig]:
+    """(fastest forward + forward+backward, fastest forward) of the launch shapes, the serial ones first (they came
+    after the last GPU run: benchmarks/triton_ptx.py counts a third of the loop forward's instructions per step)."""
     say("## 2. Launch shapes (B=2, d_inner=384, N=16, L=16384; forward no-grad / forward+backward, ms)")
-    say("| block_d, chunk, warps, algo | forward | forward+backward |")
+    say("| block_d, chunk, warps, algo[, stages] | forward | forward+backward |")
     say("|---|---|---|")
     configs = configs or [TritonConfig(*c) for c in (
-        (1, 512, 4, "loop"), (1, 2048, 8, "loop"),
-        (1, 512, 4, "chunked"), (1, 256, 4, "chunked"), (1, 256, 2, "chunked"), (1, 512, 2, "chunked"),
-        (1, 128, 1, "chunked"), (1, 256, 1, "chunked"), (1, 1024, 4, "chunked"), (2, 256, 4, "chunked"),
-        (1, 128, 2, "chunked"), (1, 64, 1, "chunked"), (4, 128, 4, "chunked"), (2, 512, 8, "chunked"),
-        (1, 2048, 4, "loop"), (1, 2048, 8, "chunked"))]
+        (1, 1024, 2, "serial"), (1, 2048, 4, "serial"), (1, 512, 1, "serial"), (1, 4096, 8, "serial"),
+        (1, 1024, 2, "serial", 2), (1, 2048, 4, "serial", 2), (1, 512, 1, "serial", 2),
+        (1, 512, 4, "loop"), (1, 2048, 4, "loop"),
+        (1, 512, 4, "chunked"), (1, 256, 2, "chunked"), (1, 512, 2, "chunked"), (1, 256, 1, "chunked"),
+        (1, 1024, 4, "chunked"), (2, 256, 4, "chunked"))]
     best, best_t = TritonConfig(), float("inf")
     best_fwd, best_fwd_t = TritonConfig(), float("inf")
     for c in configs:
         if elapsed() > budget:
-            say(f"| {c} | skipped: time budget | |")
+            say(f"| {c.spec()} | skipped: time budget | |")
             continue
         triton_ops.set_config(c)
         try:
             fwd, both, _ = scan_times(2, 16384)
         except Exception as exc:  # a shape that does not compile or runs out of resources
-            say(f"| {c.spec()} | failed: {type(exc).__name__}: "
-                f"{str(exc)[:80]} | |")
+            say(f"| {c.spec()} | failed: {type(exc).__name__}: {str(exc)[:80]} | |")
             continue
         say(f"| {c.spec()} | {fwd:.3f} | {both:.3f} |")
         if fwd + both < best_t:
@@ -242,8 +256,8 @@ def sweep(budget: float, configs: list[TritonConfig] | None = None) -> TritonCon
         if fwd < best_fwd_t:
             best_fwd, best_fwd_t = c, fwd
     triton_ops.set_config(None)
-    say(f"\nfastest (forward + forward+backward): {best}; fastest forward: {best_fwd}\n")
-    return best
+    say(f"\nfastest (forward + forward+backward): {best}; fastest forward (used below): {best_fwd}\n")
+    return best, best_fwd
 
 
 def scan_table(config: TritonConfig, bandwidth: float, budget: float) -> None:
@@ -286,14 +300,19 @@ def conv_table(budget: float) -> None:
     say("")
 
 
-def model_table(config: TritonConfig, out: Path, budget_s: float, tokens: list[int]) -> None:
+def model_table(config: TritonConfig, out: Path, budget_s: float, tokens: list[int],
+                precision: str = "highest") -> None:
+    """The efficiency benchmark with the scan's launch shape ``config``; ``precision`` "high" lets both models'
+    float32 matmuls run in TF32 (torch.set_float32_matmul_precision), written to ``OUT/bench-tf32``."""
     from ssamba.bench.efficiency import BenchSpec, run_benchmark
 
-    say("## 4. SSAMBA-tiny vs SSAST-tiny, batch 2, inference (ssamba.bench.efficiency)")
+    tf32 = precision != "highest"
+    say(f"## 4{'b' if tf32 else ''}. SSAMBA-tiny vs SSAST-tiny, batch 2, inference (ssamba.bench.efficiency"
+        f"{', TF32 matmuls' if tf32 else ''})")
     os.environ[triton_ops.CONFIG_VAR] = config.spec()
     spec = BenchSpec(sizes=["tiny"], batches=[2], tokens=tokens, repeats=3, warmup=1, device="cuda",
-                     timeout_s=min(90.0, max(30.0, budget_s)), time_budget_s=budget_s)
-    result = run_benchmark(spec, out / "bench")
+                     timeout_s=min(90.0, max(30.0, budget_s)), time_budget_s=budget_s, matmul_precision=precision)
+    result = run_benchmark(spec, out / ("bench-tf32" if tf32 else "bench"))
     say(result.markdown)
 
 
@@ -364,7 +383,8 @@ def main() -> int:
     parser.add_argument("--skip-sweep", action="store_true", help="use the default launch shape (no section 2)")
     parser.add_argument("--profile", action="store_true", help="top CUDA kernels of SSAMBA-tiny at 22k tokens")
     parser.add_argument("--configs", type=lambda text: [TritonConfig.parse(c) for c in text.split(";")],
-                        help="launch shapes of the sweep, 'block_d,chunk,warps,algo;...' (default: a built-in list)")
+                        help="launch shapes of the sweep, 'block_d,chunk,warps,algo[,stages];...' "
+                             "(default: a built-in list)")
     parser.add_argument("--skip-table", action="store_true", help="no subprocess model table (section 4)")
     parser.add_argument("--graph-tokens", type=int, nargs="*", default=[4096, 22000],
                         help="token counts of the eager vs CUDA-graph section (none: skip it)")
@@ -372,6 +392,8 @@ def main() -> int:
                         help="token counts profiled with --profile")
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 22000, 75000],
                         help="token counts of the model table (default 1k .. 150k frames)")
+    parser.add_argument("--tf32-tokens", type=int, nargs="*", default=[4096, 22000],
+                        help="token counts of a second model table with TF32 matmuls in both models (none: skip)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -390,16 +412,18 @@ def main() -> int:
     except Exception as exc:
         say(f"mamba_ssm: not available ({type(exc).__name__})")
     say("")
-    ok, best = False, TritonConfig()
+    ok, best = False, TritonConfig()  # the fastest forward: every section after the sweep is inference
     try:
         ok = guarded(correctness) or False
         bandwidth = guarded(copy_bandwidth) or 3e12
         BANDWIDTH[0] = bandwidth
-        best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.35, args.configs) or best)
+        best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.35, args.configs) or (best, best))[1]
         guarded(scan_table, best, bandwidth, args.budget_s * 0.5)
         guarded(conv_table, args.budget_s * 0.55)
         if not (args.skip_model or args.skip_table):
-            guarded(model_table, best, out, max(30.0, args.budget_s * 0.85 - elapsed()), args.tokens)
+            guarded(model_table, best, out, max(30.0, args.budget_s * 0.8 - elapsed()), args.tokens)
+            if args.tf32_tokens:
+                guarded(model_table, best, out, max(20.0, args.budget_s * 0.88 - elapsed()), args.tf32_tokens, "high")
         if not args.skip_model and args.graph_tokens:
             guarded(graph_table, best, args.budget_s, tuple(args.graph_tokens))
         if args.profile:

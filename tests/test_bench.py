@@ -22,7 +22,8 @@ ENV = {"device": "cpu", "torch": "x", "threads": 1, "repeats": 1, "warmup": 0, "
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = ["bench", "efficiency", "--sizes", "tiny", "--tokens", "64", "--batches", "1", "--depth", "2",
-            "--repeats", "1", "--warmup", "1", "--threads", "1", "--device", "cpu", "--out", str(out)]
+            "--repeats", "1", "--warmup", "1", "--threads", "1", "--device", "cpu", "--matmul-precision", "high",
+            "--out", str(out)]
     assert main(argv) == 0
     return out
 
@@ -34,6 +35,7 @@ def test_outputs_csv_markdown_and_plots(bench_run):
     assert all(r["status"] == "ok" and float(r["time_s"]) > 0 and float(r["memory_mb"]) > 0 for r in rows)
     assert all(0 < float(r["cpu_s"]) for r in rows)
     assert all(int(r["frames"]) == int(r["tokens"]) * 2 and r["threads"] == "1" for r in rows)
+    assert all(r["matmul_precision"] == "high" for r in rows)  # as each run's own process reported it
     backend = get_backend(torch.empty(1, 1, 1)).name
     assert {r["scan_backend"] for r in rows if r["arch"] == "ssamba"} == {backend}
     md = (bench_run / "results.md").read_text()
@@ -61,8 +63,8 @@ def test_earlier_results_render_again_merged_and_on_cpu_time(bench_run, tmp_path
     assert table and table == [ln for ln in rendered.splitlines() if ln.startswith("| 64")]
     header = f"device cpu, torch {torch.__version__}, threads 1, scan backend"
     assert header in original and header in rendered
-    assert "depth 2; 1 warm-up run(s), then the median of 1." in original
-    assert "depth 2; 1 warm-up run(s), then the median of 1." in rendered
+    settings = "depth 2, float32 matmul precision high; 1 warm-up run(s), then the median of 1."
+    assert settings in original and settings in rendered
     assert main(argv + ["--clock", "cpu"]) == 0
     md = (out / "results.md").read_text()
     assert "Time: process CPU time" in md
@@ -141,6 +143,8 @@ def test_bench_options_are_checked_before_anything_runs(tmp_path, caplog):
         BenchSpec(clock="cpu_time")
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda, got 'gpu'"):
         BenchSpec(device="gpu")
+    with pytest.raises(ValueError, match="matmul_precision must be one of highest, high, medium, got 'tf32'"):
+        BenchSpec(matmul_precision="tf32")
     if not torch.cuda.is_available():  # once an AssertionError traceback from torch.cuda.mem_get_info
         assert main(["bench", "efficiency", "--device", "cuda", "--out", str(tmp_path / "b"), "--tokens", "32"]) == 2
         assert "this torch has no CUDA device" in caplog.text and not (tmp_path / "b").exists()

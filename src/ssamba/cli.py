@@ -143,7 +143,7 @@ def _bench(args: argparse.Namespace) -> int:
     spec = BenchSpec(sizes=args.sizes, batches=args.batches, max_tokens=args.max_tokens, tokens=args.tokens,
                      variants=args.variants, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
                      device=args.device, depth=args.depth, clock=args.clock, timeout_s=args.timeout,
-                     memory_limit_gb=args.memory_limit_gb)
+                     memory_limit_gb=args.memory_limit_gb, matmul_precision=args.matmul_precision)
     result = render_from_csv(args.from_csv, spec, args.out) if args.from_csv else run_benchmark(spec, args.out)
     print(result.markdown)
     return 0
@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="time shown in tables and plots: elapsed (default) or process CPU time (steadier on a "
                         "shared CPU with --threads 1); the CSV has both")
+    p.add_argument("--matmul-precision", choices=["highest", "high", "medium"], default="highest",
+                   help="torch.set_float32_matmul_precision in every run, both models alike (high: TF32 on CUDA; "
+                        "default highest, full float32)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration before giving up")
     p.add_argument("--memory-limit-gb", type=float, help="skip configurations estimated above this (default: "
                                                         "available memory)")

@@ -38,6 +38,9 @@ PATCH = 16
 SAFETY = 0.85
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
 @dataclass
 class BenchSpec:
     sizes: list[str] = field(default_factory=lambda: ["tiny"])
@@ -54,10 +57,15 @@ class BenchSpec:
     timeout_s: float = 3600.0
     memory_limit_gb: float | None = None
     time_budget_s: float | None = None  # no new configuration starts after this; the rest are reported as skipped
+    # torch.set_float32_matmul_precision in every run, both models alike: "high" lets CUDA matmuls use TF32
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
+                             f"got {self.matmul_precision!r}")
         if self.clock not in ("wall", "cpu"):
             raise ValueError(f"clock must be wall or cpu, got {self.clock!r}")
 
@@ -82,6 +90,7 @@ class Config:
     threads: int | None = None
     device: str = "cpu"
     depth: int | None = None
+    matmul_precision: str = "highest"
 
     @property
     def arch(self) -> str:
@@ -154,6 +163,7 @@ def measure(config: Config) -> dict:
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    torch.set_float32_matmul_precision(config.matmul_precision)
     device = torch.device(config.device)
     cuda = device.type == "cuda"
     if cuda:
@@ -179,6 +189,7 @@ def measure(config: Config) -> dict:
     return {"time_s": statistics.median(times), "time_min_s": min(times), "time_max_s": max(times),
             "cpu_s": statistics.median(cpu),
             "memory_mb": memory / 2**20, "scan_backend": backend, "threads": torch.get_num_threads(),
+            "matmul_precision": torch.get_float32_matmul_precision(),
             "parameters": sum(p.numel() for p in encoder.parameters())}
 
 
@@ -209,6 +220,7 @@ class Row:
     scan_backend: str = ""
     device: str = ""
     threads: int | None = None
+    matmul_precision: str = ""  # as the run reported it ("": not measured, or a CSV from before it was recorded)
     note: str = ""
     # how the row was measured, so that a report rendered later (--from-csv) describes the rows, not its own flags
     depth: int | None = None  # None: the size preset's depth
@@ -228,7 +240,7 @@ def plan(spec: BenchSpec) -> list[Config]:
     """Every configuration, smallest token count first with all variants of it together, so that a run cut short
     by ``time_budget_s`` still holds complete comparisons up to some length."""
     device = spec.resolved_device()
-    return [Config(v, s, b, t, spec.repeats, spec.warmup, spec.threads, device, spec.depth)
+    return [Config(v, s, b, t, spec.repeats, spec.warmup, spec.threads, device, spec.depth, spec.matmul_precision)
             for s in spec.sizes for b in spec.batches for t in spec.token_counts() for v in spec.variants]
 
 
@@ -276,7 +288,8 @@ class BenchResult:
 def environment(spec: BenchSpec) -> dict:
     return {"device": spec.resolved_device(), "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "threads": spec.threads or "torch default", "repeats": spec.repeats,
-            "warmup": spec.warmup, "depth": spec.depth or "preset", "clock": spec.clock}
+            "warmup": spec.warmup, "depth": spec.depth or "preset", "clock": spec.clock,
+            "matmul_precision": spec.matmul_precision}
 
 
 def environment_of_rows(rows: list[Row], clock: str) -> dict:
@@ -290,7 +303,8 @@ def environment_of_rows(rows: list[Row], clock: str) -> dict:
 
     return {"device": setting("device", "not recorded"), "torch": setting("torch", "not recorded"),
             "threads": setting("threads", "torch default"), "repeats": setting("repeats", "not recorded"),
-            "warmup": setting("warmup", "not recorded"), "depth": setting("depth", "preset"), "clock": clock}
+            "warmup": setting("warmup", "not recorded"), "depth": setting("depth", "preset"), "clock": clock,
+            "matmul_precision": setting("matmul_precision", "not recorded")}
 
 
 def render_from_csv(paths: list[str | Path], spec: BenchSpec, out_dir: str | Path) -> BenchResult:

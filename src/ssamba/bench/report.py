@@ -93,7 +93,8 @@ def render_markdown(rows: list[Row], env: dict) -> str:
     backends = sorted({r.scan_backend for r in rows if r.scan_backend})
     lines = ["# SSAMBA vs SSAST: inference time and peak memory", "",
              f"device {env['device']}, torch {env['torch']}, threads {env['threads']}, scan backend "
-             f"{', '.join(backends) or 'n/a'}, depth {env['depth']}; {env['warmup']} warm-up run(s), then the "
+             f"{', '.join(backends) or 'n/a'}, depth {env['depth']}, float32 matmul precision "
+             f"{env.get('matmul_precision', 'highest')}; {env['warmup']} warm-up run(s), then the "
              f"median of {env['repeats']}. Time: "
              + ("process CPU time" if tk == "cpu_s" else "elapsed (wall-clock) time") + ". Memory: "
              + ("`torch.cuda.max_memory_allocated`" if env["device"].startswith("cuda")
