@@ -97,7 +97,7 @@ def state_loop_table(arch: int) -> None:
     for warps in (1, 2, 4):
         for stages in (1, 2):
             variants.append((f"serial, stages {stages}", triton_serial.fwd_serial_kernel,
-                             dict(CHUNK=512 * warps, STAGES=stages), warps))
+                             dict(CHUNK=512 * warps, STAGES=stages, SAVE_EVERY=512), warps))
     print(f"\nforward state loop (SASS, sm_{arch}; per thread: steps it holds, instructions per step of one state)")
     print("| kernel | warps | chunk | direction | registers | loop instructions | steps per thread | "
           "instructions per step | shuffles per step | MUFU per step | barriers per loop |")

@@ -138,14 +138,18 @@ def test_loop_kernels_read_a_reverse_scan_ascending(monkeypatch, algo):
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("stages", [1, 2])
-def test_serial_rows_and_chunks_match_float64(reverse, stages):
+@pytest.mark.parametrize("chunk, backward_chunk, stages", [(64, None, 1), (64, 16, 2), (16, 32, 1)],
+                         ids=["chunk64-backward-default", "chunk64-backward16-pipelined", "chunk16-backward32"])
+def test_serial_rows_and_chunks_match_float64(monkeypatch, reverse, chunk, backward_chunk, stages):
     """The serial forward with several rows per chunk (the exclusive scan across rows), several chunks (the carried
     state), and a last chunk mostly past the end (its rows read a real row instead of zeros); forward, reverse, and
-    the training path (chunk start states and pre-gate output for the loop backward)."""
-    triton_ops.set_config(TritonConfig(block_d=1, chunk=64, num_warps=1, algo="serial", stages=stages))
+    the training path: the states it saves at the starts of the loop backward's chunks, which may be shorter than
+    its own (several per chunk) or longer (one every other chunk), and the pre-gate output."""
+    if backward_chunk is not None:
+        monkeypatch.setattr(triton_ops, "SERIAL_BACKWARD", TritonConfig(1, backward_chunk, 1, "loop"))
+    triton_ops.set_config(TritonConfig(block_d=1, chunk=chunk, num_warps=1, algo="serial", stages=stages))
     try:
-        inputs = make_inputs(batch=2, dim=3, length=150, n=5)  # padded to 160: chunks of 64, 64 and 2 of 4 rows
+        inputs = make_inputs(batch=2, dim=3, length=150, n=5)  # padded to 160 (10 rows)
         scan_t = lambda **kw: selective_scan(**kw, backend="triton", reverse=reverse)  # noqa: E731
         scan_r = lambda **kw: selective_scan(**kw, backend="reference", reverse=reverse)  # noqa: E731
         out, grads = run(scan_t, inputs, torch.float32, True)

@@ -34,7 +34,7 @@ for rev in (False, True):
     KERNELS[f"fwd-saving-chunk-parallel-reverse{rev}"] = (triton_loop.fwd_loop_kernel, dict(
         SCAN, SAVE_STATES=True, CHUNK_PARALLEL=True, REVERSE=rev))
     KERNELS[f"bwd-reverse{rev}"] = (triton_loop.bwd_loop_kernel, dict(SCAN, REVERSE=rev))
-    SERIAL = dict(SCAN, BLOCK_N=16, REVERSE=rev)
+    SERIAL = dict(SCAN, BLOCK_N=16, REVERSE=rev, SAVE_EVERY=512)
     del SERIAL["BLOCK_D"]
     KERNELS[f"serial-reverse{rev}"] = (triton_serial.fwd_serial_kernel, dict(
         SERIAL, SAVE_STATES=False, CHUNK=1024, STAGES=1))

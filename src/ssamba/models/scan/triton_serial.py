@@ -3,15 +3,16 @@
 Why.  In the "loop" kernels a (channels, chunk) tile is scanned with ``tl.associative_scan``, whose cost per step is
 set by how many consecutive steps a thread holds: Triton lays loaded float32 tiles out 4 per thread (one 16-byte
 vector), so every scan does its 5 levels of warp shuffles, and a pass through shared memory across warps, for every
-4 steps, whatever the chunk length (longer chunks only repeat the pattern).  Compiled for sm_90 that is ~45 PTX
-instructions per state update, 21 of them shuffles; on an H200 the "loop" forward ran at ~10x the memory-bandwidth
-floor.  ``benchmarks/triton_ptx.py`` counts both.
+4 steps, whatever the chunk length (longer chunks only repeat the pattern).  Compiled for sm_90 its state loop is 43
+machine instructions per state update, 5.3 of them shuffles (46 and 9.3 reversed); on an H200 the "loop" forward
+ran at ~10x the memory-bandwidth floor.  This kernel's loop is 15 per update, 1.3 of them shuffles, in either
+direction (``benchmarks/triton_ptx.py`` reads both off the cubin); not yet timed on a GPU.
 
 How.  A chunk of ``CHUNK = 16 * ROWS`` steps is held as four (ROWS, 4) tiles; tile ``k`` has the steps
 ``16 r + 4 k + j`` of row ``r``, so one thread owns row ``r``'s 16 consecutive steps as four 16-byte vectors (every
 load and store stays vectorised).  For each state ``n``:
 
-1. each tile is scanned along its 4-wide axis (in-thread: no shuffles) and its end value taken;
+1. each tile is scanned along its 4-wide axis (in-thread, written out: no shuffles) and its end value taken;
 2. the four tile totals are chained into the row's total, element-wise;
 3. one scan across the rows, one value per thread, gives each row's start state.  It is an exclusive scan, made
    from ``tl.associative_scan`` by scanning (inclusive, exclusive) pairs (``_combine_excl``);
@@ -19,11 +20,17 @@ load and store stays vectorised).  For each state ``n``:
    registers; the state after the chunk is the last row's end state (one reduction), carried to the next chunk.
 
 So the cross-lane work is one scan and one reduction per 16 steps instead of per 4.  A reverse scan reads memory in
-ascending order like the loop kernels (``REVERSE``): the tiles are taken last to first and every scan runs reversed.
+ascending order like the loop kernels (``REVERSE``): thread ``r`` takes the row ``ROWS - 1 - r`` and the tiles and
+steps of a row run last to first, so the scan across rows is still a forward one (a reversed
+``tl.associative_scan`` compiles to more shuffles).
 
-Only the forward: training runs the "loop" backward with the same chunk, from the chunk start states this kernel
-saves (``SAVE_STATES``), and the pre-gate output (``ypre``) when there is a ``z`` gate.  One channel per program
-(``block_d`` 1): the row axis is what fills the warps.
+Rows past the end of the sequence (the last chunk's) read the last real row again instead of masked zeros: they
+come after every real step in scan order, so they cannot change an output, and their stores are masked.
+
+Only the forward: training runs the "loop" backward at its own launch shape (``triton_ops.SERIAL_BACKWARD``), from
+the states this kernel saves (``SAVE_STATES``) every ``SAVE_EVERY`` steps of the scan, the start of each of the
+backward's chunks (a row start: the state entering the row), and the pre-gate output (``ypre``) when there is a
+``z`` gate.  One channel per program (``block_d`` 1): the row axis is what fills the warps.
 """
 from __future__ import annotations
 
@@ -85,17 +92,19 @@ def fwd_serial_kernel(
     s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE_STATES: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr = False,
-    STAGES: tl.constexpr = 1,
+    STAGES: tl.constexpr = 1, SAVE_EVERY: tl.constexpr = 512,
 ):
-    """The forward scan of one (batch, channel) per program; same arguments as ``fwd_loop_kernel`` less the channel
-    block, same outputs (``out``, and with SAVE_STATES each chunk's start state and the pre-gate output)."""
+    """The forward scan of one (batch, channel) per program; the arguments of ``fwd_loop_kernel`` less the channel
+    block, except that ``n_chunks`` counts the saved states (the backward's chunks of SAVE_EVERY steps, a multiple
+    of 16); same outputs (``out``, and with SAVE_STATES the states and the pre-gate output).
+    STAGES > 1: Triton software-pipelines the loop over states, copying the next states' B and C rows to shared
+    memory while this one is scanned (fewer registers held than loading them ahead by hand, more instructions)."""
     ROWS: tl.constexpr = CHUNK // 16
     pid_b = tl.program_id(0)
     d = tl.program_id(1)
     r = tl.arange(0, ROWS)
     j = tl.arange(0, 4)[None, :]
     offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < d_state
     log2e = 1.4426950408889634
     Dv = 0.0
     if HAS_D:
@@ -112,11 +121,11 @@ def fwd_serial_kernel(
         rows = r[:, None] * 16
     x_row = pid_b * s_xb + d * s_xd
     b_row = pid_b * s_bb
-    state_row = states_ptr + (pid_b * dim + d) * n_chunks * d_state + offs_n
+    state_row = states_ptr + (pid_b * dim + d) * n_chunks * d_state
     ones = tl.full((ROWS,), 1.0, tl.float32)
     zeros = tl.zeros((ROWS,), dtype=tl.float32)
     carry = tl.zeros((BLOCK_N,), dtype=tl.float32)  # every state at the chunk start
-    for ci in range(n_chunks):
+    for ci in range(tl.cdiv(length, CHUNK)):
         if REVERSE:
             c0 = length - (ci + 1) * CHUNK
         else:
@@ -154,8 +163,7 @@ def fwd_serial_kernel(
         y1 = Dv * u1
         y2 = Dv * u2
         y3 = Dv * u3
-        if SAVE_STATES:
-            tl.store(state_row + ci * d_state, carry, mask=mask_n)
+        save_at = ci * CHUNK + 16 * r  # scan position of each row's first step
         bc0 = b_row + t0 * s_bl
         bc1 = b_row + t1 * s_bl
         bc2 = b_row + t2 * s_bl
@@ -183,6 +191,9 @@ def fwd_serial_kernel(
             # 3. each row's start state: the exclusive scan across rows, applied to the chunk's start state
             _ia, _ib, ea, eb = tl.associative_scan((ra, rb, ones, zeros), axis=0, combine_fn=_combine_excl)
             h_in0 = eb + ea * h0
+            if SAVE_STATES:  # the rows that start one of the backward's chunks
+                tl.store(state_row + (save_at // SAVE_EVERY) * d_state + n, h_in0,
+                         mask=(save_at % SAVE_EVERY == 0) & (save_at < length))
             h_in1 = ta0 * h_in0 + tb0
             h_in2 = ta1 * h_in1 + tb1
             h_in3 = ta2 * h_in2 + tb2
