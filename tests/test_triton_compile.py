@@ -107,8 +107,8 @@ def test_compiling_in_interpreter_mode_says_why_it_cannot():
 def test_the_serial_forward_exchanges_across_lanes_once_per_16_steps(sm90, kind):
     """The serial forward's threads scan 16 steps each in registers (4 vector loads per row of u, delta, z): its
     shuffles, counted over the whole kernel, are fewer per step of a thread than half the loop forward's (4 steps
-    per thread), in both directions (``tl.associative_scan`` reversed along an in-thread axis compiled to 4x the shuffles, so the
-    in-thread scans are written out)."""
+    per thread), in both directions (``tl.associative_scan`` reversed along an in-thread axis compiled to 4x the
+    shuffles, so the in-thread scans are written out)."""
     forward, reverse = sm90[f"{kind}-reverseFalse"], sm90[f"{kind}-reverseTrue"]
     loop = sm90["fwd-reverseFalse"]
     assert reverse["shfl"] == forward["shfl"]
