@@ -67,22 +67,17 @@ def _scan4(a, b, REVERSE: tl.constexpr):
     row's end value (the total of its 4 steps)."""
     a0, a1, a2, a3 = _columns(a)
     b0, b1, b2, b3 = _columns(b)
+    if REVERSE:  # scan order: column 3 to 0
+        a0, a1, a2, a3, b0, b1, b2, b3 = a3, a2, a1, a0, b3, b2, b1, b0
+    b1 = a1 * b0 + b1
+    a1 = a1 * a0
+    b2 = a2 * b1 + b2
+    a2 = a2 * a1
+    b3 = a3 * b2 + b3
+    a3 = a3 * a2
+    end_a, end_b = a3, b3
     if REVERSE:
-        b2 = a2 * b3 + b2
-        a2 = a2 * a3
-        b1 = a1 * b2 + b1
-        a1 = a1 * a2
-        b0 = a0 * b1 + b0
-        a0 = a0 * a1
-        end_a, end_b = a0, b0
-    else:
-        b1 = a1 * b0 + b1
-        a1 = a1 * a0
-        b2 = a2 * b1 + b2
-        a2 = a2 * a1
-        b3 = a3 * b2 + b3
-        a3 = a3 * a2
-        end_a, end_b = a3, b3
+        a0, a1, a2, a3, b0, b1, b2, b3 = a3, a2, a1, a0, b3, b2, b1, b0
     return _tile(a0, a1, a2, a3), _tile(b0, b1, b2, b3), end_a, end_b
 
 
