@@ -74,8 +74,8 @@ class TritonConfig:
     is "loop" with a chunk-parallel forward (chunk start states first, then every chunk at once; same backward),
     "serial" is "loop" with a forward whose threads scan 16 consecutive steps each (``triton_serial``; one channel
     per program, ``chunk`` = 16 steps per thread, so 512 x num_warps fills the warps) and the loop backward at
-    ``SERIAL_BACKWARD``'s launch shape.  ``stages`` > 1 ("serial"
-    only) software-pipelines its per-state loads through shared memory (Triton's ``num_stages``).
+    ``SERIAL_BACKWARD``'s launch shape.  ``stages`` > 1 ("serial" only) software-pipelines its per-state loads
+    through shared memory (Triton's ``num_stages``).
     "loop" is faster than "tile"; "tile" keeps no pre-gate output for the backward (one (B, D, L) float32 buffer
     less when training).
 
@@ -83,8 +83,8 @@ class TritonConfig:
     d_inner=384, N=16, L=16384: 0.52 ms forward, 3.8 ms forward + backward; docs/bench/tiny-h200-triton-2/
     gpu_check.md).  "1,512,2,chunked" had the fastest forward there (0.46 ms) but a slower backward (5.4 ms): the
     sequential walk is not what limits the kernel, the per-step instruction count of the scan is.  "serial" came
-    after that run and has not been timed on a GPU: compiled for sm_90 its state loop is 15 instructions per step
-    against the loop forward's 41 (``benchmarks/triton_ptx.py``)."""
+    after that run and has not been timed on a GPU: compiled for sm_90 its state loop is 15 instructions per state
+    update against the loop forward's 43 (``benchmarks/triton_ptx.py``)."""
 
     block_d: int = 1
     chunk: int = 512
@@ -201,10 +201,8 @@ if triton is not None:
         return values
 
     @triton.jit
-    def _delta(raw, bias, SOFTPLUS: tl.constexpr):
-        """softplus(raw + bias) in float32 (or raw + bias): the scan's step size.  ``bias`` broadcasts against
-        ``raw`` (a channel column, or one channel's scalar)."""
-        pre = raw.to(tl.float32) + bias
+    def _delta(pre, SOFTPLUS: tl.constexpr):
+        """The scan's step size from the float32 pre-activation ``delta + bias``: its softplus, or itself."""
         if SOFTPLUS:
             return tl.where(pre <= 20.0, tl.log(1.0 + tl.exp(pre)), pre)
         return pre
@@ -212,9 +210,10 @@ if triton is not None:
     @triton.jit
     def _load_delta(ptrs, mask, bias, SOFTPLUS: tl.constexpr):
         """(delta, pre): ``_delta`` of the loaded tile, 0 where masked (a step outside the sequence is the
-        identity, a = 1 and b = 0), and the pre-softplus value (its sigmoid is softplus' derivative)."""
+        identity, a = 1 and b = 0), and the pre-softplus value (its sigmoid is softplus' derivative).  ``bias``
+        broadcasts against the tile (a channel column)."""
         pre = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + bias
-        return tl.where(mask, _delta(pre, 0.0, SOFTPLUS), 0.0), pre
+        return tl.where(mask, _delta(pre, SOFTPLUS), 0.0), pre
 
 
 def _fwd_kernel(

@@ -146,10 +146,10 @@ def fwd_serial_kernel(
         u1 = tl.load(u_ptr + x1).to(tl.float32)
         u2 = tl.load(u_ptr + x2).to(tl.float32)
         u3 = tl.load(u_ptr + x3).to(tl.float32)
-        dl0 = _delta(tl.load(dl_ptr + x0), bias, SOFTPLUS)
-        dl1 = _delta(tl.load(dl_ptr + x1), bias, SOFTPLUS)
-        dl2 = _delta(tl.load(dl_ptr + x2), bias, SOFTPLUS)
-        dl3 = _delta(tl.load(dl_ptr + x3), bias, SOFTPLUS)
+        dl0 = _delta(tl.load(dl_ptr + x0).to(tl.float32) + bias, SOFTPLUS)
+        dl1 = _delta(tl.load(dl_ptr + x1).to(tl.float32) + bias, SOFTPLUS)
+        dl2 = _delta(tl.load(dl_ptr + x2).to(tl.float32) + bias, SOFTPLUS)
+        dl3 = _delta(tl.load(dl_ptr + x3).to(tl.float32) + bias, SOFTPLUS)
         dlu0 = dl0 * u0
         dlu1 = dl1 * u1
         dlu2 = dl2 * u2
