@@ -164,6 +164,26 @@ def test_serial_rows_and_chunks_match_float64(monkeypatch, reverse, chunk, backw
         assert rel_err(grad, grads64[name]) < 1e-4, name
 
 
+def test_calls_past_32_bit_offsets_split_the_batch(monkeypatch):
+    """Offsets past 2**31 - 1 elements would wrap in the kernels' 32-bit arithmetic: such a call runs batch slices
+    (here the limit is lowered to one item's span: 3 channels x 32 padded steps, 4 states x 32 for B and C), with
+    the same outputs and gradients; one item past the limit is refused by name."""
+    inputs = make_inputs(batch=3, dim=3, length=19, n=4)
+    whole, whole_grads = run(triton_ops.selective_scan_triton, inputs, torch.float32, True)
+    launches = []
+    real = triton_ops._SelectiveScan.apply
+    monkeypatch.setattr(triton_ops._SelectiveScan, "apply", lambda *a: launches.append(a[0].shape[0]) or real(*a))
+    monkeypatch.setattr(triton_ops, "MAX_OFFSET", 4 * 32)
+    split, split_grads = run(triton_ops.selective_scan_triton, inputs, torch.float32, True)
+    assert launches == [1, 1, 1]
+    assert torch.equal(split, whole)
+    for name, grad in split_grads.items():
+        assert rel_err(grad, whole_grads[name]) < 1e-6, name
+    monkeypatch.setattr(triton_ops, "MAX_OFFSET", 4 * 32 - 1)
+    with pytest.raises(ValueError, match=r"selective scan of \(3, 3, 19\): one batch item spans 128 elements"):
+        run(triton_ops.selective_scan_triton, inputs, torch.float32, True)
+
+
 def test_default_launch_shape_matches_reference():
     """The shipped default (wider blocks, one long chunk here) computes the same function."""
     inputs = make_inputs(batch=1, dim=5, length=40, n=16)

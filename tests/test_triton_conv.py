@@ -71,3 +71,24 @@ def test_short_sequences():
         for backwards in (False, True):
             ref = triton_conv.conv_silu_reference(x, w, b, backwards)
             assert rel_err(triton_conv.conv_silu(x, w, b, backwards), ref) < 1e-6
+
+
+def test_calls_past_32_bit_offsets_split_the_batch(monkeypatch):
+    """Offsets past 2**31 - 1 elements would wrap in the kernel's 32-bit arithmetic: such a call runs batch slices
+    (here the limit is lowered to one item's span), with the same outputs and gradients; one item past it is refused
+    by name."""
+    x, w, b = inputs(batch=3, dim=5, length=40)
+    weight = torch.linspace(-1, 1, x.numel(), device=DEVICE).reshape(x.shape)
+    whole, whole_grads = grads_of(lambda *t: triton_conv.conv_silu(*t, True), x, w, b, weight)
+    launches = []
+    real = triton_conv._ConvSilu.apply
+    monkeypatch.setattr(triton_conv._ConvSilu, "apply", lambda *a: launches.append(a[0].shape[0]) or real(*a))
+    monkeypatch.setattr(triton_ops, "MAX_OFFSET", 5 * 40)
+    split, split_grads = grads_of(lambda *t: triton_conv.conv_silu(*t, True), x, w, b, weight)
+    assert launches == [1, 1, 1]
+    assert torch.equal(split, whole)
+    for got, want in zip(split_grads, whole_grads):
+        assert rel_err(got, want) < 1e-6
+    monkeypatch.setattr(triton_ops, "MAX_OFFSET", 5 * 40 - 1)
+    with pytest.raises(ValueError, match=r"conv \+ SiLU of \(3, 5, 40\): one batch item spans 200 elements"):
+        triton_conv.conv_silu(x, w, b)

@@ -111,4 +111,8 @@ def conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None, backwards: bool = 
         raise RuntimeError("the fused conv + SiLU runs CUDA tensors with Triton (CPU ones only in its interpreter)")
     if x.shape[-1] == 0:
         return x.new_empty(x.shape)
-    return _ConvSilu.apply(x, weight, bias, backwards)
+    batch, dim, length = x.shape
+    parts = triton_ops.batch_slices(batch, max(dim * length, x.stride(0)), f"conv + SiLU of {tuple(x.shape)}")
+    if len(parts) == 1:
+        return _ConvSilu.apply(x, weight, bias, backwards)
+    return torch.cat([_ConvSilu.apply(x[p], weight, bias, backwards) for p in parts])

@@ -394,6 +394,20 @@ def _time_strides(x: Tensor, b: Tensor, reverse: bool) -> tuple[int, ...]:
 # Sequences are padded to a multiple of this many steps (see _padded).
 ALIGN = 16
 
+#: The kernels compute element offsets in 32-bit integers, as Triton types integer arguments below 2**31: a call
+#: whose tensors reach further is split along the batch (``batch_slices``).
+MAX_OFFSET = 2**31 - 1
+
+
+def batch_slices(batch: int, per_item: int, what: str) -> list[slice]:
+    """Slices of the batch whose element offsets stay within ``MAX_OFFSET`` (``per_item``: the elements one batch
+    item spans, batch strides included); all of it in one slice when it fits."""
+    if per_item > MAX_OFFSET:
+        raise ValueError(f"{what}: one batch item spans {per_item} elements, beyond the 2**31 - 1 that the Triton "
+                         f"kernels' 32-bit offsets reach; use a shorter sequence or fewer channels")
+    step = max(1, MAX_OFFSET // per_item)
+    return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
+
 
 def _padded(t: Tensor | None, length: int, fill: float) -> Tensor | None:
     """``t`` (B, C, L) as a contiguous (B, C, length) tensor, the extra steps set to ``fill``."""
@@ -542,5 +556,12 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
                            f"before Triton is imported); got a {u.device.type} tensor")
     if u.shape[-1] == 0:
         return u.new_zeros(u.shape)
-    return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    batch, dim, length = u.shape
+    padded = -(-length // ALIGN) * ALIGN
+    per_item = max([dim * padded, B.shape[1] * padded] + [t.stride(0) for t in (u, delta, z, B, C) if t is not None])
+    parts = batch_slices(batch, per_item, f"selective scan of {tuple(u.shape)}")
+    if len(parts) == 1:
+        return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return torch.cat([_SelectiveScan.apply(u[p], delta[p], A, B[p], C[p], D, None if z is None else z[p], delta_bias,
+                                           delta_softplus, reverse) for p in parts])
 
