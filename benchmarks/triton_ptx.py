@@ -21,16 +21,12 @@ instruction-bound part of the time, not latency or occupancy, which the GPU chec
 from __future__ import annotations
 
 import argparse
-import collections
 import re
-import subprocess
-import tempfile
-from pathlib import Path
 
 import triton
 
 from ssamba.models.scan import triton_loop, triton_serial
-from ssamba.models.scan.triton_compile import ALIGNED_INTS, UNIT_STRIDES, compile_for
+from ssamba.models.scan.triton_compile import ALIGNED_INTS, UNIT_STRIDES, compile_for, state_loop
 
 # Pointers the old reverse path moved to the last step (negated strides from there: not 16-byte aligned).
 POINTERS_MOVED_BY_REVERSE = {"u_ptr", "dl_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr", "ypre_ptr", "dout_ptr",
@@ -58,36 +54,6 @@ def counts(ttgir: str, ptx: str) -> dict[str, int]:
             "ld.shared": ptx.count("ld.shared"), "bar.sync": ptx.count("bar.sync"), "shfl": ptx.count("shfl.sync"),
             "ld.global": len(re.findall(r"ld\.global", ptx)),
             "vector loads": len(re.findall(r"ld\.global\S*\.v4", ptx)), "PTX lines": len(ptx.splitlines())}
-
-
-def _tool(name: str) -> Path:
-    """A CUDA binary utility bundled with Triton's NVIDIA backend."""
-    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
-
-
-def state_loop(cubin: bytes) -> dict[str, int]:
-    """Registers, and the SASS instructions of the innermost loop whose body exponentiates (the loop over states):
-    their number, shuffles, MUFU (exp2) and barriers."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.cubin"
-        path.write_bytes(cubin)
-        sass = subprocess.run([_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True).stdout
-        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", path], capture_output=True, text=True,
-                               check=True).stdout
-    lines = sass.splitlines()
-    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\s*(\.L_x_\d+):", line))}
-    opcode = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
-    best: list[str] = []
-    for i, line in enumerate(lines):  # loops: a branch back to an earlier label; the smallest one that exponentiates
-        m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
-        if m and labels.get(m.group(1), i) < i:
-            ops = [o.group(1).split(".")[0] for x in lines[labels[m.group(1)]:i + 1] if (o := opcode.match(x))]
-            if "MUFU" in ops and (not best or len(ops) < len(best)):
-                best = ops
-    count = collections.Counter(best)
-    regs = re.search(r"REG:(\d+)", usage)
-    return {"registers": int(regs.group(1)) if regs else -1, "instructions": len(best), "SHFL": count["SHFL"],
-            "MUFU": count["MUFU"], "BAR": count["BAR"]}
 
 
 def state_loop_table(arch: int) -> None:

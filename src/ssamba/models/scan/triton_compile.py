@@ -1,9 +1,14 @@
 """Compile a Triton kernel for a GPU target on any machine (Triton lowers to PTX and cubin without a GPU),
-specialised as the launch wrappers' calls are: what ``tests/test_triton_compile.py`` and
+specialised as the launch wrappers' calls are, and read its machine code: what ``tests/test_triton_compile.py`` and
 ``benchmarks/triton_ptx.py`` inspect.  Not for running anything.
 """
 from __future__ import annotations
 
+import collections
+import re
+import subprocess
+import tempfile
+from pathlib import Path
 from typing import Callable, Iterable
 
 from ssamba.models.scan import triton_ops
@@ -49,3 +54,34 @@ def compile_for(fn: Callable, flags: dict, *, arch: int = 90, num_warps: int = 4
     kernel = triton.compile(ASTSource(jitted, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=num_warps))
     return kernel.asm["ttgir"], kernel.asm["ptx"], kernel.asm.get("cubin") or b""
+
+
+def _tool(name: str) -> Path:
+    """A CUDA binary utility bundled with Triton's NVIDIA backend (nvdisasm, cuobjdump)."""
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+
+
+def state_loop(cubin: bytes) -> dict[str, int]:
+    """Registers, and the SASS (machine) instructions of the smallest loop of a scan kernel's cubin whose body
+    exponentiates, which is its loop over the states: their number, shuffles, MUFU (exp2) and barriers.  Static
+    counts: what one pass of the loop issues, not how long it takes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", path], capture_output=True, text=True,
+                               check=True).stdout
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\s*(\.L_x_\d+):", line))}
+    opcode = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+    best: list[str] = []
+    for i, line in enumerate(lines):  # loops: a branch back to an earlier label; the smallest one that exponentiates
+        m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
+        if m and labels.get(m.group(1), i) < i:
+            ops = [o.group(1).split(".")[0] for x in lines[labels[m.group(1)]:i + 1] if (o := opcode.match(x))]
+            if "MUFU" in ops and (not best or len(ops) < len(best)):
+                best = ops
+    count = collections.Counter(best)
+    regs = re.search(r"REG:(\d+)", usage)
+    return {"registers": int(regs.group(1)) if regs else -1, "instructions": len(best), "SHFL": count["SHFL"],
+            "MUFU": count["MUFU"], "BAR": count["BAR"]}
