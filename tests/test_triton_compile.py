@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not triton_ops.available(),
                                 reason="Triton is not installed (pip install 'ssamba[gpu]')")
 
 COMPILE = r'''
-import json, sys
+import json, subprocess, sys
 from ssamba.models.scan import triton_conv, triton_loop, triton_ops, triton_serial
 from ssamba.models.scan.triton_compile import compile_for, state_loop
 
@@ -56,8 +56,11 @@ def summary(name, fn, flags, arch):
             "shfl": ptx.count("shfl.sync")}
     if cubin and name.startswith(("fwd-reverse", "serial-")):  # the state loop's machine code, per thread step
         steps = flags["CHUNK"] // (32 * warps)
-        info.update({f"state_loop_{k}_per_step": v / steps for k, v in state_loop(cubin).items()
-                     if k in ("instructions", "SHFL")})
+        try:
+            loop = state_loop(cubin)
+        except (OSError, subprocess.CalledProcessError):  # a Triton build without nvdisasm / cuobjdump
+            loop = {}
+        info.update({f"state_loop_{k}_per_step": v / steps for k, v in loop.items() if k in ("instructions", "SHFL")})
     return info
 
 arch = int(sys.argv[1])
@@ -126,6 +129,8 @@ def test_the_serial_state_loop_issues_under_half_the_loop_forwards_instructions(
     """Read off the sm_90 machine code (Triton's own nvdisasm): per state update, the serial forward's loop over the
     states issues fewer than half the loop forward's instructions, in both directions (measured 15-17 against 43
     and 46: benchmarks/triton_ptx.py)."""
+    if "state_loop_instructions_per_step" not in sm90[f"{kind}-reverseFalse"]:
+        pytest.skip("this Triton ships no nvdisasm/cuobjdump to read the machine code with")
     for rev in (False, True):
         serial, loop = sm90[f"{kind}-reverse{rev}"], sm90[f"fwd-reverse{rev}"]
         assert 0 < serial["state_loop_instructions_per_step"] < loop["state_loop_instructions_per_step"] / 2, rev
