@@ -226,9 +226,10 @@ def _scan_backward_times(batch: int, length: int, inp: dict) -> tuple[float, flo
     return both, peak
 
 
-def sweep(budget: float, configs: list[TritonConfig] | None = None) -> tuple[TritonConfig, TritonConfig]:
-    """(fastest forward + forward+backward, fastest forward) of the launch shapes, the serial ones first (they came
-    after the last GPU run: benchmarks/triton_ptx.py counts a third of the loop forward's instructions per step)."""
+def sweep(budget: float, configs: list[TritonConfig] | None = None) -> TritonConfig:
+    """The fastest forward of the launch shapes (the fastest forward + backward is reported too), the serial ones
+    first (they came after the last GPU run: benchmarks/triton_ptx.py counts a third of the loop forward's
+    instructions per step)."""
     say("## 2. Launch shapes (B=2, d_inner=384, N=16, L=16384; forward no-grad / forward+backward, ms)")
     say("| block_d, chunk, warps, algo[, stages] | forward | forward+backward |")
     say("|---|---|---|")
@@ -257,7 +258,7 @@ def sweep(budget: float, configs: list[TritonConfig] | None = None) -> tuple[Tri
             best_fwd, best_fwd_t = c, fwd
     triton_ops.set_config(None)
     say(f"\nfastest (forward + forward+backward): {best}; fastest forward (used below): {best_fwd}\n")
-    return best, best_fwd
+    return best_fwd
 
 
 def scan_table(config: TritonConfig, bandwidth: float, budget: float) -> None:
@@ -417,7 +418,7 @@ def main() -> int:
         ok = guarded(correctness) or False
         bandwidth = guarded(copy_bandwidth) or 3e12
         BANDWIDTH[0] = bandwidth
-        best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.35, args.configs) or (best, best))[1]
+        best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.35, args.configs) or best)
         guarded(scan_table, best, bandwidth, args.budget_s * 0.5)
         guarded(conv_table, args.budget_s * 0.55)
         if not (args.skip_model or args.skip_table):
