@@ -100,7 +100,10 @@ def correctness() -> bool:
              ((2, D_INNER, 2048, D_STATE), dict(noncontig=True), TritonConfig(1, 512, 1, "serial")),
              ((1, 64, 4099, D_STATE), {}, TritonConfig(1, 2048, 4, "serial", stages=2)),
              ((2, D_INNER, 3000, D_STATE), dict(reverse=True), TritonConfig(1, 1024, 2, "serial")),
-             ((2, D_INNER, 3000, D_STATE), dict(reverse=True), TritonConfig(1, 4096, 8, "serial", stages=2))]
+             ((2, D_INNER, 3000, D_STATE), dict(reverse=True), TritonConfig(1, 4096, 8, "serial", stages=2)),
+             ((2, D_INNER, 3000, D_STATE), {}, TritonConfig(1, 512, 1, "serial", unroll=2)),
+             ((2, D_INNER, 3000, D_STATE), dict(reverse=True), TritonConfig(1, 1024, 2, "serial", unroll=2)),
+             ((2, 5, 37, 5), {}, TritonConfig(1, 32, 1, "serial", unroll=2))]  # odd state count: one at a time
     triton_scan = lambda **kw: selective_scan(**kw, backend="triton")  # noqa: E731
     reference_scan = lambda **kw: selective_scan(**kw, backend="reference")  # noqa: E731
     for shape, kw, config in cases:
@@ -119,7 +122,8 @@ def correctness() -> bool:
         say(f"| {shape} {kw or ''} | {triton_ops.current_config()} | {e_out:.1e} | {worst} {errs[worst]:.1e}"
             f"{'' if good else ' FAIL'} |")
     for config in (TritonConfig(1, 512, 4, "chunked"), TritonConfig(1, 128, 2, "chunked"),
-                   TritonConfig(1, 1024, 2, "serial"), TritonConfig(1, 2048, 4, "serial", stages=2)):
+                   TritonConfig(1, 1024, 2, "serial"), TritonConfig(1, 2048, 4, "serial", stages=2),
+                   TritonConfig(1, 512, 1, "serial", unroll=2)):
         triton_ops.set_config(config)
         inp = inputs(2, D_INNER, 3000, D_STATE)
         with torch.no_grad():
@@ -153,7 +157,7 @@ def correctness() -> bool:
     weight = None
     res = {}
     for label, backend, config in (("reference", "reference", None), ("default", "triton", None),
-                                   ("serial", "triton", TritonConfig(1, 1024, 2, "serial"))):
+                                   ("serial", "triton", TritonConfig(1, 512, 1, "serial", unroll=2))):
         triton_ops.set_config(config)
         for m in enc.modules():
             if hasattr(m, "scan_backend"):
@@ -231,11 +235,11 @@ def sweep(budget: float, configs: list[TritonConfig] | None = None) -> TritonCon
     first (they came after the last GPU run: benchmarks/triton_ptx.py counts a third of the loop forward's
     instructions per step)."""
     say("## 2. Launch shapes (B=2, d_inner=384, N=16, L=16384; forward no-grad / forward+backward, ms)")
-    say("| block_d, chunk, warps, algo[, stages] | forward | forward+backward |")
+    say("| block_d, chunk, warps, algo[, stages[, unroll]] | forward | forward+backward |")
     say("|---|---|---|")
     configs = configs or [TritonConfig(*c) for c in (
-        (1, 1024, 2, "serial"), (1, 2048, 4, "serial"), (1, 512, 1, "serial"), (1, 4096, 8, "serial"),
-        (1, 1024, 2, "serial", 2), (1, 2048, 4, "serial", 2), (1, 512, 1, "serial", 2),
+        (1, 512, 1, "serial", 1, 2), (1, 512, 1, "serial"), (1, 1024, 2, "serial"), (1, 1024, 2, "serial", 1, 2),
+        (1, 2048, 4, "serial"), (1, 4096, 8, "serial"), (1, 512, 1, "serial", 2), (1, 1024, 2, "serial", 2),
         (1, 512, 4, "loop"), (1, 2048, 4, "loop"),
         (1, 512, 4, "chunked"), (1, 256, 2, "chunked"), (1, 512, 2, "chunked"), (1, 256, 1, "chunked"),
         (1, 1024, 4, "chunked"), (2, 256, 4, "chunked"))]
@@ -384,7 +388,7 @@ def main() -> int:
     parser.add_argument("--skip-sweep", action="store_true", help="use the default launch shape (no section 2)")
     parser.add_argument("--profile", action="store_true", help="top CUDA kernels of SSAMBA-tiny at 22k tokens")
     parser.add_argument("--configs", type=lambda text: [TritonConfig.parse(c) for c in text.split(";")],
-                        help="launch shapes of the sweep, 'block_d,chunk,warps,algo[,stages];...' "
+                        help="launch shapes of the sweep, 'block_d,chunk,warps,algo[,stages[,unroll]];...' "
                              "(default: a built-in list)")
     parser.add_argument("--skip-table", action="store_true", help="no subprocess model table (section 4)")
     parser.add_argument("--graph-tokens", type=int, nargs="*", default=[4096, 22000],

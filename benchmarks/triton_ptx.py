@@ -58,24 +58,26 @@ def counts(ttgir: str, ptx: str) -> dict[str, int]:
 
 def state_loop_table(arch: int) -> None:
     """The loop and serial forwards (inference: no saved states) at the launch shapes the GPU check sweeps."""
-    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SAVE_STATES=False, BLOCK_N=16)
-    variants = [("loop", triton_loop.fwd_loop_kernel, dict(BLOCK_D=1, CHUNK=512, CHUNK_PARALLEL=False), 4)]
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SAVE_STATES=False)
+    variants = [("loop", triton_loop.fwd_loop_kernel, dict(BLOCK_D=1, BLOCK_N=16, CHUNK=512, CHUNK_PARALLEL=False),
+                 4, 1)]
     for warps in (1, 2, 4):
-        for stages in (1, 2):
-            variants.append((f"serial, stages {stages}", triton_serial.fwd_serial_kernel,
-                             dict(CHUNK=512 * warps, STAGES=stages, SAVE_EVERY=512), warps))
-    print(f"\nforward state loop (SASS, sm_{arch}; per thread: steps it holds, instructions per step of one state)")
-    print("| kernel | warps | chunk | direction | registers | loop instructions | steps per thread | "
-          "instructions per step | shuffles per step | MUFU per step | barriers per loop |")
+        for stages, unroll in ((1, 1), (1, 2), (2, 1)):
+            variants.append((f"serial, stages {stages}, unroll {unroll}", triton_serial.fwd_serial_kernel,
+                             dict(CHUNK=512 * warps, STAGES=stages, SAVE_EVERY=512, UNROLL=unroll), warps, unroll))
+    print(f"\nforward state loop (SASS, sm_{arch}; per thread and pass of the loop: its state updates (steps it "
+          f"holds x states per pass), and instructions per update)")
+    print("| kernel | warps | chunk | direction | registers | loop instructions | updates per pass | "
+          "instructions per update | shuffles per update | MUFU per update | barriers per loop |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for label, fn, extra, warps in variants:
+    for label, fn, extra, warps, states in variants:
         for reverse in (False, True):
             _, _, cubin = compile_for(fn, dict(flags, **extra, REVERSE=reverse), arch=arch, num_warps=warps)
             if not cubin:
                 print(f"| {label} | {warps} | {extra['CHUNK']} | no cubin built |")
                 continue
             st = state_loop(cubin)
-            steps = extra["CHUNK"] // (32 * warps)
+            steps = extra["CHUNK"] // (32 * warps) * states  # state updates per thread per pass of the loop
             print(f"| {label} | {warps} | {extra['CHUNK']} | {'reverse' if reverse else 'forward'} | "
                   f"{st['registers']} | {st['instructions']} | {steps} | {st['instructions'] / steps:.1f} | "
                   f"{st['SHFL'] / steps:.2f} | {st['MUFU'] / steps:.2f} | {st['BAR']} |")

@@ -100,11 +100,8 @@ def test_reverse_scan_matches_flipped_reference(config):
         assert rel_err(grad, grads64[name]) < 1e-4, name
 
 
-@pytest.mark.parametrize("algo", ["loop", "chunked", "serial"])
-def test_loop_kernels_read_a_reverse_scan_ascending(monkeypatch, algo):
-    """Reverse scans reach the loop kernels as REVERSE with positive strides, on a sequence padded to a multiple of
-    16 steps: negated strides or lengths Triton cannot prove 16-divisible compiled to 3x the layout conversions and
-    no vector loads (tests/test_triton_compile.py pins the kernels)."""
+def record_launches(monkeypatch) -> list[tuple[str, tuple, dict]]:
+    """Every kernel launch of the scan from now on, as (kernel name, arguments, keyword arguments)."""
     launches = []
     real = triton_ops._kernel
 
@@ -120,6 +117,15 @@ def test_loop_kernels_read_a_reverse_scan_ascending(monkeypatch, algo):
         return Launcher()
 
     monkeypatch.setattr(triton_ops, "_kernel", recording)
+    return launches
+
+
+@pytest.mark.parametrize("algo", ["loop", "chunked", "serial"])
+def test_loop_kernels_read_a_reverse_scan_ascending(monkeypatch, algo):
+    """Reverse scans reach the loop kernels as REVERSE with positive strides, on a sequence padded to a multiple of
+    16 steps: negated strides or lengths Triton cannot prove 16-divisible compiled to 3x the layout conversions and
+    no vector loads (tests/test_triton_compile.py pins the kernels)."""
+    launches = record_launches(monkeypatch)
     triton_ops.set_config(CONFIGS[algo])
     try:
         inputs = make_inputs(batch=1, dim=3, length=19, n=4)
@@ -138,18 +144,23 @@ def test_loop_kernels_read_a_reverse_scan_ascending(monkeypatch, algo):
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("chunk, backward_chunk, stages", [(64, None, 1), (64, 16, 2), (16, 32, 1)],
-                         ids=["chunk64-backward-default", "chunk64-backward16-pipelined", "chunk16-backward32"])
-def test_serial_rows_and_chunks_match_float64(monkeypatch, reverse, chunk, backward_chunk, stages):
-    """The serial forward with several rows per chunk (the exclusive scan across rows), several chunks (the carried
-    state), and a last chunk mostly past the end (its rows read a real row instead of zeros); forward, reverse, and
-    the training path: the states it saves at the starts of the loop backward's chunks, which may be shorter than
-    its own (several per chunk) or longer (one every other chunk), and the pre-gate output."""
+@pytest.mark.parametrize("chunk, backward_chunk, stages, unroll, n",
+                         [(64, None, 1, 1, 5), (64, 16, 2, 1, 5), (16, 32, 1, 2, 5), (64, None, 1, 2, 4)],
+                         ids=["chunk64-backward-default", "chunk64-backward16-pipelined",
+                              "chunk16-backward32-odd-states-unpaired", "chunk64-paired-states"])
+def test_serial_rows_and_chunks_match_float64(monkeypatch, reverse, chunk, backward_chunk, stages, unroll, n):
+    """The serial forward with several rows per chunk (the exclusive scan across rows), several chunks (the state
+    carried through memory), and a last chunk mostly past the end (its rows read a real row instead of zeros);
+    forward, reverse, and the training path: the states it saves at the starts of the loop backward's chunks, which
+    may be shorter than its own (several per chunk) or longer (one every other chunk), and the pre-gate output.
+    ``unroll`` 2 scans states in pairs, where their number is even (else one at a time)."""
     if backward_chunk is not None:
         monkeypatch.setattr(triton_ops, "SERIAL_BACKWARD", TritonConfig(1, backward_chunk, 1, "loop"))
-    triton_ops.set_config(TritonConfig(block_d=1, chunk=chunk, num_warps=1, algo="serial", stages=stages))
+    launches = record_launches(monkeypatch)
+    triton_ops.set_config(TritonConfig(block_d=1, chunk=chunk, num_warps=1, algo="serial", stages=stages,
+                                       unroll=unroll))
     try:
-        inputs = make_inputs(batch=2, dim=3, length=150, n=5)  # padded to 160 (10 rows)
+        inputs = make_inputs(batch=2, dim=3, length=150, n=n)  # padded to 160 (10 rows)
         scan_t = lambda **kw: selective_scan(**kw, backend="triton", reverse=reverse)  # noqa: E731
         scan_r = lambda **kw: selective_scan(**kw, backend="reference", reverse=reverse)  # noqa: E731
         out, grads = run(scan_t, inputs, torch.float32, True)
@@ -162,6 +173,8 @@ def test_serial_rows_and_chunks_match_float64(monkeypatch, reverse, chunk, backw
     assert rel_err(out, out64) < 1e-4 and rel_err(inference, out64) < 1e-4
     for name, grad in grads.items():
         assert rel_err(grad, grads64[name]) < 1e-4, name
+    forwards = [kwargs for name, _, kwargs in launches if name == "fwd"]
+    assert len(forwards) == 2 and all(kw["UNROLL"] == (unroll if n % unroll == 0 else 1) for kw in forwards)
 
 
 def test_calls_past_32_bit_offsets_split_the_batch(monkeypatch):
@@ -255,6 +268,14 @@ def test_config_string_errors(text, message):
     serial = TritonConfig.parse("1,1024,2,serial,2")
     assert serial == TritonConfig(1, 1024, 2, "serial", stages=2)
     assert TritonConfig.parse(serial.spec()) == serial and TritonConfig(1, 8, 1).spec() == "1,8,1,loop"
+    paired = TritonConfig.parse("1,512,1,serial,1,2")
+    assert paired == TritonConfig(1, 512, 1, "serial", unroll=2) and paired.spec() == "1,512,1,serial,1,2"
+    with pytest.raises(ValueError, match="unroll must be 1 or 2"):
+        TritonConfig.parse("1,512,1,serial,1,4")
+    with pytest.raises(ValueError, match="unroll 2 interleaves"):
+        TritonConfig(1, 512, 4, "loop", unroll=2)
+    with pytest.raises(ValueError, match="expected"):
+        TritonConfig.parse("1,512,1,serial,1,2,3")
     with pytest.raises(ValueError, match="algo"):
         TritonConfig.parse("1,512,4,fast")
     with pytest.raises(ValueError, match="block_d must be 1"):

@@ -52,7 +52,7 @@ def compile_for(fn: Callable, flags: dict, *, arch: int = 90, num_warps: int = 4
             if arg in aligned:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     kernel = triton.compile(ASTSource(jitted, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=num_warps))
+                            options=dict(num_warps=num_warps, **triton_ops.FP_FUSION))
     return kernel.asm["ttgir"], kernel.asm["ptx"], kernel.asm.get("cubin") or b""
 
 
@@ -63,8 +63,9 @@ def _tool(name: str) -> Path:
 
 def state_loop(cubin: bytes) -> dict[str, int]:
     """Registers, and the SASS (machine) instructions of the smallest loop of a scan kernel's cubin whose body
-    exponentiates, which is its loop over the states: their number, shuffles, MUFU (exp2) and barriers.  Static
-    counts: what one pass of the loop issues, not how long it takes."""
+    exponentiates, which is its loop over the states: their number, shuffles (SHFL_BFLY: the butterfly ones of
+    cross-lane reductions), MUFU (exp2) and barriers.  Static counts: what one pass of the loop issues, not how long
+    it takes."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
@@ -78,10 +79,10 @@ def state_loop(cubin: bytes) -> dict[str, int]:
     for i, line in enumerate(lines):  # loops: a branch back to an earlier label; the smallest one that exponentiates
         m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
         if m and labels.get(m.group(1), i) < i:
-            ops = [o.group(1).split(".")[0] for x in lines[labels[m.group(1)]:i + 1] if (o := opcode.match(x))]
-            if "MUFU" in ops and (not best or len(ops) < len(best)):
+            ops = [o.group(1) for x in lines[labels[m.group(1)]:i + 1] if (o := opcode.match(x))]
+            if any(op.startswith("MUFU") for op in ops) and (not best or len(ops) < len(best)):
                 best = ops
-    count = collections.Counter(best)
+    count = collections.Counter(op.split(".")[0] for op in best)
     regs = re.search(r"REG:(\d+)", usage)
     return {"registers": int(regs.group(1)) if regs else -1, "instructions": len(best), "SHFL": count["SHFL"],
-            "MUFU": count["MUFU"], "BAR": count["BAR"]}
+            "SHFL_BFLY": sum(op.startswith("SHFL.BFLY") for op in best), "MUFU": count["MUFU"], "BAR": count["BAR"]}

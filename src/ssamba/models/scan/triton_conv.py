@@ -81,7 +81,7 @@ class _ConvSilu(torch.autograd.Function):
         _kernel()[grid](x_, w, w if bias is None else bias.contiguous(), out, dim, length,
                         x_.stride(0), x_.stride(1), out.stride(0), out.stride(1),
                         K=w.shape[1], BACKWARDS=bool(backwards), HAS_BIAS=bias is not None,
-                        BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L, num_warps=4)
+                        BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L, num_warps=4, **triton_ops.FP_FUSION)
         ctx.save_for_backward(x, weight, bias)
         ctx.backwards = bool(backwards)
         return out

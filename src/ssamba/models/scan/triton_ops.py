@@ -10,7 +10,7 @@ of the chunk is computed in parallel.  Four algorithms (``TritonConfig.algo``): 
 states with a (block_d, chunk) tile, so ``y`` needs no reduction over the states and each thread scans several
 consecutive steps before any cross-lane exchange; "chunked" is "loop" with a forward that computes all chunks of a
 sequence in parallel from precomputed chunk start states; "serial" (``triton_serial``) is "loop" with a forward in
-which every thread scans 16 consecutive steps in registers (a third of the instructions per step).  The forward
+which every thread scans 16 consecutive steps in registers (a quarter of the instructions per step).  The forward
 saves the state at each chunk start (N floats per chunk and channel); the backward walks the chunks in reverse,
 recomputes the states of a chunk from its saved start (an exclusive scan, so ``h_{t-1}`` is exact rather than
 ``(h_t - b_t) / a_t``), and runs the adjoint recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` as a reverse
@@ -42,6 +42,10 @@ except Exception as exc:  # not installed, or a broken install raising at import
         IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 CONFIG_VAR = "SSAMBA_TRITON_CONFIG"
+
+#: Launch option of every kernel: contract multiplies and adds into FMAs.  The kernels are written for it (a state
+#: update is a few FMAs); Triton 3.9 warns when it is left to its default, and 3.10 turns that default off.
+FP_FUSION = {"enable_fp_fusion": True}
 
 
 def available() -> bool:
@@ -75,7 +79,8 @@ class TritonConfig:
     "serial" is "loop" with a forward whose threads scan 16 consecutive steps each (``triton_serial``; one channel
     per program, ``chunk`` = 16 steps per thread, so 512 x num_warps fills the warps) and the loop backward at
     ``SERIAL_BACKWARD``'s launch shape.  ``stages`` > 1 ("serial" only) software-pipelines its per-state loads
-    through shared memory (Triton's ``num_stages``).
+    through shared memory (Triton's ``num_stages``); ``unroll`` 2 ("serial" only) scans two states per pass of its
+    state loop (when their number is even), for the instruction-level parallelism that one warp per program lacks.
     "loop" is faster than "tile"; "tile" keeps no pre-gate output for the backward (one (B, D, L) float32 buffer
     less when training).
 
@@ -83,14 +88,15 @@ class TritonConfig:
     d_inner=384, N=16, L=16384: 0.52 ms forward, 3.8 ms forward + backward; docs/bench/tiny-h200-triton-2/
     gpu_check.md).  "1,512,2,chunked" had the fastest forward there (0.46 ms) but a slower backward (5.4 ms): the
     sequential walk is not what limits the kernel, the per-step instruction count of the scan is.  "serial" came
-    after that run and has not been timed on a GPU: compiled for sm_90 its state loop is 15 instructions per state
-    update against the loop forward's 43 (``benchmarks/triton_ptx.py``)."""
+    after that run and has not been timed on a GPU: compiled for sm_90 its state loop is 11-13 instructions per
+    state update (10.6 as "1,512,1,serial,1,2") against the loop forward's 43 (``benchmarks/triton_ptx.py``)."""
 
     block_d: int = 1
     chunk: int = 512
     num_warps: int = 4
     algo: Literal["tile", "loop", "chunked", "serial"] = "loop"
     stages: int = 1
+    unroll: int = 1
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:  # the kernel table would run another algorithm for a misspelt one
@@ -106,28 +112,33 @@ class TritonConfig:
                              f"and chunk at least 16, got block_d={self.block_d}, chunk={self.chunk}")
         if self.stages > 1 and self.algo != "serial":
             raise ValueError(f"stages > 1 pipelines the 'serial' forward's loads; algo {self.algo!r} has none")
+        if self.unroll not in (1, 2) or isinstance(self.unroll, bool):
+            raise ValueError(f"unroll must be 1 or 2 (states per pass of the serial forward's loop), got {self.unroll!r}")
+        if self.unroll > 1 and self.algo != "serial":
+            raise ValueError(f"unroll 2 interleaves two states of the 'serial' forward; algo {self.algo!r} has no such "
+                             f"loop")
 
     @classmethod
     def parse(cls, text: str) -> "TritonConfig":
-        """``"block_d,chunk,num_warps[,algo[,stages]]"``, e.g. from ``$SSAMBA_TRITON_CONFIG``."""
+        """``"block_d,chunk,num_warps[,algo[,stages[,unroll]]]"``, e.g. from ``$SSAMBA_TRITON_CONFIG``."""
         fields = text.split(",")
         try:
             block_d, chunk, warps = (int(v) for v in fields[:3])
-            stages = [int(v) for v in fields[4:5]]
-            if len(fields) not in (3, 4, 5):
+            numbers = [int(v) for v in fields[4:6]]  # stages, unroll
+            if len(fields) not in (3, 4, 5, 6):
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{CONFIG_VAR}={text!r}: expected 'block_d,chunk,num_warps[,algo[,stages]]' "
+            raise ValueError(f"{CONFIG_VAR}={text!r}: expected 'block_d,chunk,num_warps[,algo[,stages[,unroll]]]' "
                              f"with integers for all but algo") from None
         try:
-            return cls(block_d, chunk, warps, *fields[3:4], *stages)
+            return cls(block_d, chunk, warps, *fields[3:4], *numbers)
         except ValueError as exc:
             raise ValueError(f"{CONFIG_VAR}={text!r}: {exc}") from None
 
     def spec(self) -> str:
         """The ``parse`` string of this config (``$SSAMBA_TRITON_CONFIG`` for a child process)."""
-        return f"{self.block_d},{self.chunk},{self.num_warps},{self.algo}" + (
-            f",{self.stages}" if self.stages != 1 else "")
+        tail = [self.stages, self.unroll] if self.unroll != 1 else [self.stages] if self.stages != 1 else []
+        return ",".join(str(v) for v in (self.block_d, self.chunk, self.num_warps, self.algo, *tail))
 
 
 #: The backward of the "serial" algorithm: the loop backward at its fastest launch shape on an H200 (3.3 ms of the
@@ -447,13 +458,16 @@ class _SelectiveScan(torch.autograd.Function):
         save = any(ctx.needs_input_grad)
         backward = SERIAL_BACKWARD if config.algo == "serial" else config
         extra = {}
+        f32 = dict(dtype=torch.float32, device=u.device)
+        pointers = []  # the serial kernel's scratch for the state carried between chunks
         if config.algo == "serial":  # it saves the states at the start of the backward's chunks
             save_every = _launch_shape(backward, batch, dim, length)[1]
             n_chunks = triton.cdiv(length, save_every)
-            extra.update(STAGES=config.stages, SAVE_EVERY=save_every)
+            extra.update(STAGES=config.stages, SAVE_EVERY=save_every,
+                         UNROLL=config.unroll if d_state % config.unroll == 0 else 1)
+            pointers.append(torch.empty(batch, dim, 2, d_state, **f32))
         else:
-            extra["BLOCK_D"] = config.block_d
-        f32 = dict(dtype=torch.float32, device=u.device)
+            extra.update(BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(d_state))
         out = torch.empty_like(u_)
         # "chunked": every chunk's start state first (two small launches), then all chunks at once
         parallel = config.algo == "chunked" and 1 < n_chunks <= _MAX_GRID_Z
@@ -473,11 +487,12 @@ class _SelectiveScan(torch.autograd.Function):
                 u_, dl_, A_, B_, dummy if delta_bias is None else delta_bias.float().contiguous(), states, dsum,
                 dim, length, d_state, n_chunks, *_time_strides(u_, B_, False),
                 HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), REVERSE=r,
-                BLOCK_D=config.block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=config.num_warps,
+                BLOCK_D=config.block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=config.num_warps, **FP_FUSION,
             )
             carry_d = min(32, triton.next_power_of_2(dim))
             _kernel("chunk_carry", config.algo)[(batch, triton.cdiv(dim, carry_d))](
                 states, dsum, A_, dim, d_state, n_chunks, BLOCK_D=carry_d, BLOCK_N=block_n, num_warps=2,
+                **FP_FUSION,
             )
             grid = grid + (n_chunks,)
             extra["CHUNK_PARALLEL"] = True
@@ -487,10 +502,10 @@ class _SelectiveScan(torch.autograd.Function):
             _at(u_, rv), _at(dl_, rv), A_, _at(B_, rv), _at(C_, rv), dummy if D is None else D.float().contiguous(),
             dummy if z_ is None else _at(z_, rv), dummy if delta_bias is None else delta_bias.float().contiguous(),
             _at(out, rv), states if (save or parallel) else dummy,
-            *([dummy if ypre is None else _at(ypre, rv)] if loop else []),
+            *([dummy if ypre is None else _at(ypre, rv)] if loop else []), *pointers,
             dim, length, d_state, n_chunks, *_time_strides(u_, B_, rv),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            SAVE_STATES=save, BLOCK_N=block_n, CHUNK=chunk, num_warps=config.num_warps, **extra,
+            SAVE_STATES=save, CHUNK=chunk, num_warps=config.num_warps, **extra, **FP_FUSION,
         )
         if save:
             ctx.save_for_backward(u_, dl_, A_, B_, C_, D, z_, delta_bias, states, ypre)
@@ -531,7 +546,7 @@ class _SelectiveScan(torch.autograd.Function):
             dim, length, d_state, n_chunks, *_time_strides(u, B, r),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
             BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(d_state), CHUNK=chunk,
-            num_warps=config.num_warps, **({"REVERSE": True} if native else {}),
+            num_warps=config.num_warps, **({"REVERSE": True} if native else {}), **FP_FUSION,
         )
         if r:  # the tile kernels accumulate dB and dC by step of the scan, which runs backwards in time
             dB, dC = dB.flip(-1), dC.flip(-1)

@@ -5,24 +5,34 @@ set by how many consecutive steps a thread holds: Triton lays loaded float32 til
 vector), so every scan does its 5 levels of warp shuffles, and a pass through shared memory across warps, for every
 4 steps, whatever the chunk length (longer chunks only repeat the pattern).  Compiled for sm_90 its state loop is 43
 machine instructions per state update, 5.3 of them shuffles (46 and 9.3 reversed); on an H200 the "loop" forward
-ran at ~10x the memory-bandwidth floor.  This kernel's loop is 15 per update, 1.3 of them shuffles, in either
-direction (``benchmarks/triton_ptx.py`` reads both off the cubin); not yet timed on a GPU.
+ran at ~10x the memory-bandwidth floor.  This kernel's loop is 11-13 per update on 1-4 warps (10.6 with
+``UNROLL`` 2 on one warp), 0.6 of them shuffles, in either direction (``benchmarks/triton_ptx.py`` reads both off
+the cubin); not yet timed on a GPU.
 
 How.  A chunk of ``CHUNK = 16 * ROWS`` steps is held as four (ROWS, 4) tiles; tile ``k`` has the steps
 ``16 r + 4 k + j`` of row ``r``, so one thread owns row ``r``'s 16 consecutive steps as four 16-byte vectors (every
-load and store stays vectorised).  For each state ``n``:
+load and store stays vectorised; ``_steps`` names its 16 columns in scan order, register renaming only).  For each
+state ``n`` (``_state``), with ``a_t = exp(delta_t A_n)`` and ``b_t = delta_t u_t B_t``:
 
-1. each tile is scanned along its 4-wide axis (in-thread, written out: no shuffles) and its end value taken;
-2. the four tile totals are chained into the row's total, element-wise;
-3. one scan across the rows, one value per thread, gives each row's start state.  It is an exclusive scan, made
+1. each thread composes its row's map ``h -> ra h + rb``: ``rb`` by 15 multiply-adds along the steps, ``ra`` as
+   ``exp(A_n sum(delta))`` (one exponential instead of 15 multiplications);
+2. one scan across the rows, one value per thread, gives each row's start state.  It is an exclusive scan, made
    from ``tl.associative_scan`` by scanning (inclusive, exclusive) pairs (``_combine_excl``);
-4. each step's state is its in-tile scan applied to its tile's start state, and ``y`` accumulates ``C h`` in
-   registers; the state after the chunk is the last row's end state (one reduction), carried to the next chunk.
+3. each thread walks its 16 steps from its row's start state, ``h = a_t h + b_t``, and ``y`` accumulates ``C_t h``
+   in registers; the last row's end state is the next chunk's start.  It goes through memory (a store by the
+   thread holding that row, a uniform load per state in the next chunk, one barrier per chunk between them),
+   where a reduction across lanes to take it and a second one to pick state ``n`` out of a register vector (5
+   shuffles each) cost 14-17 instructions per state.
 
-So the cross-lane work is one scan and one reduction per 16 steps instead of per 4.  A reverse scan reads memory in
-ascending order like the loop kernels (``REVERSE``): thread ``r`` takes the row ``ROWS - 1 - r`` and the tiles and
-steps of a row run last to first, so the scan across rows is still a forward one (a reversed
-``tl.associative_scan`` compiles to more shuffles).
+So the cross-lane work is one scan per 16 steps instead of per 4.  A reverse scan reads memory in ascending order
+like the loop kernels (``REVERSE``): thread ``r`` takes the row ``ROWS - 1 - r`` and the tiles and steps of a row
+run last to first, so the scan across rows is still a forward one (a reversed ``tl.associative_scan`` compiles to
+more shuffles).
+
+``UNROLL`` 2 scans two states per pass of the state loop: two independent chains of dependent instructions (the
+multiply-adds along a row, the shuffle levels of the scan) that the compiler interleaves.  SSAMBA-tiny's scans are
+768 programs of one warp at B=2 on 132 SMs, about 1.5 warps per scheduler: too few to hide latency by switching
+warps.
 
 Rows past the end of the sequence (the last chunk's) read the last real row again instead of masked zeros: they
 come after every real step in scan order, so they cannot change an output, and their stores are masked.
@@ -61,46 +71,131 @@ def _tile(c0, c1, c2, c3):
 
 
 @triton.jit
-def _scan4(a, b, REVERSE: tl.constexpr):
-    """Inclusive scan of the steps (a, b) of a (ROWS, 4) tile along its rows, each thread walking its own 4 steps
-    (``tl.associative_scan`` compiles a reverse scan to warp shuffles even along an in-thread axis), and each
-    row's end value (the total of its 4 steps)."""
-    a0, a1, a2, a3 = _columns(a)
-    b0, b1, b2, b3 = _columns(b)
-    if REVERSE:  # scan order: column 3 to 0
-        a0, a1, a2, a3, b0, b1, b2, b3 = a3, a2, a1, a0, b3, b2, b1, b0
-    b1 = a1 * b0 + b1
-    a1 = a1 * a0
-    b2 = a2 * b1 + b2
-    a2 = a2 * a1
-    b3 = a3 * b2 + b3
-    a3 = a3 * a2
-    end_a, end_b = a3, b3
+def _steps(x0, x1, x2, x3, REVERSE: tl.constexpr):
+    """A row's 16 steps, held as the four (ROWS, 4) tiles x0..x3, as 16 (ROWS,) columns in scan order (tile k holds
+    the k-th 4 steps of the scan, in memory order: last to first when REVERSE)."""
+    s0, s1, s2, s3 = _columns(x0)
+    s4, s5, s6, s7 = _columns(x1)
+    s8, s9, s10, s11 = _columns(x2)
+    s12, s13, s14, s15 = _columns(x3)
     if REVERSE:
-        a0, a1, a2, a3, b0, b1, b2, b3 = a3, a2, a1, a0, b3, b2, b1, b0
-    return _tile(a0, a1, a2, a3), _tile(b0, b1, b2, b3), end_a, end_b
+        return s3, s2, s1, s0, s7, s6, s5, s4, s11, s10, s9, s8, s15, s14, s13, s12
+    return s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15
+
+
+@triton.jit
+def _tiles(s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15, REVERSE: tl.constexpr):
+    """``_steps``' inverse."""
+    if REVERSE:
+        return (_tile(s3, s2, s1, s0), _tile(s7, s6, s5, s4), _tile(s11, s10, s9, s8),
+                _tile(s15, s14, s13, s12))
+    return _tile(s0, s1, s2, s3), _tile(s4, s5, s6, s7), _tile(s8, s9, s10, s11), _tile(s12, s13, s14, s15)
+
+
+@triton.jit
+def _state(n, A_ptr, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1, dl2, dl3, dlu0, dlu1, dlu2, dlu3,
+           row_dl, h0, ones, zeros, r, carry_next, state_row, save_at, length,
+           ROWS: tl.constexpr, REVERSE: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr):
+    """State ``n`` over one chunk: its ``C h`` at every step, as four (ROWS, 4) tiles to add to ``y``.  Stores the
+    state after the chunk at ``carry_next + n`` (from the thread holding the chunk's last row), and with
+    SAVE_STATES the row starts the backward needs."""
+    bn = n * s_bn
+    B0 = tl.load(B_ptr + bc0 + bn).to(tl.float32)
+    B1 = tl.load(B_ptr + bc1 + bn).to(tl.float32)
+    B2 = tl.load(B_ptr + bc2 + bn).to(tl.float32)
+    B3 = tl.load(B_ptr + bc3 + bn).to(tl.float32)
+    C0 = tl.load(C_ptr + bc0 + bn).to(tl.float32)
+    C1 = tl.load(C_ptr + bc1 + bn).to(tl.float32)
+    C2 = tl.load(C_ptr + bc2 + bn).to(tl.float32)
+    C3 = tl.load(C_ptr + bc3 + bn).to(tl.float32)
+    A_n = tl.load(A_ptr + d * d_state + n).to(tl.float32) * 1.4426950408889634  # exp(x) = exp2(x log2 e)
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = _steps(
+        tl.exp2(dl0 * A_n), tl.exp2(dl1 * A_n), tl.exp2(dl2 * A_n), tl.exp2(dl3 * A_n), REVERSE)
+    b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15 = _steps(
+        dlu0 * B0, dlu1 * B1, dlu2 * B2, dlu3 * B3, REVERSE)
+    # 1. the row's map h -> ra h + rb: rb along the steps, ra at once (the product of the steps' exp(delta A) is
+    #    exp(A sum delta), one exponential per row instead of 15 multiplications)
+    rb = a1 * b0 + b1
+    rb = a2 * rb + b2
+    rb = a3 * rb + b3
+    rb = a4 * rb + b4
+    rb = a5 * rb + b5
+    rb = a6 * rb + b6
+    rb = a7 * rb + b7
+    rb = a8 * rb + b8
+    rb = a9 * rb + b9
+    rb = a10 * rb + b10
+    rb = a11 * rb + b11
+    rb = a12 * rb + b12
+    rb = a13 * rb + b13
+    rb = a14 * rb + b14
+    rb = a15 * rb + b15
+    ra = tl.exp2(row_dl * A_n)
+    # 2. each row's start state: the exclusive scan of the row maps, applied to the chunk's start state
+    _ia, _ib, ea, eb = tl.associative_scan((ra, rb, ones, zeros), axis=0, combine_fn=_combine_excl)
+    h = eb + ea * h0
+    if SAVE_STATES:  # the rows that start one of the backward's chunks
+        tl.store(state_row + (save_at // SAVE_EVERY) * d_state + n, h,
+                 mask=(save_at % SAVE_EVERY == 0) & (save_at < length))
+    # 3. the row's steps from its start state, each state times C
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15 = _steps(C0, C1, C2, C3, REVERSE)
+    h = a0 * h + b0
+    y0 = c0 * h
+    h = a1 * h + b1
+    y1 = c1 * h
+    h = a2 * h + b2
+    y2 = c2 * h
+    h = a3 * h + b3
+    y3 = c3 * h
+    h = a4 * h + b4
+    y4 = c4 * h
+    h = a5 * h + b5
+    y5 = c5 * h
+    h = a6 * h + b6
+    y6 = c6 * h
+    h = a7 * h + b7
+    y7 = c7 * h
+    h = a8 * h + b8
+    y8 = c8 * h
+    h = a9 * h + b9
+    y9 = c9 * h
+    h = a10 * h + b10
+    y10 = c10 * h
+    h = a11 * h + b11
+    y11 = c11 * h
+    h = a12 * h + b12
+    y12 = c12 * h
+    h = a13 * h + b13
+    y13 = c13 * h
+    h = a14 * h + b14
+    y14 = c14 * h
+    h = a15 * h + b15
+    y15 = c15 * h
+    tl.store(carry_next + n + 0 * r, h, mask=r == ROWS - 1)  # the last row's end: the next chunk's start
+    return _tiles(y0, y1, y2, y3, y4, y5, y6, y7, y8, y9, y10, y11, y12, y13, y14, y15, REVERSE)
 
 
 def fwd_serial_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, ypre_ptr,
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, ypre_ptr, carry_ptr,
     dim, length, d_state, n_chunks,
     s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE_STATES: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr = False,
-    STAGES: tl.constexpr = 1, SAVE_EVERY: tl.constexpr = 512,
+    SAVE_STATES: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr = False,
+    STAGES: tl.constexpr = 1, SAVE_EVERY: tl.constexpr = 512, UNROLL: tl.constexpr = 1,
 ):
     """The forward scan of one (batch, channel) per program; the arguments of ``fwd_loop_kernel`` less the channel
     block, except that ``n_chunks`` counts the saved states (the backward's chunks of SAVE_EVERY steps, a multiple
-    of 16); same outputs (``out``, and with SAVE_STATES the states and the pre-gate output).
+    of 16); same outputs (``out``, and with SAVE_STATES the states and the pre-gate output).  ``carry_ptr``:
+    scratch of 2 x d_state floats per program for the state carried between chunks (need not be initialised).
     STAGES > 1: Triton software-pipelines the loop over states, copying the next states' B and C rows to shared
-    memory while this one is scanned (fewer registers held than loading them ahead by hand, more instructions)."""
+    memory while this one is scanned (fewer registers held than loading them ahead by hand, more instructions).
+    UNROLL = 2 scans two states per pass of that loop (d_state even), so that the two independent chains of
+    dependent instructions interleave."""
     ROWS: tl.constexpr = CHUNK // 16
     pid_b = tl.program_id(0)
     d = tl.program_id(1)
     r = tl.arange(0, ROWS)
     j = tl.arange(0, 4)[None, :]
-    offs_n = tl.arange(0, BLOCK_N)
-    log2e = 1.4426950408889634
     Dv = 0.0
     if HAS_D:
         Dv = tl.load(D_ptr + d).to(tl.float32)
@@ -117,9 +212,9 @@ def fwd_serial_kernel(
     x_row = pid_b * s_xb + d * s_xd
     b_row = pid_b * s_bb
     state_row = states_ptr + (pid_b * dim + d) * n_chunks * d_state
+    carry_row = carry_ptr + (pid_b * dim + d) * 2 * d_state
     ones = tl.full((ROWS,), 1.0, tl.float32)
     zeros = tl.zeros((ROWS,), dtype=tl.float32)
-    carry = tl.zeros((BLOCK_N,), dtype=tl.float32)  # every state at the chunk start
     for ci in range(tl.cdiv(length, CHUNK)):
         if REVERSE:
             c0 = length - (ci + 1) * CHUNK
@@ -150,6 +245,7 @@ def fwd_serial_kernel(
         dl1 = _delta(tl.load(dl_ptr + x1).to(tl.float32) + bias, SOFTPLUS)
         dl2 = _delta(tl.load(dl_ptr + x2).to(tl.float32) + bias, SOFTPLUS)
         dl3 = _delta(tl.load(dl_ptr + x3).to(tl.float32) + bias, SOFTPLUS)
+        row_dl = tl.sum(dl0, axis=1) + tl.sum(dl1, axis=1) + tl.sum(dl2, axis=1) + tl.sum(dl3, axis=1)
         dlu0 = dl0 * u0
         dlu1 = dl1 * u1
         dlu2 = dl2 * u2
@@ -163,42 +259,30 @@ def fwd_serial_kernel(
         bc1 = b_row + t1 * s_bl
         bc2 = b_row + t2 * s_bl
         bc3 = b_row + t3 * s_bl
-        for n in tl.range(0, d_state, num_stages=STAGES):
-            bn = n * s_bn
-            B0 = tl.load(B_ptr + bc0 + bn).to(tl.float32)
-            B1 = tl.load(B_ptr + bc1 + bn).to(tl.float32)
-            B2 = tl.load(B_ptr + bc2 + bn).to(tl.float32)
-            B3 = tl.load(B_ptr + bc3 + bn).to(tl.float32)
-            C0 = tl.load(C_ptr + bc0 + bn).to(tl.float32)
-            C1 = tl.load(C_ptr + bc1 + bn).to(tl.float32)
-            C2 = tl.load(C_ptr + bc2 + bn).to(tl.float32)
-            C3 = tl.load(C_ptr + bc3 + bn).to(tl.float32)
-            A_n = tl.load(A_ptr + d * d_state + n).to(tl.float32) * log2e
-            h0 = tl.sum(tl.where(offs_n == n, carry, 0.0), axis=0)
-            # 1. in-tile scans (each thread's own 4 steps) and their totals
-            a0, b0, ta0, tb0 = _scan4(tl.exp2(dl0 * A_n), dlu0 * B0, REVERSE)
-            a1, b1, ta1, tb1 = _scan4(tl.exp2(dl1 * A_n), dlu1 * B1, REVERSE)
-            a2, b2, ta2, tb2 = _scan4(tl.exp2(dl2 * A_n), dlu2 * B2, REVERSE)
-            a3, b3, ta3, tb3 = _scan4(tl.exp2(dl3 * A_n), dlu3 * B3, REVERSE)
-            # 2. the row's total, tile 0 then 1, 2, 3
-            ra = ta0 * ta1 * ta2 * ta3
-            rb = ((tb0 * ta1 + tb1) * ta2 + tb2) * ta3 + tb3
-            # 3. each row's start state: the exclusive scan across rows, applied to the chunk's start state
-            _ia, _ib, ea, eb = tl.associative_scan((ra, rb, ones, zeros), axis=0, combine_fn=_combine_excl)
-            h_in0 = eb + ea * h0
-            if SAVE_STATES:  # the rows that start one of the backward's chunks
-                tl.store(state_row + (save_at // SAVE_EVERY) * d_state + n, h_in0,
-                         mask=(save_at % SAVE_EVERY == 0) & (save_at < length))
-            h_in1 = ta0 * h_in0 + tb0
-            h_in2 = ta1 * h_in1 + tb1
-            h_in3 = ta2 * h_in2 + tb2
-            # 4. the states of every step, summed into y
-            y0 += (b0 + a0 * h_in0[:, None]) * C0
-            y1 += (b1 + a1 * h_in1[:, None]) * C1
-            y2 += (b2 + a2 * h_in2[:, None]) * C2
-            y3 += (b3 + a3 * h_in3[:, None]) * C3
-            h_end = tl.sum(tl.where(r == ROWS - 1, ta3 * h_in3 + tb3, 0.0), axis=0)
-            carry = tl.where(offs_n == n, h_end, carry)
+        # The state carried between chunks goes through memory (two slots, read one, write the other; a barrier
+        # per chunk orders them): one store and one uniform load per state, where taking the last row's value
+        # and picking state n out of a register vector were two cross-lane reductions.
+        carry_in = carry_row + (ci % 2) * d_state
+        carry_next = carry_row + ((ci + 1) % 2) * d_state
+        for n in tl.range(0, d_state, UNROLL, num_stages=STAGES):
+            h0 = tl.load(carry_in + n, mask=ci > 0, other=0.0)
+            p0, p1, p2, p3 = _state(n, A_ptr, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1, dl2,
+                                    dl3, dlu0, dlu1, dlu2, dlu3, row_dl, h0, ones, zeros, r, carry_next, state_row,
+                                    save_at, length, ROWS, REVERSE, SAVE_STATES, SAVE_EVERY)
+            y0 += p0
+            y1 += p1
+            y2 += p2
+            y3 += p3
+            if UNROLL == 2:
+                h0 = tl.load(carry_in + n + 1, mask=ci > 0, other=0.0)
+                p0, p1, p2, p3 = _state(n + 1, A_ptr, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1,
+                                        dl2, dl3, dlu0, dlu1, dlu2, dlu3, row_dl, h0, ones, zeros, r, carry_next,
+                                        state_row, save_at, length, ROWS, REVERSE, SAVE_STATES, SAVE_EVERY)
+                y0 += p0
+                y1 += p1
+                y2 += p2
+                y3 += p3
+        tl.debug_barrier()  # this chunk's carry stores before the next chunk's loads
         if HAS_Z:
             if SAVE_STATES:
                 tl.store(ypre_ptr + x0, y0, mask=keep)
