@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not triton_ops.available(),
 
 COMPILE = r'''
 import json, subprocess, sys
-from ssamba.models.scan import triton_conv, triton_loop, triton_ops, triton_serial
+from ssamba.models.scan import triton_conv, triton_loop, triton_norms, triton_ops, triton_serial
 from ssamba.models.scan.triton_compile import compile_for, state_loop
 
 SCAN = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=1, BLOCK_N=16, CHUNK=512)
@@ -47,6 +47,8 @@ for rev in (False, True):
     KERNELS[f"conv-backwards{rev}"] = (triton_conv.conv_silu_kernel, dict(
         K=4, BACKWARDS=rev, HAS_BIAS=True, BLOCK_E=8, BLOCK_L=256))
 KERNELS["chunk-carry"] = (triton_loop.chunk_carry_kernel, dict(BLOCK_D=32, BLOCK_N=16))
+KERNELS["add-norms"] = (triton_norms.add_norms_kernel, dict(HAS_PREV=True, HAS_H2=True, NORMS=2, BLOCK_R=16,
+                                                           BLOCK_D=256))
 KERNELS["tile-fwd"] = (triton_ops._fwd_kernel, dict(SCAN, SAVE_STATES=True, BLOCK_D=2, CHUNK=32))
 KERNELS["tile-bwd"] = (triton_ops._bwd_kernel, dict(SCAN, BLOCK_D=2, CHUNK=32))
 
@@ -85,7 +87,7 @@ def sm90() -> dict[str, dict]:
 
 
 def test_every_kernel_compiles_for_hopper(sm90):
-    assert len(sm90) == 19
+    assert len(sm90) == 20
     for name, info in sm90.items():
         assert info["entry"] and info["cubin"], name
 

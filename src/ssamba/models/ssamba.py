@@ -8,6 +8,7 @@ weights were trained with them.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +17,10 @@ from ssamba.models.config import EncoderConfig
 from ssamba.models.encoder import PatchEncoder
 from ssamba.models.layers import DropPath, linspace, make_norm
 from ssamba.models.mamba import BiMambaMixer, has_forward_hooks, pair_input_dtype, run_pair
-from ssamba.models.scan import get_backend
+from ssamba.models.scan import get_backend, triton_norms
+
+#: ``ops.add_norms`` / ``triton_norms.add_norms``: (prev, h1, h2, norms, out dtype) -> (sum, norms of the sum)
+AddNorms = Callable[[Tensor | None, Tensor, Tensor | None, list, torch.dtype | None], tuple[Tensor, list[Tensor]]]
 
 
 class MambaBlock(nn.Module):
@@ -94,43 +98,52 @@ class SSAMBAEncoder(PatchEncoder):
         return residual + self.drop_path(hidden)
 
     def trunk(self, tokens: Tensor, collect: list[Tensor] | None = None) -> Tensor:
-        if self._cpu_inference(tokens):
-            out = self._trunk_cpu_inference(tokens, collect)
+        add_norms = self._fused_add_norms(tokens)
+        if add_norms is not None:
+            out = self._trunk_fused_inference(tokens, collect, add_norms)
         else:
             out = self.norm_f(self.residual_stream(tokens, collect))
         return self.norm_f(out) if self.config.final_norm_twice else out
 
-    def _cpu_inference(self, tokens: Tensor) -> bool:
-        """Whether the CPU kernels can run the whole stream: no gradient, no drop path, LayerNorms, float32 (or
-        bf16 autocast), and no forward hook on a block or norm (the fused pass would skip it: a feature extractor's
-        or an ablation's hook must see the same calls as in training mode; hooked mixers are handled by run_pair)."""
+    def _fused_add_norms(self, tokens: Tensor) -> AddNorms | None:
+        """The op that can run each pair's residual adds and norms in one pass, if one can: for inference (no
+        gradient, no drop path) with LayerNorms, float32, and no forward hook on a block or norm (the fused pass
+        would skip it: a feature extractor's or an ablation's hook must see the same calls as in training mode;
+        hooked mixers are handled by run_pair).  The C++ op (``ops.add_norms``) on the "cpu" scan backend, also
+        under bf16 autocast; the Triton one (``triton_norms.add_norms``) on CUDA, and on CPU in Triton's
+        interpreter for the "triton" backend (tests).  Not for the "reference" backend: the literal spec path."""
         if torch.is_grad_enabled() or self.training or self.config.norm != "layernorm":
-            return False
+            return None
         if tokens.dtype != torch.float32 or self.norm_f.weight.dtype != torch.float32:
-            return False
-        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") != torch.bfloat16:
-            return False  # fp16 autocast: the norms' C++ op reads float32 or bf16 only
-        if get_backend(tokens, self.config.scan_backend).name != "cpu":
-            return False
+            return None
         modules = [self.norm_f, *self.layers, *(layer.norm for layer in self.layers)]
-        return not any(has_forward_hooks(m) for m in modules)
+        if any(has_forward_hooks(m) for m in modules):
+            return None
+        backend = get_backend(tokens, self.config.scan_backend).name
+        if backend == "cpu":
+            if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") != torch.bfloat16:
+                return None  # fp16 autocast: the norms' C++ op reads float32 or bf16 only
+            from ssamba.models.scan import ops
 
-    def _trunk_cpu_inference(self, tokens: Tensor, collect: list[Tensor] | None) -> Tensor:
-        """``norm_f(residual_stream(tokens))`` with each pair's residual adds and norms in one pass
-        (ops.add_norms): the adds in residual_stream's order (the same sums of the same pair outputs), the norms
-        equal to float rounding (written in bf16 under bf16 autocast, which the mixers would cast them to)."""
-        from ssamba.models.scan import ops
+            return ops.add_norms
+        if backend != "reference" and (tokens.is_cuda or backend == "triton") and triton_norms.supports(tokens):
+            return triton_norms.add_norms
+        return None
 
+    def _trunk_fused_inference(self, tokens: Tensor, collect: list[Tensor] | None, add_norms: AddNorms) -> Tensor:
+        """``norm_f(residual_stream(tokens))`` with each pair's residual adds and norms in one pass (``add_norms``):
+        the adds in residual_stream's order (the same sums of the same pair outputs), the norms equal to float
+        rounding (written in bf16 under CPU bf16 autocast, which the mixers would cast them to)."""
         prev, h1, h2 = None, tokens, None
         for i, (fwd, bwd) in enumerate(zip(self.layers[0::2], self.layers[1::2])):
             norm_dtype = pair_input_dtype(fwd.mixer, bwd.mixer, tokens.device)
-            r, (n_f, n_b) = ops.add_norms(prev, h1, h2, [fwd.norm, bwd.norm], norm_dtype)
+            r, (n_f, n_b) = add_norms(prev, h1, h2, [fwd.norm, bwd.norm], norm_dtype)
             if collect is not None and i > 0:
                 collect.append(r)  # the previous pair's residual + hidden
             prev, h1, h2 = r, None, None  # let the pair's inputs go
             h1, h2 = run_pair(fwd.mixer, n_f, bwd.mixer, n_b)
             del n_f, n_b
-        r, (out,) = ops.add_norms(prev, h1, h2, [self.norm_f])
+        r, (out,) = add_norms(prev, h1, h2, [self.norm_f])
         if collect is not None:
             collect.append(r)
         return out
