@@ -16,6 +16,7 @@ matmuls), which saves the flips and every transposition copy of the step-by-step
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -121,10 +122,12 @@ class BiMambaMixer(nn.Module):
         if padded != length:
             h_t = F.pad(h_t, (0, padded - length))
         x, z = _bmm(w_in[:e], h_t), _bmm(w_in[e:], h_t)  # (B, E, L) each
-        y = self._branch_channels_first(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D,
-                                        backwards=reverse, length=length)
-        y = y + self._branch_channels_first(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log,
-                                            self.D_b, backwards=not reverse, length=length)
+        mods = self._modules
+        y = self._branch_channels_first(x, z, mods["conv1d"], mods["x_proj"], mods["dt_proj"], _param(self, "A_log"),
+                                        _param(self, "D"), backwards=reverse, length=length)
+        y += self._branch_channels_first(x, z, mods["conv1d_b"], mods["x_proj_b"], mods["dt_proj_b"],
+                                         _param(self, "A_b_log"), _param(self, "D_b"), backwards=not reverse,
+                                         length=length)
         # (y / 2) W_out^T as (y^T W_out^T) / 2: the halving is exact, and the output is the smaller tensor
         return _bmm(y[..., :length].transpose(1, 2), _param(self.out_proj, "weight").t()).mul_(0.5)
 
@@ -142,13 +145,27 @@ class BiMambaMixer(nn.Module):
         x_dbl = _bmm(_param(x_proj, "weight"), u)  # (B, R + 2N, L)
         dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = _bmm(_param(dt_proj, "weight"), dt)  # (B, E, L); the bias goes in as delta_bias
-        if length != x.shape[-1]:
-            delta[..., length:] = float("-inf")  # softplus(-inf + bias) = 0: the state passes through
-        with torch.autocast(x.device.type, enabled=False):  # the scan computes in float32 (see _branch)
+        if length != x.shape[-1]:  # softplus(-inf + bias) = 0: the state passes through
+            delta.narrow(-1, length, x.shape[-1] - length).fill_(float("-inf"))
+        with _no_autocast(x.device.type):  # the scan computes in float32 (see _branch)
             return selective_scan(
-                u, delta, -torch.exp(a_log.float()), b, c, D=d_skip.float(), z=z,
-                delta_bias=dt_proj.bias.float(), delta_softplus=True, backend=self.scan_backend, reverse=backwards,
+                u, delta, self._state_matrix(a_log), b, c, D=_float32(d_skip), z=z,
+                delta_bias=_float32(_param(dt_proj, "bias")), delta_softplus=True, backend=self.scan_backend,
+                reverse=backwards,
             )
+
+    def _state_matrix(self, a_log: Tensor) -> Tensor:
+        """``A = -exp(A_log)`` in float32.  Kept between inference calls (two ops and a conversion fewer per scan:
+        on a GPU, short clips wait on the host's per-op time), keyed on the parameter's storage and version
+        counter, which an in-place update (optimizer step, ``load_state_dict``) advances."""
+        if torch.is_grad_enabled() and a_log.requires_grad:
+            return -torch.exp(a_log.float())
+        key = (a_log.data_ptr(), a_log._version, a_log.dtype, a_log.device)
+        cache = self.__dict__.setdefault("_state_matrices", {})
+        hit = cache.get(id(a_log))
+        if hit is None or hit[0] != key:
+            hit = cache[id(a_log)] = (key, -torch.exp(a_log.detach().float()))
+        return hit[1]
 
     def _forward_fused(self, hidden: Tensor, reverse: bool = False) -> Tensor:
         """The same computation through the fused CPU ops, on channels-last activations.
@@ -250,6 +267,19 @@ def _narrow_linear(x: Tensor, weight: Tensor) -> Tensor:
     copy of the transpose makes it (12 x tokens) @ (tokens x out): 3-4x faster (SSAMBA-tiny, B=4 x 513 tokens,
     0.34 -> 0.09 ms per call, 48 calls per training step).  The copy is (12, d_inner): negligible."""
     return torch.matmul(x, weight.t().contiguous())
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast(device_type, enabled=False)`` where autocast is on, else nothing: entering autocast's
+    context costs ~20 us of Python per call, 48 times an SSAMBA forward."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _float32(t: Tensor) -> Tensor:
+    """``t.float()``, tested in Python first (the op is dispatched even when it returns ``t``)."""
+    return t if t.dtype == torch.float32 else t.float()
 
 
 def _bmm(a: Tensor, b: Tensor) -> Tensor:

@@ -70,18 +70,24 @@ def conv_silu_reference(x: Tensor, weight: Tensor, bias: Tensor | None, backward
     return F.silu(pre)
 
 
+def _conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None, backwards: bool) -> Tensor:
+    """The kernel launch, without autograd."""
+    batch, dim, length = x.shape
+    x_ = x if x.stride(-1) == 1 else x.contiguous()
+    w = weight if weight.is_contiguous() else weight.contiguous()  # (E, 1, K): the layout of (E, K)
+    out = torch.empty(batch, dim, length, dtype=x.dtype, device=x.device)
+    grid = (batch, triton_ops.cdiv(dim, BLOCK_E), triton_ops.cdiv(length, BLOCK_L))
+    _kernel()[grid](x_, w, w if bias is None else bias.contiguous(), out, dim, length,
+                    x_.stride(0), x_.stride(1), out.stride(0), out.stride(1),
+                    K=w.shape[-1], BACKWARDS=bool(backwards), HAS_BIAS=bias is not None,
+                    BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L, num_warps=4, **triton_ops.FP_FUSION)
+    return out
+
+
 class _ConvSilu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, backwards):
-        batch, dim, length = x.shape
-        x_ = x if x.stride(-1) == 1 else x.contiguous()
-        w = weight.reshape(dim, -1).contiguous()
-        out = torch.empty(batch, dim, length, dtype=x.dtype, device=x.device)
-        grid = (batch, triton.cdiv(dim, BLOCK_E), triton.cdiv(length, BLOCK_L))
-        _kernel()[grid](x_, w, w if bias is None else bias.contiguous(), out, dim, length,
-                        x_.stride(0), x_.stride(1), out.stride(0), out.stride(1),
-                        K=w.shape[1], BACKWARDS=bool(backwards), HAS_BIAS=bias is not None,
-                        BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L, num_warps=4, **triton_ops.FP_FUSION)
+        out = _conv_silu(x, weight, bias, backwards)
         ctx.save_for_backward(x, weight, bias)
         ctx.backwards = bool(backwards)
         return out
@@ -113,6 +119,8 @@ def conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None, backwards: bool = 
         return x.new_empty(x.shape)
     batch, dim, length = x.shape
     parts = triton_ops.batch_slices(batch, max(dim * length, x.stride(0)), f"conv + SiLU of {tuple(x.shape)}")
+    # inference calls the launch directly: autograd.Function.apply costs more host time than the launch itself
+    conv = _ConvSilu.apply if triton_ops.wants_grad(x, weight, bias) else _conv_silu
     if len(parts) == 1:
-        return _ConvSilu.apply(x, weight, bias, backwards)
-    return torch.cat([_ConvSilu.apply(x[p], weight, bias, backwards) for p in parts])
+        return conv(x, weight, bias, backwards)
+    return torch.cat([conv(x[p], weight, bias, backwards) for p in parts])

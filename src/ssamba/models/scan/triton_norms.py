@@ -40,14 +40,22 @@ if triton is not None:
             return up.to(tl.uint16).to(tl.bfloat16, bitcast=True)
         return x.to(dtype)
 
+    @triton.jit
+    def _store_norm(x, w_ptr, b_ptr, out_ptrs, offs_d, mask_d, mask):
+        """The normalised rows ``x`` times the weight plus the bias, stored in the output's dtype."""
+        w = tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        tl.store(out_ptrs, _rounded(x * w[None, :] + b[None, :], out_ptrs.dtype.element_ty), mask=mask)
 
-def add_norms_kernel(prev_ptr, h1_ptr, h2_ptr, w_ptr, b_ptr, r_ptr, out_ptr, rows, dim, out_stride, eps,
-                     HAS_PREV: tl.constexpr, HAS_H2: tl.constexpr, NORMS: tl.constexpr,
+
+def add_norms_kernel(prev_ptr, h1_ptr, h2_ptr, w0_ptr, b0_ptr, w1_ptr, b1_ptr, r_ptr, out_ptr, rows, dim,
+                     out_stride, eps, HAS_PREV: tl.constexpr, HAS_H2: tl.constexpr, NORMS: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``r = (prev + prev) + (h1 + h2)`` for BLOCK_R rows of ``dim`` channels, then each of the NORMS LayerNorms of
-    ``r`` (weights and biases stacked (NORMS, dim)) into ``out`` (NORMS, rows, dim; ``out_stride`` = rows x dim, an
-    argument so that Triton types it 64-bit when it has to be).  The adds in the encoder's order, so ``r`` equals the
-    eager stream bit for bit; the statistics in float32 over the row held in registers."""
+    """``r = (prev + prev) + (h1 + h2)`` for BLOCK_R rows of ``dim`` channels, then the LayerNorms of ``r`` with
+    weights and biases ``w0``/``b0`` (and ``w1``/``b1`` when NORMS is 2) into ``out`` (NORMS, rows, dim;
+    ``out_stride`` = rows x dim, an argument so that Triton types it 64-bit when it has to be).  The adds in the
+    encoder's order, so ``r`` equals the eager stream bit for bit; the statistics in float32 over the row held in
+    registers."""
     offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < dim
@@ -66,11 +74,9 @@ def add_norms_kernel(prev_ptr, h1_ptr, h2_ptr, w_ptr, b_ptr, r_ptr, out_ptr, row
     centred = tl.where(mask, r - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / dim + eps)
     x = centred * rstd[:, None]
-    for k in tl.static_range(NORMS):
-        w = tl.load(w_ptr + k * dim + offs_d, mask=mask_d, other=0.0)
-        b = tl.load(b_ptr + k * dim + offs_d, mask=mask_d, other=0.0)
-        y = x * w[None, :] + b[None, :]
-        tl.store(out_ptr + k * out_stride + off, _rounded(y, out_ptr.dtype.element_ty), mask=mask)
+    _store_norm(x, w0_ptr, b0_ptr, out_ptr + off, offs_d, mask_d, mask)
+    if NORMS == 2:
+        _store_norm(x, w1_ptr, b1_ptr, out_ptr + out_stride + off, offs_d, mask_d, mask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,9 +94,10 @@ def add_norms(prev: Tensor | None, h1: Tensor, h2: Tensor | None, norms: list[nn
     """``ops.add_norms`` on the GPU: ``r = (prev + prev) + (h1 + h2)`` (prev, h2 optional) and each LayerNorm of
     ``r``, in one pass; returns ``(r, [norm(r) for norm in norms])``, r float32, the norms float32 or
     ``out_dtype``.  For inference (no autograd graph)."""
-    if not norms or len({n.eps for n in norms}) != 1 or any(n.normalized_shape != h1.shape[-1:] for n in norms):
-        raise ValueError(f"add_norms needs LayerNorms over the last dimension ({h1.shape[-1]}) with one eps, got "
-                         f"{[(tuple(n.normalized_shape), n.eps) for n in norms]}")
+    if (len(norms) not in (1, 2) or len({n.eps for n in norms}) != 1
+            or any(tuple(n.normalized_shape) != h1.shape[-1:] for n in norms)):
+        raise ValueError(f"add_norms needs one or two LayerNorms over the last dimension ({h1.shape[-1]}) with one "
+                         f"eps, got {[(tuple(n.normalized_shape), n.eps) for n in norms]}")
     for name, t in (("prev", prev), ("h2", h2)):
         if t is not None and t.shape != h1.shape:
             raise ValueError(f"add_norms: {name} has shape {tuple(t.shape)}, h1 {tuple(h1.shape)}")
@@ -105,14 +112,15 @@ def add_norms(prev: Tensor | None, h1: Tensor, h2: Tensor | None, norms: list[nn
     out = torch.empty((len(norms), *h1.shape), dtype=out_dtype or torch.float32, device=h1.device)
     if rows == 0:
         return r, list(out.unbind(0))
-    ones, zeros = torch.ones(dim, **f32), torch.zeros(dim, **f32)
-    weight = torch.stack([ones if n.weight is None else n.weight.detach().float() for n in norms])
-    bias = torch.stack([zeros if n.bias is None else n.bias.detach().float() for n in norms])
-    block_d = triton.next_power_of_2(dim)
+    affine = []  # w0, b0, w1, b1: the parameters themselves (no stacking, no conversion: no ops to dispatch)
+    for n in (*norms, norms[0]):
+        affine += [torch.ones(dim, **f32) if n.weight is None else n.weight.contiguous(),
+                   torch.zeros(dim, **f32) if n.bias is None else n.bias.contiguous()]
+    block_d = triton_ops.next_power_of_2(dim)
     block_r = max(1, _BLOCK_ELEMENTS // block_d)
     h1 = h1.contiguous()
-    _kernel()[(triton.cdiv(rows, block_r),)](
-        h1 if prev is None else prev.contiguous(), h1, h1 if h2 is None else h2.contiguous(), weight, bias, r, out,
+    _kernel()[(triton_ops.cdiv(rows, block_r),)](
+        h1 if prev is None else prev.contiguous(), h1, h1 if h2 is None else h2.contiguous(), *affine[:4], r, out,
         rows, dim, rows * dim, float(norms[0].eps), HAS_PREV=prev is not None, HAS_H2=h2 is not None, NORMS=len(norms),
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4, **triton_ops.FP_FUSION,
     )

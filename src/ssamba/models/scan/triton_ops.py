@@ -53,14 +53,27 @@ def available() -> bool:
     return triton is not None
 
 
+@functools.lru_cache(maxsize=1)
 def interpreted() -> bool:
-    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1`` when it was imported)."""
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1`` when it was imported; asked once:
+    reading Triton's knobs costs microseconds, and every call of the kernel wrappers asks)."""
     if not available():
         return False
     knobs = getattr(triton, "knobs", None)  # Triton >= 3.4; older ones read the variable directly
     if knobs is not None:
         return bool(knobs.runtime.interpret)
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def cdiv(a: int, b: int) -> int:
+    """``triton.cdiv`` for the host: Triton's is a constexpr function whose Python call costs ~4 us (a scan call
+    asks several times, an SSAMBA forward ~360 times)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """``triton.next_power_of_2`` for the host, n >= 1 (see ``cdiv``)."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 def supports(t: Tensor) -> bool:
@@ -387,8 +400,8 @@ _MAX_GRID_Z = 65535  # CUDA's limit on the third grid axis (chunks of the chunk-
 
 
 def _launch_shape(config: TritonConfig, batch: int, dim: int, length: int) -> tuple[tuple[int, int], int]:
-    chunk = min(config.chunk, max(1, triton.next_power_of_2(length)))
-    return (batch, triton.cdiv(dim, config.block_d)), chunk
+    chunk = min(config.chunk, max(1, next_power_of_2(length)))
+    return (batch, cdiv(dim, config.block_d)), chunk
 
 
 def _at(t: Tensor, reverse: bool) -> Tensor:
@@ -420,6 +433,11 @@ def batch_slices(batch: int, per_item: int, what: str) -> list[slice]:
     return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
 
 
+def _f32(t: Tensor) -> Tensor:
+    """``t.float().contiguous()``, tested in Python first: each would be a dispatched op even when a no-op."""
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+
+
 def _padded(t: Tensor | None, length: int, fill: float) -> Tensor | None:
     """``t`` (B, C, L) as a contiguous (B, C, length) tensor, the extra steps set to ``fill``."""
     if t is None or (t.shape[-1] == length and t.is_contiguous()):
@@ -428,6 +446,12 @@ def _padded(t: Tensor | None, length: int, fill: float) -> Tensor | None:
     out[..., :t.shape[-1]].copy_(t)
     out[..., t.shape[-1]:].fill_(fill)
     return out
+
+
+def wants_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd would record a call on these tensors: else the wrappers launch the kernels directly, as
+    ``autograd.Function.apply`` costs more host time than a launch (a GPU at short sequences waits on the host)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -441,6 +465,12 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+        return _SelectiveScan.run(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+                                  save=any(ctx.needs_input_grad))
+
+    @staticmethod
+    def run(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, save: bool):
+        """The forward launches; with ``save``, what the backward needs goes on ``ctx`` (None for inference)."""
         batch, dim, true_length = u.shape
         length = -(-true_length // ALIGN) * ALIGN
         d_state = A.shape[1]
@@ -451,32 +481,31 @@ class _SelectiveScan(torch.autograd.Function):
             B_, C_ = B, C  # read in place (the mixer's views of one projection share strides)
         else:
             B_, C_ = _padded(B.contiguous(), length, 0.0), _padded(C.contiguous(), length, 0.0)
-        A_ = A.float().contiguous()
+        A_ = _f32(A)
         config = current_config()
         grid, chunk = _launch_shape(config, batch, dim, length)
-        n_chunks = triton.cdiv(length, chunk)
-        save = any(ctx.needs_input_grad)
+        n_chunks = cdiv(length, chunk)
         backward = SERIAL_BACKWARD if config.algo == "serial" else config
         extra = {}
         f32 = dict(dtype=torch.float32, device=u.device)
         pointers = []  # the serial kernel's scratch for the state carried between chunks
         if config.algo == "serial":  # it saves the states at the start of the backward's chunks
             save_every = _launch_shape(backward, batch, dim, length)[1]
-            n_chunks = triton.cdiv(length, save_every)
+            n_chunks = cdiv(length, save_every)
             extra.update(STAGES=config.stages, SAVE_EVERY=save_every,
                          UNROLL=config.unroll if d_state % config.unroll == 0 else 1)
             pointers.append(torch.empty(batch, dim, 2, d_state, **f32))
         else:
-            extra.update(BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(d_state))
+            extra.update(BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(d_state))
         out = torch.empty_like(u_)
         # "chunked": every chunk's start state first (two small launches), then all chunks at once
         parallel = config.algo == "chunked" and 1 < n_chunks <= _MAX_GRID_Z
-        states = torch.empty(batch, dim, n_chunks if (save or parallel) else 0, d_state, **f32)
+        states = torch.empty(batch, dim, n_chunks, d_state, **f32) if (save or parallel) else A_
         loop = config.algo != "tile"  # the loop kernels' family: "loop", "chunked", "serial"
         ypre = torch.empty(u_.shape, **f32) if (loop and save and z is not None) else None
         dummy = A_
         r = bool(reverse)
-        block_n = triton.next_power_of_2(d_state)
+        block_n = next_power_of_2(d_state)
         # The loop kernels read a reverse scan in ascending memory order (REVERSE); the tile kernels walk it
         # through negated strides from the last step (_at).
         native = loop and r
@@ -484,13 +513,13 @@ class _SelectiveScan(torch.autograd.Function):
         if parallel:
             dsum = torch.empty(batch, dim, n_chunks, **f32)
             _kernel("chunk_end", config.algo)[grid + (n_chunks,)](
-                u_, dl_, A_, B_, dummy if delta_bias is None else delta_bias.float().contiguous(), states, dsum,
+                u_, dl_, A_, B_, dummy if delta_bias is None else _f32(delta_bias), states, dsum,
                 dim, length, d_state, n_chunks, *_time_strides(u_, B_, False),
                 HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), REVERSE=r,
                 BLOCK_D=config.block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=config.num_warps, **FP_FUSION,
             )
-            carry_d = min(32, triton.next_power_of_2(dim))
-            _kernel("chunk_carry", config.algo)[(batch, triton.cdiv(dim, carry_d))](
+            carry_d = min(32, next_power_of_2(dim))
+            _kernel("chunk_carry", config.algo)[(batch, cdiv(dim, carry_d))](
                 states, dsum, A_, dim, d_state, n_chunks, BLOCK_D=carry_d, BLOCK_N=block_n, num_warps=2,
                 **FP_FUSION,
             )
@@ -499,9 +528,9 @@ class _SelectiveScan(torch.autograd.Function):
         if native:
             extra["REVERSE"] = True
         _kernel("fwd", config.algo)[grid](
-            _at(u_, rv), _at(dl_, rv), A_, _at(B_, rv), _at(C_, rv), dummy if D is None else D.float().contiguous(),
-            dummy if z_ is None else _at(z_, rv), dummy if delta_bias is None else delta_bias.float().contiguous(),
-            _at(out, rv), states if (save or parallel) else dummy,
+            _at(u_, rv), _at(dl_, rv), A_, _at(B_, rv), _at(C_, rv), dummy if D is None else _f32(D),
+            dummy if z_ is None else _at(z_, rv), dummy if delta_bias is None else _f32(delta_bias),
+            _at(out, rv), states,
             *([dummy if ypre is None else _at(ypre, rv)] if loop else []), *pointers,
             dim, length, d_state, n_chunks, *_time_strides(u_, B_, rv),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
@@ -539,13 +568,13 @@ class _SelectiveScan(torch.autograd.Function):
         native = config.algo != "tile" and ctx.reverse  # the loop backward reads a reverse scan ascending
         r = ctx.reverse and not native
         _kernel("bwd", config.algo)[grid](
-            _at(u, r), _at(dl, r), A, _at(B, r), _at(C, r), dummy if D is None else D.float().contiguous(),
-            dummy if z is None else _at(z, r), dummy if delta_bias is None else delta_bias.float().contiguous(),
+            _at(u, r), _at(dl, r), A, _at(B, r), _at(C, r), dummy if D is None else _f32(D),
+            dummy if z is None else _at(z, r), dummy if delta_bias is None else _f32(delta_bias),
             _at(dout, r), states, *([dummy if ypre is None else _at(ypre, r)] if config.algo != "tile" else []),
             _at(du, r), _at(ddl, r), dummy if dz is None else _at(dz, r), dA, dB, dC, dD, dbias,
             dim, length, d_state, n_chunks, *_time_strides(u, B, r),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-            BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(d_state), CHUNK=chunk,
+            BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(d_state), CHUNK=chunk,
             num_warps=config.num_warps, **({"REVERSE": True} if native else {}), **FP_FUSION,
         )
         if r:  # the tile kernels accumulate dB and dC by step of the scan, which runs backwards in time
@@ -575,8 +604,12 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     padded = -(-length // ALIGN) * ALIGN
     per_item = max([dim * padded, B.shape[1] * padded] + [t.stride(0) for t in (u, delta, z, B, C) if t is not None])
     parts = batch_slices(batch, per_item, f"selective scan of {tuple(u.shape)}")
+    if wants_grad(u, delta, A, B, C, D, z, delta_bias):
+        scan = _SelectiveScan.apply
+    else:  # inference: the launches without autograd.Function.apply's host time
+        scan = functools.partial(_SelectiveScan.run, None, save=False)
     if len(parts) == 1:
-        return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-    return torch.cat([_SelectiveScan.apply(u[p], delta[p], A, B[p], C[p], D, None if z is None else z[p], delta_bias,
-                                           delta_softplus, reverse) for p in parts])
+        return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return torch.cat([scan(u[p], delta[p], A, B[p], C[p], D, None if z is None else z[p], delta_bias,
+                           delta_softplus, reverse) for p in parts])
 
