@@ -316,3 +316,27 @@ def test_the_mixer_pads_once_and_its_scans_copy_nothing(monkeypatch):
     inputs = make_inputs(batch=1, dim=3, length=11, n=4)
     selective_scan(**{k: v.to(DEVICE) if v is not None else None for k, v in inputs.items()}, backend="triton")
     assert copies
+
+
+def test_inference_launches_without_autograd_and_training_records_a_graph(monkeypatch):
+    """Under no_grad (or with no input wanting a gradient) the scan and conv wrappers launch their kernels directly,
+    as ``autograd.Function.apply`` costs more host time than a launch; with a gradient wanted they go through it."""
+    from ssamba.models.scan import triton_conv
+
+    mixer = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="triton").to(DEVICE)
+    x = torch.randn(2, 9, 4, device=DEVICE)
+    applied = []
+    for fn in (triton_ops._SelectiveScan, triton_conv._ConvSilu):
+        real = fn.apply
+        monkeypatch.setattr(fn, "apply", lambda *a, _real=real, _fn=fn: applied.append(_fn.__name__) or _real(*a))
+    with torch.no_grad():
+        inference = mixer(x)
+    assert applied == [] and inference.grad_fn is None
+    mixer.requires_grad_(False)
+    assert torch.equal(mixer(x), inference) and applied == []  # no parameter wants a gradient either
+    mixer.requires_grad_(True)
+    training = mixer(x)
+    assert sorted(set(applied)) == ["_ConvSilu", "_SelectiveScan"] and len(applied) == 4
+    assert torch.equal(training.detach(), inference)
+    training.sum().backward()
+    assert mixer.A_log.grad is not None and mixer.conv1d_b.weight.grad is not None

@@ -149,23 +149,10 @@ class BiMambaMixer(nn.Module):
             delta.narrow(-1, length, x.shape[-1] - length).fill_(float("-inf"))
         with _no_autocast(x.device.type):  # the scan computes in float32 (see _branch)
             return selective_scan(
-                u, delta, self._state_matrix(a_log), b, c, D=_float32(d_skip), z=z,
+                u, delta, -torch.exp(_float32(a_log)), b, c, D=_float32(d_skip), z=z,
                 delta_bias=_float32(_param(dt_proj, "bias")), delta_softplus=True, backend=self.scan_backend,
                 reverse=backwards,
             )
-
-    def _state_matrix(self, a_log: Tensor) -> Tensor:
-        """``A = -exp(A_log)`` in float32.  Kept between inference calls (two ops and a conversion fewer per scan:
-        on a GPU, short clips wait on the host's per-op time), keyed on the parameter's storage and version
-        counter, which an in-place update (optimizer step, ``load_state_dict``) advances."""
-        if torch.is_grad_enabled() and a_log.requires_grad:
-            return -torch.exp(a_log.float())
-        key = (a_log.data_ptr(), a_log._version, a_log.dtype, a_log.device)
-        cache = self.__dict__.setdefault("_state_matrices", {})
-        hit = cache.get(id(a_log))
-        if hit is None or hit[0] != key:
-            hit = cache[id(a_log)] = (key, -torch.exp(a_log.detach().float()))
-        return hit[1]
 
     def _forward_fused(self, hidden: Tensor, reverse: bool = False) -> Tensor:
         """The same computation through the fused CPU ops, on channels-last activations.
