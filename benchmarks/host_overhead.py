@@ -9,8 +9,9 @@ launch adds a few microseconds per op on top, and Triton's own launch path its s
 
     PYTHONPATH=src python benchmarks/host_overhead.py [--dim 16] [--frames 16] [--depth 24]
 
-Prints the CPU time per forward (the minimum over repeats, process time), the top-level PyTorch ops per forward
-and the kernel launches per forward.
+Prints the CPU time per forward (the minimum over repeats, process time; on a shared VM it still varies by tens of
+percent between runs, so compare alternating runs), and per forward the top-level PyTorch ops, the Python and C
+function calls (counted, so exact) and the kernel launches.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # CPU tensors take the Triton path (whose 
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
@@ -66,6 +68,10 @@ def main() -> None:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             encoder(x)
         per_forward = dict(launches)
+        calls = collections.Counter()
+        sys.setprofile(lambda frame, event, arg: calls.update((event,)))  # deterministic, unlike the timings
+        encoder(x)
+        sys.setprofile(None)
         times = []
         for _ in range(args.repeats):
             start = time.process_time()
@@ -76,7 +82,8 @@ def main() -> None:
            and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
     print(f"SSAMBA depth {args.depth}, width {args.dim}, batch 2, {args.frames} frames, torch {torch.__version__}: "
           f"{min(times) * 1e3:.2f} ms host time per forward (min of {args.repeats} x {args.forwards}), "
-          f"{len(ops)} top-level PyTorch ops, launches {per_forward}")
+          f"{len(ops)} top-level PyTorch ops, {calls['call']} Python and {calls['c_call']} C function calls, "
+          f"launches {per_forward}")
     for name, count in collections.Counter(e.name for e in ops).most_common(12):
         print(f"  {name}: {count}")
 
