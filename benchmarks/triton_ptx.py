@@ -64,7 +64,8 @@ def state_loop_table(arch: int) -> None:
     for warps in (1, 2, 4):
         for stages, unroll in ((1, 1), (1, 2), (2, 1)):
             variants.append((f"serial, stages {stages}, unroll {unroll}", triton_serial.fwd_serial_kernel,
-                             dict(CHUNK=512 * warps, STAGES=stages, SAVE_EVERY=512, UNROLL=unroll), warps, unroll))
+                             dict(CHUNK=512 * warps, STAGES=stages, SAVE_EVERY=512, UNROLL=unroll, DT_RANK=0), warps,
+                             unroll))
     print(f"\nforward state loop (SASS, sm_{arch}; per thread and pass of the loop: its state updates (steps it "
           f"holds x states per pass), and instructions per update)")
     print("| kernel | warps | chunk | direction | registers | loop instructions | updates per pass | "

@@ -340,3 +340,60 @@ def test_inference_launches_without_autograd_and_training_records_a_graph(monkey
     assert torch.equal(training.detach(), inference)
     training.sum().backward()
     assert mixer.A_log.grad is not None and mixer.conv1d_b.weight.grad is not None
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_serial_forward_computes_delta_from_its_factors(monkeypatch, reverse):
+    """``delta_proj = (W_dt, dt)``: the serial forward computes delta = W_dt dt in the kernel for inference (dt, B and
+    C rows of one projection, as in the mixer), the steps from ``valid_length`` on identity steps; the same as the
+    reference scan of the explicit delta.  With a gradient wanted, delta is formed first and the usual path runs."""
+    torch.manual_seed(3)
+    batch, dim, rank, n, length, valid = 2, 3, 5, 4, 48, 37
+    u, z = torch.randn(batch, dim, length, device=DEVICE), torch.randn(batch, dim, length, device=DEVICE)
+    x_dbl = torch.randn(batch, rank + 2 * n, length, device=DEVICE)
+    dt, B, C = x_dbl.split([rank, n, n], dim=1)
+    w_dt = 0.5 * torch.randn(dim, rank, device=DEVICE)
+    A, D, bias = -torch.rand(dim, n, device=DEVICE) - 0.5, torch.randn(dim, device=DEVICE), torch.randn(dim, device=DEVICE)
+    delta = torch.einsum("dr,brl->bdl", w_dt, dt)
+    delta[..., valid:] = float("-inf")
+    want = selective_scan(u, delta, A, B, C, D, z, bias, True, backend="reference", reverse=reverse)
+    launches = record_launches(monkeypatch)
+    triton_ops.set_config(TritonConfig(1, 16, 1, "serial", unroll=2))
+    try:
+        with torch.no_grad():
+            fused = triton_ops.selective_scan_triton(u, None, A, B, C, D, z, bias, True, reverse,
+                                                     delta_proj=(w_dt, dt), valid_length=valid)
+        assert [kw["DT_RANK"] for name, _, kw in launches if name == "fwd"] == [rank]
+        w_leaf = w_dt.clone().requires_grad_()
+        trained = triton_ops.selective_scan_triton(u, None, A, B, C, D, z, bias, True, reverse,
+                                                   delta_proj=(w_leaf, dt), valid_length=valid)
+        assert [kw["DT_RANK"] for name, _, kw in launches if name == "fwd"] == [rank, 0]
+        trained.sum().backward()
+        assert w_leaf.grad is not None and torch.isfinite(w_leaf.grad).all()
+        with pytest.raises(ValueError, match="not both"):
+            triton_ops.selective_scan_triton(u, delta, A, B, C, D, z, bias, True, delta_proj=(w_dt, dt))
+        with pytest.raises(ValueError, match="delta_proj"):
+            triton_ops.selective_scan_triton(u, None, A, B, C, D, z, bias, True, delta_proj=(w_dt.t(), dt))
+    finally:
+        triton_ops.set_config(None)
+    assert rel_err(fused, want) < 1e-5 and rel_err(trained.detach(), want) < 1e-5
+
+
+def test_mixer_inference_on_the_serial_forward_equals_training_path():
+    """The flip-free mixer hands dt_proj to the serial forward (inference) and forms delta itself otherwise: the
+    same outputs, on a sequence padded with identity steps (9 steps -> 16)."""
+    torch.manual_seed(4)
+    mixer = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="triton").to(DEVICE)
+    x = torch.randn(2, 9, 4, device=DEVICE)
+    triton_ops.set_config(TritonConfig(1, 16, 1, "serial"))
+    try:
+        with torch.no_grad():
+            inference = mixer(x, reverse=True)
+        training = mixer(x, reverse=True)
+    finally:
+        triton_ops.set_config(None)
+    reference = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="reference").to(DEVICE)
+    reference.load_state_dict(mixer.state_dict())
+    with torch.no_grad():
+        want = reference(x, reverse=True)
+    assert rel_err(inference, want) < 1e-5 and rel_err(training.detach(), want) < 1e-5

@@ -34,12 +34,14 @@ for rev in (False, True):
     KERNELS[f"fwd-saving-chunk-parallel-reverse{rev}"] = (triton_loop.fwd_loop_kernel, dict(
         SCAN, SAVE_STATES=True, CHUNK_PARALLEL=True, REVERSE=rev))
     KERNELS[f"bwd-reverse{rev}"] = (triton_loop.bwd_loop_kernel, dict(SCAN, REVERSE=rev))
-    SERIAL = dict(SCAN, REVERSE=rev, SAVE_EVERY=512, UNROLL=1)
+    SERIAL = dict(SCAN, REVERSE=rev, SAVE_EVERY=512, UNROLL=1, DT_RANK=0)
     del SERIAL["BLOCK_D"], SERIAL["BLOCK_N"]
     KERNELS[f"serial-reverse{rev}"] = (triton_serial.fwd_serial_kernel, dict(
         SERIAL, SAVE_STATES=False, CHUNK=1024, STAGES=1))
     KERNELS[f"serial-unroll2-reverse{rev}"] = (triton_serial.fwd_serial_kernel, dict(
         SERIAL, SAVE_STATES=False, CHUNK=512, STAGES=1, UNROLL=2))
+    KERNELS[f"serial-dt-proj-reverse{rev}"] = (triton_serial.fwd_serial_kernel, dict(
+        SERIAL, SAVE_STATES=False, CHUNK=512, STAGES=1, UNROLL=2, DT_RANK=12))
     KERNELS[f"serial-saving-pipelined-reverse{rev}"] = (triton_serial.fwd_serial_kernel, dict(
         SERIAL, SAVE_STATES=True, CHUNK=2048, STAGES=2))
     KERNELS[f"chunk-end-reverse{rev}"] = (triton_loop.chunk_end_kernel, dict(
@@ -87,7 +89,7 @@ def sm90() -> dict[str, dict]:
 
 
 def test_every_kernel_compiles_for_hopper(sm90):
-    assert len(sm90) == 20
+    assert len(sm90) == 22
     for name, info in sm90.items():
         assert info["entry"] and info["cubin"], name
 
@@ -128,7 +130,7 @@ def test_the_serial_forward_exchanges_across_lanes_once_per_16_steps(sm90, kind)
     assert forward["vector_loads"] >= 3 * 4 and reverse["vector_loads"] == forward["vector_loads"]
 
 
-@pytest.mark.parametrize("kind", ["serial", "serial-unroll2", "serial-saving-pipelined"])
+@pytest.mark.parametrize("kind", ["serial", "serial-unroll2", "serial-dt-proj", "serial-saving-pipelined"])
 def test_the_serial_state_loop_issues_under_half_the_loop_forwards_instructions(sm90, kind):
     """Read off the sm_90 machine code (Triton's own nvdisasm): per state update, the serial forward's loop over the
     states issues fewer than half the loop forward's instructions and shuffles, in both directions (measured 10.6-15.4

@@ -126,7 +126,8 @@ class TritonConfig:
         if self.stages > 1 and self.algo != "serial":
             raise ValueError(f"stages > 1 pipelines the 'serial' forward's loads; algo {self.algo!r} has none")
         if self.unroll not in (1, 2) or isinstance(self.unroll, bool):
-            raise ValueError(f"unroll must be 1 or 2 (states per pass of the serial forward's loop), got {self.unroll!r}")
+            raise ValueError(f"unroll must be 1 or 2 (states per pass of the serial forward's loop), "
+                             f"got {self.unroll!r}")
         if self.unroll > 1 and self.algo != "serial":
             raise ValueError(f"unroll 2 interleaves two states of the 'serial' forward; algo {self.algo!r} has no such "
                              f"loop")
@@ -469,8 +470,11 @@ class _SelectiveScan(torch.autograd.Function):
                                   save=any(ctx.needs_input_grad))
 
     @staticmethod
-    def run(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, save: bool):
-        """The forward launches; with ``save``, what the backward needs goes on ``ctx`` (None for inference)."""
+    def run(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, save: bool,
+            proj: tuple[Tensor, Tensor] | None = None, valid_length: int = 0):
+        """The forward launches; with ``save``, what the backward needs goes on ``ctx`` (None for inference).
+        ``proj = (weight, dt)`` (the serial forward, inference, an aligned length, dt with B's strides): ``delta``
+        is None and the kernel computes it, identity steps from ``valid_length`` on."""
         batch, dim, true_length = u.shape
         length = -(-true_length // ALIGN) * ALIGN
         d_state = A.shape[1]
@@ -493,8 +497,9 @@ class _SelectiveScan(torch.autograd.Function):
             save_every = _launch_shape(backward, batch, dim, length)[1]
             n_chunks = cdiv(length, save_every)
             extra.update(STAGES=config.stages, SAVE_EVERY=save_every,
-                         UNROLL=config.unroll if d_state % config.unroll == 0 else 1)
-            pointers.append(torch.empty(batch, dim, 2, d_state, **f32))
+                         UNROLL=config.unroll if d_state % config.unroll == 0 else 1,
+                         DT_RANK=0 if proj is None else proj[0].shape[1])
+            pointers += [torch.empty(batch, dim, 2, d_state, **f32), *(proj[::-1] if proj else (A_, A_))]
         else:
             extra.update(BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(d_state))
         out = torch.empty_like(u_)
@@ -528,11 +533,13 @@ class _SelectiveScan(torch.autograd.Function):
         if native:
             extra["REVERSE"] = True
         _kernel("fwd", config.algo)[grid](
-            _at(u_, rv), _at(dl_, rv), A_, _at(B_, rv), _at(C_, rv), dummy if D is None else _f32(D),
+            _at(u_, rv), A_ if dl_ is None else _at(dl_, rv), A_, _at(B_, rv), _at(C_, rv),
+            dummy if D is None else _f32(D),
             dummy if z_ is None else _at(z_, rv), dummy if delta_bias is None else _f32(delta_bias),
             _at(out, rv), states,
             *([dummy if ypre is None else _at(ypre, rv)] if loop else []), *pointers,
-            dim, length, d_state, n_chunks, *_time_strides(u_, B_, rv),
+            dim, length, *([valid_length if proj else length] if config.algo == "serial" else []), d_state, n_chunks,
+            *_time_strides(u_, B_, rv),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
             SAVE_STATES=save, CHUNK=chunk, num_warps=config.num_warps, **extra, **FP_FUSION,
         )
@@ -588,11 +595,35 @@ class _SelectiveScan(torch.autograd.Function):
         return tuple(grads)
 
 
-def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                           z: Tensor | None = None, delta_bias: Tensor | None = None,
-                          delta_softplus: bool = False, reverse: bool = False) -> Tensor:
+                          delta_softplus: bool = False, reverse: bool = False, *,
+                          delta_proj: tuple[Tensor, Tensor] | None = None, valid_length: int | None = None) -> Tensor:
     """The "triton" backend of ``selective_scan`` (mamba_ssm layout; float32 arithmetic, output in u's dtype);
-    ``reverse=True`` scans from the last step to the first."""
+    ``reverse=True`` scans from the last step to the first.
+
+    ``delta_proj = (weight, dt)`` gives ``delta`` (then None) as ``weight @ dt``, (D, R) @ (B, R, L), with the steps
+    from ``valid_length`` on identity steps (the mixer's padding): the mixer's dt_proj.  The "serial" forward
+    computes it inside the kernel when nothing wants a gradient (its output, one (B, D, L) tensor, is then never
+    written or read); otherwise it is formed here first."""
+    if delta_proj is not None:
+        if delta is not None:
+            raise ValueError("selective_scan_triton: give delta or delta_proj, not both")
+        weight, dt = delta_proj
+        batch, dim, length = u.shape
+        if weight.shape != (dim, dt.shape[1]) or dt.shape != (batch, dt.shape[1], length):
+            raise ValueError(f"delta_proj: weight (D, R) and dt (B, R, L) for u {tuple(u.shape)}, got "
+                             f"{tuple(weight.shape)} and {tuple(dt.shape)}")
+        valid = length if valid_length is None else valid_length
+        per_item = max([dim * length, B.shape[1] * length] + [t.stride(0) for t in (u, z, B, C, dt) if t is not None])
+        if (triton is not None and supports(u) and current_config().algo == "serial" and length % ALIGN == 0
+                and dt.stride() == B.stride() == C.stride() and batch * per_item <= MAX_OFFSET
+                and not wants_grad(u, A, B, C, D, z, delta_bias, weight, dt)):
+            return _SelectiveScan.run(None, u, None, A, B, C, D, z, delta_bias, delta_softplus, reverse, save=False,
+                                      proj=(_f32(weight), dt), valid_length=valid)
+        delta = torch.bmm(weight.expand(batch, -1, -1), dt)
+        if valid < length:
+            delta.narrow(-1, valid, length - valid).fill_(float("-inf") if delta_softplus else 0.0)
     if triton is None:
         raise RuntimeError("the triton scan backend needs Triton: pip install 'ssamba[gpu]' (or a CUDA torch)")
     if not supports(u):

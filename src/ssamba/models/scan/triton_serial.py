@@ -175,13 +175,39 @@ def _state(n, A_ptr, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl
     return _tiles(y0, y1, y2, y3, y4, y5, y6, y7, y8, y9, y10, y11, y12, y13, y14, y15, REVERSE)
 
 
+@triton.jit
+def _projected(dt_ptr, w_ptr, b_row, d, t0, t1, t2, t3, s_bn, s_bl, RANK: tl.constexpr):
+    """``delta = W_dt dt`` at the steps of the four tiles: the dt_proj matmul inside the scan (``dt`` has the
+    strides of B and C, being rows of the same projection; ``W_dt`` is (channels, RANK))."""
+    p0 = tl.zeros(t0.shape, dtype=tl.float32)
+    p1 = tl.zeros(t0.shape, dtype=tl.float32)
+    p2 = tl.zeros(t0.shape, dtype=tl.float32)
+    p3 = tl.zeros(t0.shape, dtype=tl.float32)
+    for k in tl.static_range(RANK):
+        w = tl.load(w_ptr + d * RANK + k).to(tl.float32)
+        row = dt_ptr + b_row + k * s_bn
+        p0 += w * tl.load(row + t0 * s_bl).to(tl.float32)
+        p1 += w * tl.load(row + t1 * s_bl).to(tl.float32)
+        p2 += w * tl.load(row + t2 * s_bl).to(tl.float32)
+        p3 += w * tl.load(row + t3 * s_bl).to(tl.float32)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _valid_delta(pre, t, valid_length, SOFTPLUS: tl.constexpr):
+    """``_delta`` of ``pre``, and an identity step (delta 0) from ``valid_length`` on."""
+    if SOFTPLUS:
+        return _delta(tl.where(t < valid_length, pre, float("-inf")), SOFTPLUS)
+    return tl.where(t < valid_length, pre, 0.0)
+
+
 def fwd_serial_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, ypre_ptr, carry_ptr,
-    dim, length, d_state, n_chunks,
+    dt_ptr, w_dt_ptr, dim, length, valid_length, d_state, n_chunks,
     s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE_STATES: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr = False,
-    STAGES: tl.constexpr = 1, SAVE_EVERY: tl.constexpr = 512, UNROLL: tl.constexpr = 1,
+    STAGES: tl.constexpr = 1, SAVE_EVERY: tl.constexpr = 512, UNROLL: tl.constexpr = 1, DT_RANK: tl.constexpr = 0,
 ):
     """The forward scan of one (batch, channel) per program; the arguments of ``fwd_loop_kernel`` less the channel
     block, except that ``n_chunks`` counts the saved states (the backward's chunks of SAVE_EVERY steps, a multiple
@@ -190,7 +216,9 @@ def fwd_serial_kernel(
     STAGES > 1: Triton software-pipelines the loop over states, copying the next states' B and C rows to shared
     memory while this one is scanned (fewer registers held than loading them ahead by hand, more instructions).
     UNROLL = 2 scans two states per pass of that loop (d_state even), so that the two independent chains of
-    dependent instructions interleave."""
+    dependent instructions interleave.  DT_RANK > 0 (inference): ``delta`` is not read but computed, ``W_dt dt``
+    from ``w_dt_ptr`` (channels, DT_RANK) and ``dt_ptr`` (batch, DT_RANK, length; B's strides), the steps from
+    ``valid_length`` on made identity steps: the mixer's dt_proj matmul, its output and the padding fill saved."""
     ROWS: tl.constexpr = CHUNK // 16
     pid_b = tl.program_id(0)
     d = tl.program_id(1)
@@ -241,10 +269,17 @@ def fwd_serial_kernel(
         u1 = tl.load(u_ptr + x1).to(tl.float32)
         u2 = tl.load(u_ptr + x2).to(tl.float32)
         u3 = tl.load(u_ptr + x3).to(tl.float32)
-        dl0 = _delta(tl.load(dl_ptr + x0).to(tl.float32) + bias, SOFTPLUS)
-        dl1 = _delta(tl.load(dl_ptr + x1).to(tl.float32) + bias, SOFTPLUS)
-        dl2 = _delta(tl.load(dl_ptr + x2).to(tl.float32) + bias, SOFTPLUS)
-        dl3 = _delta(tl.load(dl_ptr + x3).to(tl.float32) + bias, SOFTPLUS)
+        if DT_RANK > 0:
+            pre0, pre1, pre2, pre3 = _projected(dt_ptr, w_dt_ptr, b_row, d, t0, t1, t2, t3, s_bn, s_bl, DT_RANK)
+            dl0 = _valid_delta(pre0 + bias, t0, valid_length, SOFTPLUS)
+            dl1 = _valid_delta(pre1 + bias, t1, valid_length, SOFTPLUS)
+            dl2 = _valid_delta(pre2 + bias, t2, valid_length, SOFTPLUS)
+            dl3 = _valid_delta(pre3 + bias, t3, valid_length, SOFTPLUS)
+        else:
+            dl0 = _delta(tl.load(dl_ptr + x0).to(tl.float32) + bias, SOFTPLUS)
+            dl1 = _delta(tl.load(dl_ptr + x1).to(tl.float32) + bias, SOFTPLUS)
+            dl2 = _delta(tl.load(dl_ptr + x2).to(tl.float32) + bias, SOFTPLUS)
+            dl3 = _delta(tl.load(dl_ptr + x3).to(tl.float32) + bias, SOFTPLUS)
         row_dl = tl.sum(dl0, axis=1) + tl.sum(dl1, axis=1) + tl.sum(dl2, axis=1) + tl.sum(dl3, axis=1)
         dlu0 = dl0 * u0
         dlu1 = dl1 * u1
