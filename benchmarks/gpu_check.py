@@ -181,23 +181,29 @@ def correctness() -> bool:
         say(f"| SSAMBA-tiny 24 blocks, 512 tokens, triton (flip-free mixer) vs reference backend (literal spec "
             f"path), fp32 | {label} | {e_out:.1e} | all gradients {e_all:.1e}; worst parameter {worst} "
             f"{errs[worst]:.1e} (norm {res['reference'][1][worst].norm():.1e}){'' if good else ' FAIL'} |")
-    # inference: the trunk's residual adds and norms in one Triton pass per block pair (triton_norms)
+    # inference: the trunk's residual adds and norms in one Triton pass per block pair (triton_norms); with the
+    # serial forward, dt_proj inside the scan kernel too
     enc.eval()
     outs = {}
     with torch.no_grad():
-        for backend in ("reference", "triton"):
+        for label, backend, config in (("reference", "reference", None), ("default", "triton", None),
+                                       ("serial", "triton", TritonConfig(1, 512, 1, "serial", unroll=2))):
+            triton_ops.set_config(config)
             enc.config.scan_backend = backend
             for m in enc.modules():
                 if hasattr(m, "scan_backend"):
                     m.scan_backend = backend
-            outs[backend] = enc(x)
-        fused = enc._fused_add_norms(outs["triton"][:, :1]) is not None
+            outs[label] = enc(x)
+        fused = enc._fused_add_norms(outs["default"][:, :1]) is not None
+    triton_ops.set_config(None)
     enc.config.scan_backend = None
-    e_out = rel_err(outs["triton"], outs["reference"])
-    good = fused and e_out < 1e-4
-    ok &= good
-    say(f"| SSAMBA-tiny inference (no grad, eval): fused add + norms per pair {'taken' if fused else 'NOT taken'} "
-        f"vs the eager stream on the reference backend | default | {e_out:.1e} | {'' if good else 'FAIL'} |")
+    for label in ("default", "serial"):
+        e_out = rel_err(outs[label], outs["reference"])
+        good = fused and e_out < 1e-4
+        ok &= good
+        say(f"| SSAMBA-tiny inference (no grad, eval): fused add + norms per pair {'taken' if fused else 'NOT taken'}"
+            f"{', dt_proj in the scan kernel' if label == 'serial' else ''} vs the eager stream on the reference "
+            f"backend | {label} | {e_out:.1e} | {'' if good else 'FAIL'} |")
     say(f"\ncorrectness: {'PASS' if ok else 'FAIL'} ({elapsed():.0f} s)\n")
     return ok
 
