@@ -342,8 +342,9 @@ def test_inference_launches_without_autograd_and_training_records_a_graph(monkey
     assert mixer.A_log.grad is not None and mixer.conv1d_b.weight.grad is not None
 
 
+@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "raw-delta"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_serial_forward_computes_delta_from_its_factors(monkeypatch, reverse):
+def test_serial_forward_computes_delta_from_its_factors(monkeypatch, reverse, softplus):
     """``delta_proj = (W_dt, dt)``: the serial forward computes delta = W_dt dt in the kernel for inference (dt, B and
     C rows of one projection, as in the mixer), the steps from ``valid_length`` on identity steps; the same as the
     reference scan of the explicit delta.  With a gradient wanted, delta is formed first and the usual path runs."""
@@ -351,21 +352,24 @@ def test_serial_forward_computes_delta_from_its_factors(monkeypatch, reverse):
     batch, dim, rank, n, length, valid = 2, 3, 5, 4, 48, 37
     u, z = torch.randn(batch, dim, length, device=DEVICE), torch.randn(batch, dim, length, device=DEVICE)
     x_dbl = torch.randn(batch, rank + 2 * n, length, device=DEVICE)
-    dt, B, C = x_dbl.split([rank, n, n], dim=1)
     w_dt = 0.5 * torch.randn(dim, rank, device=DEVICE)
     A, D, bias = -torch.rand(dim, n, device=DEVICE) - 0.5, torch.randn(dim, device=DEVICE), torch.randn(dim, device=DEVICE)
+    if not softplus:  # a raw delta must stay positive; its identity step is 0
+        x_dbl[:, :rank].abs_()
+        w_dt, bias = w_dt.abs() / 4, bias.abs() / 4
+    dt, B, C = x_dbl.split([rank, n, n], dim=1)
     delta = torch.einsum("dr,brl->bdl", w_dt, dt)
-    delta[..., valid:] = float("-inf")
-    want = selective_scan(u, delta, A, B, C, D, z, bias, True, backend="reference", reverse=reverse)
+    delta[..., valid:] = float("-inf") if softplus else -bias[:, None]  # identity steps: delta 0 after the bias
+    want = selective_scan(u, delta, A, B, C, D, z, bias, softplus, backend="reference", reverse=reverse)
     launches = record_launches(monkeypatch)
     triton_ops.set_config(TritonConfig(1, 16, 1, "serial", unroll=2))
     try:
         with torch.no_grad():
-            fused = triton_ops.selective_scan_triton(u, None, A, B, C, D, z, bias, True, reverse,
+            fused = triton_ops.selective_scan_triton(u, None, A, B, C, D, z, bias, softplus, reverse,
                                                      delta_proj=(w_dt, dt), valid_length=valid)
         assert [kw["DT_RANK"] for name, _, kw in launches if name == "fwd"] == [rank]
         w_leaf = w_dt.clone().requires_grad_()
-        trained = triton_ops.selective_scan_triton(u, None, A, B, C, D, z, bias, True, reverse,
+        trained = triton_ops.selective_scan_triton(u, None, A, B, C, D, z, bias, softplus, reverse,
                                                    delta_proj=(w_leaf, dt), valid_length=valid)
         assert [kw["DT_RANK"] for name, _, kw in launches if name == "fwd"] == [rank, 0]
         trained.sum().backward()

@@ -622,8 +622,14 @@ def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor,
             return _SelectiveScan.run(None, u, None, A, B, C, D, z, delta_bias, delta_softplus, reverse, save=False,
                                       proj=(_f32(weight), dt), valid_length=valid)
         delta = torch.bmm(weight.expand(batch, -1, -1), dt)
-        if valid < length:
-            delta.narrow(-1, valid, length - valid).fill_(float("-inf") if delta_softplus else 0.0)
+        if valid < length:  # identity steps: delta 0 after the bias (and the softplus)
+            tail = delta.narrow(-1, valid, length - valid)
+            if delta_softplus:
+                tail.fill_(float("-inf"))
+            else:
+                tail.fill_(0.0)
+                if delta_bias is not None:
+                    tail -= delta_bias.to(tail.dtype)[:, None]
     if triton is None:
         raise RuntimeError("the triton scan backend needs Triton: pip install 'ssamba[gpu]' (or a CUDA torch)")
     if not supports(u):
