@@ -603,7 +603,8 @@ def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor,
     ``reverse=True`` scans from the last step to the first.
 
     ``delta_proj = (weight, dt)`` gives ``delta`` (then None) as ``weight @ dt``, (D, R) @ (B, R, L), with the steps
-    from ``valid_length`` on identity steps (the mixer's padding): the mixer's dt_proj.  The "serial" forward
+    from ``valid_length`` on identity steps (delta 0 after the bias and the softplus: the mixer's padding): the
+    mixer's dt_proj.  The "serial" forward
     computes it inside the kernel when nothing wants a gradient (its output, one (B, D, L) tensor, is then never
     written or read); otherwise it is formed here first."""
     if delta_proj is not None:
