@@ -401,3 +401,26 @@ def test_mixer_inference_on_the_serial_forward_equals_training_path():
     with torch.no_grad():
         want = reference(x, reverse=True)
     assert rel_err(inference, want) < 1e-5 and rel_err(training.detach(), want) < 1e-5
+
+
+@pytest.mark.parametrize("algo", ["loop", "serial"])
+def test_mixer_on_triton_under_bf16_autocast(algo):
+    """Under bf16 autocast the mixer's projections run in bf16 and the scan in float32: dt_proj on bf16 dt, formed
+    by the wrapper (the loop algorithm, or with gradients) or inside the serial forward (inference), within bf16
+    rounding of the float32 reference."""
+    torch.manual_seed(5)
+    mixer = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="triton").to(DEVICE)
+    reference = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="reference").to(DEVICE)
+    reference.load_state_dict(mixer.state_dict())
+    x = torch.randn(2, 9, 4, device=DEVICE)
+    with torch.no_grad():
+        want = reference(x)
+    triton_ops.set_config(CONFIGS[algo])
+    try:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            with torch.no_grad():
+                inference = mixer(x)
+            training = mixer(x)
+    finally:
+        triton_ops.set_config(None)
+    assert rel_err(inference.float(), want) < 2e-2 and rel_err(training.detach().float(), want) < 2e-2

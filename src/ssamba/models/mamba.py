@@ -146,15 +146,16 @@ class BiMambaMixer(nn.Module):
         x_dbl = _bmm(_param(x_proj, "weight"), u)  # (B, R + 2N, L)
         dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
         w_dt = _param(dt_proj, "weight")
-        with _no_autocast(x.device.type):  # the scan computes in float32 (see _branch)
-            a, d_skip, bias = -torch.exp(_float32(a_log)), _float32(d_skip), _float32(_param(dt_proj, "bias"))
-            if get_backend(u, self.scan_backend, self.d_state).name == "triton":
-                # delta = W_dt dt given as its factors: the serial forward computes it in the kernel for inference
-                return selective_scan_triton(u, None, a, b, c, d_skip, z, bias, True, backwards,
-                                             delta_proj=(w_dt, dt), valid_length=length)
+        triton = get_backend(u, self.scan_backend, self.d_state).name == "triton"
+        if not triton:
             delta = _bmm(w_dt, dt)  # (B, E, L); the bias goes in as delta_bias
             if length != x.shape[-1]:  # softplus(-inf + bias) = 0: the state passes through
                 delta.narrow(-1, length, x.shape[-1] - length).fill_(float("-inf"))
+        with _no_autocast(x.device.type):  # the scan computes in float32 (see _branch)
+            a, d_skip, bias = -torch.exp(_float32(a_log)), _float32(d_skip), _float32(_param(dt_proj, "bias"))
+            if triton:  # delta = W_dt dt as its factors: the serial forward computes it in the kernel for inference
+                return selective_scan_triton(u, None, a, b, c, d_skip, z, bias, True, backwards,
+                                             delta_proj=(w_dt, dt), valid_length=length)
             return selective_scan(u, delta, a, b, c, D=d_skip, z=z, delta_bias=bias, delta_softplus=True,
                                   backend=self.scan_backend, reverse=backwards)
 
