@@ -137,23 +137,24 @@ class BiMambaMixer(nn.Module):
                                length: int) -> Tensor:
         """``_branch`` on ``(B, E, L)`` activations with batched matmuls; (dt, B, C) stay views of one
         ``(B, R + 2N, L)`` projection, which the scan reads with their strides.  Steps from ``length`` on are
-        padding (zero x and z): their delta is set to -inf, so they are identity steps of the scan."""
-        weight, bias = _param(conv, "weight"), _param(conv, "bias")
+        padding (zero x and z): their delta is set to -inf (on triton: ``valid_length``), so they are identity steps
+        of the scan."""
+        conv_w, conv_b = _param(conv, "weight"), _param(conv, "bias")
         if triton_conv.supports(x):  # CUDA: conv + SiLU in one Triton pass
-            u = triton_conv.conv_silu(x, weight, bias, backwards)
+            u = triton_conv.conv_silu(x, conv_w, conv_b, backwards)
         else:
-            u = triton_conv.conv_silu_reference(x, weight, bias, backwards)
+            u = triton_conv.conv_silu_reference(x, conv_w, conv_b, backwards)
         x_dbl = _bmm(_param(x_proj, "weight"), u)  # (B, R + 2N, L)
         dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
         w_dt = _param(dt_proj, "weight")
-        triton = get_backend(u, self.scan_backend, self.d_state).name == "triton"
-        if not triton:
+        on_triton = get_backend(u, self.scan_backend, self.d_state).name == "triton"
+        if not on_triton:
             delta = _bmm(w_dt, dt)  # (B, E, L); the bias goes in as delta_bias
             if length != x.shape[-1]:  # softplus(-inf + bias) = 0: the state passes through
                 delta.narrow(-1, length, x.shape[-1] - length).fill_(float("-inf"))
         with _no_autocast(x.device.type):  # the scan computes in float32 (see _branch)
             a, d_skip, bias = -torch.exp(_float32(a_log)), _float32(d_skip), _float32(_param(dt_proj, "bias"))
-            if triton:  # delta = W_dt dt as its factors: the serial forward computes it in the kernel for inference
+            if on_triton:  # delta = W_dt dt as factors: the serial forward computes it in the kernel for inference
                 return selective_scan_triton(u, None, a, b, c, d_skip, z, bias, True, backwards,
                                              delta_proj=(w_dt, dt), valid_length=length)
             return selective_scan(u, delta, a, b, c, D=d_skip, z=z, delta_bias=bias, delta_softplus=True,
