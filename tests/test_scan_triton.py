@@ -353,7 +353,8 @@ def test_serial_forward_computes_delta_from_its_factors(monkeypatch, reverse, so
     u, z = torch.randn(batch, dim, length, device=DEVICE), torch.randn(batch, dim, length, device=DEVICE)
     x_dbl = torch.randn(batch, rank + 2 * n, length, device=DEVICE)
     w_dt = 0.5 * torch.randn(dim, rank, device=DEVICE)
-    A, D, bias = -torch.rand(dim, n, device=DEVICE) - 0.5, torch.randn(dim, device=DEVICE), torch.randn(dim, device=DEVICE)
+    A = -torch.rand(dim, n, device=DEVICE) - 0.5
+    D, bias = torch.randn(dim, device=DEVICE), torch.randn(dim, device=DEVICE)
     if not softplus:  # a raw delta must stay positive; its identity step is 0
         x_dbl[:, :rank].abs_()
         w_dt, bias = w_dt.abs() / 4, bias.abs() / 4
