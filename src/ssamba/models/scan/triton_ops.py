@@ -623,7 +623,8 @@ def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor,
             return _SelectiveScan.run(None, u, None, A, B, C, D, z, delta_bias, delta_softplus, reverse, save=False,
                                       proj=(_f32(weight), dt), valid_length=valid)
         # in dt's dtype, as the mixer's matmul would run under autocast (the caller disables it for the scan)
-        delta = torch.bmm(weight.to(dt.dtype).expand(batch, -1, -1), dt)
+        weight = weight if weight.dtype == dt.dtype else weight.to(dt.dtype)
+        delta = torch.bmm(weight.expand(batch, -1, -1), dt)
         if valid < length:  # identity steps: delta 0 after the bias (and the softplus)
             tail = delta.narrow(-1, valid, length - valid)
             if delta_softplus:
