@@ -124,21 +124,22 @@ class BiMambaMixer(nn.Module):
             h_t = F.pad(h_t, (0, padded - length))
         x, z = _bmm(w_in[:e], h_t), _bmm(w_in[e:], h_t)  # (B, E, L) each
         mods = self._modules
+        on_triton = get_backend(x, self.scan_backend, self.d_state).name == "triton"
         y = self._branch_channels_first(x, z, mods["conv1d"], mods["x_proj"], mods["dt_proj"], _param(self, "A_log"),
-                                        _param(self, "D"), backwards=reverse, length=length)
+                                        _param(self, "D"), backwards=reverse, length=length, on_triton=on_triton)
         y += self._branch_channels_first(x, z, mods["conv1d_b"], mods["x_proj_b"], mods["dt_proj_b"],
                                          _param(self, "A_b_log"), _param(self, "D_b"), backwards=not reverse,
-                                         length=length)
+                                         length=length, on_triton=on_triton)
         # (y / 2) W_out^T as (y^T W_out^T) / 2: the halving is exact, and the output is the smaller tensor
         return _bmm(y[..., :length].transpose(1, 2), _param(self.out_proj, "weight").t()).mul_(0.5)
 
     def _branch_channels_first(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear,
                                dt_proj: nn.Linear, a_log: Tensor, d_skip: Tensor, backwards: bool,
-                               length: int) -> Tensor:
+                               length: int, on_triton: bool) -> Tensor:
         """``_branch`` on ``(B, E, L)`` activations with batched matmuls; (dt, B, C) stay views of one
         ``(B, R + 2N, L)`` projection, which the scan reads with their strides.  Steps from ``length`` on are
         padding (zero x and z): their delta is set to -inf (on triton: ``valid_length``), so they are identity steps
-        of the scan."""
+        of the scan.  ``on_triton``: the scan backend is "triton", which takes dt_proj as its factors."""
         conv_w, conv_b = _param(conv, "weight"), _param(conv, "bias")
         if triton_conv.supports(x):  # CUDA: conv + SiLU in one Triton pass
             u = triton_conv.conv_silu(x, conv_w, conv_b, backwards)
@@ -147,7 +148,6 @@ class BiMambaMixer(nn.Module):
         x_dbl = _bmm(_param(x_proj, "weight"), u)  # (B, R + 2N, L)
         dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
         w_dt = _param(dt_proj, "weight")
-        on_triton = get_backend(u, self.scan_backend, self.d_state).name == "triton"
         if not on_triton:
             delta = _bmm(w_dt, dt)  # (B, E, L); the bias goes in as delta_bias
             if length != x.shape[-1]:  # softplus(-inf + bias) = 0: the state passes through

@@ -17,7 +17,7 @@ from ssamba.models.config import EncoderConfig
 from ssamba.models.encoder import PatchEncoder
 from ssamba.models.layers import DropPath, linspace, make_norm
 from ssamba.models.mamba import BiMambaMixer, has_forward_hooks, pair_input_dtype, run_pair
-from ssamba.models.scan import get_backend, triton_norms
+from ssamba.models.scan import get_backend, triton_norms, triton_ops
 
 #: ``ops.add_norms`` / ``triton_norms.add_norms``: (prev, h1, h2, norms, out dtype) -> (sum, norms of the sum)
 AddNorms = Callable[[Tensor | None, Tensor, Tensor | None, list, torch.dtype | None], tuple[Tensor, list[Tensor]]]
@@ -126,7 +126,7 @@ class SSAMBAEncoder(PatchEncoder):
             from ssamba.models.scan import ops
 
             return ops.add_norms
-        if backend != "reference" and (tokens.is_cuda or backend == "triton") and triton_norms.supports(tokens):
+        if backend != "reference" and (tokens.is_cuda or backend == "triton") and triton_ops.supports(tokens):
             return triton_norms.add_norms
         return None
 

@@ -84,9 +84,10 @@ def _kernel():
     return triton.jit(add_norms_kernel)
 
 
-def supports(t: Tensor) -> bool:
-    """CUDA tensors when Triton is installed; CPU tensors only in interpreter mode (tests)."""
-    return triton_ops.supports(t)
+def _affine(norm: nn.LayerNorm, dim: int, f32: dict) -> tuple[Tensor, Tensor]:
+    """A LayerNorm's weight and bias (ones and zeros for a norm without them)."""
+    return (torch.ones(dim, **f32) if norm.weight is None else norm.weight.contiguous(),
+            torch.zeros(dim, **f32) if norm.bias is None else norm.bias.contiguous())
 
 
 def add_norms(prev: Tensor | None, h1: Tensor, h2: Tensor | None, norms: list[nn.LayerNorm],
@@ -112,15 +113,14 @@ def add_norms(prev: Tensor | None, h1: Tensor, h2: Tensor | None, norms: list[nn
     out = torch.empty((len(norms), *h1.shape), dtype=out_dtype or torch.float32, device=h1.device)
     if rows == 0:
         return r, list(out.unbind(0))
-    affine = []  # w0, b0, w1, b1: the parameters themselves (no stacking, no conversion: no ops to dispatch)
-    for n in (*norms, norms[0]):
-        affine += [torch.ones(dim, **f32) if n.weight is None else n.weight.contiguous(),
-                   torch.zeros(dim, **f32) if n.bias is None else n.bias.contiguous()]
+    # the parameters themselves (no stacking, no conversion: no ops to dispatch); one norm passes its own twice
+    w0, b0 = _affine(norms[0], dim, f32)
+    w1, b1 = _affine(norms[-1], dim, f32)
     block_d = triton_ops.next_power_of_2(dim)
     block_r = max(1, _BLOCK_ELEMENTS // block_d)
     h1 = h1.contiguous()
     _kernel()[(triton_ops.cdiv(rows, block_r),)](
-        h1 if prev is None else prev.contiguous(), h1, h1 if h2 is None else h2.contiguous(), *affine[:4], r, out,
+        h1 if prev is None else prev.contiguous(), h1, h1 if h2 is None else h2.contiguous(), w0, b0, w1, b1, r, out,
         rows, dim, rows * dim, float(norms[0].eps), HAS_PREV=prev is not None, HAS_H2=h2 is not None, NORMS=len(norms),
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4, **triton_ops.FP_FUSION,
     )

@@ -492,7 +492,7 @@ class _SelectiveScan(torch.autograd.Function):
         backward = SERIAL_BACKWARD if config.algo == "serial" else config
         extra = {}
         f32 = dict(dtype=torch.float32, device=u.device)
-        pointers = []  # the serial kernel's scratch for the state carried between chunks
+        pointers = []  # the serial kernel's: scratch for the state carried between chunks, dt, W_dt
         if config.algo == "serial":  # it saves the states at the start of the backward's chunks
             save_every = _launch_shape(backward, batch, dim, length)[1]
             n_chunks = cdiv(length, save_every)
@@ -604,46 +604,35 @@ def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor,
 
     ``delta_proj = (weight, dt)`` gives ``delta`` (then None) as ``weight @ dt``, (D, R) @ (B, R, L), with the steps
     from ``valid_length`` on identity steps (delta 0 after the bias and the softplus: the mixer's padding): the
-    mixer's dt_proj.  The "serial" forward
-    computes it inside the kernel when nothing wants a gradient (its output, one (B, D, L) tensor, is then never
-    written or read); otherwise it is formed here first."""
-    if delta_proj is not None:
-        if delta is not None:
-            raise ValueError("selective_scan_triton: give delta or delta_proj, not both")
-        weight, dt = delta_proj
-        batch, dim, length = u.shape
-        if weight.shape != (dim, dt.shape[1]) or dt.shape != (batch, dt.shape[1], length):
-            raise ValueError(f"delta_proj: weight (D, R) and dt (B, R, L) for u {tuple(u.shape)}, got "
-                             f"{tuple(weight.shape)} and {tuple(dt.shape)}")
-        valid = length if valid_length is None else valid_length
-        per_item = max([dim * length, B.shape[1] * length] + [t.stride(0) for t in (u, z, B, C, dt) if t is not None])
-        if (triton is not None and supports(u) and current_config().algo == "serial" and length % ALIGN == 0
-                and dt.stride() == B.stride() == C.stride() and batch * per_item <= MAX_OFFSET
-                and not wants_grad(u, A, B, C, D, z, delta_bias, weight, dt)):
-            return _SelectiveScan.run(None, u, None, A, B, C, D, z, delta_bias, delta_softplus, reverse, save=False,
-                                      proj=(_f32(weight), dt), valid_length=valid)
-        # in dt's dtype, as the mixer's matmul would run under autocast (the caller disables it for the scan)
-        weight = weight if weight.dtype == dt.dtype else weight.to(dt.dtype)
-        delta = torch.bmm(weight.expand(batch, -1, -1), dt)
-        if valid < length:  # identity steps: delta 0 after the bias (and the softplus)
-            tail = delta.narrow(-1, valid, length - valid)
-            if delta_softplus:
-                tail.fill_(float("-inf"))
-            else:
-                tail.fill_(0.0)
-                if delta_bias is not None:
-                    tail -= delta_bias.to(tail.dtype)[:, None]
+    mixer's dt_proj.  The "serial" forward computes it inside the kernel when nothing wants a gradient (its output,
+    one (B, D, L) tensor, is then never written or read); otherwise it is formed here first."""
     if triton is None:
         raise RuntimeError("the triton scan backend needs Triton: pip install 'ssamba[gpu]' (or a CUDA torch)")
     if not supports(u):
         raise RuntimeError(f"the triton scan backend runs CUDA tensors (CPU tensors only with TRITON_INTERPRET=1 set "
                            f"before Triton is imported); got a {u.device.type} tensor")
-    if u.shape[-1] == 0:
-        return u.new_zeros(u.shape)
     batch, dim, length = u.shape
+    if delta_proj is not None and delta is not None:
+        raise ValueError("selective_scan_triton: give delta or delta_proj, not both")
+    dt = delta if delta_proj is None else delta_proj[1]
+    if delta_proj is not None and (delta_proj[0].shape != (dim, dt.shape[1])
+                                   or dt.shape != (batch, dt.shape[1], length)):
+        raise ValueError(f"delta_proj: weight (D, R) and dt (B, R, L) for u {tuple(u.shape)}, got "
+                         f"{tuple(delta_proj[0].shape)} and {tuple(dt.shape)}")
+    if length == 0:
+        return u.new_zeros(u.shape)
     padded = -(-length // ALIGN) * ALIGN
-    per_item = max([dim * padded, B.shape[1] * padded] + [t.stride(0) for t in (u, delta, z, B, C) if t is not None])
+    per_item = max([dim * padded, B.shape[1] * padded] + [t.stride(0) for t in (u, dt, z, B, C) if t is not None])
     parts = batch_slices(batch, per_item, f"selective scan of {tuple(u.shape)}")
+    if delta_proj is not None:
+        weight = delta_proj[0]
+        valid = length if valid_length is None else valid_length
+        if (len(parts) == 1 and current_config().algo == "serial" and padded == length
+                and dt.stride() == B.stride() == C.stride()
+                and not wants_grad(u, A, B, C, D, z, delta_bias, weight, dt)):
+            return _SelectiveScan.run(None, u, None, A, B, C, D, z, delta_bias, delta_softplus, reverse, save=False,
+                                      proj=(_f32(weight), dt), valid_length=valid)
+        delta = _delta_from_factors(weight, dt, valid, delta_bias, delta_softplus)
     if wants_grad(u, delta, A, B, C, D, z, delta_bias):
         scan = _SelectiveScan.apply
     else:  # inference: the launches without autograd.Function.apply's host time
@@ -653,3 +642,20 @@ def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor,
     return torch.cat([scan(u[p], delta[p], A, B[p], C[p], D, None if z is None else z[p], delta_bias,
                            delta_softplus, reverse) for p in parts])
 
+
+def _delta_from_factors(weight: Tensor, dt: Tensor, valid: int, delta_bias: Tensor | None,
+                        softplus: bool) -> Tensor:
+    """``weight @ dt`` with identity steps (delta 0 after the bias and the softplus) from ``valid`` on, in dt's
+    dtype as the mixer's matmul would run under autocast (its caller disables autocast for the scan)."""
+    weight = weight if weight.dtype == dt.dtype else weight.to(dt.dtype)
+    delta = torch.bmm(weight.expand(dt.shape[0], -1, -1), dt)
+    length = delta.shape[-1]
+    if valid < length:
+        tail = delta.narrow(-1, valid, length - valid)
+        if softplus:
+            tail.fill_(float("-inf"))
+        else:
+            tail.fill_(0.0)
+            if delta_bias is not None:
+                tail -= delta_bias.to(tail.dtype)[:, None]
+    return delta
