@@ -6,7 +6,7 @@
    for the inference sections below (the scan table, the models, the profile).
 3. Scan time vs its memory-bandwidth floor (bytes of u, delta, z, B, C read and y written, at the copy bandwidth
    measured here), L = 1k..150k; reverse-scan forward, forward+backward time and peak memory; then the fused
-   conv + SiLU against F.conv1d + SiLU.
+   conv + SiLU against F.conv1d + SiLU; both scan directions of a mixer in one launch against two.
 4. SSAMBA-tiny vs SSAST-tiny (sdpa and naive attention), batch 2, 1k-150k frames: inference time and peak memory
    through ``ssamba.bench.efficiency`` (one subprocess per configuration), written to ``OUT/bench``; then at 4k
    and 22k tokens with TF32 matmuls in both models (``OUT/bench-tf32``; the first table is full float32).
@@ -60,6 +60,30 @@ def inputs(batch: int, dim: int, length: int, n: int, *, z: bool = True, bias: b
         for k in ("u", "delta", "B", "C"):
             out[k] = out[k].transpose(1, 2).contiguous().transpose(1, 2)
     return out
+
+
+def pair_inputs(batch: int, length: int, seed: int = 0, rank: int = 12):
+    """Both directions' inputs of ``triton_pair.scan_pair`` at SSAMBA-tiny's sizes (dt, B, C rows of one projection)
+    and the gate z."""
+    from ssamba.models.scan import triton_pair
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    sides = []
+    for _ in range(2):
+        dt, b, c = r(batch, rank + 2 * D_STATE, length).split([rank, D_STATE, D_STATE], dim=1)
+        sides.append(triton_pair.Direction(r(batch, D_INNER, length), dt, b, c, -torch.exp(0.5 * r(D_INNER, D_STATE)),
+                                           r(D_INNER), 0.3 * r(D_INNER), 0.3 * r(D_INNER, rank)))
+    return sides[0], sides[1], r(batch, D_INNER, length)
+
+
+def pair_reference(side, z: torch.Tensor, valid: int, reverse: bool) -> torch.Tensor:
+    """One direction of the pair in float64 through the reference scan (delta = W_dt dt, identity steps from
+    ``valid`` on)."""
+    delta = torch.einsum("dr,brl->bdl", side.w_dt.double(), side.dt.double())
+    delta[..., valid:] = float("-inf")
+    return selective_scan(side.u.double(), delta, side.A.double(), side.B.double(), side.C.double(), side.D.double(),
+                          z.double(), side.delta_bias.double(), True, backend="reference", reverse=reverse)
 
 
 def run(fn, inp: dict, dtype: torch.dtype, reverse: bool = False):
@@ -133,6 +157,18 @@ def correctness() -> bool:
         e_out = rel_err(out, out64)
         ok &= e_out < 1e-4
         say(f"| (2, {D_INNER}, 3000, {D_STATE}) no grad | {config} | {e_out:.1e}{'' if e_out < 1e-4 else ' FAIL'} | |")
+    from ssamba.models.scan import triton_pair
+
+    for config in (TritonConfig(1, 512, 1, "serial", unroll=2), TritonConfig(1, 1024, 2, "serial")):
+        triton_ops.set_config(config)  # both directions in one launch, averaged by atomic adds (inference)
+        first, second, z = pair_inputs(2, 3008)
+        with torch.no_grad():
+            out = triton_pair.scan_pair(first, second, z, 2990)
+        want = (pair_reference(first, z, 2990, False) + pair_reference(second, z, 2990, True)) / 2
+        e_out = rel_err(out, want)
+        ok &= e_out < 1e-4
+        say(f"| (2, {D_INNER}, 3008, {D_STATE}) both directions in one launch (triton_pair), dt_proj in the kernel, "
+            f"no grad | {config} | {e_out:.1e}{'' if e_out < 1e-4 else ' FAIL'} | |")
     triton_ops.set_config(None)
 
     from ssamba.models.scan import triton_conv
@@ -202,7 +238,8 @@ def correctness() -> bool:
         good = fused and e_out < 1e-4
         ok &= good
         say(f"| SSAMBA-tiny inference (no grad, eval): fused add + norms per pair {'taken' if fused else 'NOT taken'}"
-            f"{', dt_proj in the scan kernel' if label == 'serial' else ''} vs the eager stream on the reference "
+            f"{'; both directions in one conv and one scan launch, dt_proj in the kernel' if label == 'serial' else ''}"
+            f" vs the eager stream on the reference "
             f"backend | {label} | {e_out:.1e} | {'' if good else 'FAIL'} |")
     say(f"\ncorrectness: {'PASS' if ok else 'FAIL'} ({elapsed():.0f} s)\n")
     return ok
@@ -328,6 +365,38 @@ def conv_table(budget: float) -> None:
     say("")
 
 
+def pair_table(config: TritonConfig, budget: float) -> None:
+    """The mixer's two scans at inference: one pair launch averaging in the kernel (``triton_pair``) against two
+    single-direction launches and their sum (what the mixer ran before), with the serial forward (``config`` if it
+    is a serial one, else "1,512,1,serial,1,2")."""
+    from ssamba.models.scan import triton_pair
+
+    config = config if config.algo == "serial" else TritonConfig(1, 512, 1, "serial", unroll=2)
+    triton_ops.set_config(config)
+    say(f"## 3c. Both scan directions of a mixer, inference (B=2, d_inner=384, N=16, dt_proj in the kernel; {config};"
+        f" ms)")
+    say("| L | one pair launch | two launches + add | ratio |")
+    say("|---|---|---|---|")
+    for length in (4096, 22016, 75008):
+        if elapsed() > budget:
+            say(f"| {length} | skipped: time budget | | |")
+            continue
+        first, second, z = pair_inputs(2, length)
+
+        def two():
+            y = [triton_ops.selective_scan_triton(s.u, None, s.A, s.B, s.C, s.D, z, s.delta_bias, True, rev,
+                                                  delta_proj=(s.w_dt, s.dt), valid_length=length)
+                 for s, rev in ((first, False), (second, True))]
+            return y[0].add_(y[1])
+
+        with torch.no_grad():
+            pair = bench_ms(lambda: triton_pair.scan_pair(first, second, z, length))
+            single = bench_ms(two)
+        say(f"| {length} | {pair:.3f} | {single:.3f} | {pair / single:.2f} |")
+    triton_ops.set_config(None)
+    say("")
+
+
 def model_table(config: TritonConfig, out: Path, budget_s: float, tokens: list[int],
                 precision: str = "highest") -> None:
     """The efficiency benchmark with the scan's launch shape ``config``; ``precision`` "high" lets both models'
@@ -448,6 +517,7 @@ def main() -> int:
         best = best if args.skip_sweep else (guarded(sweep, args.budget_s * 0.35, args.configs) or best)
         guarded(scan_table, best, bandwidth, args.budget_s * 0.5)
         guarded(conv_table, args.budget_s * 0.55)
+        guarded(pair_table, best, args.budget_s * 0.58)
         if not (args.skip_model or args.skip_table):
             guarded(model_table, best, out, max(30.0, args.budget_s * 0.8 - elapsed()), args.tokens)
             if args.tf32_tokens:

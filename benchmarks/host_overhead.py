@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from ssamba.models import build_encoder  # noqa: E402
 from ssamba.models.config import preset  # noqa: E402
-from ssamba.models.scan import triton_conv, triton_norms, triton_ops  # noqa: E402
+from ssamba.models.scan import triton_conv, triton_norms, triton_ops, triton_pair  # noqa: E402
 
 
 class _NoLaunch:
@@ -56,7 +56,8 @@ def main() -> None:
     torch.set_num_threads(1)
     launches: collections.Counter = collections.Counter()
     triton_ops._kernel = lambda name, algo: _NoLaunch(f"scan {name}", launches)
-    triton_conv._kernel = lambda: _NoLaunch("conv + SiLU", launches)
+    triton_conv._kernel = lambda pair=False: _NoLaunch("conv + SiLU" + " pair" * pair, launches)
+    triton_pair._kernel = lambda: _NoLaunch("scan pair", launches)
     triton_norms._kernel = lambda: _NoLaunch("add + norms", launches)
     encoder = build_encoder(preset("ssamba", "tiny", input_tdim=args.frames, embed_dim=args.dim, depth=args.depth,
                                    scan_backend="triton")).eval()

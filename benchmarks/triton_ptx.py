@@ -25,7 +25,7 @@ import re
 
 import triton
 
-from ssamba.models.scan import triton_loop, triton_serial
+from ssamba.models.scan import triton_loop, triton_pair, triton_serial
 from ssamba.models.scan.triton_compile import ALIGNED_INTS, UNIT_STRIDES, compile_for, state_loop
 
 # Pointers the old reverse path moved to the last step (negated strides from there: not 16-byte aligned).
@@ -66,20 +66,26 @@ def state_loop_table(arch: int) -> None:
             variants.append((f"serial, stages {stages}, unroll {unroll}", triton_serial.fwd_serial_kernel,
                              dict(CHUNK=512 * warps, STAGES=stages, SAVE_EVERY=512, UNROLL=unroll, DT_RANK=0), warps,
                              unroll))
+    for warps in (1, 2):  # both directions of a mixer in one launch (inference, dt_proj in the kernel)
+        variants.append(("serial pair, dt_proj, unroll 2", triton_pair.fwd_serial_pair_kernel,
+                         dict(CHUNK=512 * warps, STAGES=1, UNROLL=2, DT_RANK=12), warps, 2))
     print(f"\nforward state loop (SASS, sm_{arch}; per thread and pass of the loop: its state updates (steps it "
           f"holds x states per pass), and instructions per update)")
     print("| kernel | warps | chunk | direction | registers | loop instructions | updates per pass | "
           "instructions per update | shuffles per update | MUFU per update | barriers per loop |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, fn, extra, warps, states in variants:
-        for reverse in (False, True):
-            _, _, cubin = compile_for(fn, dict(flags, **extra, REVERSE=reverse), arch=arch, num_warps=warps)
+        pair = fn is triton_pair.fwd_serial_pair_kernel  # one kernel, both directions: its smallest loop
+        for reverse in (False,) if pair else (False, True):
+            both = extra if pair else dict(flags, **extra, REVERSE=reverse)
+            _, _, cubin = compile_for(fn, both, arch=arch, num_warps=warps)
             if not cubin:
                 print(f"| {label} | {warps} | {extra['CHUNK']} | no cubin built |")
                 continue
             st = state_loop(cubin)
             steps = extra["CHUNK"] // (32 * warps) * states  # state updates per thread per pass of the loop
-            print(f"| {label} | {warps} | {extra['CHUNK']} | {'reverse' if reverse else 'forward'} | "
+            direction = "both" if pair else "reverse" if reverse else "forward"
+            print(f"| {label} | {warps} | {extra['CHUNK']} | {direction} | "
                   f"{st['registers']} | {st['instructions']} | {steps} | {st['instructions'] / steps:.1f} | "
                   f"{st['SHFL'] / steps:.2f} | {st['MUFU'] / steps:.2f} | {st['BAR']} |")
 

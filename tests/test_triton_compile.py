@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(not triton_ops.available(),
                                 reason="Triton is not installed (pip install 'ssamba[gpu]')")
 
 COMPILE = r'''
-import json, subprocess, sys
-from ssamba.models.scan import triton_conv, triton_loop, triton_norms, triton_ops, triton_serial
+import json, re, subprocess, sys
+from ssamba.models.scan import triton_conv, triton_loop, triton_norms, triton_ops, triton_pair, triton_serial
 from ssamba.models.scan.triton_compile import compile_for, state_loop
 
 SCAN = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=1, BLOCK_N=16, CHUNK=512)
@@ -48,6 +48,8 @@ for rev in (False, True):
         HAS_BIAS=True, SOFTPLUS=True, REVERSE=rev, BLOCK_D=1, BLOCK_N=16, CHUNK=512))
     KERNELS[f"conv-backwards{rev}"] = (triton_conv.conv_silu_kernel, dict(
         K=4, BACKWARDS=rev, HAS_BIAS=True, BLOCK_E=8, BLOCK_L=256))
+KERNELS["conv-pair"] = (triton_conv.conv_silu_pair_kernel, dict(K=4, BLOCK_E=8, BLOCK_L=256))
+KERNELS["serial-pair"] = (triton_pair.fwd_serial_pair_kernel, dict(CHUNK=512, STAGES=1, UNROLL=2, DT_RANK=12))
 KERNELS["chunk-carry"] = (triton_loop.chunk_carry_kernel, dict(BLOCK_D=32, BLOCK_N=16))
 KERNELS["add-norms"] = (triton_norms.add_norms_kernel, dict(HAS_PREV=True, HAS_H2=True, NORMS=2, BLOCK_R=16,
                                                            BLOCK_D=256))
@@ -55,12 +57,14 @@ KERNELS["tile-fwd"] = (triton_ops._fwd_kernel, dict(SCAN, SAVE_STATES=True, BLOC
 KERNELS["tile-bwd"] = (triton_ops._bwd_kernel, dict(SCAN, BLOCK_D=2, CHUNK=32))
 
 def summary(name, fn, flags, arch):
-    serial = fn is triton_serial.fwd_serial_kernel
+    serial = fn in (triton_serial.fwd_serial_kernel, triton_pair.fwd_serial_pair_kernel)
     warps = flags["CHUNK"] // 512 if serial else 4  # serial: 32 rows of 16 steps per warp
     ir, ptx, cubin = compile_for(fn, flags, arch=arch, num_warps=warps)
     info = {"entry": ".entry" in ptx, "cubin": bool(cubin), "convert_layout": ir.count("convert_layout"),
             "st_shared": ptx.count("st.shared"), "vector_loads": ptx.count("ld.global.v4"),
-            "shfl": ptx.count("shfl.sync"), "bar_sync": ptx.count("bar.sync")}
+            "shfl": ptx.count("shfl.sync"), "bar_sync": ptx.count("bar.sync"),
+            "vector_atomic_adds": ptx.count("red.global.gpu.relaxed.add.v4.f32"),
+            "atomics": len(re.findall(r"\b(?:red|atom)\.global", ptx))}
     if cubin and name.startswith(("fwd-reverse", "serial-")):  # the state loop's machine code, per thread step
         steps = flags["CHUNK"] // (32 * warps) * (flags["UNROLL"] if serial else 1)  # state updates per pass
         try:
@@ -89,7 +93,7 @@ def sm90() -> dict[str, dict]:
 
 
 def test_every_kernel_compiles_for_hopper(sm90):
-    assert len(sm90) == 22
+    assert len(sm90) == 24
     for name, info in sm90.items():
         assert info["entry"] and info["cubin"], name
 
@@ -130,17 +134,18 @@ def test_the_serial_forward_exchanges_across_lanes_once_per_16_steps(sm90, kind)
     assert forward["vector_loads"] >= 3 * 4 and reverse["vector_loads"] == forward["vector_loads"]
 
 
-@pytest.mark.parametrize("kind", ["serial", "serial-unroll2", "serial-dt-proj", "serial-saving-pipelined"])
+@pytest.mark.parametrize("kind", ["serial", "serial-unroll2", "serial-dt-proj", "serial-saving-pipelined",
+                                  "serial-pair"])
 def test_the_serial_state_loop_issues_under_half_the_loop_forwards_instructions(sm90, kind):
     """Read off the sm_90 machine code (Triton's own nvdisasm): per state update, the serial forward's loop over the
     states issues fewer than half the loop forward's instructions and shuffles, in both directions (measured 10.6-15.4
     against 43 and 46: benchmarks/triton_ptx.py), and does no cross-lane reduction (butterfly shuffles): the state
     carried between chunks goes through memory, where taking the last row's value and picking the state out of a
     register vector were two reductions per state."""
-    if "state_loop_instructions_per_step" not in sm90[f"{kind}-reverseFalse"]:
+    if "state_loop_instructions_per_step" not in sm90["serial-reverseFalse"]:
         pytest.skip("this Triton ships no nvdisasm/cuobjdump to read the machine code with")
     for rev in (False, True):
-        serial, loop = sm90[f"{kind}-reverse{rev}"], sm90[f"fwd-reverse{rev}"]
+        serial, loop = sm90[kind if kind == "serial-pair" else f"{kind}-reverse{rev}"], sm90[f"fwd-reverse{rev}"]
         assert 0 < serial["state_loop_instructions_per_step"] < loop["state_loop_instructions_per_step"] / 2, rev
         assert serial["state_loop_SHFL_per_step"] < loop["state_loop_SHFL_per_step"] / 2, rev
         assert serial["state_loop_SHFL_BFLY_per_step"] == 0 < loop["state_loop_SHFL_BFLY_per_step"], rev
@@ -152,3 +157,15 @@ def test_the_serial_forward_orders_its_carried_state_with_a_barrier(sm90):
     read a stale state (lanes of a warp are not in lockstep since Volta).  The interpreter cannot catch that."""
     for rev in (False, True):
         assert sm90[f"serial-unroll2-reverse{rev}"]["bar_sync"] == 1, rev
+
+
+def test_the_pair_kernel_averages_with_vector_atomic_adds(sm90):
+    """Both directions in one launch (``triton_pair``): each direction adds its half of the output with 16-byte
+    atomic adds, 4 per row of 16 steps like the single kernel's 4 vector stores (scalar atomics would be 4x the L2
+    operations), and nothing else is atomic; each direction's loop keeps its barrier; the state loop is the single
+    kernel's (two branches in one kernel cost registers, not instructions per update)."""
+    pair, single = sm90["serial-pair"], sm90["serial-dt-proj-reverseFalse"]
+    assert pair["vector_atomic_adds"] == pair["atomics"] == 2 * 4
+    assert pair["bar_sync"] == 2 and single["atomics"] == 0
+    if "state_loop_instructions_per_step" in pair:
+        assert pair["state_loop_instructions_per_step"] <= 1.05 * single["state_loop_instructions_per_step"]

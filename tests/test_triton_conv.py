@@ -92,3 +92,16 @@ def test_calls_past_32_bit_offsets_split_the_batch(monkeypatch):
     monkeypatch.setattr(triton_ops, "MAX_OFFSET", 5 * 40 - 1)
     with pytest.raises(ValueError, match=r"conv \+ SiLU of \(3, 5, 40\): one batch item spans 200 elements"):
         triton_conv.conv_silu(x, w, b)
+
+
+def test_pair_is_both_directions_from_one_launch():
+    """``conv_silu_pair``: the causal conv of one weight set and the anti-causal one of another, stacked, equal bit
+    for bit to the single-direction kernel's (the mixer's two directions at inference), on a strided input."""
+    wide, w, b = inputs(dim=22, length=300)
+    x = wide[:, 5:16]
+    _, w2, b2 = inputs(dim=11, seed=3)
+    with torch.no_grad():
+        both = triton_conv.conv_silu_pair(x, (w[:11], b[:11]), (w2, b2))
+        want = torch.stack([triton_conv.conv_silu(x, w[:11], b[:11]), triton_conv.conv_silu(x, w2, b2, True)])
+    assert both.shape == (2, *x.shape) and torch.equal(both, want)
+    assert rel_err(both[1], triton_conv.conv_silu_reference(x, w2, b2, True)) < 1e-6

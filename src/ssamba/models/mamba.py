@@ -11,7 +11,9 @@ whole mixer, matmuls included, is a single C++ call (``ops.mixer``), which saves
 on two threads ``run_pair`` runs the two mixers of a block pair side by side (``ops.mixer_pair``).
 Backends that scan backwards in time natively (triton) run ``_forward_flip_free``: the backward direction is an
 anti-causal conv and a reverse scan on the unflipped activations, and the activations stay channels-first (batched
-matmuls), which saves the flips and every transposition copy of the step-by-step path.  Every other backend
+matmuls), which saves the flips and every transposition copy of the step-by-step path; for inference with the
+"serial" launch shape its two directions run together (``triton_pair``: one conv launch, one scan launch averaging
+in the kernel).  Every other backend
 (the reference oracle, mamba_ssm on CUDA) runs the step-by-step path, which mirrors spec §5 line by line.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssamba.models.scan import cpu as cpu_limits
-from ssamba.models.scan import get_backend, selective_scan, triton_conv
+from ssamba.models.scan import get_backend, selective_scan, triton_conv, triton_pair
 from ssamba.models.scan.triton_ops import ALIGN as SCAN_ALIGN
 from ssamba.models.scan.triton_ops import selective_scan_triton
 
@@ -125,13 +127,37 @@ class BiMambaMixer(nn.Module):
         x, z = _bmm(w_in[:e], h_t), _bmm(w_in[e:], h_t)  # (B, E, L) each
         mods = self._modules
         on_triton = get_backend(x, self.scan_backend, self.d_state).name == "triton"
-        y = self._branch_channels_first(x, z, mods["conv1d"], mods["x_proj"], mods["dt_proj"], _param(self, "A_log"),
-                                        _param(self, "D"), backwards=reverse, length=length, on_triton=on_triton)
-        y += self._branch_channels_first(x, z, mods["conv1d_b"], mods["x_proj_b"], mods["dt_proj_b"],
-                                         _param(self, "A_b_log"), _param(self, "D_b"), backwards=not reverse,
-                                         length=length, on_triton=on_triton)
+        sets = [(mods["conv1d"], mods["x_proj"], mods["dt_proj"], _param(self, "A_log"), _param(self, "D"), reverse),
+                (mods["conv1d_b"], mods["x_proj_b"], mods["dt_proj_b"], _param(self, "A_b_log"), _param(self, "D_b"),
+                 not reverse)]
+        w_out = _param(self.out_proj, "weight").t()
+        if (on_triton and triton_pair.takes(x, self.dt_rank + 2 * self.d_state, self.d_state)
+                and not self._wants_grad(x)):
+            # both directions' convs in one launch, their scans in another, averaged in the kernel (the set that
+            # scans forward in time first)
+            first, second = sets[::-1] if reverse else sets
+            u = triton_conv.conv_silu_pair(x, *(_conv_params(c[0]) for c in (first, second)))
+            y = triton_pair.scan_pair(self._direction(u[0], *first[1:5]), self._direction(u[1], *second[1:5]), z,
+                                      length)
+            return _bmm(y[..., :length].transpose(1, 2), w_out)
+        y = self._branch_channels_first(x, z, *sets[0], length=length, on_triton=on_triton)
+        y += self._branch_channels_first(x, z, *sets[1], length=length, on_triton=on_triton)
         # (y / 2) W_out^T as (y^T W_out^T) / 2: the halving is exact, and the output is the smaller tensor
-        return _bmm(y[..., :length].transpose(1, 2), _param(self.out_proj, "weight").t()).mul_(0.5)
+        return _bmm(y[..., :length].transpose(1, 2), w_out).mul_(0.5)
+
+    def _projections(self, u: Tensor, x_proj: nn.Linear) -> tuple[Tensor, Tensor, Tensor]:
+        """``(dt, B, C)``: views of the x_proj matmul's ``(B, R + 2N, L)`` output for ``(B, E, L)`` inputs ``u``."""
+        x_dbl = _bmm(_param(x_proj, "weight"), u)
+        return x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
+
+    def _direction(self, u: Tensor, x_proj: nn.Linear, dt_proj: nn.Linear, a_log: Tensor,
+                   d_skip: Tensor) -> triton_pair.Direction:
+        """One direction's inputs of ``triton_pair.scan_pair`` (inference) from its conv output ``u``, the scan's
+        parameters in float32."""
+        dt, b, c = self._projections(u, x_proj)
+        with _no_autocast(u.device.type):
+            return triton_pair.Direction(u, dt, b, c, -torch.exp(_float32(a_log)), _float32(d_skip),
+                                         _float32(_param(dt_proj, "bias")), _param(dt_proj, "weight"))
 
     def _branch_channels_first(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear,
                                dt_proj: nn.Linear, a_log: Tensor, d_skip: Tensor, backwards: bool,
@@ -140,13 +166,12 @@ class BiMambaMixer(nn.Module):
         ``(B, R + 2N, L)`` projection, which the scan reads with their strides.  Steps from ``length`` on are
         padding (zero x and z): their delta is set to -inf (on triton: ``valid_length``), so they are identity steps
         of the scan.  ``on_triton``: the scan backend is "triton", which takes dt_proj as its factors."""
-        conv_w, conv_b = _param(conv, "weight"), _param(conv, "bias")
+        conv_w, conv_b = _conv_params(conv)
         if triton_conv.supports(x):  # CUDA: conv + SiLU in one Triton pass
             u = triton_conv.conv_silu(x, conv_w, conv_b, backwards)
         else:
             u = triton_conv.conv_silu_reference(x, conv_w, conv_b, backwards)
-        x_dbl = _bmm(_param(x_proj, "weight"), u)  # (B, R + 2N, L)
-        dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt, b, c = self._projections(u, x_proj)
         w_dt = _param(dt_proj, "weight")
         if not on_triton:
             delta = _bmm(w_dt, dt)  # (B, E, L); the bias goes in as delta_bias
@@ -251,6 +276,11 @@ class BiMambaMixer(nn.Module):
                 D=d_skip.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
                 backend=self.scan_backend, reverse=backwards,
             )
+
+
+def _conv_params(conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
+    """A depthwise conv's (weight, bias), read from its parameter dict."""
+    return _param(conv, "weight"), _param(conv, "bias")
 
 
 def _narrow_linear(x: Tensor, weight: Tensor) -> Tensor:

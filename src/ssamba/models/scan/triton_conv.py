@@ -15,6 +15,8 @@ formulation, so training is exactly as correct as the step-by-step path); only t
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,39 +27,59 @@ from ssamba.models.scan.triton_ops import tl, triton
 BLOCK_E, BLOCK_L = 8, 256
 
 
+if triton is not None:
+
+    @triton.jit
+    def _conv_silu_tile(x_row, w_ptr, b_ptr, out_ptrs, offs_e, offs_t, mask_e, length, K: tl.constexpr,
+                        BACKWARDS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr,
+                        BLOCK_L: tl.constexpr):
+        """One (BLOCK_E, BLOCK_L) tile of ``silu(conv(x))`` from the channels' rows ``x_row`` into ``out_ptrs``."""
+        acc = tl.zeros((BLOCK_E, BLOCK_L), dtype=tl.float32)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[:, None]
+        for j in tl.static_range(K):  # tap K-1-j meets x[t -+ j]
+            if BACKWARDS:
+                t = offs_t + j
+            else:
+                t = offs_t - j
+            m = mask_e[:, None] & ((t >= 0) & (t < length))[None, :]
+            xj = tl.load(x_row + t[None, :], mask=m, other=0.0).to(tl.float32)
+            wj = tl.load(w_ptr + offs_e * K + (K - 1 - j), mask=mask_e, other=0.0).to(tl.float32)
+            acc += wj[:, None] * xj
+        out = acc * tl.sigmoid(acc)
+        tl.store(out_ptrs, out, mask=mask_e[:, None] & (offs_t < length)[None, :])
+
+
 def conv_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, dim, length, s_xb, s_xd, s_ob, s_od,
                      K: tl.constexpr, BACKWARDS: tl.constexpr, HAS_BIAS: tl.constexpr,
                      BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_b = tl.program_id(0)
     offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     offs_t = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
+    out_ptrs = out_ptr + pid_b * s_ob + offs_e[:, None] * s_od + offs_t[None, :]
+    _conv_silu_tile(x_ptr + pid_b * s_xb + offs_e[:, None] * s_xd, w_ptr, b_ptr, out_ptrs, offs_e, offs_t,
+                    offs_e < dim, length, K, BACKWARDS, HAS_BIAS, BLOCK_E, BLOCK_L)
+
+
+def conv_silu_pair_kernel(x_ptr, w_ptr, b_ptr, w2_ptr, b2_ptr, out_ptr, dim, length, s_xb, s_xd, s_ob, s_od,
+                          s_o2, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The causal conv with ``w``/``b`` into ``out`` and the anti-causal one with ``w2``/``b2`` into
+    ``out + s_o2``, from one read of ``x``: the second tile's loads hit the cache the first one filled."""
+    pid_b = tl.program_id(0)
+    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    offs_t = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_e = offs_e < dim
-    row = x_ptr + pid_b * s_xb + offs_e[:, None] * s_xd
-    acc = tl.zeros((BLOCK_E, BLOCK_L), dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[:, None]
-    for j in tl.static_range(K):  # tap K-1-j meets x[t -+ j]
-        if BACKWARDS:
-            t = offs_t + j
-        else:
-            t = offs_t - j
-        m = mask_e[:, None] & ((t >= 0) & (t < length))[None, :]
-        xj = tl.load(row + t[None, :], mask=m, other=0.0).to(tl.float32)
-        wj = tl.load(w_ptr + offs_e * K + (K - 1 - j), mask=mask_e, other=0.0).to(tl.float32)
-        acc += wj[:, None] * xj
-    out = acc * tl.sigmoid(acc)
-    m_out = mask_e[:, None] & (offs_t < length)[None, :]
-    tl.store(out_ptr + pid_b * s_ob + offs_e[:, None] * s_od + offs_t[None, :], out, mask=m_out)
+    x_row = x_ptr + pid_b * s_xb + offs_e[:, None] * s_xd
+    out_ptrs = out_ptr + pid_b * s_ob + offs_e[:, None] * s_od + offs_t[None, :]
+    _conv_silu_tile(x_row, w_ptr, b_ptr, out_ptrs, offs_e, offs_t, mask_e, length, K, False, True, BLOCK_E,
+                    BLOCK_L)
+    _conv_silu_tile(x_row, w2_ptr, b2_ptr, out_ptrs + s_o2, offs_e, offs_t, mask_e, length, K, True, True,
+                    BLOCK_E, BLOCK_L)
 
 
-_jitted = None
-
-
-def _kernel():
-    global _jitted
-    if _jitted is None:
-        _jitted = triton.jit(conv_silu_kernel)
-    return _jitted
+@functools.lru_cache(maxsize=None)
+def _kernel(pair: bool = False):
+    return triton.jit(conv_silu_pair_kernel if pair else conv_silu_kernel)
 
 
 def conv_silu_reference(x: Tensor, weight: Tensor, bias: Tensor | None, backwards: bool) -> Tensor:
@@ -124,3 +146,23 @@ def conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None, backwards: bool = 
     if len(parts) == 1:
         return conv(x, weight, bias, backwards)
     return torch.cat([conv(x[p], weight, bias, backwards) for p in parts])
+
+
+def conv_silu_pair(x: Tensor, causal: tuple[Tensor, Tensor], anti_causal: tuple[Tensor, Tensor]) -> Tensor:
+    """``conv_silu(x, *causal)`` and ``conv_silu(x, *anti_causal, backwards=True)`` stacked, ``(2, B, E, L)``, in
+    one launch that reads ``x`` once (inference: the mixer's two directions; weights ``(E, 1, K)`` and biases)."""
+    if not supports(x):
+        raise RuntimeError("the fused conv + SiLU runs CUDA tensors with Triton (CPU ones only in its interpreter)")
+    batch, dim, length = x.shape
+    out = torch.empty(2, batch, dim, length, dtype=x.dtype, device=x.device)
+    if length == 0:
+        return out
+    if out.numel() > triton_ops.MAX_OFFSET or x.stride(0) * batch > triton_ops.MAX_OFFSET:
+        return torch.stack([conv_silu(x, *causal), conv_silu(x, *anti_causal, backwards=True)])
+    x_ = x if x.stride(-1) == 1 else x.contiguous()
+    (w, b), (w2, b2) = [(w.contiguous(), b.contiguous()) for w, b in (causal, anti_causal)]
+    grid = (batch, triton_ops.cdiv(dim, BLOCK_E), triton_ops.cdiv(length, BLOCK_L))
+    _kernel(True)[grid](x_, w, b, w2, b2, out, dim, length, x_.stride(0), x_.stride(1), out.stride(1),
+                        out.stride(2), out.stride(0), K=w.shape[-1], BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L, num_warps=4,
+                        **triton_ops.FP_FUSION)
+    return out

@@ -40,7 +40,8 @@ come after every real step in scan order, so they cannot change an output, and t
 Only the forward: training runs the "loop" backward at its own launch shape (``triton_ops.SERIAL_BACKWARD``), from
 the states this kernel saves (``SAVE_STATES``) every ``SAVE_EVERY`` steps of the scan, the start of each of the
 backward's chunks (a row start: the state entering the row), and the pre-gate output (``ypre``) when there is a
-``z`` gate.  One channel per program (``block_d`` 1): the row axis is what fills the warps.
+``z`` gate.  One channel per program (``block_d`` 1): the row axis is what fills the warps.  The program's body is
+``_scan_channel``, which ``triton_pair`` runs for both directions of a mixer in one launch.
 """
 from __future__ import annotations
 
@@ -201,27 +202,17 @@ def _valid_delta(pre, t, valid_length, SOFTPLUS: tl.constexpr):
     return tl.where(t < valid_length, pre, 0.0)
 
 
-def fwd_serial_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, ypre_ptr, carry_ptr,
-    dt_ptr, w_dt_ptr, dim, length, valid_length, d_state, n_chunks,
-    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE_STATES: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr = False,
-    STAGES: tl.constexpr = 1, SAVE_EVERY: tl.constexpr = 512, UNROLL: tl.constexpr = 1, DT_RANK: tl.constexpr = 0,
-):
-    """The forward scan of one (batch, channel) per program; the arguments of ``fwd_loop_kernel`` less the channel
-    block, except that ``n_chunks`` counts the saved states (the backward's chunks of SAVE_EVERY steps, a multiple
-    of 16); same outputs (``out``, and with SAVE_STATES the states and the pre-gate output).  ``carry_ptr``:
-    scratch of 2 x d_state floats per program for the state carried between chunks (need not be initialised).
-    STAGES > 1: Triton software-pipelines the loop over states, copying the next states' B and C rows to shared
-    memory while this one is scanned (fewer registers held than loading them ahead by hand, more instructions).
-    UNROLL = 2 scans two states per pass of that loop (d_state even), so that the two independent chains of
-    dependent instructions interleave.  DT_RANK > 0 (inference): ``delta`` is not read but computed, ``W_dt dt``
-    from ``w_dt_ptr`` (channels, DT_RANK) and ``dt_ptr`` (batch, DT_RANK, length; B's strides), the steps from
-    ``valid_length`` on made identity steps: the mixer's dt_proj matmul, its output and the padding fill saved."""
+@triton.jit
+def _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ypre_ptr, dt_ptr, w_dt_ptr,
+                  state_row, carry_row, x_row, b_row, d, length, valid_length, d_state, s_xl, s_bn, s_bl,
+                  HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                  SAVE_STATES: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr, STAGES: tl.constexpr,
+                  SAVE_EVERY: tl.constexpr, UNROLL: tl.constexpr, DT_RANK: tl.constexpr, HALF_ADD: tl.constexpr):
+    """One channel of one batch element, the whole sequence: ``fwd_serial_kernel``'s program, given the
+    channel's offsets (``x_row`` into u, delta, z and out; ``b_row`` into B, C and dt) and its rows of saved states
+    and of carry scratch.  HALF_ADD: the output is not stored but half of it added atomically into ``out`` (zeroed
+    by the caller), for two programs whose outputs are averaged (``fwd_serial_pair_kernel``)."""
     ROWS: tl.constexpr = CHUNK // 16
-    pid_b = tl.program_id(0)
-    d = tl.program_id(1)
     r = tl.arange(0, ROWS)
     j = tl.arange(0, 4)[None, :]
     Dv = 0.0
@@ -237,10 +228,6 @@ def fwd_serial_kernel(
     else:
         o0, o1, o2, o3 = 0, 4, 8, 12
         rows = r[:, None] * 16
-    x_row = pid_b * s_xb + d * s_xd
-    b_row = pid_b * s_bb
-    state_row = states_ptr + (pid_b * dim + d) * n_chunks * d_state
-    carry_row = carry_ptr + (pid_b * dim + d) * 2 * d_state
     ones = tl.full((ROWS,), 1.0, tl.float32)
     zeros = tl.zeros((ROWS,), dtype=tl.float32)
     for ci in range(tl.cdiv(length, CHUNK)):
@@ -332,7 +319,41 @@ def fwd_serial_kernel(
             y1 = y1 * z1 * tl.sigmoid(z1)
             y2 = y2 * z2 * tl.sigmoid(z2)
             y3 = y3 * z3 * tl.sigmoid(z3)
-        tl.store(out_ptr + x0, y0, mask=keep)
-        tl.store(out_ptr + x1, y1, mask=keep)
-        tl.store(out_ptr + x2, y2, mask=keep)
-        tl.store(out_ptr + x3, y3, mask=keep)
+        if HALF_ADD:  # exact: two halves onto zero give one rounding, in either order
+            tl.atomic_add(out_ptr + x0, 0.5 * y0, mask=keep, sem="relaxed")
+            tl.atomic_add(out_ptr + x1, 0.5 * y1, mask=keep, sem="relaxed")
+            tl.atomic_add(out_ptr + x2, 0.5 * y2, mask=keep, sem="relaxed")
+            tl.atomic_add(out_ptr + x3, 0.5 * y3, mask=keep, sem="relaxed")
+        else:
+            tl.store(out_ptr + x0, y0, mask=keep)
+            tl.store(out_ptr + x1, y1, mask=keep)
+            tl.store(out_ptr + x2, y2, mask=keep)
+            tl.store(out_ptr + x3, y3, mask=keep)
+
+
+def fwd_serial_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, ypre_ptr, carry_ptr,
+    dt_ptr, w_dt_ptr, dim, length, valid_length, d_state, n_chunks,
+    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE_STATES: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr = False,
+    STAGES: tl.constexpr = 1, SAVE_EVERY: tl.constexpr = 512, UNROLL: tl.constexpr = 1, DT_RANK: tl.constexpr = 0,
+):
+    """The forward scan of one (batch, channel) per program; the arguments of ``fwd_loop_kernel`` less the channel
+    block, except that ``n_chunks`` counts the saved states (the backward's chunks of SAVE_EVERY steps, a multiple
+    of 16); same outputs (``out``, and with SAVE_STATES the states and the pre-gate output).  ``carry_ptr``:
+    scratch of 2 x d_state floats per program for the state carried between chunks (need not be initialised).
+    STAGES > 1: Triton software-pipelines the loop over states, copying the next states' B and C rows to shared
+    memory while this one is scanned (fewer registers held than loading them ahead by hand, more instructions).
+    UNROLL = 2 scans two states per pass of that loop (d_state even), so that the two independent chains of
+    dependent instructions interleave.  DT_RANK > 0 (inference): ``delta`` is not read but computed, ``W_dt dt``
+    from ``w_dt_ptr`` (channels, DT_RANK) and ``dt_ptr`` (batch, DT_RANK, length; B's strides), the steps from
+    ``valid_length`` on made identity steps: the mixer's dt_proj matmul, its output and the padding fill saved."""
+    pid_b = tl.program_id(0)
+    d = tl.program_id(1)
+    channel = pid_b * dim + d
+    _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ypre_ptr, dt_ptr, w_dt_ptr,
+                  states_ptr + channel * n_chunks * d_state, carry_ptr + channel * 2 * d_state,
+                  pid_b * s_xb + d * s_xd, pid_b * s_bb, d, length, valid_length, d_state, s_xl, s_bn, s_bl,
+                  HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_STATES, CHUNK, REVERSE, STAGES, SAVE_EVERY, UNROLL, DT_RANK,
+                  False)
