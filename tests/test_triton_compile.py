@@ -63,7 +63,8 @@ def summary(name, fn, flags, arch):
     info = {"entry": ".entry" in ptx, "cubin": bool(cubin), "convert_layout": ir.count("convert_layout"),
             "st_shared": ptx.count("st.shared"), "vector_loads": ptx.count("ld.global.v4"),
             "shfl": ptx.count("shfl.sync"), "bar_sync": ptx.count("bar.sync"),
-            "vector_atomic_adds": ptx.count("red.global.gpu.relaxed.add.v4.f32"),
+            # Triton 3.6 writes atom (its result unused: ptxas still emits REDG), 3.9 red
+            "vector_atomic_adds": len(re.findall(r"\b(?:red|atom)\.global\.gpu\.relaxed\.add\.v4\.f32", ptx)),
             "atomics": len(re.findall(r"\b(?:red|atom)\.global", ptx))}
     if cubin and name.startswith(("fwd-reverse", "serial-")):  # the state loop's machine code, per thread step
         steps = flags["CHUNK"] // (32 * warps) * (flags["UNROLL"] if serial else 1)  # state updates per pass
