@@ -136,3 +136,29 @@ def test_mixer_inference_scans_both_directions_in_one_launch(monkeypatch, serial
     trained = mixer(x, reverse=reverse)
     assert len(pairs) == 1 and len(singles) == 2 and convs == ["pair", "single", "single"]
     assert rel_err(trained.detach(), want) < 1e-5
+
+
+def test_encoder_inference_on_pair_launches_equals_the_reference_backend(monkeypatch, serial):
+    """A whole (small) SSAMBA encoder in inference with the serial launch shape: one pair launch per mixer inside
+    the fused trunk (``triton_norms``), the output equal to the same weights on the reference backend."""
+    from ssamba.models import build_encoder
+    from ssamba.models.config import preset
+
+    torch.manual_seed(7)
+    sizes = dict(input_tdim=32, input_fdim=32, depth=2, embed_dim=8, d_state=4)
+    encoder = build_encoder(preset("ssamba", "tiny", **sizes, scan_backend="triton")).to(DEVICE).eval()
+    reference = build_encoder(preset("ssamba", "tiny", **sizes, scan_backend="reference")).to(DEVICE).eval()
+    reference.load_state_dict(encoder.state_dict())
+    from ssamba.models.scan import triton_norms
+
+    pairs, norms = [], []
+    real_pair, real_norms = triton_pair.scan_pair, triton_norms.add_norms
+    monkeypatch.setattr(triton_pair, "scan_pair", lambda *a: pairs.append(a) or real_pair(*a))
+    monkeypatch.setattr(triton_norms, "add_norms", lambda *a: norms.append(a) or real_norms(*a))
+    serial(TritonConfig(1, 16, 1, "serial", unroll=2))
+    x = torch.randn(2, 32, 32, device=DEVICE)
+    with torch.no_grad():
+        got = encoder(x)
+        want = reference(x)
+    assert len(pairs) == 2 and len(norms) == 2  # a pair's adds + norms, then the final norm
+    assert rel_err(got, want) < 1e-5
