@@ -164,12 +164,23 @@ def test_an_installed_gpu_kernel_package_that_fails_to_import_is_said(tmp_path, 
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     said = proc.stdout.strip().splitlines()[-1]
-    assert said.count("triton is installed but fails to import (RuntimeError: libcuda.so.1") == 1, said
+    assert said.count("triton is installed but fails to import or is not usable (RuntimeError: libcuda.so.1") == 1, said
+
+    (fake / "triton" / "__init__.py").write_text("__version__ = '3.1.0'\n")  # imports, but older than tested
+    (fake / "triton" / "language.py").write_text("")
+    proc = subprocess.run([sys.executable, "-c", BROKEN_TRITON.replace(
+        '"RuntimeError: libcuda.so.1: cannot open shared object file"',
+        '"Triton 3.1.0 is older than 3.2, the oldest the kernels are tested with"')],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = proc.stdout.strip().splitlines()[-1]
+    assert said.count("triton is installed but fails to import or is not usable (Triton 3.1.0 is older") == 1, said
+    (fake / "triton" / "__init__.py").write_text("raise RuntimeError('libcuda.so.1: cannot open shared object file')\n")
 
     monkeypatch.syspath_prepend(str(fake))
     scan._mamba_ssm_fn.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match=r"mamba_ssm is installed but fails to import \(RuntimeError"):
+        with pytest.warns(RuntimeWarning, match=r"mamba_ssm is installed but fails to import or is not usable \(R"):
             assert scan._mamba_ssm_fn() is None
         monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # not installed: silent
         scan._mamba_ssm_fn.cache_clear()

@@ -169,4 +169,4 @@ def test_the_pair_kernel_averages_with_vector_atomic_adds(sm90):
     assert pair["vector_atomic_adds"] == pair["atomics"] == 2 * 4
     assert pair["bar_sync"] == 2 and single["atomics"] == 0
     if "state_loop_instructions_per_step" in pair:
-        assert pair["state_loop_instructions_per_step"] <= 1.05 * single["state_loop_instructions_per_step"]
+        assert pair["state_loop_instructions_per_step"] <= 1.1 * single["state_loop_instructions_per_step"]

@@ -154,10 +154,10 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
 
 
 def _warn_broken(package: str, error: str) -> None:
-    """An optional GPU kernel package that is installed but fails to import is said, never silently skipped:
-    the scan would fall back to a far slower backend."""
-    warnings.warn(f"ssamba: {package} is installed but fails to import ({error}); its scan backend is skipped, "
-                  "and CUDA tensors fall back to a slower one", RuntimeWarning, stacklevel=4)
+    """An optional GPU kernel package that is installed but fails to import (or is too old) is said, never
+    silently skipped: the scan would fall back to a far slower backend."""
+    warnings.warn(f"ssamba: {package} is installed but fails to import or is not usable ({error}); its scan "
+                  "backend is skipped, and CUDA tensors fall back to a slower one", RuntimeWarning, stacklevel=4)
 
 
 @functools.lru_cache(maxsize=None)

@@ -51,9 +51,19 @@ def compile_for(fn: Callable, flags: dict, *, arch: int = 90, num_warps: int = 4
             sig[arg] = "i32"
             if arg in aligned:
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    kernel = triton.compile(ASTSource(jitted, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
+    kernel = triton.compile(ASTSource(jitted, sig, consts, _attributes(attrs)), target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=num_warps, **triton_ops.FP_FUSION))
     return kernel.asm["ttgir"], kernel.asm["ptx"], kernel.asm.get("cubin") or b""
+
+
+def _attributes(attrs: dict) -> object:
+    """``attrs`` ({(index,): [["tt.divisibility", 16]]}, Triton >= 3.3) as the ``AttrsDescriptor`` that Triton 3.2
+    takes instead (the oldest one this compiles with)."""
+    try:
+        from triton.backends.compiler import AttrsDescriptor
+    except ImportError:
+        return attrs
+    return AttrsDescriptor.from_hints({index: 16 for (index,) in attrs})
 
 
 def _tool(name: str) -> Path:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,21 @@ except Exception as exc:  # not installed, or a broken install raising at import
     tl = None
     if not (isinstance(exc, ModuleNotFoundError) and exc.name == "triton"):
         IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+#: The oldest Triton the kernels are compiled with (for sm_90, by tests/test_triton_compile.py run against it: 3.2,
+#: 3.3, 3.5, 3.6 and 3.9 were).  An older one is not used: a kernel it cannot compile would fail mid-forward.
+MIN_VERSION = (3, 2)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string such as "3.2.0" or "3.3.0+git1234"."""
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+if triton is not None and _release(getattr(triton, "__version__", "0.0")) < MIN_VERSION:
+    IMPORT_ERROR = (f"Triton {getattr(triton, '__version__', '(no version)')} is older than "
+                    f"{'.'.join(map(str, MIN_VERSION))}, the oldest the kernels are tested with")
+    triton = tl = None
 
 CONFIG_VAR = "SSAMBA_TRITON_CONFIG"
 
