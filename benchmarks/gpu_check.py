@@ -72,8 +72,8 @@ def pair_inputs(batch: int, length: int, seed: int = 0, rank: int = 12):
     sides = []
     for _ in range(2):
         dt, b, c = r(batch, rank + 2 * D_STATE, length).split([rank, D_STATE, D_STATE], dim=1)
-        sides.append(triton_pair.Direction(r(batch, D_INNER, length), dt, b, c, -torch.exp(0.5 * r(D_INNER, D_STATE)),
-                                           r(D_INNER), 0.3 * r(D_INNER), 0.3 * r(D_INNER, rank)))
+        sides.append(triton_pair.Direction(r(batch, D_INNER, length), dt, b, c, 0.5 * r(D_INNER, D_STATE), r(D_INNER),
+                                           0.3 * r(D_INNER), 0.3 * r(D_INNER, rank)))
     return sides[0], sides[1], r(batch, D_INNER, length)
 
 
@@ -82,8 +82,9 @@ def pair_reference(side, z: torch.Tensor, valid: int, reverse: bool) -> torch.Te
     ``valid`` on)."""
     delta = torch.einsum("dr,brl->bdl", side.w_dt.double(), side.dt.double())
     delta[..., valid:] = float("-inf")
-    return selective_scan(side.u.double(), delta, side.A.double(), side.B.double(), side.C.double(), side.D.double(),
-                          z.double(), side.delta_bias.double(), True, backend="reference", reverse=reverse)
+    return selective_scan(side.u.double(), delta, -torch.exp(side.A_log.double()), side.B.double(), side.C.double(),
+                          side.D.double(), z.double(), side.delta_bias.double(), True, backend="reference",
+                          reverse=reverse)
 
 
 def run(fn, inp: dict, dtype: torch.dtype, reverse: bool = False):
@@ -384,8 +385,8 @@ def pair_table(config: TritonConfig, budget: float) -> None:
         first, second, z = pair_inputs(2, length)
 
         def two():
-            y = [triton_ops.selective_scan_triton(s.u, None, s.A, s.B, s.C, s.D, z, s.delta_bias, True, rev,
-                                                  delta_proj=(s.w_dt, s.dt), valid_length=length)
+            y = [triton_ops.selective_scan_triton(s.u, None, -torch.exp(s.A_log), s.B, s.C, s.D, z, s.delta_bias,
+                                                  True, rev, delta_proj=(s.w_dt, s.dt), valid_length=length)
                  for s, rev in ((first, False), (second, True))]
             return y[0].add_(y[1])
 

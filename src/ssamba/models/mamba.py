@@ -124,22 +124,23 @@ class BiMambaMixer(nn.Module):
         padded = -(-length // SCAN_ALIGN) * SCAN_ALIGN
         if padded != length:
             h_t = F.pad(h_t, (0, padded - length))
-        x, z = _bmm(w_in[:e], h_t), _bmm(w_in[e:], h_t)  # (B, E, L) each
         mods = self._modules
-        on_triton = get_backend(x, self.scan_backend, self.d_state).name == "triton"
+        on_triton = get_backend(h_t, self.scan_backend, self.d_state).name == "triton"
         sets = [(mods["conv1d"], mods["x_proj"], mods["dt_proj"], _param(self, "A_log"), _param(self, "D"), reverse),
                 (mods["conv1d_b"], mods["x_proj_b"], mods["dt_proj_b"], _param(self, "A_b_log"), _param(self, "D_b"),
                  not reverse)]
         w_out = _param(self.out_proj, "weight").t()
-        if (on_triton and triton_pair.takes(x, self.dt_rank + 2 * self.d_state, self.d_state)
-                and not self._wants_grad(x)):
-            # both directions' convs in one launch, their scans in another, averaged in the kernel (the set that
-            # scans forward in time first)
+        if (on_triton and triton_pair.takes(h_t, e, self.dt_rank + 2 * self.d_state, self.d_state)
+                and not self._wants_grad(hidden)):
+            # inference: in_proj as one matmul (the scan reads z with its batch stride), both directions' convs in
+            # one launch, their scans in another, averaged in the kernel (the set scanning forward in time first)
+            xz = _bmm(w_in, h_t)  # (B, 2E, L)
             first, second = sets[::-1] if reverse else sets
-            u = triton_conv.conv_silu_pair(x, *(_conv_params(c[0]) for c in (first, second)))
-            y = triton_pair.scan_pair(self._direction(u[0], *first[1:5]), self._direction(u[1], *second[1:5]), z,
-                                      length)
+            u = triton_conv.conv_silu_pair(xz[:, :e], *(_conv_params(c[0]) for c in (first, second)))
+            y = triton_pair.scan_pair(self._direction(u[0], *first[1:5]), self._direction(u[1], *second[1:5]),
+                                      xz[:, e:], length)
             return _bmm(y[..., :length].transpose(1, 2), w_out)
+        x, z = _bmm(w_in[:e], h_t), _bmm(w_in[e:], h_t)  # (B, E, L) each
         y = self._branch_channels_first(x, z, *sets[0], length=length, on_triton=on_triton)
         y += self._branch_channels_first(x, z, *sets[1], length=length, on_triton=on_triton)
         # (y / 2) W_out^T as (y^T W_out^T) / 2: the halving is exact, and the output is the smaller tensor
@@ -152,12 +153,9 @@ class BiMambaMixer(nn.Module):
 
     def _direction(self, u: Tensor, x_proj: nn.Linear, dt_proj: nn.Linear, a_log: Tensor,
                    d_skip: Tensor) -> triton_pair.Direction:
-        """One direction's inputs of ``triton_pair.scan_pair`` (inference) from its conv output ``u``, the scan's
-        parameters in float32."""
+        """One direction's inputs of ``triton_pair.scan_pair`` (inference) from its conv output ``u``."""
         dt, b, c = self._projections(u, x_proj)
-        with _no_autocast(u.device.type):
-            return triton_pair.Direction(u, dt, b, c, -torch.exp(_float32(a_log)), _float32(d_skip),
-                                         _float32(_param(dt_proj, "bias")), _param(dt_proj, "weight"))
+        return triton_pair.Direction(u, dt, b, c, a_log, d_skip, _param(dt_proj, "bias"), _param(dt_proj, "weight"))
 
     def _branch_channels_first(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear,
                                dt_proj: nn.Linear, a_log: Tensor, d_skip: Tensor, backwards: bool,

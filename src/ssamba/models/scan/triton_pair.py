@@ -7,7 +7,8 @@ twice the warps in flight.  Each program adds half of its gated output into one 
 two directions (a read of two (B, D, L) float32 tensors and a write of one), the halving after ``out_proj`` and a
 launch go too.  The adds are atomic, vectorised like 16-byte stores (``REDG.E.ADD.F32x4`` on sm_90), and still
 deterministic: every element receives exactly two halves onto 0, and ``(0 + a) + b`` is one rounding of ``a + b``
-in either order, the value of the two-launch path (``(y_f + y_b) / 2``) bit for bit.  Not yet timed on a GPU.
+in either order, as ``(y_f + y_b) / 2`` rounds it.  The kernel also takes the parameters as they are (``A_log``,
+not ``-exp(A_log)``), so that the host runs no op for them.  Not yet timed on a GPU.
 
 Only for inference with the "serial" algorithm (``TritonConfig.algo``) on sequences the mixer has padded to
 ``ALIGN`` steps, with dt_proj inside the kernel (``delta_proj`` of ``selective_scan_triton``); otherwise the mixer
@@ -30,14 +31,15 @@ if triton is not None:  # the kernel's body (jitted on first use, so that import
 
 class Direction(NamedTuple):
     """One direction's scan inputs, as the mixer has them: ``u`` (B, D, L); ``dt``, ``B``, ``C`` rows of one
-    (B, R + 2N, L) projection (so with equal strides); ``A`` (D, N), ``D`` and ``delta_bias`` (D,) in float32;
-    ``w_dt`` (D, R), dt_proj's weight."""
+    (B, R + 2N, L) projection (so with equal strides); the parameters ``A_log`` (D, N; the kernel takes
+    A = -exp(A_log) itself, two host ops fewer per direction), ``D`` and ``delta_bias`` (D,); ``w_dt`` (D, R), dt_proj's
+    weight."""
 
     u: Tensor
     dt: Tensor
     B: Tensor
     C: Tensor
-    A: Tensor
+    A_log: Tensor
     D: Tensor
     delta_bias: Tensor
     w_dt: Tensor
@@ -47,28 +49,31 @@ def fwd_serial_pair_kernel(
     u_ptr, u2_ptr, A_ptr, A2_ptr, B_ptr, B2_ptr, C_ptr, C2_ptr, D_ptr, D2_ptr, bias_ptr, bias2_ptr,
     dt_ptr, dt2_ptr, w_dt_ptr, w_dt2_ptr, z_ptr, out_ptr, carry_ptr,
     dim, length, valid_length, d_state,
-    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
+    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl, s_zb,
     CHUNK: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, DT_RANK: tl.constexpr,
 ):
     """Program (b, d, 0) scans channel d of batch element b forward in time with the first parameter set (the
     unsuffixed pointers), program (b, d, 1) backwards with the second (suffix 2); each adds half of its output,
     ``silu(z) (y + D u)``, into ``out``.  Delta is ``W_dt dt`` (softplus of it plus the bias), identity steps from
-    ``valid_length`` on.  Both directions' ``u``, ``z`` and ``out`` share strides (``s_x*``), their dt, B and C too
-    (``s_b*``).  ``carry_ptr``: 2 x d_state floats of scratch per program."""
+    ``valid_length`` on; A is ``-exp(A_log)`` of the ``A`` pointers' A_log.  Both directions' ``u`` and ``out`` share
+    strides (``s_x*``), ``z`` too but for its batch stride ``s_zb`` (it may be the second half of the in_proj output
+    whose first half is the convs' input), and both directions' dt, B and C share theirs (``s_b*``).  ``carry_ptr``:
+    2 x d_state floats of scratch per program."""
     pid_b = tl.program_id(0)
     d = tl.program_id(1)
     second = tl.program_id(2)
     x_row = pid_b * s_xb + d * s_xd
     b_row = pid_b * s_bb
     carry_row = carry_ptr + ((second * tl.num_programs(0) + pid_b) * dim + d) * 2 * d_state
+    z_at = z_ptr + pid_b * (s_zb - s_xb)  # z read at u's offsets
     if second == 0:
-        _scan_channel(u_ptr, u_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, out_ptr, dt_ptr, w_dt_ptr,
+        _scan_channel(u_ptr, u_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_at, bias_ptr, out_ptr, out_ptr, dt_ptr, w_dt_ptr,
                       carry_row, carry_row, x_row, b_row, d, length, valid_length, d_state, s_xl, s_bn, s_bl,
-                      True, True, True, True, False, CHUNK, False, STAGES, CHUNK, UNROLL, DT_RANK, True)
+                      True, True, True, True, False, CHUNK, False, STAGES, CHUNK, UNROLL, DT_RANK, True, True)
     else:
-        _scan_channel(u2_ptr, u2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, z_ptr, bias2_ptr, out_ptr, out_ptr, dt2_ptr,
+        _scan_channel(u2_ptr, u2_ptr, A2_ptr, B2_ptr, C2_ptr, D2_ptr, z_at, bias2_ptr, out_ptr, out_ptr, dt2_ptr,
                       w_dt2_ptr, carry_row, carry_row, x_row, b_row, d, length, valid_length, d_state, s_xl, s_bn,
-                      s_bl, True, True, True, True, False, CHUNK, True, STAGES, CHUNK, UNROLL, DT_RANK, True)
+                      s_bl, True, True, True, True, False, CHUNK, True, STAGES, CHUNK, UNROLL, DT_RANK, True, True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,49 +81,51 @@ def _kernel():
     return triton.jit(fwd_serial_pair_kernel)
 
 
-def takes(x: Tensor, rows: int, d_state: int) -> bool:
-    """Whether the mixer's scans of activations ``x`` (B, D, L), padded to ``ALIGN`` steps, with ``rows`` (R + 2N)
-    rows of dt, B and C, can go through ``scan_pair`` when nothing wants a gradient (the caller's check): Triton runs
-    them, the launch shape is "serial", and the kernel's 32-bit offsets reach every element (else
-    ``selective_scan_triton`` splits the batch)."""
+def takes(x: Tensor, dim: int, rows: int, d_state: int) -> bool:
+    """Whether a mixer's scans of ``dim`` channels over the sequence of ``x`` (B, ., L), padded to ``ALIGN`` steps,
+    with ``rows`` (R + 2N) rows of dt, B and C, can go through ``scan_pair`` when nothing wants a gradient (the
+    caller's check): Triton runs them, the launch shape is "serial", and the kernel's 32-bit offsets reach every
+    element (else ``selective_scan_triton`` splits the batch).  ``z`` may have twice the channels' batch stride."""
     if triton_ops.current_config().algo != "serial" or not triton_ops.supports(x):
         return False
-    batch, dim, length = x.shape
-    reach = batch * max(dim * length, rows * length, 4 * dim * d_state)
+    batch, length = x.shape[0], x.shape[-1]
+    reach = batch * max(2 * dim * length, rows * length, 4 * dim * d_state)
     return length % ALIGN == 0 and length > 0 and reach <= triton_ops.MAX_OFFSET
 
 
 def scan_pair(forward: Direction, backward: Direction, z: Tensor, valid_length: int) -> Tensor:
     """``silu(z) * (y_forward + y_backward) / 2``, (B, D, L) in u's dtype: ``forward`` scanned from the first step
-    to the last, ``backward`` from the last to the first, each ``selective_scan(u, W_dt dt, A, B, C, D, z,
+    to the last, ``backward`` from the last to the first, each ``selective_scan(u, W_dt dt, -exp(A_log), B, C, D, z,
     delta_bias, delta_softplus=True)`` with the steps from ``valid_length`` on identity steps (the mixer's padding).
     For the calls ``takes`` accepts."""
     u = forward.u
     batch, dim, length = u.shape
-    d_state, rank = forward.A.shape[1], forward.w_dt.shape[1]
-    if length % ALIGN or backward.u.stride() != u.stride() or z.stride() != u.stride() or z.shape != u.shape:
-        raise ValueError(f"scan_pair: u of both directions and z must share shape and strides, with a length that "
-                         f"is a multiple of {ALIGN}; got {tuple(u.shape)} {u.stride()}, {backward.u.stride()}, "
-                         f"z {tuple(z.shape)} {z.stride()}")
+    d_state, rank = forward.A_log.shape[1], forward.w_dt.shape[1]
+    if (length % ALIGN or backward.u.stride() != u.stride() or z.stride()[1:] != u.stride()[1:]
+            or z.shape != u.shape or backward.u.shape != u.shape):
+        raise ValueError(f"scan_pair: u of both directions and z must share shape and strides (z's batch stride "
+                         f"aside), with a length that is a multiple of {ALIGN}; got {tuple(u.shape)} {u.stride()}, "
+                         f"{tuple(backward.u.shape)} {backward.u.stride()}, z {tuple(z.shape)} {z.stride()}")
     strides = {t.stride() for side in (forward, backward) for t in (side.dt, side.B, side.C)}
     if len(strides) != 1 or u.stride() != (dim * length, length, 1):
         raise ValueError("scan_pair: dt, B and C of both directions must share strides, and u be contiguous")
     for side in (forward, backward):
-        if side.A.shape != (dim, d_state) or side.w_dt.shape != (dim, rank) or side.dt.shape != (batch, rank, length):
-            raise ValueError(f"scan_pair: A (D, N), W_dt (D, R) and dt (B, R, L) for u {tuple(u.shape)}; got "
-                             f"{tuple(side.A.shape)}, {tuple(side.w_dt.shape)}, {tuple(side.dt.shape)}")
+        if (side.A_log.shape != (dim, d_state) or side.w_dt.shape != (dim, rank)
+                or side.dt.shape != (batch, rank, length)):
+            raise ValueError(f"scan_pair: A_log (D, N), W_dt (D, R) and dt (B, R, L) for u {tuple(u.shape)}; got "
+                             f"{tuple(side.A_log.shape)}, {tuple(side.w_dt.shape)}, {tuple(side.dt.shape)}")
     config = triton_ops.current_config()
     chunk = min(config.chunk, triton_ops.next_power_of_2(length))
     f32 = dict(dtype=torch.float32, device=u.device)
     out = torch.zeros(batch, dim, length, **f32)
     carry = torch.empty(2, batch, dim, 2, d_state, **f32)
-    f = [_f32(t) for t in (forward.A, forward.D, forward.delta_bias, forward.w_dt)]
-    b = [_f32(t) for t in (backward.A, backward.D, backward.delta_bias, backward.w_dt)]
+    f = [_f32(t) for t in (forward.A_log, forward.D, forward.delta_bias, forward.w_dt)]
+    b = [_f32(t) for t in (backward.A_log, backward.D, backward.delta_bias, backward.w_dt)]
     s_b = forward.B.stride()
     _kernel()[(batch, dim, 2)](
         u, backward.u, f[0], b[0], forward.B, backward.B, forward.C, backward.C, f[1], b[1], f[2], b[2],
         forward.dt, backward.dt, f[3], b[3], z, out, carry,
-        dim, length, valid_length, d_state, *u.stride(), *s_b,
+        dim, length, valid_length, d_state, *u.stride(), *s_b, z.stride(0),
         CHUNK=chunk, STAGES=config.stages, UNROLL=config.unroll if d_state % config.unroll == 0 else 1,
         DT_RANK=rank, num_warps=config.num_warps, **triton_ops.FP_FUSION,
     )
