@@ -152,21 +152,23 @@ def test_the_serial_state_loop_issues_under_half_the_loop_forwards_instructions(
         assert serial["state_loop_SHFL_BFLY_per_step"] == 0 < loop["state_loop_SHFL_BFLY_per_step"], rev
 
 
-def test_the_serial_forward_orders_its_carried_state_with_a_barrier(sm90):
-    """One warp (32 rows) has no cross-warp scan, so its one barrier is the one that orders each chunk's store of the
-    carried state (by the lane with the last row) before the next chunk's loads by every lane: without it a lane may
-    read a stale state (lanes of a warp are not in lockstep since Volta).  The interpreter cannot catch that."""
+def test_the_serial_forward_orders_its_scratch_with_barriers(sm90):
+    """One warp (32 rows) has no cross-warp scan, so its two barriers are the ones that order its scratch memory:
+    the row of A written once before the chunks, and each chunk's store of the carried state (by the lane with the
+    last row) before the next chunk's loads by every lane.  Without them a lane may read a stale value (lanes of a
+    warp are not in lockstep since Volta), which the interpreter cannot catch."""
     for rev in (False, True):
-        assert sm90[f"serial-unroll2-reverse{rev}"]["bar_sync"] == 1, rev
+        assert sm90[f"serial-unroll2-reverse{rev}"]["bar_sync"] == 2, rev
 
 
 def test_the_pair_kernel_averages_with_vector_atomic_adds(sm90):
     """Both directions in one launch (``triton_pair``): each direction adds its half of the output with 16-byte
     atomic adds, 4 per row of 16 steps like the single kernel's 4 vector stores (scalar atomics would be 4x the L2
-    operations), and nothing else is atomic; each direction's loop keeps its barrier; the state loop is the single
+    operations), and nothing else is atomic; each direction keeps its two barriers; the state loop is the single
     kernel's (two branches in one kernel cost registers, not instructions per update)."""
     pair, single = sm90["serial-pair"], sm90["serial-dt-proj-reverseFalse"]
     assert pair["vector_atomic_adds"] == pair["atomics"] == 2 * 4
-    assert pair["bar_sync"] == 2 and single["atomics"] == 0
+    assert pair["bar_sync"] == 2 * 2 and single["atomics"] == 0
     if "state_loop_instructions_per_step" in pair:
-        assert pair["state_loop_instructions_per_step"] <= 1.1 * single["state_loop_instructions_per_step"]
+        ratio = pair["state_loop_instructions_per_step"] / single["state_loop_instructions_per_step"]
+        assert 0.9 <= ratio <= 1.1, ratio

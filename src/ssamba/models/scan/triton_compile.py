@@ -73,9 +73,9 @@ def _tool(name: str) -> Path:
 
 def state_loop(cubin: bytes) -> dict[str, int]:
     """Registers, and the SASS (machine) instructions of the smallest loop of a scan kernel's cubin whose body
-    exponentiates, which is its loop over the states: their number, shuffles (SHFL_BFLY: the butterfly ones of
-    cross-lane reductions), MUFU (exp2) and barriers.  Static counts: what one pass of the loop issues, not how long
-    it takes."""
+    exponentiates and shuffles across lanes, which is its loop over the states: their number, shuffles (SHFL_BFLY:
+    the butterfly ones of cross-lane reductions), MUFU (exp2) and barriers.  Static counts: what one pass of the
+    loop issues, not how long it takes."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
@@ -90,7 +90,9 @@ def state_loop(cubin: bytes) -> dict[str, int]:
         m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
         if m and labels.get(m.group(1), i) < i:
             ops = [o.group(1) for x in lines[labels[m.group(1)]:i + 1] if (o := opcode.match(x))]
-            if any(op.startswith("MUFU") for op in ops) and (not best or len(ops) < len(best)):
+            # (and shuffles: the serial forward's prologue over the states, exp(A_log) unrolled, does not)
+            if (any(op.startswith("MUFU") for op in ops) and any(op.startswith("SHFL") for op in ops)
+                    and (not best or len(ops) < len(best))):
                 best = ops
     count = collections.Counter(op.split(".")[0] for op in best)
     regs = re.search(r"REG:(\d+)", usage)

@@ -515,7 +515,7 @@ class _SelectiveScan(torch.autograd.Function):
             extra.update(STAGES=config.stages, SAVE_EVERY=save_every,
                          UNROLL=config.unroll if d_state % config.unroll == 0 else 1,
                          DT_RANK=0 if proj is None else proj[0].shape[1])
-            pointers += [torch.empty(batch, dim, 2, d_state, **f32), *(proj[::-1] if proj else (A_, A_))]
+            pointers += [torch.empty(batch, dim, 3, d_state, **f32), *(proj[::-1] if proj else (A_, A_))]
         else:
             extra.update(BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(d_state))
         out = torch.empty_like(u_)
@@ -638,7 +638,8 @@ def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor,
     if length == 0:
         return u.new_zeros(u.shape)
     padded = -(-length // ALIGN) * ALIGN
-    per_item = max([dim * padded, B.shape[1] * padded] + [t.stride(0) for t in (u, dt, z, B, C) if t is not None])
+    per_item = max([dim * padded, B.shape[1] * padded, 3 * dim * A.shape[1]]  # the last: serial scratch
+                   + [t.stride(0) for t in (u, dt, z, B, C) if t is not None])
     parts = batch_slices(batch, per_item, f"selective scan of {tuple(u.shape)}")
     if delta_proj is not None:
         weight = delta_proj[0]

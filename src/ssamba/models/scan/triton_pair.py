@@ -58,13 +58,13 @@ def fwd_serial_pair_kernel(
     ``valid_length`` on; A is ``-exp(A_log)`` of the ``A`` pointers' A_log.  Both directions' ``u`` and ``out`` share
     strides (``s_x*``), ``z`` too but for its batch stride ``s_zb`` (it may be the second half of the in_proj output
     whose first half is the convs' input), and both directions' dt, B and C share theirs (``s_b*``).  ``carry_ptr``:
-    2 x d_state floats of scratch per program."""
+    3 x d_state floats of scratch per program."""
     pid_b = tl.program_id(0)
     d = tl.program_id(1)
     second = tl.program_id(2)
     x_row = pid_b * s_xb + d * s_xd
     b_row = pid_b * s_bb
-    carry_row = carry_ptr + ((second * tl.num_programs(0) + pid_b) * dim + d) * 2 * d_state
+    carry_row = carry_ptr + ((second * tl.num_programs(0) + pid_b) * dim + d) * 3 * d_state
     z_at = z_ptr + pid_b * (s_zb - s_xb)  # z read at u's offsets
     if second == 0:
         _scan_channel(u_ptr, u_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_at, bias_ptr, out_ptr, out_ptr, dt_ptr, w_dt_ptr,
@@ -89,7 +89,7 @@ def takes(x: Tensor, dim: int, rows: int, d_state: int) -> bool:
     if triton_ops.current_config().algo != "serial" or not triton_ops.supports(x):
         return False
     batch, length = x.shape[0], x.shape[-1]
-    reach = batch * max(2 * dim * length, rows * length, 4 * dim * d_state)
+    reach = batch * max(2 * dim * length, rows * length, 6 * dim * d_state)
     return length % ALIGN == 0 and length > 0 and reach <= triton_ops.MAX_OFFSET
 
 
@@ -118,7 +118,7 @@ def scan_pair(forward: Direction, backward: Direction, z: Tensor, valid_length: 
     chunk = min(config.chunk, triton_ops.next_power_of_2(length))
     f32 = dict(dtype=torch.float32, device=u.device)
     out = torch.zeros(batch, dim, length, **f32)
-    carry = torch.empty(2, batch, dim, 2, d_state, **f32)
+    carry = torch.empty(2, batch, dim, 3, d_state, **f32)
     f = [_f32(t) for t in (forward.A_log, forward.D, forward.delta_bias, forward.w_dt)]
     b = [_f32(t) for t in (backward.A_log, backward.D, backward.delta_bias, backward.w_dt)]
     s_b = forward.B.stride()

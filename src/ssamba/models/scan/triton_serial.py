@@ -94,10 +94,9 @@ def _tiles(s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15,
 
 
 @triton.jit
-def _state(n, A_ptr, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1, dl2, dl3, dlu0, dlu1, dlu2, dlu3,
+def _state(n, a_row, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1, dl2, dl3, dlu0, dlu1, dlu2, dlu3,
            row_dl, h0, ones, zeros, r, carry_next, state_row, save_at, length,
-           ROWS: tl.constexpr, REVERSE: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr,
-           A_LOG: tl.constexpr):
+           ROWS: tl.constexpr, REVERSE: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr):
     """State ``n`` over one chunk: its ``C h`` at every step, as four (ROWS, 4) tiles to add to ``y``.  Stores the
     state after the chunk at ``carry_next + n`` (from the thread holding the chunk's last row), and with
     SAVE_STATES the row starts the backward needs."""
@@ -110,10 +109,7 @@ def _state(n, A_ptr, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl
     C1 = tl.load(C_ptr + bc1 + bn).to(tl.float32)
     C2 = tl.load(C_ptr + bc2 + bn).to(tl.float32)
     C3 = tl.load(C_ptr + bc3 + bn).to(tl.float32)
-    A_n = tl.load(A_ptr + d * d_state + n).to(tl.float32)
-    if A_LOG:  # the parameter A_log: A = -exp(A_log) here, where the host would run two ops per scan
-        A_n = -tl.exp(A_n)
-    A_n = A_n * 1.4426950408889634  # exp(x) = exp2(x log2 e)
+    A_n = tl.load(a_row + n)  # A times log2(e), from the program's scratch: exp(x) = exp2(x log2 e)
     a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = _steps(
         tl.exp2(dl0 * A_n), tl.exp2(dl1 * A_n), tl.exp2(dl2 * A_n), tl.exp2(dl3 * A_n), REVERSE)
     b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15 = _steps(
@@ -217,7 +213,9 @@ def _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ou
     channel's offsets (``x_row`` into u, delta, z and out; ``b_row`` into B, C and dt) and its rows of saved states
     and of carry scratch.  HALF_ADD: the output is not stored but half of it added atomically into ``out`` (zeroed
     by the caller), for two programs whose outputs are averaged (``fwd_serial_pair_kernel``).  A_LOG: ``A_ptr`` holds
-    the parameter A_log, and A = -exp(A_log)."""
+    the parameter A_log, and A = -exp(A_log).  ``carry_row``: 3 x d_state floats, two slots of carried state and the
+    channel's A times log2(e), written once here so that the state loop loads it ready (no multiply; for A_LOG no
+    exponential either, where the host would have run two ops per scan)."""
     ROWS: tl.constexpr = CHUNK // 16
     r = tl.arange(0, ROWS)
     j = tl.arange(0, 4)[None, :]
@@ -236,6 +234,13 @@ def _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ou
         rows = r[:, None] * 16
     ones = tl.full((ROWS,), 1.0, tl.float32)
     zeros = tl.zeros((ROWS,), dtype=tl.float32)
+    a_row = carry_row + 2 * d_state
+    for n in range(d_state):
+        a = tl.load(A_ptr + d * d_state + n).to(tl.float32)
+        if A_LOG:
+            a = -tl.exp(a)
+        tl.store(a_row + n, a * 1.4426950408889634)
+    tl.debug_barrier()  # the row written before any lane reads it
     for ci in range(tl.cdiv(length, CHUNK)):
         if REVERSE:
             c0 = length - (ci + 1) * CHUNK
@@ -294,18 +299,18 @@ def _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ou
         carry_next = carry_row + ((ci + 1) % 2) * d_state
         for n in tl.range(0, d_state, UNROLL, num_stages=STAGES):
             h0 = tl.load(carry_in + n, mask=ci > 0, other=0.0)
-            p0, p1, p2, p3 = _state(n, A_ptr, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1, dl2,
+            p0, p1, p2, p3 = _state(n, a_row, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1, dl2,
                                     dl3, dlu0, dlu1, dlu2, dlu3, row_dl, h0, ones, zeros, r, carry_next, state_row,
-                                    save_at, length, ROWS, REVERSE, SAVE_STATES, SAVE_EVERY, A_LOG)
+                                    save_at, length, ROWS, REVERSE, SAVE_STATES, SAVE_EVERY)
             y0 += p0
             y1 += p1
             y2 += p2
             y3 += p3
             if UNROLL == 2:
                 h0 = tl.load(carry_in + n + 1, mask=ci > 0, other=0.0)
-                p0, p1, p2, p3 = _state(n + 1, A_ptr, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1,
+                p0, p1, p2, p3 = _state(n + 1, a_row, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1,
                                         dl2, dl3, dlu0, dlu1, dlu2, dlu3, row_dl, h0, ones, zeros, r, carry_next,
-                                        state_row, save_at, length, ROWS, REVERSE, SAVE_STATES, SAVE_EVERY, A_LOG)
+                                        state_row, save_at, length, ROWS, REVERSE, SAVE_STATES, SAVE_EVERY)
                 y0 += p0
                 y1 += p1
                 y2 += p2
@@ -348,7 +353,7 @@ def fwd_serial_kernel(
     """The forward scan of one (batch, channel) per program; the arguments of ``fwd_loop_kernel`` less the channel
     block, except that ``n_chunks`` counts the saved states (the backward's chunks of SAVE_EVERY steps, a multiple
     of 16); same outputs (``out``, and with SAVE_STATES the states and the pre-gate output).  ``carry_ptr``:
-    scratch of 2 x d_state floats per program for the state carried between chunks (need not be initialised).
+    scratch of 3 x d_state floats per program for the state carried between chunks and A (need not be initialised).
     STAGES > 1: Triton software-pipelines the loop over states, copying the next states' B and C rows to shared
     memory while this one is scanned (fewer registers held than loading them ahead by hand, more instructions).
     UNROLL = 2 scans two states per pass of that loop (d_state even), so that the two independent chains of
@@ -359,7 +364,7 @@ def fwd_serial_kernel(
     d = tl.program_id(1)
     channel = pid_b * dim + d
     _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ypre_ptr, dt_ptr, w_dt_ptr,
-                  states_ptr + channel * n_chunks * d_state, carry_ptr + channel * 2 * d_state,
+                  states_ptr + channel * n_chunks * d_state, carry_ptr + channel * 3 * d_state,
                   pid_b * s_xb + d * s_xd, pid_b * s_bb, d, length, valid_length, d_state, s_xl, s_bn, s_bl,
                   HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_STATES, CHUNK, REVERSE, STAGES, SAVE_EVERY, UNROLL, DT_RANK,
                   False, False)
