@@ -10,7 +10,8 @@
 4. SSAMBA-tiny vs SSAST-tiny (sdpa and naive attention), batch 2, 1k-150k frames: inference time and peak memory
    through ``ssamba.bench.efficiency`` (one subprocess per configuration), written to ``OUT/bench``; then at 4k
    and 22k tokens with TF32 matmuls in both models (``OUT/bench-tf32``; the first table is full float32).
-5. Eager vs CUDA-graph replay of both models at 4k and 22k tokens (the GPU's own time, without launch overhead).
+5. Eager vs CUDA-graph replay of both models at 4k and 22k tokens (the GPU's own time, without launch overhead),
+   SSAMBA on both the default (loop) and the serial launch shape.
 
     PYTHONPATH=src python benchmarks/gpu_check.py --out DIR [--budget-s 420]
 
@@ -415,20 +416,26 @@ def model_table(config: TritonConfig, out: Path, budget_s: float, tokens: list[i
 
 
 def graph_table(config: TritonConfig, budget: float, tokens: tuple[int, ...] = (4096, 22000), batch: int = 2) -> None:
-    """Eager vs CUDA-graph replay, in process: what each model costs the GPU without Python's launch overhead."""
+    """Eager vs CUDA-graph replay, in process: what each model costs the GPU without Python's launch overhead.
+    SSAMBA runs with ``config`` and with the other of the default ("loop", two scans per mixer) and the serial
+    forward ("serial", a mixer's two directions in one conv and one scan launch), so that the two are compared."""
     from ssamba.models import build_encoder
     from ssamba.models.config import preset
 
-    triton_ops.set_config(config)
-    say(f"## 5. Eager vs CUDA graph replay, batch {batch}, inference (ms; triton.testing.do_bench; {config})")
+    serial = TritonConfig(1, 512, 1, "serial", unroll=2)
+    other = serial if config.algo != "serial" else TritonConfig()
+    say(f"## 5. Eager vs CUDA graph replay, batch {batch}, inference (ms; triton.testing.do_bench)")
     say("| tokens | model | eager ms | graph ms |")
     say("|---|---|---|---|")
+    runs = [("ssamba", {}, config), ("ssamba", {}, other), ("ssast", {"attention": "sdpa"}, config)]
     for n in tokens:
         frames = n // 8 * 16
-        for arch, extra in (("ssamba", {}), ("ssast", {"attention": "sdpa"})):
+        for arch, extra, launch in runs:
+            label = f"{arch}-{extra['attention']}" if extra else f"{arch} ({launch.spec()})"
             if elapsed() > budget:
-                say(f"| {n} | {arch} | skipped: time budget | |")
+                say(f"| {n} | {label} | skipped: time budget | |")
                 continue
+            triton_ops.set_config(launch)
             torch.manual_seed(0)
             enc = build_encoder(preset(arch, "tiny", input_tdim=frames, drop_path_rate=0.0, **extra)).cuda().eval()
             x = torch.randn(batch, frames, 128, device="cuda")
@@ -444,7 +451,7 @@ def graph_table(config: TritonConfig, budget: float, tokens: tuple[int, ...] = (
                 with torch.cuda.graph(graph):
                     enc(x)
                 replay = bench_ms(graph.replay)
-            say(f"| {n} | {arch}{'-' + extra['attention'] if extra else ''} | {eager:.2f} | {replay:.2f} |")
+            say(f"| {n} | {label} | {eager:.2f} | {replay:.2f} |")
             del enc, graph
             torch.cuda.empty_cache()
     triton_ops.set_config(None)
