@@ -94,7 +94,7 @@ def _tiles(s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15,
 
 
 @triton.jit
-def _state(n, a_row, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1, dl2, dl3, dlu0, dlu1, dlu2, dlu3,
+def _state(n, a_row, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d_state, dl0, dl1, dl2, dl3, dlu0, dlu1, dlu2, dlu3,
            row_dl, h0, ones, zeros, r, carry_next, state_row, save_at, length,
            ROWS: tl.constexpr, REVERSE: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr):
     """State ``n`` over one chunk: its ``C h`` at every step, as four (ROWS, 4) tiles to add to ``y``.  Stores the
@@ -299,7 +299,7 @@ def _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ou
         carry_next = carry_row + ((ci + 1) % 2) * d_state
         for n in tl.range(0, d_state, UNROLL, num_stages=STAGES):
             h0 = tl.load(carry_in + n, mask=ci > 0, other=0.0)
-            p0, p1, p2, p3 = _state(n, a_row, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1, dl2,
+            p0, p1, p2, p3 = _state(n, a_row, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d_state, dl0, dl1, dl2,
                                     dl3, dlu0, dlu1, dlu2, dlu3, row_dl, h0, ones, zeros, r, carry_next, state_row,
                                     save_at, length, ROWS, REVERSE, SAVE_STATES, SAVE_EVERY)
             y0 += p0
@@ -308,7 +308,7 @@ def _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ou
             y3 += p3
             if UNROLL == 2:
                 h0 = tl.load(carry_in + n + 1, mask=ci > 0, other=0.0)
-                p0, p1, p2, p3 = _state(n + 1, a_row, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d, d_state, dl0, dl1,
+                p0, p1, p2, p3 = _state(n + 1, a_row, B_ptr, C_ptr, bc0, bc1, bc2, bc3, s_bn, d_state, dl0, dl1,
                                         dl2, dl3, dlu0, dlu1, dlu2, dlu3, row_dl, h0, ones, zeros, r, carry_next,
                                         state_row, save_at, length, ROWS, REVERSE, SAVE_STATES, SAVE_EVERY)
                 y0 += p0
