@@ -136,8 +136,9 @@ class BiMambaMixer(nn.Module):
             # one launch, their scans in another, averaged in the kernel (the set scanning forward in time first)
             xz = _bmm(w_in, h_t)  # (B, 2E, L)
             first, second = sets[::-1] if reverse else sets
-            u = triton_conv.conv_silu_pair(xz[:, :e], *(_conv_params(c[0]) for c in (first, second)))
-            y = triton_pair.scan_pair(self._direction(u[0], *first[1:5]), self._direction(u[1], *second[1:5]),
+            convs = [_conv_params(c[0]) for c in (first, second)]
+            u_first, u_second = triton_conv.conv_silu_pair(xz[:, :e], *convs).unbind(0)
+            y = triton_pair.scan_pair(self._direction(u_first, *first[1:5]), self._direction(u_second, *second[1:5]),
                                       xz[:, e:], length)
             return _bmm(y[..., :length].transpose(1, 2), w_out)
         x, z = _bmm(w_in[:e], h_t), _bmm(w_in[e:], h_t)  # (B, E, L) each
