@@ -1,5 +1,5 @@
-"""Both directions of the mixer's scans in one launch (``triton_pair``) against the float64 reference, the two-launch
-path bit for bit, and the mixer taking it for inference.  In Triton's interpreter without a GPU (conftest)."""
+"""Both directions of the mixer's scans in one launch (``triton_pair``) against the float64 reference and the
+two-launch path, and the mixer taking it for inference.  In Triton's interpreter without a GPU (conftest)."""
 from __future__ import annotations
 
 import pytest
