@@ -105,3 +105,17 @@ def test_pair_is_both_directions_from_one_launch():
         want = torch.stack([triton_conv.conv_silu(x, w[:11], b[:11]), triton_conv.conv_silu(x, w2, b2, True)])
     assert both.shape == (2, *x.shape) and torch.equal(both, want)
     assert rel_err(both[1], triton_conv.conv_silu_reference(x, w2, b2, True)) < 1e-6
+
+
+def test_pair_past_32_bit_offsets_runs_as_two_sliced_launches(monkeypatch):
+    """A stacked output the kernel's 32-bit offsets would not reach takes the single-direction launches, which split
+    the batch (here with the limit lowered so that a small input crosses it)."""
+    x, w, b = inputs(dim=11, length=300)
+    _, w2, b2 = inputs(dim=11, seed=3)
+    with torch.no_grad():
+        want = triton_conv.conv_silu_pair(x, (w, b), (w2, b2))
+        monkeypatch.setattr(triton_ops, "MAX_OFFSET", x[0].numel() + 1)  # one batch item fits, the pair does not
+        singles, single = [], triton_conv.conv_silu
+        monkeypatch.setattr(triton_conv, "conv_silu", lambda *a, **k: singles.append(k) or single(*a, **k))
+        got = triton_conv.conv_silu_pair(x, (w, b), (w2, b2))
+    assert singles == [{}, {"backwards": True}] and torch.equal(got, want)
