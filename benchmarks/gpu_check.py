@@ -241,8 +241,7 @@ def correctness() -> bool:
         ok &= good
         say(f"| SSAMBA-tiny inference (no grad, eval): fused add + norms per pair {'taken' if fused else 'NOT taken'}"
             f"{'; both directions in one conv and one scan launch, dt_proj in the kernel' if label == 'serial' else ''}"
-            f" vs the eager stream on the reference "
-            f"backend | {label} | {e_out:.1e} | {'' if good else 'FAIL'} |")
+            f" vs the eager stream on the reference backend | {label} | {e_out:.1e} | {'' if good else 'FAIL'} |")
     say(f"\ncorrectness: {'PASS' if ok else 'FAIL'} ({elapsed():.0f} s)\n")
     return ok
 

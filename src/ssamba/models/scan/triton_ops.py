@@ -165,6 +165,10 @@ class TritonConfig:
         except ValueError as exc:
             raise ValueError(f"{CONFIG_VAR}={text!r}: {exc}") from None
 
+    def states_per_pass(self, d_state: int) -> int:
+        """``unroll`` where the state count divides by it, else 1: the serial forward's UNROLL for ``d_state``."""
+        return self.unroll if d_state % self.unroll == 0 else 1
+
     def spec(self) -> str:
         """The ``parse`` string of this config (``$SSAMBA_TRITON_CONFIG`` for a child process)."""
         tail = [self.stages, self.unroll] if self.unroll != 1 else [self.stages] if self.stages != 1 else []
@@ -513,7 +517,7 @@ class _SelectiveScan(torch.autograd.Function):
             save_every = _launch_shape(backward, batch, dim, length)[1]
             n_chunks = cdiv(length, save_every)
             extra.update(STAGES=config.stages, SAVE_EVERY=save_every,
-                         UNROLL=config.unroll if d_state % config.unroll == 0 else 1,
+                         UNROLL=config.states_per_pass(d_state),
                          DT_RANK=0 if proj is None else proj[0].shape[1])
             pointers += [torch.empty(batch, dim, 3, d_state, **f32), *(proj[::-1] if proj else (A_, A_))]
         else:

@@ -115,7 +115,7 @@ def scan_pair(forward: Direction, backward: Direction, z: Tensor, valid_length: 
             raise ValueError(f"scan_pair: A_log (D, N), W_dt (D, R) and dt (B, R, L) for u {tuple(u.shape)}; got "
                              f"{tuple(side.A_log.shape)}, {tuple(side.w_dt.shape)}, {tuple(side.dt.shape)}")
     config = triton_ops.current_config()
-    chunk = min(config.chunk, triton_ops.next_power_of_2(length))
+    chunk = triton_ops._launch_shape(config, batch, dim, length)[1]
     f32 = dict(dtype=torch.float32, device=u.device)
     out = torch.zeros(batch, dim, length, **f32)
     carry = torch.empty(2, batch, dim, 3, d_state, **f32)
@@ -126,7 +126,7 @@ def scan_pair(forward: Direction, backward: Direction, z: Tensor, valid_length: 
         u, backward.u, f[0], b[0], forward.B, backward.B, forward.C, backward.C, f[1], b[1], f[2], b[2],
         forward.dt, backward.dt, f[3], b[3], z, out, carry,
         dim, length, valid_length, d_state, *u.stride(), *s_b, z.stride(0),
-        CHUNK=chunk, STAGES=config.stages, UNROLL=config.unroll if d_state % config.unroll == 0 else 1,
+        CHUNK=chunk, STAGES=config.stages, UNROLL=config.states_per_pass(d_state),
         DT_RANK=rank, num_warps=config.num_warps, **triton_ops.FP_FUSION,
     )
     return out if u.dtype == torch.float32 else out.to(u.dtype)
