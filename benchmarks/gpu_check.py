@@ -3,15 +3,17 @@
 1. Correctness on CUDA: the triton scan (forward and every gradient) against the float64 reference on small and
    model-sized shapes, and SSAMBA-tiny (24 blocks) through the triton backend against the reference backend.
 2. Launch-shape sweep of the scan at B=2, d_inner=384 (SSAMBA-tiny), N=16, L=16384; the fastest forward is used
-   for the inference sections below (the scan table, the models, the profile).
+   by the scan sections below (3, 3c).
 3. Scan time vs its memory-bandwidth floor (bytes of u, delta, z, B, C read and y written, at the copy bandwidth
    measured here), L = 1k..150k; reverse-scan forward, forward+backward time and peak memory; then the fused
-   conv + SiLU against F.conv1d + SiLU; both scan directions of a mixer in one launch against two.
+   conv + SiLU against F.conv1d + SiLU; both scan directions of a mixer in one launch against two; what the
+   backend's own tuning chooses for SSAMBA-tiny at each token count (3d).  The model sections run the models as a
+   user would, with the launch shapes tuned per shape.
 4. SSAMBA-tiny vs SSAST-tiny (sdpa and naive attention), batch 2, 1k-150k frames: inference time and peak memory
    through ``ssamba.bench.efficiency`` (one subprocess per configuration), written to ``OUT/bench``; then at 4k
    and 22k tokens with TF32 matmuls in both models (``OUT/bench-tf32``; the first table is full float32).
 5. Eager vs CUDA-graph replay of both models at 4k and 22k tokens (the GPU's own time, without launch overhead),
-   SSAMBA on both the default (loop) and the serial launch shape.
+   SSAMBA tuned, and on the loop and the serial launch shape set.
 
     PYTHONPATH=src python benchmarks/gpu_check.py --out DIR [--budget-s 420]
 
@@ -145,7 +147,7 @@ def correctness() -> bool:
         e_out = rel_err(out, out64)
         good = e_out < 1e-4 and errs[worst] < 1e-4
         ok &= good
-        say(f"| {shape} {kw or ''} | {triton_ops.current_config()} | {e_out:.1e} | {worst} {errs[worst]:.1e}"
+        say(f"| {shape} {kw or ''} | {config} | {e_out:.1e} | {worst} {errs[worst]:.1e}"
             f"{'' if good else ' FAIL'} |")
     for config in (TritonConfig(1, 512, 4, "chunked"), TritonConfig(1, 128, 2, "chunked"),
                    TritonConfig(1, 1024, 2, "serial"), TritonConfig(1, 2048, 4, "serial", stages=2),
@@ -162,16 +164,14 @@ def correctness() -> bool:
     from ssamba.models.scan import triton_pair
 
     for config in (TritonConfig(1, 512, 1, "serial", unroll=2), TritonConfig(1, 1024, 2, "serial")):
-        triton_ops.set_config(config)  # both directions in one launch, averaged by atomic adds (inference)
-        first, second, z = pair_inputs(2, 3008)
+        first, second, z = pair_inputs(2, 3008)  # both directions in one launch, averaged by atomic adds
         with torch.no_grad():
-            out = triton_pair.scan_pair(first, second, z, 2990)
+            out = triton_pair.scan_pair(first, second, z, 2990, config)
         want = (pair_reference(first, z, 2990, False) + pair_reference(second, z, 2990, True)) / 2
         e_out = rel_err(out, want)
         ok &= e_out < 1e-4
         say(f"| (2, {D_INNER}, 3008, {D_STATE}) both directions in one launch (triton_pair), dt_proj in the kernel, "
             f"no grad | {config} | {e_out:.1e}{'' if e_out < 1e-4 else ' FAIL'} | |")
-    triton_ops.set_config(None)
 
     from ssamba.models.scan import triton_conv
 
@@ -194,7 +194,7 @@ def correctness() -> bool:
     x = torch.randn(2, 1024, 128, device="cuda")
     weight = None
     res = {}
-    for label, backend, config in (("reference", "reference", None), ("default", "triton", None),
+    for label, backend, config in (("reference", "reference", None), ("tuned", "triton", None),
                                    ("serial", "triton", TritonConfig(1, 512, 1, "serial", unroll=2))):
         triton_ops.set_config(config)
         for m in enc.modules():
@@ -209,7 +209,7 @@ def correctness() -> bool:
     triton_ops.set_config(None)
     names = list(res["reference"][1])
     flat = lambda grads: torch.cat([grads[n].flatten() for n in names])  # noqa: E731
-    for label in ("default", "serial"):
+    for label in ("tuned", "serial"):
         e_out = rel_err(res[label][0], res["reference"][0])
         e_all = rel_err(flat(res[label][1]), flat(res["reference"][1]))
         errs = {n: rel_err(res[label][1][n], res["reference"][1][n]) for n in names}
@@ -224,7 +224,7 @@ def correctness() -> bool:
     enc.eval()
     outs = {}
     with torch.no_grad():
-        for label, backend, config in (("reference", "reference", None), ("default", "triton", None),
+        for label, backend, config in (("reference", "reference", None), ("tuned", "triton", None),
                                        ("serial", "triton", TritonConfig(1, 512, 1, "serial", unroll=2))):
             triton_ops.set_config(config)
             enc.config.scan_backend = backend
@@ -232,10 +232,10 @@ def correctness() -> bool:
                 if hasattr(m, "scan_backend"):
                     m.scan_backend = backend
             outs[label] = enc(x)
-        fused = enc._fused_add_norms(outs["default"][:, :1]) is not None
+        fused = enc._fused_add_norms(outs["tuned"][:, :1]) is not None
     triton_ops.set_config(None)
     enc.config.scan_backend = None
-    for label in ("default", "serial"):
+    for label in ("tuned", "serial"):
         e_out = rel_err(outs[label], outs["reference"])
         good = fused and e_out < 1e-4
         ok &= good
@@ -322,7 +322,7 @@ def sweep(budget: float, configs: list[TritonConfig] | None = None) -> TritonCon
         if fwd < best_fwd_t:
             best_fwd, best_fwd_t = c, fwd
     triton_ops.set_config(None)
-    say(f"\nfastest (forward + forward+backward): {best}; fastest forward (used below): {best_fwd}\n")
+    say(f"\nfastest (forward + forward+backward): {best}; fastest forward (used by sections 3 and 3c): {best_fwd}\n")
     return best_fwd
 
 
@@ -368,69 +368,107 @@ def conv_table(budget: float) -> None:
 
 def pair_table(config: TritonConfig, budget: float) -> None:
     """The mixer's two scans at inference: one pair launch averaging in the kernel (``triton_pair``) against two
-    single-direction launches and their sum (what the mixer ran before), with the serial forward (``config`` if it
-    is a serial one, else "1,512,1,serial,1,2")."""
+    single-direction launches and their sum at the same serial launch shape (``config`` if it is a serial one, else
+    "1,512,1,serial,1,2") and at the default (what the mixer runs when the pair is not faster)."""
     from ssamba.models.scan import triton_pair
 
     config = config if config.algo == "serial" else TritonConfig(1, 512, 1, "serial", unroll=2)
-    triton_ops.set_config(config)
     say(f"## 3c. Both scan directions of a mixer, inference (B=2, d_inner=384, N=16, dt_proj in the kernel; {config};"
         f" ms)")
-    say("| L | one pair launch | two launches + add | ratio |")
-    say("|---|---|---|---|")
+    say(f"| L | one pair launch | two launches + add | ratio | two launches + add, {TritonConfig().spec()} |")
+    say("|---|---|---|---|---|")
     for length in (4096, 22016, 75008):
         if elapsed() > budget:
-            say(f"| {length} | skipped: time budget | | |")
+            say(f"| {length} | skipped: time budget | | | |")
             continue
         first, second, z = pair_inputs(2, length)
 
-        def two():
+        def two(launch: TritonConfig):
             y = [triton_ops.selective_scan_triton(s.u, None, -torch.exp(s.A_log), s.B, s.C, s.D, z, s.delta_bias,
-                                                  True, rev, delta_proj=(s.w_dt, s.dt), valid_length=length)
+                                                  True, rev, delta_proj=(s.w_dt, s.dt), valid_length=length,
+                                                  config=launch)
                  for s, rev in ((first, False), (second, True))]
             return y[0].add_(y[1])
 
         with torch.no_grad():
-            pair = bench_ms(lambda: triton_pair.scan_pair(first, second, z, length))
-            single = bench_ms(two)
-        say(f"| {length} | {pair:.3f} | {single:.3f} | {pair / single:.2f} |")
-    triton_ops.set_config(None)
+            pair = bench_ms(lambda: triton_pair.scan_pair(first, second, z, length, config))
+            single = bench_ms(lambda: two(config))
+            loop = bench_ms(lambda: two(TritonConfig()))
+        say(f"| {length} | {pair:.3f} | {single:.3f} | {pair / single:.2f} | {loop:.3f} |")
     say("")
 
 
-def model_table(config: TritonConfig, out: Path, budget_s: float, tokens: list[int],
-                precision: str = "highest") -> None:
-    """The efficiency benchmark with the scan's launch shape ``config``; ``precision`` "high" lets both models'
-    float32 matmuls run in TF32 (torch.set_float32_matmul_precision), written to ``OUT/bench-tf32``."""
+def tuned_table(budget: float, tokens: list[int], batch: int = 2) -> None:
+    """What the backend's own tuning (``triton_tune``, on by default on CUDA) chooses for SSAMBA-tiny: one inference
+    forward per token count, and one training step at the smallest, each shape's candidates timed as whole calls
+    (a mixer's two directions as one pair launch or as two scans)."""
+    from ssamba.models import build_encoder
+    from ssamba.models.config import preset
+    from ssamba.models.scan import triton_tune
+
+    triton_ops.set_config(None)
+    os.environ.pop(triton_ops.CONFIG_VAR, None)
+    triton_tune.clear()
+    say(f"## 3d. Launch shapes the backend tunes (SSAMBA-tiny, batch {batch}; ms per call of each candidate)")
+    say("| tokens | mode | L bucket | chosen | " + " | ".join(c.spec() for c in triton_ops.CANDIDATES) + " |")
+    say("|---|---|---|---|" + "---|" * len(triton_ops.CANDIDATES))
+    runs = [(n, False) for n in tokens] + [(min(tokens), True)]
+    for n, train in runs:
+        if elapsed() > budget:
+            say(f"| {n} | {'training' if train else 'inference'} | skipped: time budget |")
+            continue
+        frames = n // 8 * 16
+        torch.manual_seed(0)
+        enc = build_encoder(preset("ssamba", "tiny", input_tdim=frames, drop_path_rate=0.0)).cuda().train(train)
+        x = torch.randn(batch, frames, 128, device="cuda")
+        before = set(triton_tune.decisions())
+        if train:
+            enc(x).float().pow(2).mean().backward()
+        else:
+            with torch.inference_mode():
+                enc(x)
+        for key, decision in triton_tune.decisions().items():
+            if key not in before:
+                times = " | ".join(f"{decision.seconds.get(c, float('nan')) * 1e3:.3f}"
+                                   for c in triton_ops.CANDIDATES)
+                say(f"| {n} | {key.mode} | {key.length} | {decision.choice.spec()} | {times} |")
+        del enc, x
+        torch.cuda.empty_cache()
+    say("")
+
+
+def model_table(out: Path, budget_s: float, tokens: list[int], precision: str = "highest") -> None:
+    """The efficiency benchmark as a user runs it (the scan's launch shapes tuned in each subprocess's warm-up);
+    ``precision`` "high" lets both models' float32 matmuls run in TF32 (torch.set_float32_matmul_precision),
+    written to ``OUT/bench-tf32``."""
     from ssamba.bench.efficiency import BenchSpec, run_benchmark
 
     tf32 = precision != "highest"
     say(f"## 4{'b' if tf32 else ''}. SSAMBA-tiny vs SSAST-tiny, batch 2, inference (ssamba.bench.efficiency"
         f"{', TF32 matmuls' if tf32 else ''})")
-    os.environ[triton_ops.CONFIG_VAR] = config.spec()
+    os.environ.pop(triton_ops.CONFIG_VAR, None)
     spec = BenchSpec(sizes=["tiny"], batches=[2], tokens=tokens, repeats=3, warmup=1, device="cuda",
                      timeout_s=min(90.0, max(30.0, budget_s)), time_budget_s=budget_s, matmul_precision=precision)
     result = run_benchmark(spec, out / ("bench-tf32" if tf32 else "bench"))
     say(result.markdown)
 
 
-def graph_table(config: TritonConfig, budget: float, tokens: tuple[int, ...] = (4096, 22000), batch: int = 2) -> None:
+def graph_table(budget: float, tokens: tuple[int, ...] = (4096, 22000), batch: int = 2) -> None:
     """Eager vs CUDA-graph replay, in process: what each model costs the GPU without Python's launch overhead.
-    SSAMBA runs with ``config`` and with the other of the default ("loop", two scans per mixer) and the serial
-    forward ("serial", a mixer's two directions in one conv and one scan launch), so that the two are compared."""
+    SSAMBA runs with its tuned launch shapes (the default), and with the loop and the serial launch shape set
+    (two scans per mixer; a mixer's two directions in one conv and one scan launch), so that the three compare."""
     from ssamba.models import build_encoder
     from ssamba.models.config import preset
 
-    serial = TritonConfig(1, 512, 1, "serial", unroll=2)
-    other = serial if config.algo != "serial" else TritonConfig()
     say(f"## 5. Eager vs CUDA graph replay, batch {batch}, inference (ms; triton.testing.do_bench)")
     say("| tokens | model | eager ms | graph ms |")
     say("|---|---|---|---|")
-    runs = [("ssamba", {}, config), ("ssamba", {}, other), ("ssast", {"attention": "sdpa"}, config)]
+    runs = [("ssamba", {}, None), ("ssamba", {}, TritonConfig()),
+            ("ssamba", {}, TritonConfig(1, 512, 1, "serial", unroll=2)), ("ssast", {"attention": "sdpa"}, None)]
     for n in tokens:
         frames = n // 8 * 16
         for arch, extra, launch in runs:
-            label = f"{arch}-{extra['attention']}" if extra else f"{arch} ({launch.spec()})"
+            label = f"{arch}-{extra['attention']}" if extra else f"{arch} ({launch.spec() if launch else 'tuned'})"
             if elapsed() > budget:
                 say(f"| {n} | {label} | skipped: time budget | |")
                 continue
@@ -516,7 +554,7 @@ def main() -> int:
     except Exception as exc:
         say(f"mamba_ssm: not available ({type(exc).__name__})")
     say("")
-    ok, best = False, TritonConfig()  # the fastest forward: every section after the sweep is inference
+    ok, best = False, TritonConfig()  # the sweep's fastest forward: the scan sections' launch shape
     try:
         ok = guarded(correctness) or False
         bandwidth = guarded(copy_bandwidth) or 3e12
@@ -525,17 +563,17 @@ def main() -> int:
         guarded(scan_table, best, bandwidth, args.budget_s * 0.5)
         guarded(conv_table, args.budget_s * 0.55)
         guarded(pair_table, best, args.budget_s * 0.58)
+        if not args.skip_model:
+            guarded(tuned_table, args.budget_s * 0.63, args.tokens)
         if not (args.skip_model or args.skip_table):
-            guarded(model_table, best, out, max(30.0, args.budget_s * 0.8 - elapsed()), args.tokens)
+            guarded(model_table, out, max(30.0, args.budget_s * 0.8 - elapsed()), args.tokens)
             if args.tf32_tokens:
-                guarded(model_table, best, out, max(20.0, args.budget_s * 0.88 - elapsed()), args.tf32_tokens, "high")
+                guarded(model_table, out, max(20.0, args.budget_s * 0.88 - elapsed()), args.tf32_tokens, "high")
         if not args.skip_model and args.graph_tokens:
-            guarded(graph_table, best, args.budget_s, tuple(args.graph_tokens))
+            guarded(graph_table, args.budget_s, tuple(args.graph_tokens))
         if args.profile:
-            triton_ops.set_config(best)
             for tokens in args.profile_tokens:
                 guarded(profile_model, tokens)
-            triton_ops.set_config(None)
     finally:
         say(f"total {elapsed():.0f} s")
         (out / "gpu_check.md").write_text("\n".join(LINES) + "\n")

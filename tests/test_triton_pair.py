@@ -48,43 +48,42 @@ def reference(side: triton_pair.Direction, z: torch.Tensor, valid: int, reverse:
     (32, 2, 4, 48, 48),   # two rows per chunk (the scan across rows), the last chunk half past the end
     (64, 2, 3, 32, 20),   # odd state count: one state per pass; one chunk longer than the sequence
 ])
-def test_pair_matches_float64_reference(serial, chunk, unroll, n, length, valid):
+def test_pair_matches_float64_reference(chunk, unroll, n, length, valid):
     """``(y_forward + y_backward) / 2``, the z gate applied, within float32 rounding of the float64 reference."""
     torch.manual_seed(chunk + n)
-    serial(TritonConfig(1, chunk, 1, "serial", unroll=unroll))
+    config = TritonConfig(1, chunk, 1, "serial", unroll=unroll)
     first, second = direction(2, 3, 5, n, length), direction(2, 3, 5, n, length)
     z = torch.randn(2, 3, length, device=DEVICE)
     with torch.no_grad():
-        got = triton_pair.scan_pair(first, second, z, valid)
+        got = triton_pair.scan_pair(first, second, z, valid, config)
     want = (reference(first, z, valid, False) + reference(second, z, valid, True)) / 2
     assert got.dtype == torch.float32 and rel_err(got, want) < 1e-5
 
 
-def test_pair_equals_two_launches(serial):
+def test_pair_equals_two_launches():
     """The same as the two-launch path's ``(y_f + y_b) / 2`` but for the rounding of ``-exp(A_log)``, which the
     kernel computes (the averaging itself is exact); with z read through the in_proj output's batch stride (twice
     the channels), as the mixer passes it."""
     torch.manual_seed(1)
-    serial(TritonConfig(1, 32, 1, "serial"))
+    config = TritonConfig(1, 32, 1, "serial")
     first, second = direction(2, 3, 5, 4, 48), direction(2, 3, 5, 4, 48)
     z = torch.randn(2, 6, 48, device=DEVICE)[:, 3:]
     with torch.no_grad():
-        got = triton_pair.scan_pair(first, second, z, 41)
+        got = triton_pair.scan_pair(first, second, z, 41, config)
         one = [triton_ops.selective_scan_triton(s.u, None, -torch.exp(s.A_log), s.B, s.C, s.D, z.contiguous(),
                                                 s.delta_bias, True, reverse, delta_proj=(s.w_dt, s.dt),
-                                                valid_length=41)
+                                                valid_length=41, config=config)
                for s, reverse in ((first, False), (second, True))]
     assert rel_err(got, (one[0] + one[1]) / 2) < 1e-6
 
 
-def test_pair_output_in_the_input_dtype(serial):
+def test_pair_output_in_the_input_dtype():
     """bf16 activations (autocast's matmul outputs): float32 arithmetic, the output rounded once to bf16."""
     torch.manual_seed(2)
-    serial(TritonConfig(1, 16, 1, "serial"))
     first, second = (direction(1, 2, 3, 4, 32, torch.bfloat16) for _ in range(2))
     z = torch.randn(1, 2, 32, device=DEVICE).to(torch.bfloat16)
     with torch.no_grad():
-        got = triton_pair.scan_pair(first, second, z, 32)
+        got = triton_pair.scan_pair(first, second, z, 32, TritonConfig(1, 16, 1, "serial"))
     want = (reference(first, z, 32, False) + reference(second, z, 32, True)) / 2
     assert got.dtype == torch.bfloat16 and rel_err(got.double(), want) < 1e-2
 
@@ -93,23 +92,26 @@ def test_pair_refuses_what_it_cannot_launch(serial):
     """Only the serial forward, on aligned lengths within 32-bit offsets; inputs with mismatched layouts are refused
     with the reason, not read with the wrong strides."""
     x = torch.zeros(2, 3, 32, device=DEVICE)
-    serial(TritonConfig(1, 16, 1, "serial"))
-    assert triton_pair.takes(x, 3, 13, 4)
-    assert not triton_pair.takes(x[..., :20], 3, 13, 4)  # not a multiple of ALIGN
-    assert not triton_pair.takes(x[:1].expand(2**23, -1, -1), 3, 13, 4)  # beyond the kernel's 32-bit offsets
+    config = TritonConfig(1, 16, 1, "serial")
+    serial(config)
+    assert triton_pair.mixer_config(x, 3, 13, 4) == config
+    assert triton_pair.mixer_config(x[..., :20], 3, 13, 4) is None  # not a multiple of ALIGN
+    assert triton_pair.mixer_config(x[:1].expand(2**23, -1, -1), 3, 13, 4) is None  # beyond 32-bit offsets
     serial(TritonConfig(1, 16, 1, "loop"))
-    assert not triton_pair.takes(x, 3, 13, 4)
-    serial(TritonConfig(1, 16, 1, "serial"))
+    assert triton_pair.mixer_config(x, 3, 13, 4) == TritonConfig(1, 16, 1, "loop")  # two scans at that shape
     first, second = direction(2, 3, 5, 4, 32), direction(2, 3, 5, 4, 32)
     z = torch.randn(2, 3, 32, device=DEVICE)
+    with pytest.raises(ValueError, match="'serial' forward"):
+        triton_pair.scan_pair(first, second, z, 32, TritonConfig(1, 16, 1, "loop"))
     with pytest.raises(ValueError, match="share shape and strides"):
-        triton_pair.scan_pair(first, second._replace(u=second.u.transpose(0, 1).contiguous().transpose(0, 1)), z, 32)
+        triton_pair.scan_pair(first, second._replace(u=second.u.transpose(0, 1).contiguous().transpose(0, 1)), z, 32,
+                              config)
     with pytest.raises(ValueError, match="share shape and strides"):
-        triton_pair.scan_pair(first, second, z.transpose(0, 1).contiguous().transpose(0, 1), 32)
+        triton_pair.scan_pair(first, second, z.transpose(0, 1).contiguous().transpose(0, 1), 32, config)
     with pytest.raises(ValueError, match="dt, B and C of both directions"):
-        triton_pair.scan_pair(first, second._replace(B=second.B.contiguous()), z, 32)
+        triton_pair.scan_pair(first, second._replace(B=second.B.contiguous()), z, 32, config)
     with pytest.raises(ValueError, match="A_log"):
-        triton_pair.scan_pair(first, second._replace(w_dt=second.w_dt[:, :4]), z, 32)
+        triton_pair.scan_pair(first, second._replace(w_dt=second.w_dt[:, :4]), z, 32, config)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["first-block", "second-block"])

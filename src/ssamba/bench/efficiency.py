@@ -177,6 +177,8 @@ def measure(config: Config) -> dict:
         for k in range(config.warmup + config.repeats):
             if cuda:
                 torch.cuda.synchronize(device)
+                if k == config.warmup and k:  # the peak of the measured runs: not the warm-up's one-time buffers
+                    torch.cuda.reset_peak_memory_stats(device)  # (the Triton backend's launch-shape tuning)
             start, cpu_start = time.perf_counter(), time.process_time()
             encoder(x)
             if cuda:
@@ -186,6 +188,10 @@ def measure(config: Config) -> dict:
                 cpu.append(time.process_time() - cpu_start)
     memory = torch.cuda.max_memory_allocated(device) if cuda else peak_rss_bytes() - rss_before
     backend = get_backend(torch.empty(1, 1, 1, device=device)).name if config.arch == "ssamba" else ""
+    if backend == "triton":
+        from ssamba.models.scan import triton_ops
+
+        backend = f"triton ({triton_ops.launch_shapes_used()})"
     return {"time_s": statistics.median(times), "time_min_s": min(times), "time_max_s": max(times),
             "cpu_s": statistics.median(cpu),
             "memory_mb": memory / 2**20, "scan_backend": backend, "threads": torch.get_num_threads(),

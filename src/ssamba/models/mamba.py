@@ -11,8 +11,9 @@ whole mixer, matmuls included, is a single C++ call (``ops.mixer``), which saves
 on two threads ``run_pair`` runs the two mixers of a block pair side by side (``ops.mixer_pair``).
 Backends that scan backwards in time natively (triton) run ``_forward_flip_free``: the backward direction is an
 anti-causal conv and a reverse scan on the unflipped activations, and the activations stay channels-first (batched
-matmuls), which saves the flips and every transposition copy of the step-by-step path; for inference with the
-"serial" launch shape its two directions run together (``triton_pair``: one conv launch, one scan launch averaging
+matmuls), which saves the flips and every transposition copy of the step-by-step path; for inference with a
+"serial" launch shape (set, or timed faster on the GPU at hand: ``triton_pair.mixer_config``) its two directions
+run together (``triton_pair``: one conv launch, one scan launch averaging
 in the kernel).  Every other backend (the reference oracle, mamba_ssm on CUDA) runs the step-by-step path, which
 mirrors spec §5 line by line.
 """
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from ssamba.models.scan import cpu as cpu_limits
 from ssamba.models.scan import get_backend, selective_scan, triton_conv, triton_pair
 from ssamba.models.scan.triton_ops import ALIGN as SCAN_ALIGN
-from ssamba.models.scan.triton_ops import selective_scan_triton
+from ssamba.models.scan.triton_ops import TritonConfig, selective_scan_triton
 
 
 def _param(module: nn.Module, name: str) -> Tensor:
@@ -130,8 +131,9 @@ class BiMambaMixer(nn.Module):
                 (mods["conv1d_b"], mods["x_proj_b"], mods["dt_proj_b"], _param(self, "A_b_log"), _param(self, "D_b"),
                  not reverse)]
         w_out = _param(self.out_proj, "weight").t()
-        if (on_triton and triton_pair.takes(h_t, e, self.dt_rank + 2 * self.d_state, self.d_state)
-                and not self._wants_grad(hidden)):
+        config = (triton_pair.mixer_config(h_t, e, self.dt_rank + 2 * self.d_state, self.d_state)
+                  if on_triton and not self._wants_grad(hidden) else None)  # None: each scan's own
+        if config is not None and config.algo == "serial":
             # inference: in_proj as one matmul (the scan reads z with its batch stride), both directions' convs in
             # one launch, their scans in another, averaged in the kernel (the set scanning forward in time first)
             xz = _bmm(w_in, h_t)  # (B, 2E, L)
@@ -139,11 +141,11 @@ class BiMambaMixer(nn.Module):
             convs = [_conv_params(c[0]) for c in (first, second)]
             u_first, u_second = triton_conv.conv_silu_pair(xz[:, :e], *convs).unbind(0)
             y = triton_pair.scan_pair(self._direction(u_first, *first[1:5]), self._direction(u_second, *second[1:5]),
-                                      xz[:, e:], length)
+                                      xz[:, e:], length, config)
             return _bmm(y[..., :length].transpose(1, 2), w_out)
         x, z = _bmm(w_in[:e], h_t), _bmm(w_in[e:], h_t)  # (B, E, L) each
-        y = self._branch_channels_first(x, z, *sets[0], length=length, on_triton=on_triton)
-        y += self._branch_channels_first(x, z, *sets[1], length=length, on_triton=on_triton)
+        y = self._branch_channels_first(x, z, *sets[0], length=length, on_triton=on_triton, config=config)
+        y += self._branch_channels_first(x, z, *sets[1], length=length, on_triton=on_triton, config=config)
         # (y / 2) W_out^T as (y^T W_out^T) / 2: the halving is exact, and the output is the smaller tensor
         return _bmm(y[..., :length].transpose(1, 2), w_out).mul_(0.5)
 
@@ -160,11 +162,12 @@ class BiMambaMixer(nn.Module):
 
     def _branch_channels_first(self, x: Tensor, z: Tensor, conv: nn.Conv1d, x_proj: nn.Linear,
                                dt_proj: nn.Linear, a_log: Tensor, d_skip: Tensor, backwards: bool,
-                               length: int, on_triton: bool) -> Tensor:
+                               length: int, on_triton: bool, config: TritonConfig | None = None) -> Tensor:
         """``_branch`` on ``(B, E, L)`` activations with batched matmuls; (dt, B, C) stay views of one
         ``(B, R + 2N, L)`` projection, which the scan reads with their strides.  Steps from ``length`` on are
         padding (zero x and z): their delta is set to -inf (on triton: ``valid_length``), so they are identity steps
-        of the scan.  ``on_triton``: the scan backend is "triton", which takes dt_proj as its factors."""
+        of the scan.  ``on_triton``: the scan backend is "triton", which takes dt_proj as its factors, at launch
+        shape ``config`` (None: the scan's own choice)."""
         conv_w, conv_b = _conv_params(conv)
         if triton_conv.supports(x):  # CUDA: conv + SiLU in one Triton pass
             u = triton_conv.conv_silu(x, conv_w, conv_b, backwards)
@@ -180,7 +183,7 @@ class BiMambaMixer(nn.Module):
             a, d_skip, bias = -torch.exp(_float32(a_log)), _float32(d_skip), _float32(_param(dt_proj, "bias"))
             if on_triton:  # delta = W_dt dt as factors: the serial forward computes it in the kernel for inference
                 return selective_scan_triton(u, None, a, b, c, d_skip, z, bias, True, backwards,
-                                             delta_proj=(w_dt, dt), valid_length=length)
+                                             delta_proj=(w_dt, dt), valid_length=length, config=config)
             return selective_scan(u, delta, a, b, c, D=d_skip, z=z, delta_bias=bias, delta_softplus=True,
                                   backend=self.scan_backend, reverse=backwards)
 

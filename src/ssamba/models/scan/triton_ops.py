@@ -26,10 +26,12 @@ import functools
 import os
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+
+from ssamba.models.scan import triton_tune
 
 #: why an installed Triton failed to import (None: it imported, or is simply not installed)
 IMPORT_ERROR: str | None = None
@@ -118,7 +120,8 @@ class TritonConfig:
     gpu_check.md).  "1,512,2,chunked" had the fastest forward there (0.46 ms) but a slower backward (5.4 ms): the
     sequential walk is not what limits the kernel, the per-step instruction count of the scan is.  "serial" came
     after that run and has not been timed on a GPU: compiled for sm_90 its state loop is 11-13 instructions per
-    state update (10.6 as "1,512,1,serial,1,2") against the loop forward's 43 (``benchmarks/triton_ptx.py``)."""
+    state update (10.6 as "1,512,1,serial,1,2") against the loop forward's 43 (``benchmarks/triton_ptx.py``).  On
+    CUDA, unless a shape is set, each call shape is tuned between ``CANDIDATES`` (``launch_config``)."""
 
     block_d: int = 1
     chunk: int = 512
@@ -179,26 +182,80 @@ class TritonConfig:
 #: default's 3.8 ms forward + backward at B=2, d_inner=384, L=16384), whatever the serial forward's chunk.
 SERIAL_BACKWARD = TritonConfig(1, 512, 4, "loop")
 
+
+#: What the backend tunes between on a GPU (``launch_config``), the default first (it wins ties).  The "serial"
+#: forward has 11-13 instructions per state update on sm_90 against the loop forward's 43, but has not been timed on
+#: a GPU; with one warp per program it depends on enough programs to hide its latency, hence the wider ones.  All of
+#: them train with the default's backward (``SERIAL_BACKWARD``), so a training shape compares forwards.
+CANDIDATES = (TritonConfig(), TritonConfig(1, 512, 1, "serial", unroll=2), TritonConfig(1, 1024, 2, "serial", unroll=2),
+              TritonConfig(1, 2048, 4, "serial", unroll=2))
+
 _config_override: TritonConfig | None = None
 
 
 def set_config(config: TritonConfig | None) -> None:
-    """Choose the launch shape for the whole process (``None`` restores the default / ``$SSAMBA_TRITON_CONFIG``)."""
+    """Choose the launch shape for the whole process, untuned (``None``: ``$SSAMBA_TRITON_CONFIG``'s, else tuned)."""
     global _config_override
     _config_override = config
 
 
-def current_config() -> TritonConfig:
-    """The launch shape of the next scan: ``set_config``'s, else ``$SSAMBA_TRITON_CONFIG``'s, else the default."""
+def explicit_config() -> TritonConfig | None:
+    """``set_config``'s launch shape, else ``$SSAMBA_TRITON_CONFIG``'s; None when neither chose one."""
     if _config_override is not None:
         return _config_override
-    return _parsed(os.environ.get(CONFIG_VAR) or "")
+    text = os.environ.get(CONFIG_VAR)
+    return _parsed(text) if text else None
+
+
+def launch_shapes_used() -> str:
+    """For reports: the launch shape set (``explicit_config``), else the shapes tuning chose in this process, else
+    the default's."""
+    explicit = explicit_config()
+    if explicit is not None:
+        return f"set {explicit.spec()}"
+    tuned = sorted({d.choice.spec() for d in triton_tune.decisions().values()})
+    return f"tuned {', '.join(tuned)}" if tuned else f"default {CANDIDATES[0].spec()}"
 
 
 @functools.lru_cache(maxsize=16)
 def _parsed(text: str) -> TritonConfig:
     """Parsed once per value: every scan call asks (48 per SSAMBA forward pass)."""
-    return TritonConfig.parse(text) if text else TritonConfig()
+    return TritonConfig.parse(text)
+
+
+class ShapeKey(NamedTuple):
+    """What a tuned launch shape is remembered by (``triton_tune``): the batch and the length rounded up to powers
+    of two (the length to at least 256)."""
+
+    mode: str  # "inference", "training" (a forward saving for the backward), "pair" (a mixer's two directions)
+    device: str
+    dtype: torch.dtype
+    batch: int
+    dim: int
+    d_state: int
+    rank: int  # dt_proj's rank when delta comes as its factors, else 0
+    length: int
+
+    @classmethod
+    def of(cls, mode: str, x: Tensor, dim: int, d_state: int, rank: int) -> "ShapeKey":
+        """The key of a call on ``x`` (B, ., L)."""
+        return cls(mode, str(x.device), x.dtype, next_power_of_2(x.shape[0]), dim, d_state, rank,
+                   next_power_of_2(max(256, x.shape[-1])))
+
+
+def launch_config(key: ShapeKey, device: torch.device,
+                  prepare: Callable[[], Callable[[TritonConfig], object]]) -> TritonConfig:
+    """The launch shape of a call: ``explicit_config()`` if any, else the fastest of ``CANDIDATES`` for ``key``
+    (timed on its first call through ``prepare()``'s runner, where ``triton_tune.enabled``), else the default."""
+    explicit = explicit_config()
+    if explicit is not None:
+        return explicit
+    choice = triton_tune.cached(key)
+    if choice is not None:
+        return choice
+    if not triton_tune.enabled(device):
+        return CANDIDATES[0]
+    return triton_tune.fastest(key, CANDIDATES, prepare, device)
 
 
 # --------------------------------------------------------------------------------------------------------- kernels
@@ -485,16 +542,16 @@ class _SelectiveScan(torch.autograd.Function):
     (``BiMambaMixer._forward_flip_free``), so its scans copy nothing."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-        return _SelectiveScan.run(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config):
+        return _SelectiveScan.run(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config,
                                   save=any(ctx.needs_input_grad))
 
     @staticmethod
-    def run(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, save: bool,
+    def run(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config: TritonConfig, save: bool,
             proj: tuple[Tensor, Tensor] | None = None, valid_length: int = 0):
-        """The forward launches; with ``save``, what the backward needs goes on ``ctx`` (None for inference).
-        ``proj = (weight, dt)`` (the serial forward, inference, an aligned length, dt with B's strides): ``delta``
-        is None and the kernel computes it, identity steps from ``valid_length`` on."""
+        """The forward launches at launch shape ``config``; with ``save``, what the backward needs goes on ``ctx``
+        (None for inference).  ``proj = (weight, dt)`` (the serial forward, inference, an aligned length, dt with B's
+        strides): ``delta`` is None and the kernel computes it, identity steps from ``valid_length`` on."""
         batch, dim, true_length = u.shape
         length = -(-true_length // ALIGN) * ALIGN
         d_state = A.shape[1]
@@ -506,7 +563,6 @@ class _SelectiveScan(torch.autograd.Function):
         else:
             B_, C_ = _padded(B.contiguous(), length, 0.0), _padded(C.contiguous(), length, 0.0)
         A_ = _f32(A)
-        config = current_config()
         grid, chunk = _launch_shape(config, batch, dim, length)
         n_chunks = cdiv(length, chunk)
         backward = SERIAL_BACKWARD if config.algo == "serial" else config
@@ -611,21 +667,24 @@ class _SelectiveScan(torch.autograd.Function):
         grads = [cut(du).to(u_t), cut(ddl).to(dl_t), dA.sum(0).to(A_t), cut(dB).to(B_t), cut(dC).to(C_t),
                  None if D is None else dD.sum(0).to(D.dtype),
                  None if z is None else cut(dz).to(z.dtype),
-                 None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), None, None]
+                 None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), None, None, None]
         return tuple(grads)
 
 
 def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                           z: Tensor | None = None, delta_bias: Tensor | None = None,
                           delta_softplus: bool = False, reverse: bool = False, *,
-                          delta_proj: tuple[Tensor, Tensor] | None = None, valid_length: int | None = None) -> Tensor:
+                          delta_proj: tuple[Tensor, Tensor] | None = None, valid_length: int | None = None,
+                          config: TritonConfig | None = None) -> Tensor:
     """The "triton" backend of ``selective_scan`` (mamba_ssm layout; float32 arithmetic, output in u's dtype);
     ``reverse=True`` scans from the last step to the first.
 
     ``delta_proj = (weight, dt)`` gives ``delta`` (then None) as ``weight @ dt``, (D, R) @ (B, R, L), with the steps
     from ``valid_length`` on identity steps (delta 0 after the bias and the softplus: the mixer's padding): the
     mixer's dt_proj.  The "serial" forward computes it inside the kernel when nothing wants a gradient (its output,
-    one (B, D, L) tensor, is then never written or read); otherwise it is formed here first."""
+    one (B, D, L) tensor, is then never written or read); otherwise it is formed here first.
+
+    ``config``: the launch shape; by default ``launch_config``'s (explicit, else tuned on CUDA, else the default)."""
     if triton is None:
         raise RuntimeError("the triton scan backend needs Triton: pip install 'ssamba[gpu]' (or a CUDA torch)")
     if not supports(u):
@@ -645,23 +704,55 @@ def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor,
     per_item = max([dim * padded, B.shape[1] * padded, 3 * dim * A.shape[1]]  # the last: serial scratch
                    + [t.stride(0) for t in (u, dt, z, B, C) if t is not None])
     parts = batch_slices(batch, per_item, f"selective scan of {tuple(u.shape)}")
+    train = wants_grad(u, dt, A, B, C, D, z, delta_bias, *(delta_proj or ()))
+    if config is None:
+        rank = 0 if delta_proj is None else delta_proj[0].shape[1]
+        config = launch_config(
+            ShapeKey.of("training" if train else "inference", u, dim, A.shape[1], rank), u.device,
+            lambda: _scan_workload(u.device, u.dtype, batch, dim, A.shape[1], rank, length, train))
     if delta_proj is not None:
         weight = delta_proj[0]
         valid = length if valid_length is None else valid_length
-        if (len(parts) == 1 and current_config().algo == "serial" and padded == length
-                and dt.stride() == B.stride() == C.stride()
-                and not wants_grad(u, A, B, C, D, z, delta_bias, weight, dt)):
-            return _SelectiveScan.run(None, u, None, A, B, C, D, z, delta_bias, delta_softplus, reverse, save=False,
-                                      proj=(_f32(weight), dt), valid_length=valid)
+        if (len(parts) == 1 and config.algo == "serial" and padded == length and not train
+                and dt.stride() == B.stride() == C.stride()):
+            return _SelectiveScan.run(None, u, None, A, B, C, D, z, delta_bias, delta_softplus, reverse, config,
+                                      save=False, proj=(_f32(weight), dt), valid_length=valid)
         delta = _delta_from_factors(weight, dt, valid, delta_bias, delta_softplus)
-    if wants_grad(u, delta, A, B, C, D, z, delta_bias):
+    if train:
         scan = _SelectiveScan.apply
     else:  # inference: the launches without autograd.Function.apply's host time
         scan = functools.partial(_SelectiveScan.run, None, save=False)
     if len(parts) == 1:
-        return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config)
     return torch.cat([scan(u[p], delta[p], A, B[p], C[p], D, None if z is None else z[p], delta_bias,
-                           delta_softplus, reverse) for p in parts])
+                           delta_softplus, reverse, config) for p in parts])
+
+
+def _scan_workload(device: torch.device, dtype: torch.dtype, batch: int, dim: int, d_state: int, rank: int,
+                   length: int, train: bool) -> Callable[[TritonConfig], object]:
+    """``run(config)``: one ``selective_scan_triton`` call of the given shape on made-up inputs, laid out as the
+    mixer's (dt, B and C rows of one projection; delta as dt_proj's factors when ``rank``), with inputs that want
+    gradients when ``train``.  What ``launch_config`` times (a generator of its own: the process' random state is
+    the user's)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(*shape, generator=gen, device=device) * scale).to(dtype)
+
+    u, z = randn(batch, dim, length), randn(batch, dim, length)
+    proj = randn(batch, rank + 2 * d_state, length)
+    dt, b, c = proj.split([rank, d_state, d_state], dim=1)
+    a = -0.5 - torch.rand(dim, d_state, generator=gen, device=device)
+    d_skip, bias = torch.ones(dim, device=device), torch.full((dim,), -2.0, device=device)
+    factors = (randn(dim, rank, scale=rank ** -0.5), dt) if rank else None
+    delta = None if rank else randn(batch, dim, length)
+    u.requires_grad_(train)
+
+    def run(config: TritonConfig) -> Tensor:
+        with torch.set_grad_enabled(train):
+            return selective_scan_triton(u, delta, a, b, c, d_skip, z, bias, True, False, delta_proj=factors,
+                                         valid_length=length, config=config)
+    return run
 
 
 def _delta_from_factors(weight: Tensor, dt: Tensor, valid: int, delta_bias: Tensor | None,

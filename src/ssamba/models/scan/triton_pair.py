@@ -8,7 +8,8 @@ two directions (a read of two (B, D, L) float32 tensors and a write of one), the
 launch go too.  The adds are atomic, vectorised like 16-byte stores (``REDG.E.ADD.F32x4`` on sm_90), and still
 deterministic: every element receives exactly two halves onto 0, and ``(0 + a) + b`` is one rounding of ``a + b``
 in either order, as ``(y_f + y_b) / 2`` rounds it.  The kernel also takes the parameters as they are (``A_log``,
-not ``-exp(A_log)``), so that the host runs no op for them.  Not yet timed on a GPU.
+not ``-exp(A_log)``), so that the host runs no op for them.  Not yet timed on a GPU by hand: on CUDA the backend
+times it against the two launches of the default shape on a mixer's first call of a shape (``mixer_config``).
 
 Only for inference with the "serial" algorithm (``TritonConfig.algo``) on sequences the mixer has padded to
 ``ALIGN`` steps, with dt_proj inside the kernel (``delta_proj`` of ``selective_scan_triton``); otherwise the mixer
@@ -17,7 +18,7 @@ runs two ``selective_scan_triton`` calls.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -81,23 +82,58 @@ def _kernel():
     return triton.jit(fwd_serial_pair_kernel)
 
 
-def takes(x: Tensor, dim: int, rows: int, d_state: int) -> bool:
-    """Whether a mixer's scans of ``dim`` channels over the sequence of ``x`` (B, ., L), padded to ``ALIGN`` steps,
-    with ``rows`` (R + 2N) rows of dt, B and C, can go through ``scan_pair`` when nothing wants a gradient (the
-    caller's check): Triton runs them, the launch shape is "serial", and the kernel's 32-bit offsets reach every
-    element (else ``selective_scan_triton`` splits the batch).  ``z`` may have twice the channels' batch stride."""
-    if triton_ops.current_config().algo != "serial" or not triton_ops.supports(x):
-        return False
+def mixer_config(x: Tensor, dim: int, rows: int, d_state: int) -> triton_ops.TritonConfig | None:
+    """The launch shape of a mixer's inference scans of ``dim`` channels over the sequence of ``x`` (B, ., L),
+    padded to ``ALIGN`` steps, with ``rows`` (R + 2N) rows of dt, B and C: a "serial" one runs them as ``scan_pair``,
+    another as two ``selective_scan_triton`` calls at that shape; explicit, or the faster of the two ways as tuned
+    by ``triton_ops.launch_config``.  None where ``scan_pair`` cannot run them: without Triton, or where its 32-bit
+    offsets do not reach every element (``selective_scan_triton`` splits the batch).  ``z`` may have twice the
+    channels' batch stride.  For inference only (the caller's check): the pair has no backward."""
+    if not triton_ops.supports(x):
+        return None
     batch, length = x.shape[0], x.shape[-1]
     reach = batch * max(2 * dim * length, rows * length, 6 * dim * d_state)
-    return length % ALIGN == 0 and length > 0 and reach <= triton_ops.MAX_OFFSET
+    if length % ALIGN or length == 0 or reach > triton_ops.MAX_OFFSET:
+        return None
+    rank = rows - 2 * d_state
+    return triton_ops.launch_config(
+        triton_ops.ShapeKey.of("pair", x, dim, d_state, rank), x.device,
+        lambda: _pair_workload(x.device, x.dtype, batch, dim, d_state, rank, length))
 
 
-def scan_pair(forward: Direction, backward: Direction, z: Tensor, valid_length: int) -> Tensor:
+def _pair_workload(device: torch.device, dtype: torch.dtype, batch: int, dim: int, d_state: int, rank: int,
+                   length: int) -> Callable[[triton_ops.TritonConfig], object]:
+    """``run(config)`` on made-up inputs of a mixer's shape: ``scan_pair`` for a "serial" config, else what the mixer
+    runs instead, the two directions' ``selective_scan_triton`` calls and their sum.  What ``mixer_config`` times."""
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(*shape, generator=gen, device=device) * scale).to(dtype)
+
+    def side() -> Direction:
+        dt, b, c = randn(batch, rank + 2 * d_state, length).split([rank, d_state, d_state], dim=1)
+        a_log = torch.log(0.5 + torch.rand(dim, d_state, generator=gen, device=device))
+        return Direction(randn(batch, dim, length), dt, b, c, a_log, torch.ones(dim, device=device),
+                         torch.full((dim,), -2.0, device=device), randn(dim, rank, scale=rank ** -0.5))
+
+    sides, z = (side(), side()), randn(batch, dim, length)
+
+    def run(config: triton_ops.TritonConfig) -> Tensor:
+        if config.algo == "serial":
+            return scan_pair(*sides, z, length, config)
+        y = [triton_ops.selective_scan_triton(s.u, None, -torch.exp(s.A_log), s.B, s.C, s.D, z, s.delta_bias, True,
+                                              reverse, delta_proj=(s.w_dt, s.dt), config=config)
+             for s, reverse in zip(sides, (False, True))]
+        return y[0].add_(y[1])
+    return run
+
+
+def scan_pair(forward: Direction, backward: Direction, z: Tensor, valid_length: int,
+              config: triton_ops.TritonConfig) -> Tensor:
     """``silu(z) * (y_forward + y_backward) / 2``, (B, D, L) in u's dtype: ``forward`` scanned from the first step
     to the last, ``backward`` from the last to the first, each ``selective_scan(u, W_dt dt, -exp(A_log), B, C, D, z,
     delta_bias, delta_softplus=True)`` with the steps from ``valid_length`` on identity steps (the mixer's padding).
-    For the calls ``takes`` accepts."""
+    For the calls ``mixer_config`` gives a "serial" launch shape, ``config``."""
     u = forward.u
     batch, dim, length = u.shape
     d_state, rank = forward.A_log.shape[1], forward.w_dt.shape[1]
@@ -114,7 +150,8 @@ def scan_pair(forward: Direction, backward: Direction, z: Tensor, valid_length: 
                 or side.dt.shape != (batch, rank, length)):
             raise ValueError(f"scan_pair: A_log (D, N), W_dt (D, R) and dt (B, R, L) for u {tuple(u.shape)}; got "
                              f"{tuple(side.A_log.shape)}, {tuple(side.w_dt.shape)}, {tuple(side.dt.shape)}")
-    config = triton_ops.current_config()
+    if config.algo != "serial":
+        raise ValueError(f"scan_pair runs the 'serial' forward, got launch shape {config}")
     chunk = triton_ops._launch_shape(config, batch, dim, length)[1]
     f32 = dict(dtype=torch.float32, device=u.device)
     out = torch.zeros(batch, dim, length, **f32)
