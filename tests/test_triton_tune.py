@@ -88,6 +88,18 @@ def test_the_fastest_candidate_runs_and_a_shape_is_timed_once(tuning, monkeypatc
     assert triton_ops.launch_shapes_used() == f"tuned {WIDE.spec()}"  # what the benchmark reports
 
 
+def test_a_large_call_is_timed_on_fewer_items(tuning, monkeypatch):
+    """Made-up inputs beyond ``TUNE_ELEMENTS`` per tensor are cut along the batch (not the length, which changes
+    what is fastest), so that timing does not double a large call's memory; the key keeps the call's batch."""
+    assert triton_ops.tuning_batch(8, 384, 22016) == 7 and triton_ops.tuning_batch(2, 384, 22016) == 2
+    timed = tuning({})
+    monkeypatch.setattr(triton_ops, "TUNE_ELEMENTS", 3 * 40)  # one item of (3, 40)
+    with torch.no_grad():
+        triton_ops.selective_scan_triton(**scan_inputs(40), delta_softplus=True)
+    assert {result.shape for _, result in timed} == {(1, 3, 40)}
+    assert next(iter(triton_tune.decisions())).batch == 2
+
+
 def test_training_is_tuned_apart_and_its_gradients_are_right(tuning):
     """A call that wants gradients is a "training" shape (forwards that save for the backward are timed); at the
     tuned serial shape the gradients still match the float64 reference."""

@@ -243,6 +243,16 @@ class ShapeKey(NamedTuple):
                    next_power_of_2(max(256, x.shape[-1])))
 
 
+#: The made-up inputs a shape is timed on hold at most this many elements per (B, D, L) tensor (256 MiB in float32):
+#: a larger batch is timed on fewer items, which keep the GPU as busy, rather than doubling a large call's memory.
+TUNE_ELEMENTS = 2**26
+
+
+def tuning_batch(batch: int, dim: int, length: int) -> int:
+    """The batch of the made-up inputs a (batch, dim, length) call is timed on (see ``TUNE_ELEMENTS``)."""
+    return max(1, min(batch, TUNE_ELEMENTS // max(1, dim * length)))
+
+
 def launch_config(key: ShapeKey, device: torch.device,
                   prepare: Callable[[], Callable[[TritonConfig], object]]) -> TritonConfig:
     """The launch shape of a call: ``explicit_config()`` if any, else the fastest of ``CANDIDATES`` for ``key``
@@ -709,7 +719,8 @@ def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor,
         rank = 0 if delta_proj is None else delta_proj[0].shape[1]
         config = launch_config(
             ShapeKey.of("training" if train else "inference", u, dim, A.shape[1], rank), u.device,
-            lambda: _scan_workload(u.device, u.dtype, batch, dim, A.shape[1], rank, length, train))
+            lambda: _scan_workload(u.device, u.dtype, tuning_batch(batch, dim, length), dim, A.shape[1], rank, length,
+                                   train))
     if delta_proj is not None:
         weight = delta_proj[0]
         valid = length if valid_length is None else valid_length

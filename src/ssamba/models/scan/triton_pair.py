@@ -98,7 +98,8 @@ def mixer_config(x: Tensor, dim: int, rows: int, d_state: int) -> triton_ops.Tri
     rank = rows - 2 * d_state
     return triton_ops.launch_config(
         triton_ops.ShapeKey.of("pair", x, dim, d_state, rank), x.device,
-        lambda: _pair_workload(x.device, x.dtype, batch, dim, d_state, rank, length))
+        lambda: _pair_workload(x.device, x.dtype, triton_ops.tuning_batch(batch, dim, length), dim, d_state, rank,
+                               length))
 
 
 def _pair_workload(device: torch.device, dtype: torch.dtype, batch: int, dim: int, d_state: int, rank: int,
