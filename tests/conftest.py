@@ -16,6 +16,18 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 OFFICIAL = SHARED / "fixtures" / "official"
 
 
+def triton_and_reference_mixers(device: str, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A small mixer (d_model 4, d_state 4, d_inner 8) on the triton scan backend and its twin with the same weights
+    on the reference backend, the oracle."""
+    from ssamba.models.mamba import BiMambaMixer
+
+    torch.manual_seed(seed)
+    mixer = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="triton").to(device)
+    reference = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="reference").to(device)
+    reference.load_state_dict(mixer.state_dict())
+    return mixer, reference
+
+
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Norm-wise relative error ||a - e|| / ||e|| in float64."""
     a, e = actual.detach().double(), expected.detach().double()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import rel_err, triton_and_reference_mixers
 from test_scan import GRAD_NAMES, make_inputs
 
 from ssamba.models import scan
@@ -409,10 +409,7 @@ def test_mixer_on_triton_under_bf16_autocast(algo):
     """Under bf16 autocast the mixer's projections run in bf16 and the scan in float32: dt_proj on bf16 dt, formed
     by the wrapper (the loop algorithm, or with gradients) or inside the serial forward (inference), within bf16
     rounding of the float32 reference."""
-    torch.manual_seed(5)
-    mixer = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="triton").to(DEVICE)
-    reference = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="reference").to(DEVICE)
-    reference.load_state_dict(mixer.state_dict())
+    mixer, reference = triton_and_reference_mixers(DEVICE, seed=5)
     x = torch.randn(2, 9, 4, device=DEVICE)
     with torch.no_grad():
         want = reference(x)

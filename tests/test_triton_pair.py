@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import rel_err, triton_and_reference_mixers
 
-from ssamba.models.mamba import BiMambaMixer
 from ssamba.models.scan import selective_scan, triton_ops, triton_pair
 from ssamba.models.scan.triton_ops import TritonConfig
 
@@ -122,10 +121,7 @@ def test_mixer_inference_scans_both_directions_in_one_launch(monkeypatch, serial
     from ssamba.models import mamba
     from ssamba.models.scan import triton_conv
 
-    torch.manual_seed(6)
-    mixer = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="triton").to(DEVICE)
-    reference_mixer = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="reference").to(DEVICE)
-    reference_mixer.load_state_dict(mixer.state_dict())
+    mixer, reference_mixer = triton_and_reference_mixers(DEVICE, seed=6)
     x = torch.randn(2, 21, 4, device=DEVICE)  # padded to 32 steps
     pairs, singles, convs = [], [], []
     real_pair, real_single = triton_pair.scan_pair, mamba.selective_scan_triton

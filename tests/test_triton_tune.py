@@ -10,10 +10,9 @@ import time
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import rel_err, triton_and_reference_mixers
 from test_scan import make_inputs
 
-from ssamba.models.mamba import BiMambaMixer
 from ssamba.models.scan import selective_scan, triton_ops, triton_pair, triton_tune
 from ssamba.models.scan.triton_ops import CANDIDATES, TritonConfig
 
@@ -176,10 +175,7 @@ def test_mixer_inference_takes_the_tuned_way(tuning, monkeypatch, fastest):
     """A mixer's inference times its two ways (one pair launch at each serial shape, two scans at the default) on
     its first call, runs the faster, and gives the reference backend's output either way."""
     timed = tuning({fastest: 0.1})
-    torch.manual_seed(3)
-    mixer = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="triton").to(DEVICE)
-    reference_mixer = BiMambaMixer(d_model=4, d_state=4, expand=2, scan_backend="reference").to(DEVICE)
-    reference_mixer.load_state_dict(mixer.state_dict())
+    mixer, reference_mixer = triton_and_reference_mixers(DEVICE, seed=3)
     x = torch.randn(2, 21, 4, device=DEVICE)
     with torch.no_grad():
         mixer(x)  # tunes
