@@ -13,9 +13,8 @@ Backends that scan backwards in time natively (triton) run ``_forward_flip_free`
 anti-causal conv and a reverse scan on the unflipped activations, and the activations stay channels-first (batched
 matmuls), which saves the flips and every transposition copy of the step-by-step path; for inference with a
 "serial" launch shape (set, or timed faster on the GPU at hand: ``triton_pair.mixer_config``) its two directions
-run together (``triton_pair``: one conv launch, one scan launch averaging
-in the kernel).  Every other backend (the reference oracle, mamba_ssm on CUDA) runs the step-by-step path, which
-mirrors spec §5 line by line.
+run together (``triton_pair``: one conv launch, one scan launch averaging in the kernel).  Every other backend
+(the reference oracle, mamba_ssm on CUDA) runs the step-by-step path, which mirrors spec §5 line by line.
 """
 from __future__ import annotations
 
