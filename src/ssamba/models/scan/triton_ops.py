@@ -739,21 +739,32 @@ def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor,
                            delta_softplus, reverse, config) for p in parts])
 
 
+class MadeUp:
+    """Made-up inputs for timing launch shapes, from a generator of their own (the process' random state is the
+    user's): ``normal`` in ``dtype`` (activations), ``uniform`` in float32 (parameters)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.device, self.dtype = device, dtype
+        self.gen = torch.Generator(device=device).manual_seed(0)
+
+    def normal(self, *shape: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(*shape, generator=self.gen, device=self.device) * scale).to(self.dtype)
+
+    def uniform(self, *shape: int) -> Tensor:
+        return torch.rand(*shape, generator=self.gen, device=self.device)
+
+
 def _scan_workload(device: torch.device, dtype: torch.dtype, batch: int, dim: int, d_state: int, rank: int,
                    length: int, train: bool) -> Callable[[TritonConfig], object]:
     """``run(config)``: one ``selective_scan_triton`` call of the given shape on made-up inputs, laid out as the
     mixer's (dt, B and C rows of one projection; delta as dt_proj's factors when ``rank``), with inputs that want
-    gradients when ``train``.  What ``launch_config`` times (a generator of its own: the process' random state is
-    the user's)."""
-    gen = torch.Generator(device=device).manual_seed(0)
-
-    def randn(*shape: int, scale: float = 1.0) -> Tensor:
-        return (torch.randn(*shape, generator=gen, device=device) * scale).to(dtype)
-
+    gradients when ``train``.  What ``launch_config`` times."""
+    made_up = MadeUp(device, dtype)
+    randn = made_up.normal
     u, z = randn(batch, dim, length), randn(batch, dim, length)
     proj = randn(batch, rank + 2 * d_state, length)
     dt, b, c = proj.split([rank, d_state, d_state], dim=1)
-    a = -0.5 - torch.rand(dim, d_state, generator=gen, device=device)
+    a = -0.5 - made_up.uniform(dim, d_state)
     d_skip, bias = torch.ones(dim, device=device), torch.full((dim,), -2.0, device=device)
     factors = (randn(dim, rank, scale=rank ** -0.5), dt) if rank else None
     delta = None if rank else randn(batch, dim, length)

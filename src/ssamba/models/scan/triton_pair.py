@@ -106,14 +106,12 @@ def _pair_workload(device: torch.device, dtype: torch.dtype, batch: int, dim: in
                    length: int) -> Callable[[triton_ops.TritonConfig], object]:
     """``run(config)`` on made-up inputs of a mixer's shape: ``scan_pair`` for a "serial" config, else what the mixer
     runs instead, the two directions' ``selective_scan_triton`` calls and their sum.  What ``mixer_config`` times."""
-    gen = torch.Generator(device=device).manual_seed(0)
-
-    def randn(*shape: int, scale: float = 1.0) -> Tensor:
-        return (torch.randn(*shape, generator=gen, device=device) * scale).to(dtype)
+    made_up = triton_ops.MadeUp(device, dtype)
+    randn = made_up.normal
 
     def side() -> Direction:
         dt, b, c = randn(batch, rank + 2 * d_state, length).split([rank, d_state, d_state], dim=1)
-        a_log = torch.log(0.5 + torch.rand(dim, d_state, generator=gen, device=device))
+        a_log = torch.log(0.5 + made_up.uniform(dim, d_state))
         return Direction(randn(batch, dim, length), dt, b, c, a_log, torch.ones(dim, device=device),
                          torch.full((dim,), -2.0, device=device), randn(dim, rank, scale=rank ** -0.5))
 
