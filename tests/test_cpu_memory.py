@@ -53,7 +53,10 @@ def thp_available() -> bool:
 def test_repeated_activations_reuse_memory_instead_of_faulting_it_in_again():
     tuned = probe()
     assert tuned["state"] == {"huge_pages": True, "heap_reuse": True}
-    assert max(tuned["faults"]) < 64, tuned  # already mapped: a handful of faults at most
+    # already mapped: four layers fault in less than one of their 12 MB buffers (3072 pages), where without reuse
+    # each layer faults in all six. Not zero: under memory pressure the kernel may take back a huge page's worth
+    # of freed heap (one CI run saw 518 faults in one layer, none in the other three)
+    assert sum(tuned["faults"]) < 3072, tuned
     # glibc's initial thresholds, pinned (its dynamic adjustment depends on the process's history): every 12 MB
     # buffer is mapped anew and faulted in (3072 faults of 4 KB each, 6 per layer); ssamba leaves the user's
     # settings alone
