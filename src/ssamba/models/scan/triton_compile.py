@@ -17,7 +17,7 @@ from ssamba.models.scan.triton_ops import triton
 #: Time strides the wrappers pass as 1 (Triton specialises an integer argument equal to 1 into a constant).
 UNIT_STRIDES = ("s_xl", "s_bl")
 #: Sizes and strides Triton marks 16-divisible on a launch with aligned (padded) sequences.
-ALIGNED_INTS = ("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn", "s_ob", "s_od", "s_zb")
+ALIGNED_INTS = ("dim", "length", "s_xb", "s_xd", "s_bb", "s_bn", "s_ob", "s_od", "s_zb", "s_carry")
 
 
 def compile_for(fn: Callable, flags: dict, *, arch: int = 90, num_warps: int = 4,

@@ -181,6 +181,15 @@ class TritonConfig:
 #: The backward of the "serial" algorithm: the loop backward at its fastest launch shape on an H200 (3.3 ms of the
 #: default's 3.8 ms forward + backward at B=2, d_inner=384, L=16384), whatever the serial forward's chunk.
 SERIAL_BACKWARD = TritonConfig(1, 512, 4, "loop")
+#: Floats of scratch per state for each program of the "serial" forward (``triton_serial._scan_channel``'s
+#: ``carry_row``): two slots of the state carried between chunks, then the channel's A times log2(e).
+SERIAL_SCRATCH_PER_STATE = 3
+
+
+def serial_scratch(programs: tuple[int, ...], d_state: int, device: torch.device) -> Tensor:
+    """The "serial" forward's scratch, one row per program (need not be initialised); the kernels take the rows'
+    stride as ``s_carry``."""
+    return torch.empty(*programs, SERIAL_SCRATCH_PER_STATE * d_state, dtype=torch.float32, device=device)
 
 
 #: What the backend tunes between on a GPU (``launch_config``), the default first (it wins ties).  The "serial"
@@ -579,13 +588,16 @@ class _SelectiveScan(torch.autograd.Function):
         extra = {}
         f32 = dict(dtype=torch.float32, device=u.device)
         pointers = []  # the serial kernel's: scratch for the state carried between chunks, dt, W_dt
+        scratch_stride = []  # and its scratch rows' stride
         if config.algo == "serial":  # it saves the states at the start of the backward's chunks
             save_every = _launch_shape(backward, batch, dim, length)[1]
             n_chunks = cdiv(length, save_every)
             extra.update(STAGES=config.stages, SAVE_EVERY=save_every,
                          UNROLL=config.states_per_pass(d_state),
                          DT_RANK=0 if proj is None else proj[0].shape[1])
-            pointers += [torch.empty(batch, dim, 3, d_state, **f32), *(proj[::-1] if proj else (A_, A_))]
+            carry = serial_scratch((batch, dim), d_state, u.device)
+            pointers += [carry, *(proj[::-1] if proj else (A_, A_))]
+            scratch_stride = [carry.stride(1)]
         else:
             extra.update(BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(d_state))
         out = torch.empty_like(u_)
@@ -625,7 +637,7 @@ class _SelectiveScan(torch.autograd.Function):
             _at(out, rv), states,
             *([dummy if ypre is None else _at(ypre, rv)] if loop else []), *pointers,
             dim, length, *([valid_length if proj else length] if config.algo == "serial" else []), d_state, n_chunks,
-            *_time_strides(u_, B_, rv),
+            *_time_strides(u_, B_, rv), *scratch_stride,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
             SAVE_STATES=save, CHUNK=chunk, num_warps=config.num_warps, **extra, **FP_FUSION,
         )
@@ -711,7 +723,7 @@ def selective_scan_triton(u: Tensor, delta: Tensor | None, A: Tensor, B: Tensor,
     if length == 0:
         return u.new_zeros(u.shape)
     padded = -(-length // ALIGN) * ALIGN
-    per_item = max([dim * padded, B.shape[1] * padded, 3 * dim * A.shape[1]]  # the last: serial scratch
+    per_item = max([dim * padded, B.shape[1] * padded, dim * SERIAL_SCRATCH_PER_STATE * A.shape[1]]
                    + [t.stride(0) for t in (u, dt, z, B, C) if t is not None])
     parts = batch_slices(batch, per_item, f"selective scan of {tuple(u.shape)}")
     train = wants_grad(u, dt, A, B, C, D, z, delta_bias, *(delta_proj or ()))

@@ -50,7 +50,7 @@ def fwd_serial_pair_kernel(
     u_ptr, u2_ptr, A_ptr, A2_ptr, B_ptr, B2_ptr, C_ptr, C2_ptr, D_ptr, D2_ptr, bias_ptr, bias2_ptr,
     dt_ptr, dt2_ptr, w_dt_ptr, w_dt2_ptr, z_ptr, out_ptr, carry_ptr,
     dim, length, valid_length, d_state,
-    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl, s_zb,
+    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl, s_zb, s_carry,
     CHUNK: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, DT_RANK: tl.constexpr,
 ):
     """Program (b, d, 0) scans channel d of batch element b forward in time with the first parameter set (the
@@ -59,13 +59,13 @@ def fwd_serial_pair_kernel(
     ``valid_length`` on; A is ``-exp(A_log)`` of the ``A`` pointers' A_log.  Both directions' ``u`` and ``out`` share
     strides (``s_x*``), ``z`` too but for its batch stride ``s_zb`` (it may be the second half of the in_proj output
     whose first half is the convs' input), and both directions' dt, B and C share theirs (``s_b*``).  ``carry_ptr``:
-    3 x d_state floats of scratch per program."""
+    ``triton_ops.serial_scratch((2, batch, dim), ...)``, its rows ``s_carry`` apart."""
     pid_b = tl.program_id(0)
     d = tl.program_id(1)
     second = tl.program_id(2)
     x_row = pid_b * s_xb + d * s_xd
     b_row = pid_b * s_bb
-    carry_row = carry_ptr + ((second * tl.num_programs(0) + pid_b) * dim + d) * 3 * d_state
+    carry_row = carry_ptr + ((second * tl.num_programs(0) + pid_b) * dim + d) * s_carry
     z_at = z_ptr + pid_b * (s_zb - s_xb)  # z read at u's offsets
     if second == 0:
         _scan_channel(u_ptr, u_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_at, bias_ptr, out_ptr, out_ptr, dt_ptr, w_dt_ptr,
@@ -154,14 +154,14 @@ def scan_pair(forward: Direction, backward: Direction, z: Tensor, valid_length: 
     chunk = triton_ops._launch_shape(config, batch, dim, length)[1]
     f32 = dict(dtype=torch.float32, device=u.device)
     out = torch.zeros(batch, dim, length, **f32)
-    carry = torch.empty(2, batch, dim, 3, d_state, **f32)
+    carry = triton_ops.serial_scratch((2, batch, dim), d_state, u.device)
     f = [_f32(t) for t in (forward.A_log, forward.D, forward.delta_bias, forward.w_dt)]
     b = [_f32(t) for t in (backward.A_log, backward.D, backward.delta_bias, backward.w_dt)]
     s_b = forward.B.stride()
     _kernel()[(batch, dim, 2)](
         u, backward.u, f[0], b[0], forward.B, backward.B, forward.C, backward.C, f[1], b[1], f[2], b[2],
         forward.dt, backward.dt, f[3], b[3], z, out, carry,
-        dim, length, valid_length, d_state, *u.stride(), *s_b, z.stride(0),
+        dim, length, valid_length, d_state, *u.stride(), *s_b, z.stride(0), carry.stride(-2),
         CHUNK=chunk, STAGES=config.stages, UNROLL=config.states_per_pass(d_state),
         DT_RANK=rank, num_warps=config.num_warps, **triton_ops.FP_FUSION,
     )

@@ -211,11 +211,12 @@ def _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ou
                   A_LOG: tl.constexpr):
     """One channel of one batch element, the whole sequence: ``fwd_serial_kernel``'s program, given the
     channel's offsets (``x_row`` into u, delta, z and out; ``b_row`` into B, C and dt) and its rows of saved states
-    and of carry scratch.  HALF_ADD: the output is not stored but half of it added atomically into ``out`` (zeroed
-    by the caller), for two programs whose outputs are averaged (``fwd_serial_pair_kernel``).  A_LOG: ``A_ptr`` holds
-    the parameter A_log, and A = -exp(A_log).  ``carry_row``: 3 x d_state floats, two slots of carried state and the
-    channel's A times log2(e), written once here so that the state loop loads it ready (no multiply; for A_LOG no
-    exponential either, where the host would have run two ops per scan)."""
+    and of scratch (``triton_ops.serial_scratch``).  HALF_ADD: the output is not stored but half of it added
+    atomically into ``out`` (zeroed by the caller), for two programs whose outputs are averaged
+    (``fwd_serial_pair_kernel``).  A_LOG: ``A_ptr`` holds the parameter A_log, and A = -exp(A_log).  ``carry_row``:
+    ``SERIAL_SCRATCH_PER_STATE`` x d_state floats, two slots of carried state and the channel's A times log2(e),
+    written once here so that the state loop loads it ready (no multiply; for A_LOG no exponential either, where the
+    host would have run two ops per scan)."""
     ROWS: tl.constexpr = CHUNK // 16
     r = tl.arange(0, ROWS)
     j = tl.arange(0, 4)[None, :]
@@ -345,7 +346,7 @@ def _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ou
 def fwd_serial_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, ypre_ptr, carry_ptr,
     dt_ptr, w_dt_ptr, dim, length, valid_length, d_state, n_chunks,
-    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl,
+    s_xb, s_xd, s_xl, s_bb, s_bn, s_bl, s_carry,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE_STATES: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr = False,
     STAGES: tl.constexpr = 1, SAVE_EVERY: tl.constexpr = 512, UNROLL: tl.constexpr = 1, DT_RANK: tl.constexpr = 0,
@@ -353,7 +354,7 @@ def fwd_serial_kernel(
     """The forward scan of one (batch, channel) per program; the arguments of ``fwd_loop_kernel`` less the channel
     block, except that ``n_chunks`` counts the saved states (the backward's chunks of SAVE_EVERY steps, a multiple
     of 16); same outputs (``out``, and with SAVE_STATES the states and the pre-gate output).  ``carry_ptr``:
-    scratch of 3 x d_state floats per program for the state carried between chunks and A (need not be initialised).
+    ``triton_ops.serial_scratch((batch, dim), ...)``, its rows ``s_carry`` apart.
     STAGES > 1: Triton software-pipelines the loop over states, copying the next states' B and C rows to shared
     memory while this one is scanned (fewer registers held than loading them ahead by hand, more instructions).
     UNROLL = 2 scans two states per pass of that loop (d_state even), so that the two independent chains of
@@ -364,7 +365,7 @@ def fwd_serial_kernel(
     d = tl.program_id(1)
     channel = pid_b * dim + d
     _scan_channel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ypre_ptr, dt_ptr, w_dt_ptr,
-                  states_ptr + channel * n_chunks * d_state, carry_ptr + channel * 3 * d_state,
+                  states_ptr + channel * n_chunks * d_state, carry_ptr + channel * s_carry,
                   pid_b * s_xb + d * s_xd, pid_b * s_bb, d, length, valid_length, d_state, s_xl, s_bn, s_bl,
                   HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_STATES, CHUNK, REVERSE, STAGES, SAVE_EVERY, UNROLL, DT_RANK,
                   False, False)
