@@ -92,7 +92,7 @@ def mixer_config(x: Tensor, dim: int, rows: int, d_state: int) -> triton_ops.Tri
     if not triton_ops.supports(x):
         return None
     batch, length = x.shape[0], x.shape[-1]
-    reach = batch * max(2 * dim * length, rows * length, 6 * dim * d_state)
+    reach = batch * max(2 * dim * length, rows * length, 2 * dim * triton_ops.SERIAL_SCRATCH_PER_STATE * d_state)
     if length % ALIGN or length == 0 or reach > triton_ops.MAX_OFFSET:
         return None
     rank = rows - 2 * d_state
