@@ -154,6 +154,18 @@ Ymissing001, 10.000, 20.000, "/m/09x0r"
     assert labels.names[1] == "Male speech, man speaking"
 
 
+def test_audioset_unquoted_labels_and_clips_twice_on_disk(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A hand-made segments CSV without the quotes keeps every label; two files of one YouTube id are logged."""
+    (tmp_path / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n")
+    (tmp_path / "eval_segments.csv").write_text(SEGMENTS_HEADER + "abcdefghijk, 0.0, 10.0, /m/a,/m/b\n")
+    _tiny(tmp_path / "clips" / "abcdefghijk.flac")
+    _tiny(tmp_path / "clips16k" / "abcdefghijk.wav")
+    prepare("audioset", tmp_path, tmp_path / "out")
+    [entry] = read_json_manifest(tmp_path / "out" / "eval.json")
+    assert entry.labels == ("/m/a", "/m/b") and entry.path == str(tmp_path / "clips" / "abcdefghijk.flac")
+    assert "1 YouTube id(s) match more than one file" in caplog.text and "clips16k/abcdefghijk.wav" in caplog.text
+
+
 def test_audioset_rejects_labels_outside_the_class_file(tmp_path: Path) -> None:
     (tmp_path / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/m/09x0r,Speech\n")
     (tmp_path / "eval_segments.csv").write_text(SEGMENTS_HEADER + 'abcdefghijk, 0.0, 10.0, "/m/nope"\n')
@@ -179,9 +191,8 @@ def test_voxceleb1(tmp_path: Path) -> None:
     assert read_json_manifest(tmp_path / "out" / "test.json")[0].labels == ("id10002",)
 
 
-def test_iemocap(tmp_path: Path) -> None:
-    root = tmp_path / "IEMOCAP_full_release"
-    for n in range(1, 6):
+def _iemocap(root: Path, sessions: range) -> None:
+    for n in sessions:
         session = root / f"Session{n}"
         dialog = f"Ses0{n}F_impro01"
         lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
@@ -192,7 +203,13 @@ def test_iemocap(tmp_path: Path) -> None:
             _tiny(session / "sentences" / "wav" / dialog / f"{utterance}.wav")
         (session / "dialog" / "EmoEvaluation" / "Categorical").mkdir(parents=True)
         (session / "dialog" / "EmoEvaluation" / f"{dialog}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_iemocap(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "IEMOCAP_full_release"
+    _iemocap(root, range(1, 6))
     report = prepare("iemocap", root, tmp_path / "out")
+    assert "session folder(s)" not in caplog.text
     assert read_class_labels(tmp_path / "out" / "class_labels_indices.csv").mids == ("neu", "hap", "ang", "sad")
     assert report.class_counts == {"neu": 5, "hap": 10, "ang": 5, "sad": 5}  # exc merged into hap, fru left out
     assert report.split_counts == {f"Session{n}": 5 for n in range(1, 6)}
@@ -339,6 +356,43 @@ def test_folder_scan_follows_symlinks_and_reports_what_it_skips(tmp_path: Path,
     assert "class folder(s) without audio, not made classes: bird" in caplog.text
 
 
+def test_iemocap_with_sessions_missing_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _iemocap(tmp_path / "iemocap", range(1, 4))
+    report = prepare("iemocap", tmp_path / "iemocap", tmp_path / "out")
+    assert report.split_counts == {f"Session{n}": 5 for n in range(1, 4)}
+    assert "3 session folder(s) (Session1, Session2, Session3), not IEMOCAP's 5" in caplog.text
+
+
+def test_unreadable_and_sampleless_clips_are_reported_not_listed(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --cache only headers are read, yet a corrupt, empty or sample-less clip lands in failed.txt with its
+    reason instead of a manifest (where it would fail the first evaluation that meets it)."""
+    root = tmp_path / "data"
+    for name in ("good.wav", "also_good.flac"):
+        _tiny(root / "dog" / name)
+    (root / "dog" / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
+    (root / "cat" / "empty.wav").parent.mkdir(parents=True)
+    (root / "cat" / "empty.wav").write_bytes(b"")
+    sf.write(str(root / "cat" / "no_samples.wav"), np.zeros((0, 1), dtype="float32"), 16000)
+    assert main(["prepare", "folder-per-class", "--root", str(root), "--out", str(tmp_path / "out")]) == 0
+    assert "failed: 3" in capsys.readouterr().out
+    kept = sorted(Path(e.path).name for e in read_json_manifest(tmp_path / "out" / "all.json"))
+    assert kept == ["also_good.flac", "good.wav"]
+    failed = dict(line.split("\t") for line in (tmp_path / "out" / "failed.txt").read_text().splitlines())
+    reasons = {Path(path).name: why for path, why in failed.items()}
+    assert set(reasons) == {"corrupt.wav", "empty.wav", "no_samples.wav"}
+    assert "not a readable audio file" in reasons["corrupt.wav"] and reasons["empty.wav"] == "empty file (0 bytes)"
+    assert reasons["no_samples.wav"] == "contains no audio samples"
+    for path in failed:
+        Path(path).unlink()
+    assert main(["prepare", "folder-per-class", "--root", str(root), "--out", str(tmp_path / "out")]) == 0
+    assert not (tmp_path / "out" / "failed.txt").exists()  # the earlier run's report no longer holds
+    (root / "dog" / "good.wav").write_bytes(b"")
+    (root / "dog" / "also_good.flac").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"none of the 2 clips of corpus 'folder-per-class' is usable audio"):
+        prepare("folder-per-class", root, tmp_path / "out")
+
+
 def test_reports_of_an_earlier_run_do_not_survive(tmp_path: Path) -> None:
     root = tmp_path / "ESC-50-master"
     _tiny(root / "audio" / "1-100-A-0.wav")
@@ -380,7 +434,23 @@ def test_metadata_with_a_byte_order_mark(tmp_path: Path) -> None:
 
 def test_relative_separate_ks1_test_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _tiny(tmp_path / "ks1-test" / "yes" / "aaaa1111_nohash_0.wav")
+    for label in ("_silence_", "_unknown_"):
+        (tmp_path / "ks1-test" / label).mkdir()
     monkeypatch.chdir(tmp_path)
     prepare("speechcommands-v1", TTS_COMMANDS, "out", test_root="ks1-test")
     test = read_json_manifest(tmp_path / "out" / "test.json")
     assert [Path(e.path) for e in test] == [tmp_path / "ks1-test" / "yes" / "aaaa1111_nohash_0.wav"]
+
+
+@pytest.mark.parametrize("layout", ["training folder", "foreign word", "no _silence_"])
+def test_ks1_test_root_that_is_not_the_test_set_is_refused(tmp_path: Path, layout: str) -> None:
+    """Labels come from the test set's folder names: the training folder given by mistake would pass its filler
+    words and background noise as ``_unknown_`` test clips, so it is refused, as is any other layout."""
+    test_root = tmp_path / "ks1-test"
+    folders = {"foreign word": ("yes", "_silence_", "_unknown_", "bed"), "no _silence_": ("yes", "_unknown_")}
+    for folder in folders.get(layout, ()):
+        _tiny(test_root / folder / "aaaa1111_nohash_0.wav")
+    if layout == "training folder":
+        test_root = TTS_COMMANDS
+    with pytest.raises(ValueError, match=f"{test_root}: not the KS1 test set"):
+        prepare("speechcommands-v1", TTS_COMMANDS, tmp_path / "out", test_root=test_root)

@@ -47,6 +47,27 @@ def test_windows_cover_every_column_once_with_bounded_length(frames):
         assert len(runs) == 72
 
 
+@pytest.mark.parametrize("tstride, overlap", [(8, 0), (5, 0), (5, 1), (5, 5), (6, 0), (6, 5), (16, 0), (10, 0)])
+def test_windows_tile_the_columns_whatever_the_stride_and_overlap(tstride, overlap):
+    """A patch (16 frames) wider than the stride: windows that only touch as frames must not skip the columns
+    between them (stride 8, no overlap once dropped every other window's worth of columns)."""
+    config = preset("ssamba", "tiny", input_tdim=128, tstride=tstride)
+    for frames in (801, 1000, 2999, 12345):
+        runs = plan_runs(frames, config, LengthPolicy(max_frames=256, overlap_frames=overlap))
+        window = runs[0].frames
+        assert runs[0].keep_from == 0 and all(a.keep_to == b.keep_from for a, b in zip(runs, runs[1:]))
+        assert all(r.offset <= r.keep_from < r.keep_to <= r.offset + column_count(config, window) for r in runs)
+        assert runs[-1].keep_to == column_count(config, aligned_frames(config, frames))  # as one run would have
+        parts = [torch.zeros(column_count(config, window), 1) for _ in runs]
+        assert long_audio.stitch(parts, runs).shape[0] == runs[-1].keep_to
+
+
+def test_stitch_refuses_a_plan_that_does_not_tile():
+    with pytest.raises(ValueError, match="keeps columns outside"):
+        long_audio.stitch([torch.zeros(10, 1)] * 2,
+                          [long_audio.Run(0, 100, 0, 0, 10), long_audio.Run(96, 100, 12, 10, 20)])
+
+
 def test_policy_errors():
     with pytest.raises(ValueError, match="overlap_frames"):
         LengthPolicy(max_frames=100, overlap_frames=100)

@@ -66,6 +66,24 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
     return int(info.samplerate), int(info.frames), int(info.channels)
 
 
+def check_audio(path: str | Path) -> tuple[int, int, int]:
+    """:func:`audio_info`, refusing a file without samples: what ``ssamba prepare`` checks of every clip, cheaply.
+
+    Only the header is read, and one frame where the header counts none (some compressed formats misreport it), so
+    damaged or empty clips are reported when the manifests are built, not at the first epoch that meets them."""
+    rate, frames, channels = audio_info(path)
+    if frames == 0:
+        sf = _soundfile()
+        try:
+            with sf.SoundFile(str(path)) as f:
+                frames = f.read(1, always_2d=True).shape[0]
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            raise AudioLoadError(path, f"not a readable audio file ({exc})") from exc
+        if frames == 0:
+            raise AudioLoadError(path, "contains no audio samples")
+    return rate, frames, channels
+
+
 def load_audio(path: str | Path, *, mono: MonoPolicy = "first", sample_rate: int | None = None,
                allow_nonfinite: bool = False) -> tuple[torch.Tensor, int]:
     """Load ``path`` as float32 ``(channels, samples)`` in [-1, 1] and its sample rate.

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ssamba.audio.io import AudioLoadError, audio_info, load_audio, save_audio
+from ssamba.audio.io import AudioLoadError, audio_info, check_audio, load_audio, save_audio
 from ssamba.audio.resample import resample
 from ssamba.data.corpora._common import CACHE_MARKER
 from ssamba.data.manifest import Entry
@@ -67,7 +67,7 @@ def _convert(job: tuple[str, str, int]) -> tuple[str, str, str | None]:
     try:
         if _reusable(Path(source), Path(target), rate):
             return source, "reused", None
-        if audio_info(source)[0] == rate:
+        if check_audio(source)[0] == rate:
             return source, "in-place", None
         waveform, sr = load_audio(source, mono=None)
         out = resample(waveform, sr, rate, variant="transform")

@@ -6,7 +6,8 @@ Written to ``out``:
 * ``<split>.json`` — one SSAST/AST manifest per split (``train``, ``validation``, ``test``, ``fold3``, ...);
 * for cross-validation corpora, ``fold<k>_train.json`` / ``fold<k>_eval.json`` for every fold ``k``;
 * ``class_labels_indices.csv`` — for labeled corpora;
-* ``missing.txt`` / ``failed.txt`` — files the metadata names but the disk lacks / that could not be resampled.
+* ``missing.txt`` / ``failed.txt`` — files the metadata names but the disk lacks / that are not readable audio (or
+  could not be resampled); neither is in the manifests.
 """
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from ssamba.audio.io import AudioLoadError, check_audio
 from ssamba.data.cache import resample_to_cache
 from ssamba.data.corpora import GENERATED, RECIPES, Corpus
-from ssamba.data.manifest import write_class_labels, write_csv_manifest, write_json_manifest
+from ssamba.data.manifest import Entry, write_class_labels, write_csv_manifest, write_json_manifest
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,21 @@ def write_corpus(corpus: Corpus, out: Path) -> list[Path]:
     return files
 
 
+def check_clips(entries: list[Entry]) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """The entries whose file reads as audio with samples (headers only: :func:`check_audio`), and the others with
+    the reason, so that a damaged clip is reported in ``failed.txt`` now instead of failing a later evaluation."""
+    kept, failed = [], []
+    for entry in tqdm(entries, desc="checking audio headers", unit="file", disable=None):
+        try:
+            check_audio(entry.path)
+        except AudioLoadError as exc:
+            log.error("%s: left out: %s", entry.path, exc.reason)
+            failed.append((entry.path, exc.reason))
+            continue
+        kept.append(entry)
+    return kept, failed
+
+
 def prepare(corpus: str, root: str | Path | None, out: str | Path, *, cache: str | Path | None = None,
             sample_rate: int = 16000, workers: int = 1, **options: Any) -> PrepareReport:
     """Build the manifests of ``corpus`` (a key of :data:`RECIPES`) found at ``root`` into ``out``.
@@ -90,11 +109,15 @@ def prepare(corpus: str, root: str | Path | None, out: str | Path, *, cache: str
         raise FileNotFoundError(f"{root}: no usable clips for corpus {corpus!r}"
                                 + (f" ({len(result.missing)} named by its metadata are missing, e.g. "
                                    f"{result.missing[0]})" if result.missing else ""))
-    failed: list[tuple[str, str]] = []
     if cache is not None:
         cached = resample_to_cache(result.entries, root, cache, sample_rate, workers)
         result.entries, failed = cached.entries, cached.failures
         log.info("cache %s: %d resampled, %d reused, %d failed", cache, cached.resampled, cached.reused, len(failed))
+    else:
+        result.entries, failed = check_clips(result.entries)
+    if not result.entries:
+        raise ValueError(f"{root}: none of the {len(failed)} clips of corpus {corpus!r} is usable audio, e.g. "
+                         f"{failed[0][0]}: {failed[0][1]}")
     files = write_corpus(result, out)
     for name, lines in (("missing.txt", result.missing), ("failed.txt", [f"{p}\t{why}" for p, why in failed])):
         report = out / name

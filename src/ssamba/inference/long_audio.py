@@ -104,20 +104,24 @@ def plan_runs(num_frames: int, config: EncoderConfig, policy: LengthPolicy) -> l
     length = aligned_frames(config, max(num_frames, floor))
     if length <= window:
         return [Run(0, length, 0, 0, column_count(config, length))]
-    stride = config.tstride
-    hop = max(stride, (window - overlap) // stride * stride)
+    stride, width = config.tstride, column_count(config, window)
+    # a window's columns span (width - 1) strides + a patch, so with a patch wider than the stride, windows that
+    # merely touch as frames (little overlap) would skip the columns between them: the hop never passes the width
+    hop = max(stride, min((window - overlap) // stride, width) * stride)
     count = math.ceil((num_frames - window) / hop) + 1
     offsets = [k * hop // stride for k in range(count - 1)]
     # the last window ends with the audio instead of running on past it: a window that is mostly padding would
     # weigh its padding into the clip's pooled vector (a 61 s clip: half its score from 59 s of zeros)
     offsets.append(math.ceil((num_frames - window) / stride))
-    width = column_count(config, window)
     bounds = [0] + [(offsets[k] + offsets[k - 1] + width) // 2 for k in range(1, count)] + [offsets[-1] + width]
     return [Run(off * stride, window, off, bounds[k], bounds[k + 1]) for k, off in enumerate(offsets)]
 
 
 def stitch(parts: list[Tensor], runs: list[Run]) -> Tensor:
     """Concatenate each run's kept columns (time is the second-to-last axis of every part)."""
+    for part, run in zip(parts, runs):
+        if not run.offset <= run.keep_from <= run.keep_to <= run.offset + part.shape[-2]:
+            raise ValueError(f"run {run} keeps columns outside its {part.shape[-2]} (a plan that does not tile)")
     pieces = [p[..., r.keep_from - r.offset:r.keep_to - r.offset, :] for p, r in zip(parts, runs)]
     return torch.cat(pieces, dim=-2)
 

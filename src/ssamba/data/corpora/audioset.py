@@ -29,7 +29,8 @@ def read_segments(path: Path) -> list[tuple[str, tuple[str, ...]]]:
         for row in csv.reader(lines, skipinitialspace=True):
             if len(row) < 4:
                 raise ValueError(f"{path}: malformed segment row {row!r} (YTID, start, end, labels expected)")
-            rows.append((row[0].strip(), split_labels(row[3])))
+            # the labels are one quoted field in the official CSVs; unquoted, they spill into the fields after it
+            rows.append((row[0].strip(), split_labels(",".join(row[3:]))))
     return rows
 
 
@@ -44,12 +45,20 @@ def clip_ids(stem: str) -> list[str]:
 
 
 def index_clips(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, Path]:
-    """Map YouTube id -> clip file for every audio file below ``root`` but not in ``skip`` (first in sorted order
-    wins)."""
+    """Map YouTube id -> clip file for every audio file below ``root`` but not in ``skip``.
+
+    Where several files stand for one id (a clip and a converted copy of it), the first in sorted order wins and
+    the others are logged, so that which one a manifest names is never a silent choice."""
     index: dict[str, Path] = {}
+    others: dict[str, list[Path]] = {}
     for path in find_audio(root, skip):
         for ytid in clip_ids(path.stem):
-            index.setdefault(ytid, path)
+            if index.setdefault(ytid, path) != path:
+                others.setdefault(ytid, []).append(path)
+    if others:
+        ytid = next(iter(others))
+        log.warning("AudioSet: %d YouTube id(s) match more than one file; the first in sorted order is used, e.g. "
+                    "%s: %s (not %s)", len(others), ytid, index[ytid], ", ".join(map(str, others[ytid])))
     return index
 
 

@@ -19,6 +19,7 @@ from ssamba.data.manifest import ClassLabels, Entry
 log = logging.getLogger(__name__)
 
 CLASSES = ("neu", "hap", "ang", "sad")
+SESSIONS = 5
 MERGE = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
 _LINE = re.compile(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\S+)\t")
 
@@ -32,6 +33,10 @@ def prepare(root: Path, out: Path) -> Corpus:
     sessions = sorted(p for p in root.glob("Session[1-9]") if p.is_dir())
     if not sessions:
         raise FileNotFoundError(f"{root}: no Session1..Session5 folders; is --root the IEMOCAP_full_release folder?")
+    if len(sessions) != SESSIONS:
+        log.warning("%s: %d session folder(s) (%s), not IEMOCAP's %d: the manifests hold %d leave-one-session-out "
+                    "folds, and a recipe of %d folds (recipes/iemocap_er.yaml) will not find the others", root,
+                    len(sessions), ", ".join(s.name for s in sessions), SESSIONS, len(sessions), SESSIONS)
     entries, skipped = [], Counter()
     for session in sessions:
         evaluation = require(session / "dialog" / "EmoEvaluation", "EmoEvaluation folder")

@@ -125,6 +125,20 @@ def _ks1_label(word: str) -> str:
     return word if word in KS1_CLASSES[:10] or word in ("_silence_", "_unknown_") else "_unknown_"
 
 
+def _ks1_test_folders(root: Path, test_root: Path) -> list[Path]:
+    """The label folders of KS1's separate test set, refused when ``test_root`` is not that set: its clips are
+    labelled by folder, so the training folder (or a v0.02 one) given by mistake would pass its 20 other words, and
+    its background noise, as ``_unknown_`` test clips."""
+    if not test_root.is_dir():
+        raise FileNotFoundError(f"{test_root}: the KS1 test set (--test-root) is not a directory")
+    folders = sorted(p for p in test_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = {p.name for p in folders}
+    if test_root == root.resolve() or not names <= set(KS1_CLASSES) or not {"_silence_", "_unknown_"} <= names:
+        raise ValueError(f"{test_root}: not the KS1 test set (speech_commands_test_set_v0.01: one folder per class of "
+                         f"{', '.join(KS1_CLASSES)}); it has folder(s) {', '.join(sorted(names)) or 'none'}")
+    return folders
+
+
 def prepare_v1(root: Path, out: Path, test_root: Path | None = None) -> Corpus:
     """SUPERB KS1: 10 words + ``_unknown_`` + ``_silence_``."""
     clips, missing = _split_clips(root)
@@ -134,9 +148,8 @@ def prepare_v1(root: Path, out: Path, test_root: Path | None = None) -> Corpus:
         test_root = Path(test_root).resolve()  # manifests hold absolute paths
         entries = [e for e in entries if e.split != "test"]
         silence = [e for e in silence if e.split != "test"]
-        test = [Entry(str(wav), (_ks1_label(wav.parent.name),), "test")
-                for folder in sorted(p for p in Path(test_root).iterdir() if p.is_dir())
-                for wav in sorted(folder.glob("*.wav"))]
+        test = [Entry(str(wav), (_ks1_label(folder.name),), "test")
+                for folder in _ks1_test_folders(root, test_root) for wav in sorted(folder.glob("*.wav"))]
         if not test:
             raise FileNotFoundError(f"{test_root}: no <label>/*.wav clips in the KS1 test set")
         entries += keep_existing(test, missing)
