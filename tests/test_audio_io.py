@@ -172,7 +172,11 @@ def test_files_are_decoded_block_by_block_into_the_same_samples(tmp_path: Path, 
     bad[[10, 2500, 4000], 1] = np.nan  # in three different blocks
     sf.write(tmp_path / "nan.wav", bad, 16000, subtype="FLOAT")
     monkeypatch.setattr(io, "READ_BLOCK_FRAMES", 1000)
+    # judged on the channels the policy keeps: channel 1's NaNs spoil its mean and the whole file, not channel 0
+    np.testing.assert_array_equal(load_audio(tmp_path / "nan.wav")[0].numpy(), bad[:, :1].T)
+    with pytest.raises(AudioLoadError, match="3 of 4321 samples are NaN or infinite"):
+        load_audio(tmp_path / "nan.wav", mono="mean")
     with pytest.raises(AudioLoadError, match="3 of 12963 samples are NaN or infinite"):
-        load_audio(tmp_path / "nan.wav")
+        load_audio(tmp_path / "nan.wav", mono=None)
     with pytest.raises(ValueError, match="mono policy must be 'first', 'mean' or None, got 'left'"):
         load_audio(tmp_path / "a.wav", mono="left")

@@ -114,6 +114,17 @@ def test_bad_audio_is_refused(model):
         hear.get_scene_embeddings(torch.full((1, 16000), float("nan")), model)
     with pytest.raises(ValueError, match="shorter than one 25 ms analysis window"):
         hear.get_timestamp_embeddings(torch.zeros(1, 100), model)
+    loud = white_noise(2, 1.0)
+    loud[1] *= 1e30  # finite samples whose log-mel is not: refused, not returned as NaN embeddings
+    with pytest.raises(ValueError, match=r"HEAR sound 1: the model's output is not finite \(peak amplitude 1e\+30"):
+        hear.get_scene_embeddings(loud, model)
+
+
+def test_no_sounds_give_empty_results(model):
+    embeddings, stamps = hear.get_timestamp_embeddings(torch.zeros(0, 16000), model)
+    assert embeddings.shape == (0, 0, model.timestamp_embedding_size) and stamps.shape == (0, 0)
+    assert embeddings.dtype == stamps.dtype == torch.float32
+    assert hear.get_scene_embeddings(torch.zeros(0, 16000), model).shape == (0, model.scene_embedding_size)
 
 
 def test_default_model_comes_from_the_hub_and_offline_says_so(tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-from _inference_helpers import FINETUNE, LABELS, one_thread, shallow_copy, tone, tts_files, write_wav  # noqa: F401
+from _inference_helpers import (FINETUNE, LABELS, PRETRAIN, one_thread, shallow_copy, tone, tts_files,  # noqa: F401
+                                write_wav)
 from safetensors.numpy import load_file
 
 import ssamba
@@ -70,6 +71,38 @@ def test_predict_csv_per_second_to_a_file(model_dir, folder, tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert [r["second"] for r in rows] == [""] + [str(s) for s in range(12)]
     assert all(r["source"] == str(long_file) and r["rank"] == "1" and r["label"] in LABELS for r in rows)
+
+
+def test_a_failed_predict_leaves_an_earlier_out_file_whole(tmp_path, caplog):
+    """--out is written atomically: a job that fails (here: a model without a classification head) does not
+    truncate the results of an earlier run."""
+    out = tmp_path / "labels.json"
+    out.write_text('[{"source": "earlier results"}]\n')
+    headless = shallow_copy(PRETRAIN, tmp_path / "pretrained")
+    assert main(["predict", str(tts_files("yes", 1)[0]), "--model", str(headless), "--out", str(out)]) == 2
+    assert "without a classification head" in caplog.text
+    assert out.read_text() == '[{"source": "earlier results"}]\n' and sorted(tmp_path.iterdir()) == [
+        out, tmp_path / "pretrained"]
+
+
+def test_embed_writes_each_file_atomically(model_dir, tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk) leaves the earlier file whole and no temporary behind."""
+    from ssamba.inference import jobs
+
+    source = tts_files("yes", 1)[0]
+    out = tmp_path / "emb"
+    assert main(["embed", str(source), "--model", str(model_dir), "--out", str(out)]) == 0
+    target = out / (source.name + ".npy")
+    earlier = target.read_bytes()
+
+    def torn(f, value):
+        f.write(b"\x93NUMPY half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jobs.np, "save", torn)
+    with pytest.raises(OSError, match="No space left"):
+        jobs.embed_files(ssamba.inference.Predictor(ssamba.load(model_dir)), [source], out)
+    assert target.read_bytes() == earlier and sorted(p.name for p in out.iterdir()) == [target.name, "index.csv"]
 
 
 def test_embed_folder_writes_npy_per_file_and_an_index(model_dir, folder, tmp_path, capsys):

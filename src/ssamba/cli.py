@@ -117,17 +117,25 @@ def _report_failures(report) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ssamba.inference.jobs import predict_files
+    from ssamba.atomic import atomic_write
+    from ssamba.inference.jobs import JobReport, predict_files
 
     predictor = _predictor(args)
-    if args.out:
-        with open(args.out, "w", newline="") as out:
-            report = predict_files(predictor, args.inputs, out, top_k=args.top_k, fmt=args.format,
-                                   per_second=args.per_second)
-    else:
-        report = predict_files(predictor, args.inputs, sys.stdout, top_k=args.top_k, fmt=args.format,
-                               per_second=args.per_second)
-    return _report_failures(report)
+
+    def run(out) -> JobReport:
+        return predict_files(predictor, args.inputs, out, top_k=args.top_k, fmt=args.format,
+                             per_second=args.per_second)
+
+    if not args.out:
+        return _report_failures(run(sys.stdout))
+    reports = []
+
+    def write(tmp: str) -> None:  # atomically: a job that fails or is killed leaves an earlier --out file whole
+        with open(tmp, "w", newline="") as out:
+            reports.append(run(out))
+
+    atomic_write(args.out, write)
+    return _report_failures(reports[0])
 
 
 def _embed(args: argparse.Namespace) -> int:

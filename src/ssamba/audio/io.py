@@ -122,7 +122,8 @@ READ_BLOCK_FRAMES = 1 << 20
 
 def _read_blocks(sf, path: Path, mono: MonoPolicy) -> tuple[torch.Tensor, int, int, int, float]:
     """Decode ``path`` block by block into float32 ``(channels after the mono policy, samples)``; also the
-    sample rate, the count of non-finite samples, the count of all samples and the peak |sample|."""
+    sample rate, the count of non-finite samples, the count of all samples and the peak |sample| (all three of the
+    channels the policy keeps)."""
     nonfinite, samples, peak = 0, 0, 0.0
     with sf.SoundFile(str(path)) as f:
         sr, expected = f.samplerate, max(int(f.frames), 0)
@@ -133,11 +134,12 @@ def _read_blocks(sf, path: Path, mono: MonoPolicy) -> tuple[torch.Tensor, int, i
             block = f.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
             if block.shape[0] == 0:
                 break
-            bad = block.size - int(np.count_nonzero(np.isfinite(block)))
-            nonfinite, samples = nonfinite + bad, samples + block.size
-            if not bad:
-                peak = max(peak, float(np.abs(block).max()))
             reduced = to_mono(torch.from_numpy(np.ascontiguousarray(block.T)), mono)
+            # judged on what is kept: a NaN in a channel the mono policy drops harms nothing
+            bad = reduced.numel() - int(torch.isfinite(reduced).sum())
+            nonfinite, samples = nonfinite + bad, samples + reduced.numel()
+            if not bad:
+                peak = max(peak, float(reduced.abs().max()))
             fits = max(0, min(reduced.shape[-1], expected - position))
             out[:, position:position + fits] = reduced[:, :fits]
             if fits < reduced.shape[-1]:

@@ -58,7 +58,12 @@ class HearModel(nn.Module):
             raise ValueError(f"HEAR audio of {audio.shape[1]} samples is shorter than one 25 ms analysis window")
         if not bool(torch.isfinite(audio).all()):
             raise ValueError("HEAR audio contains NaN or infinite samples")
-        return self.clip_encoder.encode([a.detach().to("cpu", torch.float32) for a in audio])
+        encoded = self.clip_encoder.encode([a.detach().to("cpu", torch.float32) for a in audio])
+        for k, e in enumerate(encoded):
+            if not bool(torch.isfinite(e.columns).all()):  # a NaN embedding must not pass as a result
+                raise ValueError(f"HEAR sound {k}: the model's output is not finite (peak amplitude "
+                                 f"{float(audio[k].abs().max()):.3g}; audio is expected in [-1, 1])")
+        return encoded
 
 
 def load_model(model_file_path: str = "", *, stats: str | tuple[float, float] | None = None,
@@ -96,6 +101,9 @@ def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, T
     timestamps in milliseconds, on the audio's device (at most ``model.max_timestamp_hop_ms`` apart)."""
     pairs = [interpolate_columns(e.columns, e.timestamps_ms, model.max_timestamp_hop_ms)
              for e in model.encode(audio)]
+    if not pairs:  # no sounds: empty results of the documented ranks
+        return (torch.zeros(0, 0, model.timestamp_embedding_size, device=audio.device),
+                torch.zeros(0, 0, device=audio.device))
     embeddings = torch.stack([columns for columns, _ in pairs]).to(audio.device, torch.float32)
     stamps = torch.stack([stamps for _, stamps in pairs]).to(audio.device, torch.float32)
     return embeddings, stamps
@@ -105,4 +113,6 @@ def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
     """``(n_sounds, scene_embedding_size)`` float32: the mean of each sound's columns (the clip embedding of
     ``embed``; with interpolated timestamps, not exactly the mean of the timestamp embeddings)."""
     encoded = model.encode(audio)
+    if not encoded:
+        return torch.zeros(0, model.scene_embedding_size, device=audio.device)
     return torch.stack([e.columns.mean(0) for e in encoded]).to(audio.device, torch.float32)

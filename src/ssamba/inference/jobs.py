@@ -1,8 +1,10 @@
-"""Batch jobs behind ``ssamba predict`` and ``ssamba embed``: many files in, results written as they come, every
-failure listed in the report (and the index) while the other files go on."""
+"""Batch jobs behind ``ssamba predict`` and ``ssamba embed``: many files in, results written as they come (each
+embedding file atomically: a killed job never leaves a torn one), every failure listed in the report (and the
+index) while the other files go on."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from collections.abc import Iterable
@@ -13,6 +15,7 @@ from typing import Literal, TextIO
 import numpy as np
 import torch
 
+from ssamba.atomic import atomic_write
 from ssamba.inference.inputs import as_sources, audio_files
 from ssamba.inference.predictor import Embedding, Prediction, Predictor
 
@@ -137,13 +140,13 @@ def _write_embedding(emb: Embedding, stem: Path, fmt: str) -> list[Path]:
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        target = stem.with_name(stem.name + ".safetensors")
-        save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(target))
-        return [target]
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        return [atomic_write(stem.with_name(stem.name + ".safetensors"), lambda tmp: save_file(tensors, tmp))]
     names = {"clip": "", "frames": _EXTRA_NAMES[0], "timestamps_ms": _EXTRA_NAMES[1]}
-    written = []
-    for key, value in arrays.items():
-        target = stem.with_name(stem.name + names[key] + ".npy")
-        np.save(target, value)
-        written.append(target)
-    return written
+    return [atomic_write(stem.with_name(stem.name + names[key] + ".npy"), functools.partial(_save_npy, value=value))
+            for key, value in arrays.items()]
+
+
+def _save_npy(path: str, value: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: given a name, np.save would append ".npy" to the temporary's
+        np.save(f, value)
