@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -209,6 +210,32 @@ def test_model_overrides_are_checked_by_name_and_type(tmp_path, caplog, override
     assert "model.overrides." in caplog.text and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "train: batch_size=0: must be >= 1"),  # was a ZeroDivisionError after the logs began
+    ("train.checkpoint_every=0", "train: checkpoint_every=0: must be >= 1"),
+    ("train.log_every=-5", "train: log_every=-5: must be >= 1"),
+    ("train.eval_every=0", "train: eval_every=0: must be >= 1"),  # was: silently no validation but the last
+    ("train.num_workers=-1", "train: num_workers=-1"),
+    ("optim.decay_every=0", "optim: decay_every=0"),  # was: "range() arg 3 must not be zero"
+    ("optim.lr=nan", "optim: lr=nan: must be a positive number"),
+    ("optim.grad_clip=0", "optim: grad_clip=0.0: must be positive"),
+    ("pretrain.mask_size=0", "pretrain: mask_size=0"),
+    ("probe.epochs=0", "probe: epochs=0"),
+])
+def test_out_of_range_values_are_refused_naming_the_key(tmp_path, caplog, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(RunConfig, None, [override])
+    (tmp_path / "recipe.yaml").write_text("task: finetune\n")
+    assert main(["finetune", str(tmp_path / "recipe.yaml"), f"out_dir={tmp_path / 'run'}", override]) == 2
+    assert message in caplog.text and not (tmp_path / "run").exists()
+
+
+def test_an_empty_section_in_a_recipe_takes_overrides(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("task: pretrain\npretrain:\ntrain:\n")
+    cfg = load_config(RunConfig, tmp_path / "recipe.yaml", ["pretrain.mask_size=250", "train.epochs=3"])
+    assert cfg.pretrain.mask_size == 250 and cfg.train.epochs == 3
+
+
 def test_a_misspelt_device_is_refused_not_run_on_the_cpu():
     """train.device=gpu once passed the loader and trained on the CPU without a word."""
     for value in ("gpu", "GPU", "cuda:1"):
@@ -384,6 +411,13 @@ def test_resume_refuses_a_changed_setup_and_keeps_the_runs_config(folds, tmp_pat
                                                     + json.loads((folds / "fold1_eval.json").read_text())["data"]}))
     assert main([*base, f"data.train={tmp_path / 'more.json'}", "--resume"]) == 2
     assert "train_data.samples: 8 -> 16" in caplog.text
+    for override, change in (("finetune.metric=mAP", "objective.metric: 'acc' -> 'mAP'"),
+                             ("finetune.loss=bce", "objective.loss: 'ce' -> 'bce'"),
+                             (f"data.valid={folds / 'fold1_eval.json'}", "objective.valid: None -> "),
+                             ("train.amp=bf16", "objective.amp: 'none' -> 'bf16'")):
+        # the checkpoint's best metric would be compared with another metric, on other data or another loss
+        assert main([*base, override, "--resume"]) == 2
+        assert change in caplog.text
     assert (tmp_path / "run" / "config.yaml").read_text() == config  # a refused resume leaves the run's config
     assert main([*base, "train.epochs=2", "--resume"]) == 0  # the run's length may change
 
@@ -400,6 +434,20 @@ def test_ddp_evaluation_with_a_rank_that_holds_no_item(monkeypatch):
     monkeypatch.undo()
     assert single["acc"] == tasks.ClassificationTask().evaluate(model, loader, DistEnv())["acc"]
     assert tasks.predict(model, []) is None
+
+
+def test_probe_embeddings_with_a_rank_that_holds_no_item(monkeypatch):
+    """Under DDP a split smaller than the number of processes leaves a rank empty: the probe gathers the others'
+    embeddings (it once failed on the empty rank with "need at least one array to concatenate")."""
+    from ssamba.train import probe
+
+    other = ([np.ones((1, 3)), np.full((1, 3), 2.0)], np.eye(2)[:1])  # rank 0: one clip, two layers
+    monkeypatch.setattr(probe, "gather_objects", lambda mine, env: [other, mine])
+    layers, targets = probe.extract_embeddings(torch.nn.Identity(), [], 2, DistEnv())  # this rank: no batch
+    assert [x.tolist() for x in layers] == [[[1.0] * 3], [[2.0] * 3]] and targets.tolist() == [[1.0, 0.0]]
+    monkeypatch.setattr(probe, "gather_objects", lambda mine, env: [mine, None])
+    with pytest.raises(TrainingError, match="no clips to embed"):
+        probe.extract_embeddings(torch.nn.Identity(), [], 2, DistEnv())
 
 
 def test_a_torn_fold_result_is_redone_on_resume(folds, tmp_path, caplog):

@@ -123,7 +123,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         keys = path.strip().split(".")
         node = data
         for key in keys[:-1]:
-            node = node.setdefault(key, {})
+            if node.get(key) is None:  # absent, or a section left empty in the YAML (``pretrain:``)
+                node[key] = {}
+            node = node[key]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {key} is not a section")
         node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""

@@ -1,6 +1,7 @@
 """The run config: one dataclass tree per run, loaded from a recipe YAML with dotted overrides."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +27,18 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps (and at the end of every epoch)
     halt_after_steps: int | None = None  # testing aid: stop abruptly (as if killed) after this many steps
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # refused here, naming the key, before the run writes anything: a 0 would fail steps later as a bare
+        # ZeroDivisionError (batch_size, log_every, checkpoint_every) or pass silently (eval_every=0: no validation)
+        positive = ("epochs", "batch_size", "log_every", "checkpoint_every", "max_steps", "eval_batch_size",
+                    "eval_every", "halt_after_steps")
+        bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) is not None and getattr(self, k) < 1]
+        if self.num_workers < 0:
+            bad.append(f"num_workers={self.num_workers}")
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: must be >= 1 (num_workers >= 0; eval_every and max_steps may be "
+                             "null)")
 
 
 #: EncoderConfig fields that the run sets from other keys, so ``model.overrides`` may not
@@ -74,6 +87,10 @@ class PretrainSection:
     eval_mask_size: int = 400  # the official validation always masks 400
     single_pass: bool = False  # share one forward pass between the two objectives (not official)
 
+    def __post_init__(self) -> None:
+        if self.mask_size < 1 or self.eval_mask_size < 1:
+            raise ValueError(f"mask_size={self.mask_size}, eval_mask_size={self.eval_mask_size}: must be >= 1")
+
 
 @dataclass
 class FinetuneSection:
@@ -100,6 +117,11 @@ class ProbeSection:
     lr: float = 1e-2
     weight_decay: float = 1e-4
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf:
+            raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}: must be >= 1; "
+                             f"lr={self.lr}: must be a positive number")
 
 
 @dataclass

@@ -84,10 +84,14 @@ def move(batch: Any, device: torch.device) -> Any:
 
 class Trainer:
     def __init__(self, model: nn.Module, task: Task, train_cfg: TrainConfig, optim_cfg: OptimConfig,
-                 out_dir: str | Path, env: DistEnv, collate_fn=None) -> None:
+                 out_dir: str | Path, env: DistEnv, collate_fn=None,
+                 objective: dict[str, Any] | None = None) -> None:
+        """``objective``: the settings that define the loss and the validation metric (task, loss, metric,
+        validation data, precision...), part of a checkpoint's setup: a best metric saved under one objective is
+        no yardstick for another."""
         check_amp(train_cfg.amp, env.device)
         self.model, self.task, self.cfg, self.optim_cfg = model.to(env.device), task, train_cfg, optim_cfg
-        self.out_dir, self.env, self.collate_fn = Path(out_dir), env, collate_fn
+        self.out_dir, self.env, self.collate_fn, self.objective = Path(out_dir), env, collate_fn, objective
         self.train_data: dict[str, Any] | None = None  # set by fit (train_data_of); part of a checkpoint's setup
         self.resumed_setup: dict[str, Any] | None = None
         self.resumed_from: Path | None = None
@@ -115,11 +119,13 @@ class Trainer:
         """What a checkpoint's step, epoch and optimiser state mean: the model, the optimiser settings (its saved
         state carries lr, betas and weight decay), the batch geometry and the training set's size. A resume with
         any of them changed would continue silently with the old values or on shifted data, so it is refused;
-        the run length (epochs, max_steps) may change."""
+        the run length (epochs, max_steps) may change.  So is a changed ``objective``: the best validation metric
+        the checkpoint carries would be compared with another metric, on other data or another loss."""
         config = getattr(self.model, "config", None)
         return {"model": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
                 "optim": dataclasses.asdict(self.optim_cfg), "batch_size": self.cfg.batch_size,
-                "seed": self.cfg.seed, "train_data": self.train_data if train_data is None else train_data}
+                "seed": self.cfg.seed, "train_data": self.train_data if train_data is None else train_data,
+                "objective": self.objective}
 
     def save_checkpoint(self) -> None:
         state = self.state_dict()  # collective (gathers RNG states): every rank takes part

@@ -6,6 +6,7 @@ quirk Q24) and ``decay`` is MultiStepLR over epochs or ReduceLROnPlateau on the 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,8 +34,17 @@ class OptimConfig:
     accum_steps: int = 1  # gradient accumulation (effective batch = batch_size * accum_steps * world size)
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.accum_steps < 1 or self.warmup_interval < 1:
-            raise ValueError("lr must be > 0, accum_steps and warmup_interval >= 1")
+        if not 0 < self.lr < math.inf:  # also refuses nan, which every comparison passes as not <= 0
+            raise ValueError(f"lr={self.lr}: must be a positive number")
+        small = [f"{k}={getattr(self, k)}" for k in ("accum_steps", "warmup_interval", "decay_every")
+                 if getattr(self, k) < 1]
+        small += [f"{k}={getattr(self, k)}" for k in ("warmup_steps", "decay_start", "plateau_patience")
+                  if getattr(self, k) < 0]
+        if small:
+            raise ValueError(f"{', '.join(small)}: accum_steps, warmup_interval and decay_every must be >= 1, "
+                             "warmup_steps, decay_start and plateau_patience >= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip={self.grad_clip}: must be positive (or null)")
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:

@@ -44,7 +44,10 @@ def extract_embeddings(encoder: torch.nn.Module, loader, num_classes: int, env: 
         for store, p in zip(per_layer, pooled):
             store.append(p)
         targets.append(as_targets(target, num_classes).numpy())
-    parts = gather_objects(([np.concatenate(s) for s in per_layer], np.concatenate(targets)), env)
+    mine = ([np.concatenate(s) for s in per_layer], np.concatenate(targets)) if targets else None
+    parts = [p for p in gather_objects(mine, env) if p is not None]  # a rank may hold no item (a tiny split)
+    if not parts:
+        raise TrainingError("no clips to embed: the split is empty")
     embeddings = [np.concatenate([p[0][i] for p in parts]) for i in range(len(parts[0][0]))]
     return embeddings, np.concatenate([p[1] for p in parts])
 

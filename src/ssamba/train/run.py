@@ -63,6 +63,13 @@ def fold_seed(seed: int, fold: str) -> int:
     return seed + zlib.crc32(fold.encode())
 
 
+def objective(cfg: RunConfig) -> dict[str, Any]:
+    """What a run optimises and how it selects its best model, for the resume check (``Trainer.setup``)."""
+    section = cfg.pretrain if cfg.task == "pretrain" else cfg.finetune
+    valid = str(Path(cfg.data.valid).resolve()) if cfg.data.valid else None
+    return {"task": cfg.task, **dataclasses.asdict(section), "valid": valid, "amp": cfg.train.amp}
+
+
 def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict[str, Any]:
     """One training run (one split or one fold) into ``out_dir``; returns and writes ``results.json``.
 
@@ -77,7 +84,7 @@ def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict
     task = make_task(cfg)
     train_set = make_dataset(cfg.data.train, labels, cfg, train=True)
     valid_set = make_dataset(cfg.data.valid, labels, cfg, train=False) if cfg.data.valid else None
-    trainer = Trainer(model, task, cfg.train, cfg.optim, out_dir, env)
+    trainer = Trainer(model, task, cfg.train, cfg.optim, out_dir, env, objective=objective(cfg))
     checkpoint = out_dir / "checkpoints" / "last.pt"
     if resume and checkpoint.is_file():
         trainer.resume(checkpoint, train_set)
