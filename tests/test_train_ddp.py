@@ -48,6 +48,8 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     for cmd in (single, ddp):
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
+    # the run's progress is told once, by rank 0; the other rank would only say warnings, with its rank
+    assert "[rank 0] INFO ssamba" in result.stderr and "[rank 1] INFO" not in result.stderr
     a = load_file(tmp_path / "single" / "final" / "model.safetensors")
     b = load_file(tmp_path / "ddp" / "final" / "model.safetensors")
     for key in a:

@@ -81,6 +81,10 @@ def test_yaml_config_with_dotted_overrides(tmp_path):
         load_config(Outer, tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="key.path=value"):
         load_config(Outer, path, ["limit"])
+    # text YAML would read as a date or a comment (silently null) stays text
+    assert load_config(Outer, path, ["name=2024-01-01"]).name == "2024-01-01"
+    assert load_config(Outer, path, ["name=#1"]).name == "#1"
+    assert load_config(Outer, path, ["limit=~"]).limit is None and load_config(Outer, path, ["name="]).name == ""
 
 
 def test_kfold_result_is_every_fold_at_the_best_pass_of_the_fold_averaged_curve():

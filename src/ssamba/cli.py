@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -308,10 +309,18 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def setup_logging(verbose: bool = False) -> None:
+    """INFO (DEBUG with -v) on the main process; under torchrun the other ranks say only warnings and errors, with
+    their rank, so that a run's progress reads once instead of once per process."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    level = logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING
+    prefix = f"[rank {rank}] " if world > 1 else ""
+    logging.basicConfig(level=level, format=f"{prefix}%(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_normalise_argv(sys.argv[1:] if argv is None else list(argv)))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:

@@ -6,6 +6,7 @@ that names the key, not a silent default.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import types
 from collections.abc import Collection
 from pathlib import Path
@@ -128,8 +129,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node[key]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {key} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[keys[-1]] = _override_value(raw)
     return data
+
+
+#: how YAML spells null; any other text that YAML reads as null (``#x``: a comment) is kept as the text
+_NULLS = {"null", "Null", "NULL", "~"}
+
+
+def _override_value(raw: str) -> Any:
+    """An override's value as YAML reads it (numbers, booleans, lists, null), except where YAML would turn text
+    into something else: a date (``out_dir=2024-01-01``) or a comment (``model.init=#1``, silently null) stay text."""
+    if not raw.strip():
+        return ""
+    value = yaml.safe_load(raw)
+    if (value is None and raw.strip() not in _NULLS) or isinstance(value, (datetime.date, datetime.datetime)):
+        return raw
+    return value
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
