@@ -36,10 +36,12 @@ def test_outputs_csv_markdown_and_plots(bench_run):
     assert all(0 < float(r["cpu_s"]) for r in rows)
     assert all(int(r["frames"]) == int(r["tokens"]) * 2 and r["threads"] == "1" for r in rows)
     assert all(r["matmul_precision"] == "high" for r in rows)  # as each run's own process reported it
+    assert [r["attention"] for r in rows] == ["", "sdpa", "naive"]  # SSAMBA has none, never "sdpa"
     backend = get_backend(torch.empty(1, 1, 1)).name
     assert {r["scan_backend"] for r in rows if r["arch"] == "ssamba"} == {backend}
     md = (bench_run / "results.md").read_text()
     assert f"scan backend {backend}" in md and "## tiny, batch 1" in md and "## Paper targets (tiny)" in md
+    assert "Measured at depth 2, not the paper's 24 blocks" in md
     by = {(r["variant"], r["tokens"]): r for r in rows}
     line = next(ln for ln in md.splitlines() if ln.startswith("| 64 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
@@ -127,7 +129,7 @@ def test_the_time_budget_stops_new_configurations_and_keeps_lengths_complete(tmp
 
 def test_default_token_sweep_and_target_verdicts():
     assert BenchSpec(max_tokens=22000).token_counts() == [512, 1024, 2048, 4096, 8192, 16384, 22000]
-    rows = [Row("ssamba", "ssamba", "sdpa", "tiny", 1, 2048, 4096, "ok", time_s=0.5, memory_mb=4.0),
+    rows = [Row("ssamba", "ssamba", "", "tiny", 1, 2048, 4096, "ok", time_s=0.5, memory_mb=4.0),
             Row("ssast-sdpa", "ssast", "sdpa", "tiny", 1, 2048, 4096, "ok", time_s=1.0, memory_mb=50.0),
             Row("ssast-naive", "ssast", "naive", "tiny", 1, 2048, 4096, "ok", time_s=10.0, memory_mb=100.0)]
     md = render_markdown(rows, ENV)
@@ -145,6 +147,18 @@ def test_bench_options_are_checked_before_anything_runs(tmp_path, caplog):
         BenchSpec(device="gpu")
     with pytest.raises(ValueError, match="matmul_precision must be one of highest, high, medium, got 'tf32'"):
         BenchSpec(matmul_precision="tf32")
+    for options, message in [
+        ({"repeats": 0}, "repeats 0: counts must be >= 1"), ({"batches": [2, 0]}, "batches 0"),
+        ({"tokens": [0]}, "tokens 0"), ({"max_tokens": -5}, "max_tokens -5"), ({"warmup": -1}, "warmup -1"),
+        ({"threads": 0}, "threads 0"), ({"timeout_s": 0}, "timeout_s 0"), ({"memory_limit_gb": -1}, "memory_limit_gb"),
+        ({"depth": 3}, "depth 3: SSAMBA runs its blocks in forward/backward pairs"),
+        ({"sizes": ["huge"]}, "sizes must be among tiny, small, base"), ({"variants": ["ssast"]}, "variants must be"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            BenchSpec(**options)
+    assert BenchSpec(depth=3, variants=["ssast-sdpa"]).depth == 3  # odd depths are SSAST's to run
+    assert main(["bench", "efficiency", "--repeats", "0", "--out", str(tmp_path / "r0")]) == 2
+    assert "repeats 0" in caplog.text and not (tmp_path / "r0").exists()
     if not torch.cuda.is_available():  # once an AssertionError traceback from torch.cuda.mem_get_info
         assert main(["bench", "efficiency", "--device", "cuda", "--out", str(tmp_path / "b"), "--tokens", "32"]) == 2
         assert "this torch has no CUDA device" in caplog.text and not (tmp_path / "b").exists()

@@ -85,10 +85,68 @@ def test_unsupported_and_mismatched_official_files(tmp_path):
     with pytest.raises(ValueError, match=r"unexpected keys \(1\): encoder.layers.0.mixer.gamma"):
         ssamba.load(tmp_path / "extra.pth")
 
+    # damaged files: every error names the file and says what is wrong (some were a bare KeyError, or blamed the
+    # norms or the depth for a missing block)
+    for name, edit, error in [
+        ("epoch.pth", lambda d: d.update({"module.epoch": torch.tensor(3)}), "unexpected key 'epoch'"),
+        ("no_fdim.pth", lambda d: d.pop("module.p_input_fdim"), "no p_input_fdim: not a complete official"),
+        ("no_xproj.pth", lambda d: d.pop("module.v.layers.0.mixer.x_proj.weight"), "no v.layers.0.mixer.x_proj"),
+        ("no_22.pth", lambda d: [d.pop(k) for k in list(d) if k.startswith("module.v.layers.22.")],
+         r"v.layers.22.\* missing \(1 of the 24 blocks\)"),
+        ("no_23.pth", lambda d: [d.pop(k) for k in list(d) if k.startswith("module.v.layers.23.")],
+         r"23 blocks \(v.layers.0..22\); SSAMBA's are an even number"),
+    ]:
+        damaged = dict(state)
+        edit(damaged)
+        torch.save(damaged, tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"{tmp_path / name}: {error}"):
+            ssamba.load(tmp_path / name)
+
     alien = {"module.foo.weight": torch.zeros(1)}
     torch.save(alien, tmp_path / "alien.pth")
     with pytest.raises(CheckpointError, match="not an official SSAMBA or SSAST"):
         ssamba.load(tmp_path / "alien.pth")
+
+
+def test_an_ambiguous_fine_tuning_geometry_is_said(tmp_path, caplog):
+    """A state dict holds the patch count, not the stride: 600 patches are 12 x 50 (stride 10, 512 frames: the
+    ESC-50 recipe) or 8 x 75 (stride 16, 1200 frames). The official stride 10 is taken, and the other reading said;
+    frame-based patches (one frequency row) say that their time stride is a guess."""
+    from ssamba.models.checkpoint import export_official_state
+
+    for name, enc, said in [
+        ("esc50.pth", preset("ssamba", "tiny", depth=2, input_tdim=512, fstride=10, tstride=10),
+         "also fit a 128x1200 input at stride 16x16"),
+        ("frames.pth", preset("ssast", "tiny", depth=1, input_tdim=64, fshape=128, tshape=2, fstride=128,
+                              tstride=1), "the time stride cannot be read"),
+    ]:
+        cfg = ModelConfig(encoder=enc, task="classify", label_dim=3)
+        torch.save(export_official_state(AudioClassifier(cfg).state_dict(), cfg), tmp_path / name)
+        caplog.clear()
+        loaded = ssamba.load(tmp_path / name)
+        assert said in caplog.text and f"{tmp_path / name}: inferred fine-tuning geometry" in caplog.text
+        caplog.clear()
+        given = ssamba.load(tmp_path / name, input_tdim=enc.input_tdim, fstride=enc.fstride, tstride=enc.tstride)
+        assert given.config.encoder == enc and "inferred" not in caplog.text
+    assert loaded.config.encoder.tstride == 10  # the guess said above: frame-based SSAST fine-tuned at stride 1
+
+
+def test_the_scan_backend_is_not_saved_with_the_model(tmp_path, caplog):
+    """A model trained with model.overrides.scan_backend=mamba_ssm (a GPU) must run on a CPU once saved."""
+    x = torch.randn(1, 64, 128)
+    model = AudioClassifier(ModelConfig(encoder=small("ssamba", scan_backend="mamba_ssm"), task="classify",
+                                        label_dim=3)).eval()
+    out = model.save_pretrained(tmp_path / "m")
+    assert json.loads((out / "config.json").read_text())["encoder"]["scan_backend"] is None
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["encoder"]["scan_backend"] = "mamba_ssm"  # as an older version wrote it
+    (out / "config.json").write_text(json.dumps(cfg))
+    loaded = ssamba.load(out)
+    assert "saved with scan_backend='mamba_ssm'" in caplog.text and loaded.config.encoder.scan_backend is None
+    reference = AudioClassifier(ModelConfig(encoder=small("ssamba"), task="classify", label_dim=3)).eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference(x))
 
 
 def test_corrupt_and_truncated_files_fail_clearly(tmp_path):

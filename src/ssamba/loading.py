@@ -92,7 +92,7 @@ def _load_official(path: Path, options: dict) -> AudioModel:
     geometry = Geometry(**{k: options[k] for k in _GEOMETRY if k in options and not is_pretrain})
     config = config_from_official(state, geometry, source=str(path))
     model = MODEL_CLASSES[config.task](config)
-    load_state_strict(model, convert_official_state(state), source=str(path))
+    load_state_strict(model, convert_official_state(state, source=str(path)), source=str(path))
     logger.info("loaded official %s-%s %s checkpoint %s", config.encoder.arch, config.encoder.size,
                 config.task, path)
     return model

@@ -31,7 +31,8 @@ from ssamba.bench.memory import available_bytes, current_rss_bytes, peak_rss_byt
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = {"ssamba": ("ssamba", "sdpa"), "ssast-sdpa": ("ssast", "sdpa"), "ssast-naive": ("ssast", "naive")}
+#: variant -> (architecture, attention); SSAMBA has no attention ("" in the CSV's attention column)
+VARIANTS = {"ssamba": ("ssamba", ""), "ssast-sdpa": ("ssast", "sdpa"), "ssast-naive": ("ssast", "naive")}
 FREQ_ROWS = 8  # 128 mel bins / 16
 PATCH = 16
 #: fraction of the available memory a configuration may be estimated to use
@@ -68,6 +69,26 @@ class BenchSpec:
                              f"got {self.matmul_precision!r}")
         if self.clock not in ("wall", "cpu"):
             raise ValueError(f"clock must be wall or cpu, got {self.clock!r}")
+        # the rest too, before any worker starts (a worker takes a minute; --repeats 0 once failed in every one)
+        from ssamba.models.config import EMBED_DIMS
+
+        for name, values, known in (("sizes", self.sizes, EMBED_DIMS), ("variants", self.variants, VARIANTS)):
+            unknown = [v for v in values if v not in known]
+            if unknown or not values:
+                raise ValueError(f"{name} must be among {', '.join(known)}, got {values!r}")
+        counts = {"batches": min(self.batches, default=0), "repeats": self.repeats, "max_tokens": self.max_tokens,
+                  **({"tokens": min(self.tokens, default=0)} if self.tokens is not None else {}),
+                  **({"threads": self.threads} if self.threads is not None else {}),
+                  **({"depth": self.depth} if self.depth is not None else {})}
+        small = [f"{k} {v}" for k, v in counts.items() if v < 1] + ([f"warmup {self.warmup}"] if self.warmup < 0
+                                                                    else [])
+        limits = {"timeout_s": self.timeout_s, "memory_limit_gb": self.memory_limit_gb,
+                  "time_budget_s": self.time_budget_s}
+        small += [f"{k} {v}" for k, v in limits.items() if v is not None and not v > 0]
+        if small:
+            raise ValueError(f"{', '.join(small)}: counts must be >= 1 (warmup >= 0), limits positive")
+        if self.depth is not None and self.depth % 2 and "ssamba" in self.variants:
+            raise ValueError(f"depth {self.depth}: SSAMBA runs its blocks in forward/backward pairs, so an even depth")
 
     def token_counts(self) -> list[int]:
         counts = self.tokens or _doubling(512, self.max_tokens)

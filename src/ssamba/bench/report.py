@@ -134,6 +134,10 @@ def _targets(idx, rows, tk) -> list[str]:
     tiny = [r for r in rows if r.size == "tiny"]
     if not tiny:
         return out + ["no tiny configuration was run"]
+    depths = sorted({r.depth for r in tiny if r.depth not in (None, 24)})
+    if depths:  # the claims are about the 24-block models: say so rather than judge a smaller one silently
+        out += [f"Measured at depth {', '.join(map(str, depths))}, not the paper's 24 blocks: the ratios below "
+                "indicate, they do not test the claims.", ""]
     for batch in sorted({r.batch for r in tiny}):
         both = [r.tokens for r in tiny if r.batch == batch and r.variant == "ssast-naive" and r.status == "ok"
                 and ratio(idx, "tiny", batch, r.tokens, "ssast-naive", tk) is not None]

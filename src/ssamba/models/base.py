@@ -34,8 +34,11 @@ class AudioModel(nn.Module):
         return self.encoder(x)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``."""
-        return save_pretrained_files(directory, self.config.to_dict(), self.state_dict())
+        """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``; the scan backend
+        is left out, so that a model trained on a GPU backend runs wherever it is loaded."""
+        config = self.config.to_dict()
+        config["encoder"]["scan_backend"] = None  # this machine's choice (mamba_ssm, triton), not the model's
+        return save_pretrained_files(directory, config, self.state_dict())
 
     @classmethod
     def from_pretrained(cls: type[M], directory: str | Path) -> M:

@@ -66,6 +66,11 @@ def load_pretrained_files(directory: str | Path, weights: bool = True) -> tuple[
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{config_path}: unsupported ssamba_format {version!r} (expected {FORMAT_VERSION})")
     _check_model_config(config, config_path)
+    backend = config["encoder"].get("scan_backend")
+    if backend is not None:  # written by an older version: a GPU backend would fail every forward on a CPU
+        logger.warning("%s: saved with scan_backend=%r, the choice of the machine that saved it; not kept (here the "
+                       "automatic choice, set_backend or $SSAMBA_SCAN_BACKEND decide)", config_path, backend)
+        config["encoder"]["scan_backend"] = None
     if not weights:
         return config, {}
     try:
@@ -165,7 +170,15 @@ def config_from_official(state: dict[str, Tensor], geometry: Geometry | None = N
     if is_mamba == is_vit:
         raise CheckpointError(f"{source}: expected either v.layers.* (SSAMBA) or v.blocks.* (SSAST)")
     prefix = "v.layers." if is_mamba else "v.blocks."
-    depth = 1 + max(int(re.match(r"\d+", k[len(prefix):]).group()) for k in keys if k.startswith(prefix))
+    indices = {int(re.match(r"\d+", k[len(prefix):]).group()) for k in keys if k.startswith(prefix)}
+    depth = 1 + max(indices)
+    gaps = sorted(set(range(depth)) - indices)
+    if gaps:
+        raise CheckpointError(f"{source}: {prefix}{gaps[0]}.* missing ({len(gaps)} of the {depth} blocks): the file "
+                              "is incomplete or edited")
+    if is_mamba and depth % 2:
+        raise CheckpointError(f"{source}: {depth} blocks ({prefix}0..{depth - 1}); SSAMBA's are an even number "
+                              "(forward/backward pairs): is the last one missing?")
     num_cls = 2 if "v.dist_token" in keys else 1
     stage = "pretrain" if "mask_embed" in keys else "classify" if "mlp_head.1.weight" in keys else None
     if stage is None:
@@ -173,6 +186,13 @@ def config_from_official(state: dict[str, Tensor], geometry: Geometry | None = N
 
     enc: dict[str, Any] = dict(arch="ssamba" if is_mamba else "ssast", size=size, embed_dim=dim, depth=depth,
                                fshape=fshape, tshape=tshape, num_cls_tokens=num_cls)
+    need = [f"v.layers.0.mixer.{k}" for k in ("A_log", "x_proj.weight", "conv1d.weight")] if is_mamba else \
+        ["v.blocks.0.mlp.fc1.weight"]
+    need += ["v.pos_embed"] + (["p_input_fdim", "p_input_tdim"] if stage == "pretrain" else [])
+    absent = [k for k in need if k not in keys]
+    if absent:
+        raise CheckpointError(f"{source}: no {', '.join(absent)}: not a complete official SSAMBA or SSAST model")
+
     if is_mamba:
         if "v.layers.0.mixer.A_b_log" not in keys:
             raise CheckpointError(f"{source}: no A_b_log: only bidirectional 'bimamba v2' SSAMBA models are "
@@ -210,8 +230,13 @@ def config_from_official(state: dict[str, Tensor], geometry: Geometry | None = N
 
 def _finetune_geometry(num_patches: int, fshape: int, tshape: int, g: Geometry, source: str) -> dict[str, int]:
     """Choose input length and stride for a fine-tuning checkpoint: given values win; otherwise the official
-    fine-tuning stride 10 when the frequency rows divide the patch count, else the non-overlapping stride."""
-    candidates = [g.fstride] if g.fstride is not None else [10, fshape]
+    fine-tuning stride 10 when the frequency rows divide the patch count, else the non-overlapping stride.
+
+    A state dict holds the patch count only, and it can fit both (an ESC-50 model's 600 patches are 12 x 50 at
+    stride 10 on 512 frames and 8 x 75 at stride 16 on 1200); the guess is then said as a warning naming the other
+    reading, as it is where the time stride cannot be read at all (one frequency row: frame-based patches)."""
+    candidates = [g.fstride] if g.fstride is not None else list(dict.fromkeys([10, fshape]))
+    fits = []
     for fstride in candidates:
         f_dim = (g.input_fdim - fshape) // fstride + 1
         if num_patches % f_dim:
@@ -220,10 +245,23 @@ def _finetune_geometry(num_patches: int, fshape: int, tshape: int, g: Geometry, 
         tstride = g.tstride if g.tstride is not None else fstride
         tdim = g.input_tdim if g.input_tdim is not None else (t_dim - 1) * tstride + tshape
         if grid_size(g.input_fdim, tdim, fshape, tshape, fstride, tstride) == (f_dim, t_dim):
-            if g.fstride is None or g.input_tdim is None:
-                logger.info("%s: inferred fine-tuning geometry %dx%d input, stride %dx%d (grid %dx%d)",
-                            source, g.input_fdim, tdim, fstride, tstride, f_dim, t_dim)
-            return dict(input_fdim=g.input_fdim, input_tdim=tdim, fstride=fstride, tstride=tstride)
+            fits.append(dict(input_fdim=g.input_fdim, input_tdim=tdim, fstride=fstride, tstride=tstride))
+    if fits:
+        chosen = fits[0]
+        said = (f"{source}: inferred fine-tuning geometry {chosen['input_fdim']}x{chosen['input_tdim']} input, "
+                f"stride {chosen['fstride']}x{chosen['tstride']}")
+        guessed_time = g.tstride is None and g.input_tdim is None
+        if fshape == g.input_fdim and guessed_time:
+            logger.warning("%s; with frame-based patches (one frequency row) the time stride cannot be read from "
+                           "the checkpoint: pass tstride (and input_tdim) if it was not %d", said, chosen["tstride"])
+        elif len(fits) > 1 and guessed_time:
+            other = fits[1]
+            logger.warning("%s; its %d patches also fit a %dx%d input at stride %dx%d: if that is the model, pass "
+                           "fstride/tstride (and input_tdim)", said, num_patches, other["input_fdim"],
+                           other["input_tdim"], other["fstride"], other["tstride"])
+        elif g.fstride is None or g.input_tdim is None:
+            logger.info("%s", said)
+        return chosen
     given = {k: v for k, v in (("input_tdim", g.input_tdim), ("fstride", g.fstride), ("tstride", g.tstride))
              if v is not None}
     if len(given) == 3:
@@ -235,11 +273,14 @@ def _finetune_geometry(num_patches: int, fshape: int, tshape: int, g: Geometry, 
                           + "; pass input_tdim, fstride and tstride")
 
 
-def convert_official_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def convert_official_state(state: dict[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
     """Rename official keys (``module.`` already stripped) to ours, dropping the unused ones."""
     out = {}
     for key, value in state.items():
-        new = official_key_to_ours(key)
+        try:
+            new = official_key_to_ours(key)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{source}: {exc}") from None
         if new is not None:
             out[new] = value
     return out
