@@ -230,6 +230,19 @@ def test_out_of_range_values_are_refused_naming_the_key(tmp_path, caplog, overri
     assert message in caplog.text and not (tmp_path / "run").exists()
 
 
+def test_absent_data_files_are_named_by_their_key_before_anything_runs(tmp_path, caplog):
+    (tmp_path / "train.json").write_text('{"data": []}')
+    (tmp_path / "recipe.yaml").write_text("task: pretrain\ndata:\n  valid: data/pretrain/valid.json\n")
+    run = tmp_path / "run"
+    recipe = str(tmp_path / "recipe.yaml")
+    assert main(["pretrain", recipe, f"out_dir={run}", f"data.train={tmp_path / 'train.json'}"]) == 2
+    assert "data.valid: data/pretrain/valid.json not found (give the file, or key=null" in caplog.text
+    assert main(["finetune", recipe, f"out_dir={run}", "data.valid=null", f"data.fold_dir={tmp_path}",
+                 "data.folds=[fold1]"]) == 2
+    assert f"data.folds (fold1 train, in data.fold_dir): {tmp_path / 'fold1_train.json'} not found" in caplog.text
+    assert not run.exists()
+
+
 def test_an_empty_section_in_a_recipe_takes_overrides(tmp_path):
     (tmp_path / "recipe.yaml").write_text("task: pretrain\npretrain:\ntrain:\n")
     cfg = load_config(RunConfig, tmp_path / "recipe.yaml", ["pretrain.mask_size=250", "train.epochs=3"])

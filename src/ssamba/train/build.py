@@ -32,6 +32,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_data_files(cfg: RunConfig) -> None:
+    """Every data file the config names exists, said by its key before anything is built or written: a recipe's
+    default path (``data/pretrain/valid.json``) once failed as a bare FileNotFoundError naming no key."""
+    data = cfg.data
+    named = {f"data.{key}": getattr(data, key) for key in ("train", "valid", "test", "class_labels")}
+    for fold in data.folds if data.fold_dir is not None else ():
+        for part in ("train", "eval"):
+            named[f"data.folds ({fold} {part}, in data.fold_dir)"] = str(Path(data.fold_dir) / f"{fold}_{part}.json")
+    absent = [f"{key}: {path} not found" for key, path in named.items()
+              if path is not None and not Path(path).is_file()]
+    if absent:
+        raise TrainingError("; ".join(absent) + " (give the file, or key=null for an optional split)")
+
+
 def class_labels(cfg: RunConfig) -> ClassLabels:
     if cfg.data.class_labels is None:
         raise TrainingError("data.class_labels (a class_labels_indices.csv) is required for fine-tuning")

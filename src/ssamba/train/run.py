@@ -16,8 +16,8 @@ from ssamba.data.dataset import read_bad_files
 from ssamba.data.manifest import ClassLabels
 from ssamba.loading import load
 from ssamba.models.classifier import AudioClassifier
-from ssamba.train.build import BAD_FILES_LOG, build_model, check_classes, class_labels, make_dataset, make_task, \
-    seed_everything
+from ssamba.train.build import BAD_FILES_LOG, build_model, check_classes, check_data_files, class_labels, \
+    make_dataset, make_task, seed_everything
 from ssamba.train.config import RunConfig
 from ssamba.train.distributed import DistEnv, cleanup, init_distributed
 from ssamba.train.engine import Trainer, TrainingError, check_amp, evaluate, first_best
@@ -175,6 +175,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     env = init_distributed(cfg.train.device)
     seed_everything(cfg.train.seed + env.rank)
     try:
+        check_data_files(cfg)
         if cfg.task == "probe":
             if resume:
                 raise TrainingError("a probe has nothing to resume (it trains its linear heads in one go): run it "
@@ -214,6 +215,8 @@ def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
             logger.info("evaluating at the model's input length %d frames", model.config.encoder.input_tdim)
             cfg.data.dataset = dataclasses.replace(cfg.data.dataset, features=dataclasses.replace(
                 cfg.data.dataset.features, target_length=model.config.encoder.input_tdim))
+        if not Path(manifest).is_file():  # by its key, as check_data_files says it (the other splits are unused)
+            raise TrainingError(f"data.{'test' if cfg.data.test else 'valid'}: {manifest} not found")
         metrics = evaluate(model.to(env.device), make_dataset(manifest, labels, cfg, train=False), make_task(cfg),
                            env, cfg.train)
         _write_json(Path(cfg.out_dir) / "eval_results.json", {"model": str(cfg.model.init), "manifest": manifest,
