@@ -138,6 +138,12 @@ def test_default_token_sweep_and_target_verdicts():
     rows[0].time_s = 2.0
     md = render_markdown(rows, ENV)
     assert "0.200 (target <= 0.073: not met)" in md and "not met (slower at 2048 tokens)" in md
+    assert "at this length they only indicate" in md  # 2048 tokens, the claims are at 22000
+    for row in rows:
+        row.tokens, row.status = 22000, "ok"
+    md = render_markdown(rows, ENV)
+    assert "22000 tokens: time SSAMBA/SSAST(naive)" in md and "only indicate" not in md
+    assert "time ratios 22000: 2.00 (judged on these lengths only: 2048 tokens was not measured)" in md
 
 
 def test_bench_options_are_checked_before_anything_runs(tmp_path, caplog):

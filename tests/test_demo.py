@@ -18,3 +18,12 @@ def test_demo_quick(tmp_path, capsys):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert list(out.glob("*tokens*.png")) or list((out / "efficiency").glob("*.png"))
     assert "| model |" in capsys.readouterr().out
+    assert (out / ".ssamba-demo").is_file()  # a later demo here may replace these run folders
+
+
+def test_demo_never_deletes_folders_it_did_not_write(tmp_path, caplog):
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "weeks_of_work.pt").write_bytes(b"precious")
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2
+    assert "holds pretrain, not written by `ssamba demo`" in caplog.text
+    assert (tmp_path / "pretrain" / "weeks_of_work.pt").read_bytes() == b"precious"

@@ -53,6 +53,8 @@ FULL = DemoBudget(clips_per_class=80, unlabeled=1200, depth=8, pretrain_steps=30
 FRAMES = 100  # 1-s clips
 #: the runs the demo writes below its output folder
 RUN_FOLDERS = ("pretrain", "finetune_pretrained", "finetune_scratch", "efficiency")
+#: marks a folder as a demo's, whose RUN_FOLDERS a new demo may delete
+DEMO_MARKER = ".ssamba-demo"
 
 
 def _run_config(out: Path, task: str, budget: DemoBudget, corpus: Path, stats, **extra: Any) -> RunConfig:
@@ -65,7 +67,9 @@ def _run_config(out: Path, task: str, budget: DemoBudget, corpus: Path, stats, *
                     test=str(corpus / "test.json"), class_labels=str(corpus / "class_labels_indices.csv"))
     cfg = {
         "task": task, "out_dir": str(out),
-        "model": {"arch": "ssamba", "size": "tiny", "overrides": {"depth": budget.depth}, **extra.get("model", {})},
+        "model": {"arch": "ssamba", "size": "tiny", **extra.get("model", {}),
+                  # the depth of a model built here; a fine-tune from the pretrained one keeps that one's
+                  "overrides": {} if extra.get("model", {}).get("init") else {"depth": budget.depth}},
         "data": data,
         "optim": {"name": "adamw" if task == "pretrain" else "adam", "lr": 1e-3 if task == "pretrain" else 3e-4,
                   "scheduler": "none", "weight_decay": 5e-8 if task == "pretrain" else 5e-7},
@@ -81,10 +85,14 @@ def run_demo(out: str | Path, quick: bool = False, bench: bool = True) -> dict[s
     """Run the demo into ``out``; returns the results that ``report.md`` shows."""
     budget, out = (QUICK if quick else FULL), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FOLDERS:  # the demo's own runs: a second demo replaces them (training refuses to mix runs)
-        if (out / name).is_dir():
-            logger.info("replacing the previous demo's %s", out / name)
-            shutil.rmtree(out / name)
+    earlier = [out / name for name in RUN_FOLDERS if (out / name).is_dir()]
+    if earlier and not (out / DEMO_MARKER).is_file():  # never delete what another tool (or the user) wrote
+        raise FileExistsError(f"{out}: holds {', '.join(p.name for p in earlier)}, not written by `ssamba demo` (no "
+                              f"{DEMO_MARKER}); choose another --out")
+    (out / DEMO_MARKER).write_text("written by `ssamba demo`: a new demo here replaces its run folders\n")
+    for path in earlier:  # the demo's own runs: a second demo replaces them (training refuses to mix runs)
+        logger.info("replacing the previous demo's %s", path)
+        shutil.rmtree(path)
     started = time.perf_counter()
     torch.manual_seed(0)
 

@@ -22,7 +22,7 @@ def cluster_mask_ids(num_patches: int, mask_size: int, t_dim: int, rng: random.R
     """
     if not 0 < mask_size <= num_patches - 2:
         raise ValueError(f"cluster masking needs 0 < mask_size <= num_patches - 2 = {num_patches - 2}, "
-                         f"got {mask_size}")
+                         f"got {mask_size} (pass a smaller mask_size=, or a longer input)")
     side = cluster_sides[rng.randrange(len(cluster_sides))]
     ids: set[int] = set()
     while len(ids) <= mask_size:
