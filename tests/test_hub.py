@@ -90,6 +90,8 @@ def test_references_are_parsed_strictly():
     ref = hub.parse("hf://o/r@v1.0/sub/dir/file.pth")
     assert (ref.repo_id, ref.revision, ref.path, ref.is_file) == ("o/r", "v1.0", "sub/dir/file.pth", True)
     assert hub.parse("hf://o/r").path == "" and not hub.parse("hf://o/r/folder").is_file
+    pr = hub.parse("hf://o/r@refs%2Fpr%2F1/m.pth")  # a revision with slashes, percent-encoded
+    assert (pr.revision, pr.path) == ("refs/pr/1", "m.pth") and str(pr) == "hf://o/r@refs%2Fpr%2F1/m.pth"
     with pytest.raises(HubError, match="expected hf://OWNER/REPO/FILE"):
         hub.parse("hf://only-owner")
 

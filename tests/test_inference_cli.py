@@ -199,3 +199,12 @@ def test_max_frames_alone_can_be_lowered_and_counts_must_be_positive(model_dir, 
         with pytest.raises(SystemExit):
             main(["predict", long, "--model", str(model_dir), *option])
         assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import torch
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ssamba {ssamba.__version__} (torch {torch.__version__})"

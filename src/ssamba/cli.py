@@ -187,9 +187,19 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
                    help="multichannel files: the first channel (default, as the official pipeline) or the mean")
 
 
+def _version() -> str:
+    """The package version with torch's, which decides the CPU kernels and the GPU path (bug reports want both)."""
+    import torch
+
+    from ssamba import __version__
+
+    return f"{__version__} (torch {torch.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssamba", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-V", "--version", action="version", version=f"ssamba {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert an official SSAMBA/SSAST .pth checkpoint to our format")

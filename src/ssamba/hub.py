@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote, unquote
 
 from ssamba.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 
@@ -38,7 +39,7 @@ class HubRef:
         return PurePosixPath(self.path).suffix.lower() in FILE_SUFFIXES
 
     def __str__(self) -> str:
-        rev = f"@{self.revision}" if self.revision else ""
+        rev = f"@{quote(self.revision, safe='')}" if self.revision else ""
         return f"{SCHEME}{self.repo_id}{rev}/{self.path}"
 
 
@@ -47,14 +48,15 @@ def is_hub_ref(path: object) -> bool:
 
 
 def parse(ref: str) -> HubRef:
-    """Split ``hf://OWNER/REPO[@REVISION][/PATH]``."""
+    """Split ``hf://OWNER/REPO[@REVISION][/PATH]``; a revision with slashes is written percent-encoded
+    (``@refs%2Fpr%2F1`` for the hub's ``refs/pr/1``), as a plain slash would start the path."""
     parts = ref[len(SCHEME):].strip("/").split("/", 2)
     if len(parts) < 2 or not all(parts[:2]):
         raise HubError(f"{ref}: expected hf://OWNER/REPO/FILE (e.g. hf://attentionisallyouneed369/ssamba/"
                        "ssamba_tiny_400.pth)")
     owner, repo = parts[0], parts[1]
     repo, _, revision = repo.partition("@")
-    return HubRef(f"{owner}/{repo}", parts[2] if len(parts) == 3 else "", revision or None)
+    return HubRef(f"{owner}/{repo}", parts[2] if len(parts) == 3 else "", unquote(revision) or None)
 
 
 def offline() -> bool:
