@@ -208,3 +208,16 @@ def test_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"ssamba {ssamba.__version__} (torch {torch.__version__})"
+
+
+def test_predict_activation_option(model_dir, capsys):
+    good = tts_files("yes", 1)[0]
+    model = ssamba.load(model_dir)
+    for activation in ("none", "sigmoid"):
+        assert main(["predict", str(good), "--model", str(model_dir), "--top-k", "3", "--activation", activation]) == 0
+        [record] = json.loads(capsys.readouterr().out)
+        expected = model.predict(good, top_k=3, activation=activation)
+        assert [t["label"] for t in record["top"]] == [label for label, _ in expected.top]
+        assert [t["score"] for t in record["top"]] == pytest.approx([s for _, s in expected.top], abs=1e-6)
+    softmax = model.predict(good, top_k=3).top
+    assert [s for _, s in expected.top] != pytest.approx([s for _, s in softmax], abs=1e-3)  # sigmoid != default

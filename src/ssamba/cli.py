@@ -125,7 +125,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     def run(out) -> JobReport:
         return predict_files(predictor, args.inputs, out, top_k=args.top_k, fmt=args.format,
-                             per_second=args.per_second)
+                             per_second=args.per_second, activation=args.activation)
 
     if not args.out:
         return _report_failures(run(sys.stdout))
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_positive_int, default=5, help="labels per clip (default 5)")
     p.add_argument("--format", choices=["json", "csv"], default="json", help="output format (default json)")
     p.add_argument("--per-second", action="store_true", help="also top-k labels for every second")
+    p.add_argument("--activation", choices=["auto", "softmax", "sigmoid", "none"], default="auto",
+                   help="scores from logits (default auto: sigmoid for AudioSet's 527 labels, else softmax)")
     p.add_argument("--out", help="write results to this file instead of stdout")
     p.set_defaults(func=_predict)
 

@@ -17,7 +17,7 @@ import torch
 
 from ssamba.atomic import atomic_write
 from ssamba.inference.inputs import as_sources, audio_files
-from ssamba.inference.predictor import Embedding, Prediction, Predictor
+from ssamba.inference.predictor import Activation, Embedding, Prediction, Predictor
 
 INDEX_NAME = "index.csv"
 #: what ``embed_files`` appends to a stem besides the format's suffix: the clip file has none
@@ -37,7 +37,8 @@ class JobReport:
 
 
 def predict_files(predictor: Predictor, inputs: Iterable[str | Path], out: TextIO, *, top_k: int = 5,
-                  fmt: Literal["json", "csv"] = "json", per_second: bool = False) -> JobReport:
+                  fmt: Literal["json", "csv"] = "json", per_second: bool = False,
+                  activation: Activation = "auto") -> JobReport:
     """Top-k labels of every file (folders expanded) written to ``out`` as JSON (a list of objects) or CSV rows
     ``source,second,rank,label,score,error`` (``second`` empty for the clip)."""
     if fmt not in ("json", "csv"):
@@ -48,7 +49,7 @@ def predict_files(predictor: Predictor, inputs: Iterable[str | Path], out: TextI
     if writer:
         writer.writerow(["source", "second", "rank", "label", "score", "error"])
     records = []
-    for pred in predictor.iter_predict(sources, top_k, per_second):
+    for pred in predictor.iter_predict(sources, top_k, per_second, activation):
         if pred.error:
             report.failures.append((pred.source, pred.error))
         if writer:
