@@ -175,6 +175,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     env = init_distributed(cfg.train.device)
     seed_everything(cfg.train.seed + env.rank)
     try:
+        if cfg.task != "probe":
+            make_task(cfg)  # the settings' own consistency first, then the files they name
         check_data_files(cfg)
         if cfg.task == "probe":
             if resume:
