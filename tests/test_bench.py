@@ -157,7 +157,7 @@ def test_bench_options_are_checked_before_anything_runs(tmp_path, caplog):
         ({"repeats": 0}, "repeats 0: counts must be >= 1"), ({"batches": [2, 0]}, "batches 0"),
         ({"tokens": [0]}, "tokens 0"), ({"max_tokens": -5}, "max_tokens -5"), ({"warmup": -1}, "warmup -1"),
         ({"threads": 0}, "threads 0"), ({"timeout_s": 0}, "timeout_s 0"), ({"memory_limit_gb": -1}, "memory_limit_gb"),
-        ({"depth": 3}, "depth 3: SSAMBA runs its blocks in forward/backward pairs"),
+        ({"depth": 3}, "SSAMBA runs its blocks in forward/backward pairs: depth must be even, got 3"),
         ({"sizes": ["huge"]}, "sizes must be among tiny, small, base"), ({"variants": ["ssast"]}, "variants must be"),
     ]:
         with pytest.raises(ValueError, match=message):

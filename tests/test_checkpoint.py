@@ -94,7 +94,7 @@ def test_unsupported_and_mismatched_official_files(tmp_path):
         ("no_22.pth", lambda d: [d.pop(k) for k in list(d) if k.startswith("module.v.layers.22.")],
          r"v.layers.22.\* missing \(1 of the 24 blocks\)"),
         ("no_23.pth", lambda d: [d.pop(k) for k in list(d) if k.startswith("module.v.layers.23.")],
-         r"23 blocks \(v.layers.0..22\); SSAMBA's are an even number"),
+         r"SSAMBA runs its blocks in forward/backward pairs: depth must be even, got 23 \(v.layers.0..22 found\)"),
     ]:
         damaged = dict(state)
         edit(damaged)

@@ -87,8 +87,10 @@ class BenchSpec:
         small += [f"{k} {v}" for k, v in limits.items() if v is not None and not v > 0]
         if small:
             raise ValueError(f"{', '.join(small)}: counts must be >= 1 (warmup >= 0), limits positive")
-        if self.depth is not None and self.depth % 2 and "ssamba" in self.variants:
-            raise ValueError(f"depth {self.depth}: SSAMBA runs its blocks in forward/backward pairs, so an even depth")
+        if self.depth is not None and "ssamba" in self.variants:
+            from ssamba.models.config import preset
+
+            preset("ssamba", "tiny", depth=self.depth)  # the architecture's own rules (an even depth)
 
     def token_counts(self) -> list[int]:
         counts = self.tokens or _doubling(512, self.max_tokens)

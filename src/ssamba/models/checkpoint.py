@@ -176,9 +176,6 @@ def config_from_official(state: dict[str, Tensor], geometry: Geometry | None = N
     if gaps:
         raise CheckpointError(f"{source}: {prefix}{gaps[0]}.* missing ({len(gaps)} of the {depth} blocks): the file "
                               "is incomplete or edited")
-    if is_mamba and depth % 2:
-        raise CheckpointError(f"{source}: {depth} blocks ({prefix}0..{depth - 1}); SSAMBA's are an even number "
-                              "(forward/backward pairs): is the last one missing?")
     num_cls = 2 if "v.dist_token" in keys else 1
     stage = "pretrain" if "mask_embed" in keys else "classify" if "mlp_head.1.weight" in keys else None
     if stage is None:
@@ -219,7 +216,10 @@ def config_from_official(state: dict[str, Tensor], geometry: Geometry | None = N
         enc.update(input_fdim=fdim, input_tdim=tdim, fstride=fshape, tstride=tshape)
     else:
         enc.update(_finetune_geometry(num_patches, fshape, tshape, geometry, source))
-    config = EncoderConfig(**enc)
+    try:
+        config = EncoderConfig(**enc)
+    except ValueError as exc:  # e.g. an odd SSAMBA depth: a file missing its last block
+        raise CheckpointError(f"{source}: {exc} ({prefix}0..{depth - 1} found)") from exc
     if config.num_patches != num_patches:
         raise CheckpointError(f"{source}: position embedding holds {num_patches} patches but the inferred input "
                               f"{config.input_fdim}x{config.input_tdim} with stride {config.fstride}x{config.tstride} "

@@ -69,6 +69,8 @@ class EncoderConfig:
         if isinstance(self.drop_path_rate, bool) or not isinstance(self.drop_path_rate, (int, float)) \
                 or not 0 <= self.drop_path_rate < 1:
             raise ValueError(f"drop_path_rate must be a number in [0, 1), got {self.drop_path_rate!r}")
+        if self.arch == "ssamba" and self.depth % 2:  # the one place this rule lives (encoder, import, bench)
+            raise ValueError(f"SSAMBA runs its blocks in forward/backward pairs: depth must be even, got {self.depth}")
         if self.num_cls_tokens not in (1, 2):
             raise ValueError(f"num_cls_tokens must be 1 (cls) or 2 (cls + distillation), got {self.num_cls_tokens!r}")
         if self.input_fdim < self.fshape or self.input_tdim < self.tshape:

@@ -47,8 +47,6 @@ def drop_path_rates(rate: float, depth: int) -> list[float]:
 class SSAMBAEncoder(PatchEncoder):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__(config)
-        if config.depth % 2:
-            raise ValueError(f"SSAMBA runs its blocks in forward/backward pairs: depth must be even, got {config.depth}")
         rates = drop_path_rates(config.drop_path_rate, config.depth)
         self.layers = nn.ModuleList(MambaBlock(config, r) for r in rates)
         self.drop_path = DropPath(config.drop_path_rate)  # the final one is not scheduled (quirk Q4)
