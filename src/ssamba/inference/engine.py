@@ -160,3 +160,12 @@ class ClipEncoder:
         if stamps[-1] > duration_s * 1000:  # audio shorter than its one column's centre: stamped at its middle
             stamps = torch.full_like(stamps, duration_s * 500)
         return Encoded(per_state[-1][:keep], stamps, pooled, duration_s, layers)
+
+
+def nonfinite_output(wave: Tensor, enc: Encoded) -> str | None:
+    """Why ``enc`` is no result when the model's output for ``wave`` is not finite (e.g. float audio far outside
+    [-1, 1]: a NaN score or embedding must not be reported as one); None when it is finite."""
+    if bool(torch.isfinite(enc.pooled).all()) and bool(torch.isfinite(enc.columns).all()):
+        return None
+    return (f"the model's output is not finite (peak amplitude {float(wave.abs().max()):.3g}; float audio is "
+            "expected in [-1, 1])")

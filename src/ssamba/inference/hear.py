@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ssamba.audio.features import SAMPLE_RATE
-from ssamba.inference.engine import ClipEncoder, Encoded
+from ssamba.inference.engine import ClipEncoder, Encoded, nonfinite_output
 from ssamba.inference.inputs import MIN_SAMPLES
 from ssamba.inference.long_audio import LengthPolicy
 from ssamba.loading import load
@@ -60,9 +60,9 @@ class HearModel(nn.Module):
             raise ValueError("HEAR audio contains NaN or infinite samples")
         encoded = self.clip_encoder.encode([a.detach().to("cpu", torch.float32) for a in audio])
         for k, e in enumerate(encoded):
-            if not bool(torch.isfinite(e.columns).all()):  # a NaN embedding must not pass as a result
-                raise ValueError(f"HEAR sound {k}: the model's output is not finite (peak amplitude "
-                                 f"{float(audio[k].abs().max()):.3g}; audio is expected in [-1, 1])")
+            reason = nonfinite_output(audio[k], e)
+            if reason is not None:
+                raise ValueError(f"HEAR sound {k}: {reason}")
         return encoded
 
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ssamba.audio.features import SAMPLE_RATE
 from ssamba.audio.io import AudioLoadError, MonoPolicy
-from ssamba.inference.engine import ClipEncoder, Encoded, Precision, Stats
+from ssamba.inference.engine import ClipEncoder, Encoded, Precision, Stats, nonfinite_output
 from ssamba.inference.inputs import Audio, Source, as_sources
 from ssamba.inference.long_audio import LengthPolicy, per_second_pool
 from ssamba.models.base import AudioModel
@@ -160,12 +160,11 @@ class Predictor:
 
 
 def _check_finite(src: Source, wave: torch.Tensor, enc: Encoded) -> Encoded | AudioLoadError:
-    """``enc``, or an error naming the clip when the model's output for it is not finite (e.g. float audio far
-    outside [-1, 1]): a NaN score must not be reported as a result."""
-    if bool(torch.isfinite(enc.pooled).all()) and bool(torch.isfinite(enc.columns).all()):
+    """``enc``, or an error naming the clip when the model's output for it is not finite (``nonfinite_output``)."""
+    reason = nonfinite_output(wave, enc)
+    if reason is None:
         return enc
-    error = AudioLoadError(src.name, f"the model's output is not finite (peak amplitude {float(wave.abs().max()):.3g};"
-                                     " float audio is expected in [-1, 1])")
+    error = AudioLoadError(src.name, reason)
     logger.warning("skipping %s", error)
     return error
 
