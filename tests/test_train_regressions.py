@@ -486,6 +486,21 @@ def test_atomic_writes_leave_readable_files_and_no_orphans(tmp_path):
     assert (tmp_path / "model.json").stat().st_mode & 0o777 == 0o644 and not orphan.exists()
 
 
+def test_atomic_writes_reach_the_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    """The data is flushed before the rename (or a power loss can leave the new name on an empty file) and the
+    folder after it (or the rename itself can be lost)."""
+    from ssamba import atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    atomic.atomic_write_text(tmp_path / "model.json", "{}")
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].startswith(str(tmp_path / ".model.json.")) and events[2][1] == str(tmp_path)
+
+
 def test_short_runs_are_told_when_warm_up_outlasts_them(folds, tmp_path, caplog):
     assert main([*tiny_args(folds, tmp_path / "run"), f"data.train={folds / 'fold1_train.json'}", "data.valid=null",
                  "optim.warmup_steps=1000"]) == 0
