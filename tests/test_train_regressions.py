@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import json
+import logging
 import re
 import struct
 from pathlib import Path
@@ -332,6 +333,23 @@ def test_kfold_resume_gives_each_fold_the_result_of_an_uninterrupted_run(folds, 
     # a fold's seed depends on its name, not on its position in the list
     assert main([*tiny_args(folds, tmp_path / "one"), *kfold, "data.folds=[fold2]"]) == 0
     assert fold_result(tmp_path / "one", "fold2") == fold_result(tmp_path / "full", "fold2")
+
+
+def test_kfold_resume_with_more_epochs_continues_the_finished_folds(folds, tmp_path, caplog):
+    """Raising train.epochs and resuming trains every fold on to the new length, as an uninterrupted run of that
+    length would (a fold with a results.json was once skipped as done whatever the new length)."""
+    caplog.set_level(logging.INFO, logger="ssamba.train.run")
+    kfold = [f"data.fold_dir={folds}", "data.test=null", "data.folds=[fold1, fold2]", "train.checkpoint_every=1"]
+    assert main([*tiny_args(folds, tmp_path / "full"), *kfold, "train.epochs=2"]) == 0
+    assert main([*tiny_args(folds, tmp_path / "res"), *kfold]) == 0
+    assert main([*tiny_args(folds, tmp_path / "res"), *kfold, "train.epochs=2", "--resume"]) == 0
+    assert "fold fold1 ended at epoch 1 (step 2), short of this run's length: continuing it" in caplog.text
+    for fold in ("fold1", "fold2"):
+        assert fold_result(tmp_path / "res", fold) == fold_result(tmp_path / "full", fold)
+        assert json.loads((tmp_path / "res" / fold / "results.json").read_text())["epochs"] == 2
+    caplog.clear()  # resumed again at the length reached: nothing is trained
+    assert main([*tiny_args(folds, tmp_path / "res"), *kfold, "train.epochs=2", "--resume"]) == 0
+    assert caplog.text.count("already done; skipping") == 2
 
 
 def test_new_run_refuses_a_folder_with_a_previous_run(folds, tmp_path, caplog):

@@ -18,7 +18,7 @@ from ssamba.loading import load
 from ssamba.models.classifier import AudioClassifier
 from ssamba.train.build import BAD_FILES_LOG, build_model, check_classes, check_data_files, class_labels, \
     make_dataset, make_task, seed_everything
-from ssamba.train.config import RunConfig
+from ssamba.train.config import RunConfig, TrainConfig
 from ssamba.train.distributed import DistEnv, cleanup, init_distributed
 from ssamba.train.engine import Trainer, TrainingError, check_amp, evaluate, first_best
 from ssamba.train.logger import format_table
@@ -55,6 +55,12 @@ def _read_results(path: Path) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         logger.warning("%s: unreadable (%s); running that fold again", path, exc)
         return None
+
+
+def _reached(results: dict[str, Any], train: TrainConfig) -> bool:
+    """Whether a finished fold already ran as long as ``train`` asks: a --resume with ``train.epochs`` (or
+    ``train.max_steps``) raised continues the folds that ended short of it from their last checkpoint."""
+    return results["epochs"] >= train.epochs or (train.max_steps is not None and results["steps"] >= train.max_steps)
 
 
 def fold_seed(seed: int, fold: str) -> int:
@@ -126,10 +132,13 @@ def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
     for fold in cfg.data.folds:
         fold_out = out / fold
         done = _read_results(fold_out / "results.json") if resume else None
-        if done is not None:
+        if done is not None and _reached(done, cfg.train):
             per_fold[fold] = done
             logger.info("fold %s already done; skipping", fold)
             continue
+        if done is not None:
+            logger.info("fold %s ended at epoch %d (step %d), short of this run's length: continuing it", fold,
+                        done["epochs"], done["steps"])
         seed_everything(fold_seed(cfg.train.seed, fold) + env.rank)
         fold_cfg = dataclasses.replace(cfg, out_dir=str(fold_out), data=dataclasses.replace(
             cfg.data, train=str(Path(cfg.data.fold_dir) / f"{fold}_train.json"),
