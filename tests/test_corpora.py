@@ -363,8 +363,9 @@ def test_iemocap_with_sessions_missing_says_so(tmp_path: Path, caplog: pytest.Lo
     assert "3 session folder(s) (Session1, Session2, Session3), not IEMOCAP's 5" in caplog.text
 
 
-def test_unreadable_and_sampleless_clips_are_reported_not_listed(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_unreadable_and_sampleless_clips_are_reported_not_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 workers: str) -> None:
     """Without --cache only headers are read, yet a corrupt, empty or sample-less clip lands in failed.txt with its
     reason instead of a manifest (where it would fail the first evaluation that meets it)."""
     root = tmp_path / "data"
@@ -374,7 +375,8 @@ def test_unreadable_and_sampleless_clips_are_reported_not_listed(tmp_path: Path,
     (root / "cat" / "empty.wav").parent.mkdir(parents=True)
     (root / "cat" / "empty.wav").write_bytes(b"")
     sf.write(str(root / "cat" / "no_samples.wav"), np.zeros((0, 1), dtype="float32"), 16000)
-    assert main(["prepare", "folder-per-class", "--root", str(root), "--out", str(tmp_path / "out")]) == 0
+    assert main(["prepare", "folder-per-class", "--root", str(root), "--out", str(tmp_path / "out"),
+                 "--workers", workers]) == 0
     assert "failed: 3" in capsys.readouterr().out
     kept = sorted(Path(e.path).name for e in read_json_manifest(tmp_path / "out" / "all.json"))
     assert kept == ["also_good.flac", "good.wav"]
@@ -454,3 +456,20 @@ def test_ks1_test_root_that_is_not_the_test_set_is_refused(tmp_path: Path, layou
         test_root = TTS_COMMANDS
     with pytest.raises(ValueError, match=f"{test_root}: not the KS1 test set"):
         prepare("speechcommands-v1", TTS_COMMANDS, tmp_path / "out", test_root=test_root)
+
+
+def test_header_checks_in_threads_keep_the_entries_order(tmp_path: Path) -> None:
+    from ssamba.data.manifest import Entry
+    from ssamba.data.prepare import check_clips
+
+    entries = []
+    for i in range(200):
+        path = tmp_path / f"{i:03d}.wav"
+        if i % 7 == 3:
+            path.write_bytes(b"")
+        else:
+            _tiny(path)
+        entries.append(Entry(str(path), ("dog",)))
+    kept, failed = check_clips(entries, workers=4)
+    assert kept == [e for i, e in enumerate(entries) if i % 7 != 3]
+    assert [p for p, _ in failed] == [e.path for i, e in enumerate(entries) if i % 7 == 3]

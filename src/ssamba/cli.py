@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for the manifests")
     p.add_argument("--cache", help="resample clips not at --sample-rate into this folder once (resumable)")
     p.add_argument("--sample-rate", type=int, default=16000, help="target rate of the cache (default 16000)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="parallel processes for the cache")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="parallel processes for the cache (without --cache: threads checking the audio headers)")
     p.add_argument("--test-root", help="speechcommands-v1: the separate v0.01 test-set folder (SUPERB KS1)")
     p.add_argument("--classes", choices=["canonical", "found"], help="speechcommands: class set (default canonical)")
     p.add_argument("--clips-per-class", type=int, help="synthetic: labeled clips per class (default 50)")

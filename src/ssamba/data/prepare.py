@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,18 +65,29 @@ def write_corpus(corpus: Corpus, out: Path) -> list[Path]:
     return files
 
 
-def check_clips(entries: list[Entry]) -> tuple[list[Entry], list[tuple[str, str]]]:
+def check_clips(entries: list[Entry], workers: int = 1) -> tuple[list[Entry], list[tuple[str, str]]]:
     """The entries whose file reads as audio with samples (headers only: :func:`check_audio`), and the others with
-    the reason, so that a damaged clip is reported in ``failed.txt`` now instead of failing a later evaluation."""
-    kept, failed = [], []
-    for entry in tqdm(entries, desc="checking audio headers", unit="file", disable=None):
+    the reason, so that a damaged clip is reported in ``failed.txt`` now instead of failing a later evaluation.
+
+    Reading a header is waiting on the disk (a network filesystem's round trip per file dominates for VoxCeleb1's
+    150k clips), so ``workers`` threads read them; the entries keep their order whatever the workers."""
+    def reason(entry: Entry) -> str | None:
         try:
             check_audio(entry.path)
         except AudioLoadError as exc:
-            log.error("%s: left out: %s", entry.path, exc.reason)
-            failed.append((entry.path, exc.reason))
-            continue
-        kept.append(entry)
+            return exc.reason
+        return None
+
+    kept, failed = [], []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = pool.map(reason, entries, chunksize=64)
+        for entry, why in tqdm(zip(entries, reasons), total=len(entries), desc="checking audio headers",
+                               unit="file", disable=None):
+            if why is None:
+                kept.append(entry)
+            else:
+                log.error("%s: left out: %s", entry.path, why)
+                failed.append((entry.path, why))
     return kept, failed
 
 
@@ -84,7 +96,7 @@ def prepare(corpus: str, root: str | Path | None, out: str | Path, *, cache: str
     """Build the manifests of ``corpus`` (a key of :data:`RECIPES`) found at ``root`` into ``out``.
 
     With ``cache``, clips not at ``sample_rate`` are first resampled into that folder (once, in ``workers``
-    processes, resumable) and the manifests point there. ``options`` go to the recipe (e.g. ``test_root``).
+    processes, resumable) and the manifests point there; without, ``workers`` threads check every clip's header. ``options`` go to the recipe (e.g. ``test_root``).
     Generated corpora (:data:`GENERATED`, e.g. ``synthetic``) take ``root=None`` and write their audio into ``out``.
     """
     if corpus not in RECIPES:
@@ -114,7 +126,7 @@ def prepare(corpus: str, root: str | Path | None, out: str | Path, *, cache: str
         result.entries, failed = cached.entries, cached.failures
         log.info("cache %s: %d resampled, %d reused, %d failed", cache, cached.resampled, cached.reused, len(failed))
     else:
-        result.entries, failed = check_clips(result.entries)
+        result.entries, failed = check_clips(result.entries, workers)
     if not result.entries:
         raise ValueError(f"{root}: none of the {len(failed)} clips of corpus {corpus!r} is usable audio, e.g. "
                          f"{failed[0][0]}: {failed[0][1]}")
