@@ -240,7 +240,7 @@ def test_urbansound8k(tmp_path: Path) -> None:
     prepare("urbansound8k", root, tmp_path / "cached", cache=tmp_path / "cache")
     fold1 = read_json_manifest(tmp_path / "cached" / "fold1_eval.json")
     assert len({Path(e.path).parent for e in fold1}) == 2  # in place (16 kHz) and resampled (22.05 kHz)
-    assert plan_sequences(fold1, SequenceConfig()) == [tuple(range(5))]  # 15 slots: one sequence
+    assert plan_sequences(fold1, SequenceConfig(layout="slots")) == [tuple(range(5))]  # 15 slots: one sequence
 
 
 def test_librispeech_and_plain_folders(tmp_path: Path) -> None:

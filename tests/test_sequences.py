@@ -1,4 +1,5 @@
-"""Per-second sequences (UrbanSound8K 60-s task): grouping by fold, clip placement, per-second labels, jitter."""
+"""Per-second sequences (UrbanSound8K 60-s task): the official packing (shuffled whole-second clips back to back,
+running on across sequences) and the slots layout (grouping by fold, clip placement, per-second labels, jitter)."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,8 @@ import soundfile as sf
 import torch
 
 from ssamba.audio import AugmentConfig, FeatureConfig, load_audio
-from ssamba.audio.fbank import FLT_EPSILON
+from ssamba.audio.fbank import FLT_EPSILON, fbank
+from ssamba.audio.io import AudioLoadError
 from ssamba.audio.resample import resample
 from ssamba.data.dataset import DatasetConfig, TooManyBadFiles
 from ssamba.data.manifest import ClassLabels, Entry
@@ -18,7 +20,7 @@ from ssamba.data.sequences import Placement, SequenceConfig, SequenceDataset, pl
 
 LABELS = ClassLabels.from_names(["c0", "c1", "c2"])
 FEATURES = FeatureConfig(target_length=608, mean=-5.0, std=4.0)
-SEQ = SequenceConfig(seconds=6, slot_seconds=2.0)  # 3 slots of 2 s
+SEQ = SequenceConfig(seconds=6, layout="slots", slot_seconds=2.0)  # 3 slots of 2 s
 
 
 def clip(path: Path, seconds: float, sr: int = 16000, freq: float = 440.0) -> Entry:
@@ -109,9 +111,9 @@ def test_second_labels_equal_a_per_sample_count(min_coverage) -> None:
 
 
 def test_jitter_is_seeded_by_epoch_and_stays_in_the_slot(corpus) -> None:
-    data = dataset(corpus, SequenceConfig(seconds=6, slot_seconds=2.0, jitter=True), seed=3)
+    data = dataset(corpus, SequenceConfig(seconds=6, layout="slots", slot_seconds=2.0, jitter=True), seed=3)
     first = data.compose(0)
-    again = dataset(corpus, SequenceConfig(seconds=6, slot_seconds=2.0, jitter=True), seed=3).compose(0)
+    again = dataset(corpus, SequenceConfig(seconds=6, layout="slots", slot_seconds=2.0, jitter=True), seed=3).compose(0)
     assert torch.equal(first.waveform, again.waveform) and first.placements == again.placements
     data.set_epoch(1)
     later = data.compose(0)
@@ -139,8 +141,66 @@ def test_bad_configurations_name_the_problem(corpus) -> None:
     with pytest.raises(ValueError, match="mixup"):
         dataset(corpus, augment=AugmentConfig(mixup=0.5))
     with pytest.raises(ValueError, match="c0_a.wav: group_by='split'"):
-        plan_sequences(corpus, SequenceConfig(group_by="split"))
+        plan_sequences(corpus, SequenceConfig(layout="slots", group_by="split"))
     split = [Entry(e.path, e.labels, "foldX") for e in corpus]
     assert plan_sequences(split, SEQ) == [(0, 1, 2), (3, 4, 5)]  # Entry.split wins over folders under "auto"
     with pytest.raises(ValueError, match="whole number"):
         SequenceConfig(slot_seconds=1 / 3)
+
+
+PACKED = SequenceConfig(seconds=3, shuffle_seed=None)  # manifest order: the stream is predictable
+
+
+def test_packed_clips_run_back_to_back_in_whole_seconds_across_sequences(corpus) -> None:
+    """The official construction: each clip padded to whole seconds and packed (fold1: a 2 + b 2 + c 2 + d 1 + e 3 =
+    10 s -> sequences of 3 s hold [a a b] [b c c] [d e e] [e + 2 s filled with e's class]); folds never mix."""
+    data = dataset(corpus, PACKED)
+    ignore = -100
+    comps = [data.compose(i) for i in range(len(data))]
+    assert len(data) == 5 and data.sequences == [(0, 2), (2, 3), (4, 5), (5,), (1,)]
+    assert [c.labels.tolist() for c in comps] == [[0, 0, 1], [1, 2, 2], [0, 1, 1], [1, 1, 1], [2, 2, 2]]
+    assert ignore not in torch.cat([c.labels for c in comps]).tolist()
+    # raw samples (the mean is removed later, over the whole sequence), each clip at its whole-second offset
+    raw = {}
+    for e in corpus:
+        waveform, sr = load_audio(e.path)
+        raw[e.path] = resample(waveform, sr, 16000)[0]
+    sr = 16000
+    b = raw[corpus[2].path]  # 1.2 s: seconds 2-3 of the stream, i.e. second 2 of sequence 0 and second 0 of 1
+    torch.testing.assert_close(comps[0].waveform[2 * sr:], b[:sr])
+    torch.testing.assert_close(comps[1].waveform[:b.shape[0] - sr], b[sr:])
+    assert not comps[1].waveform[b.shape[0] - sr:sr].any()  # b's padding to 2 s
+    e = raw[corpus[5].path]  # 2.5 s padded to 3 s: seconds 1-2 of sequence 2, then 0.5 s in sequence 3
+    torch.testing.assert_close(comps[2].waveform[sr:], e[:2 * sr])
+    torch.testing.assert_close(comps[3].waveform[:e.shape[0] - 2 * sr], e[2 * sr:])
+    assert not comps[3].waveform[e.shape[0] - 2 * sr:].any()  # e's padding, then the fold's filling silence
+    x, labels = data[0]
+    assert x.shape == (608, 128) and labels.tolist() == [0, 0, 1]
+    ours = fbank(comps[0].waveform, 16000, mean=None)
+    torch.testing.assert_close(x[:ours.shape[0]], (ours + 5.0) / 8.0)  # sequence mean removed, then normalised
+
+
+def test_packed_shuffle_is_seeded_per_fold_and_pad_label_ignore(corpus) -> None:
+    seeded = dataset(corpus, SequenceConfig(seconds=3, shuffle_seed=7))
+    again = dataset(list(corpus), SequenceConfig(seconds=3, shuffle_seed=7))
+    assert seeded.sequences == again.sequences and seeded._labels == again._labels
+    orders = {tuple(dataset(corpus, SequenceConfig(seconds=3, shuffle_seed=k)).sequences) for k in range(6)}
+    assert len(orders) > 1  # the seed reorders the fold
+    ignored = dataset(corpus, SequenceConfig(seconds=3, shuffle_seed=None, pad_label="ignore"))
+    assert ignored.compose(3).labels.tolist() == [1, -100, -100]
+
+
+def test_packed_unreadable_clips(corpus, tmp_path, caplog) -> None:
+    missing = Entry(str(tmp_path / "audio" / "fold1" / "c1_missing.wav"), ("c1",))
+    data = dataset([corpus[0], missing, corpus[3]], PACKED)  # left out of the stream, as the official script does
+    assert data.sequences == [(0, 2), (2,)] and "c1_missing.wav" in next(iter(data.bad_files))
+    with pytest.raises(AudioLoadError, match="c1_missing.wav"):
+        dataset([corpus[0], missing], PACKED, on_bad="raise")  # an evaluation set refuses it
+    data = dataset([corpus[0], corpus[3]], PACKED)
+    Path(corpus[3].path).write_bytes(b"")  # damaged after the plan: its seconds silent and unlabelled
+    comp = data.compose(0)
+    assert comp.labels.tolist() == [0, 0, -100] and not comp.waveform[2 * 16000:].any()
+    with pytest.raises(ValueError, match="jitter.*layout='slots'"):
+        SequenceConfig(jitter=True)
+    with pytest.raises(ValueError, match="layout"):
+        SequenceConfig(layout="slot")

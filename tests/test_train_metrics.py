@@ -105,6 +105,12 @@ def test_kfold_result_is_every_fold_at_the_best_pass_of_the_fold_averaged_curve(
     assert kfold_summary("acc", {"a": [0.5, 0.5], "b": [0.5, 0.5, 1.0]})["pass"] == 1
     with pytest.raises(TrainingError, match="validation pass in every fold"):
         kfold_summary("acc", {"a": [], "b": [0.5]})
+    # the official Urban8K scripts report every fold's last epoch: nothing chosen on the scored folds
+    curves = {"fold1": [0.5, 0.8, 0.7], "fold2": [0.6, 0.9, 0.6]}
+    last = kfold_summary("acc", curves, "last")
+    assert (last["rule"], last["pass"], last["folds"]) == ("last", 3, {"fold1": 0.7, "fold2": 0.6})
+    assert last["mean"] == pytest.approx(0.65) and last["best_average"]["pass"] == 2
+    assert last["best_average"]["mean"] == pytest.approx(0.85)
 
 
 def test_non_finite_scores_give_nan_metrics_and_never_the_best_model():

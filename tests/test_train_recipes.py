@@ -80,7 +80,8 @@ def test_urbansound8k_60s_is_the_official_setting():
     assert model.config.encoder.grid == (8, 384) and 1 + model.config.encoder.num_patches == 3073
     task = make_task(cfg)
     assert isinstance(task, PerSecondTask) and (task.num_segments, task.pooling, task.metric) == (60, "time", "acc")
-    assert cfg.data.dataset.features.target_length == 6144 and cfg.data.sequence.clips_per_sequence == 15
+    assert cfg.data.dataset.features.target_length == 6144 and cfg.data.sequence.layout == "packed"
+    assert cfg.data.dataset.mono == "mean"  # prep_urban8k.py averages stereo
     aug, o = cfg.data.dataset.augment, cfg.optim
     assert (aug.freqm, aug.timem, aug.mixup, aug.noise) == (48, 192, 0.0, False)
     assert (o.name, o.lr, o.head_lr_mult, o.weight_decay, o.warmup_steps) == ("adam", 1e-4, 1.0, 5e-7, 0)

@@ -1,37 +1,46 @@
 """Long sequences of concatenated clips with one label per second: SSAMBA's UrbanSound8K 60-s task (spec §10).
 
-The official training script for this task (``run_amba_1sec.py``) is missing (spec A4), so the construction is
-ours, chosen as the most plausible reading of the official setting (60 s = 15 UrbanSound8K clips of at most 4 s):
+Two layouts (``SequenceConfig.layout``):
 
-* **Grouping.** Clips are grouped by fold (``Entry.split`` when every entry has one, else the clip's parent folder,
-  ``audio/fold3/`` for UrbanSound8K) and, within a fold, kept in manifest order, so a sequence holds *consecutive*
-  clips of one fold (in UrbanSound8K's metadata order, often slices of the same recording). Each fold is cut into
-  runs of ``seconds // slot_seconds`` clips; the last run of a fold may be shorter (its empty slots are silence).
-* **Placement.** Clip ``j`` of a run gets the slot ``[j*slot, (j+1)*slot)`` seconds. Its mean-removed 16-kHz samples
-  start at the slot's start (the official loader pads at the end too) or, with ``jitter``, at a uniformly random
-  offset inside the slot drawn from ``(seed, epoch, index)``; the rest of the slot is digital silence. A clip longer
-  than its slot is cut to it. The log-mel of the whole sequence is then computed once, as for any clip (fbank ->
-  pad/cut to ``target_length`` -> SpecAugment -> normalise).
-* **Labels.** Second ``s`` is labelled with the class whose clips cover more than ``min_coverage`` of it (at 0.5, a
-  strict majority, so at most one class qualifies); seconds that no class covers that much (silence, padding, a
-  clip's short tail, unreadable clips) get ``ignore_index``, never a guessed class.
+``packed`` (default), the official construction of the 60-s files (SSAMBA's ``prep_data/urban8k/prep_urban8k.py``;
+only its training script, ``run_amba_1sec.py``, is missing):
 
-A clip that cannot be read leaves its slot silent and unlabelled; like :class:`AudioDataset`, more than
-``max_bad_files`` distinct bad files stop the run.
+* each fold's clips are shuffled once (seeded by ``shuffle_seed`` and the fold's name, where the official script
+  drew an unseeded shuffle when it wrote the files), each clip is padded with silence to the next whole second and
+  the clips are packed back to back into one stream per fold, cut into sequences of ``seconds``: a clip may run on
+  from one sequence into the next;
+* every second carries its clip's class, the padded tail second included; the fold's last sequence is filled with
+  silence labelled with the last clip's class (``pad_label="ignore"`` leaves those seconds out instead);
+* the sequence's mean is removed before the log-mel (the official loader does it per file).
+  Not reproduced: the official files were written as 16-bit PCM (a quantisation at -96 dB).
+
+``slots``, our earlier reading, kept for comparison: 60 s = 15 slots of 4 s; consecutive clips of one fold (in
+manifest order) take one slot each, starting at the slot's start or, with ``jitter``, at a random offset drawn per
+epoch; each clip's own mean is removed; second ``s`` is labelled with the class whose clips cover more than
+``min_coverage`` of it, and seconds no class covers that much (silence, short clips' tails) get ``ignore_index``.
+
+In both, clips are grouped by fold (``Entry.split`` when every entry has one, else the clip's parent folder,
+``audio/fold3/`` for UrbanSound8K) and a sequence never mixes folds. A clip that cannot be read leaves its seconds
+silent and unlabelled (``ignore_index``); like :class:`AudioDataset`, more than ``max_bad_files`` distinct bad files
+stop the run, and an evaluation set refuses any.
 """
 from __future__ import annotations
 
 import logging
+import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from ssamba.audio.fbank import clip_mean, fbank
 from ssamba.audio.features import SAMPLE_RATE
-from ssamba.audio.io import AudioLoadError
+from ssamba.audio.io import AudioLoadError, audio_info
+from ssamba.audio.resample import resampled_length
 from ssamba.data.dataset import AudioDataset, DatasetConfig, item_seed
 from ssamba.data.manifest import ClassLabels, Entry, read_class_labels, read_manifest
 
@@ -43,19 +52,28 @@ FRAMES_PER_SECOND = 100
 
 @dataclass(frozen=True)
 class SequenceConfig:
-    """How clips become labelled sequences; the defaults are the Urban8K setting (60 s, 15 slots of 4 s)."""
+    """How clips become labelled sequences; the defaults are the official Urban8K setting (60 s, packed)."""
 
     seconds: int = 60  # sequence length = number of per-second labels (model outputs)
-    slot_seconds: float = 4.0  # one clip per slot (UrbanSound8K clips are at most 4 s long)
-    jitter: bool = False  # place each clip at a random offset in its slot (training only; seeded per epoch)
-    min_coverage: float = 0.5  # a second is labelled when one class covers more than this fraction of it
+    layout: Literal["packed", "slots"] = "packed"  # the official packing, or our earlier fixed slots
+    shuffle_seed: int | None = 0  # packed: each fold shuffled once with this seed and its name; None: manifest order
+    pad_label: Literal["last", "ignore"] = "last"  # packed: the silence filling a fold's last sequence
+    slot_seconds: float = 4.0  # slots: one clip per slot (UrbanSound8K clips are at most 4 s long)
+    jitter: bool = False  # slots: place each clip at a random offset in its slot (training only; seeded per epoch)
+    min_coverage: float = 0.5  # slots: a second is labelled when one class covers more than this fraction of it
     group_by: Literal["auto", "split", "folder"] = "auto"  # what "the same fold" means; auto: split, else folder
     ignore_index: int = -100  # label of unlabelled seconds (torch's CrossEntropyLoss default)
 
     def __post_init__(self) -> None:
         if self.seconds < 1:
             raise ValueError(f"seconds must be >= 1, got {self.seconds}")
-        if not 0 < self.slot_seconds <= self.seconds:
+        if self.layout not in ("packed", "slots"):
+            raise ValueError(f"layout must be 'packed' (the official construction) or 'slots', got {self.layout!r}")
+        if self.pad_label not in ("last", "ignore"):
+            raise ValueError(f"pad_label must be 'last' (official) or 'ignore', got {self.pad_label!r}")
+        if self.layout == "packed" and self.jitter:
+            raise ValueError("jitter places clips inside their slots: it needs layout='slots'")
+        if self.layout == "slots" and not 0 < self.slot_seconds <= self.seconds:
             raise ValueError(f"slot_seconds must be in (0, seconds={self.seconds}], got {self.slot_seconds}")
         if abs(self.slot_seconds * SAMPLE_RATE - round(self.slot_seconds * SAMPLE_RATE)) > 1e-6:
             raise ValueError(f"slot_seconds={self.slot_seconds} is not a whole number of {SAMPLE_RATE}-Hz samples")
@@ -68,6 +86,7 @@ class SequenceConfig:
 
     @property
     def clips_per_sequence(self) -> int:
+        """Slots per sequence (layout 'slots')."""
         return int(self.seconds // self.slot_seconds)
 
     @property
@@ -94,9 +113,8 @@ class Composition:
     placements: list[Placement]
 
 
-def plan_sequences(entries: Sequence[Entry], config: SequenceConfig) -> list[tuple[int, ...]]:
-    """Entry indices of every sequence: consecutive runs of ``clips_per_sequence`` clips within each group, groups
-    in order of first appearance."""
+def group_entries(entries: Sequence[Entry], config: SequenceConfig) -> dict[str, list[int]]:
+    """Entry indices per fold, folds in order of first appearance, manifest order inside a fold."""
     group_by = config.group_by
     if group_by == "auto":
         group_by = "split" if all(e.split is not None for e in entries) else "folder"
@@ -106,8 +124,59 @@ def plan_sequences(entries: Sequence[Entry], config: SequenceConfig) -> list[tup
             raise ValueError(f"{entry.path}: group_by='split' but the entry has no split (fold)")
         key = entry.split if group_by == "split" else str(Path(entry.path).parent)
         groups.setdefault(key, []).append(i)
+    return groups
+
+
+def plan_sequences(entries: Sequence[Entry], config: SequenceConfig) -> list[tuple[int, ...]]:
+    """Layout 'slots': entry indices of every sequence, consecutive runs of ``clips_per_sequence`` clips within
+    each fold."""
     per = config.clips_per_sequence
-    return [tuple(run[k:k + per]) for run in groups.values() for k in range(0, len(run), per)]
+    return [tuple(run[k:k + per]) for run in group_entries(entries, config).values()
+            for k in range(0, len(run), per)]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Layout 'packed': one clip in a sequence. ``start`` (seconds from the sequence's start) is negative for a
+    clip that began in the sequence before; ``span`` is its length rounded up to whole seconds."""
+
+    entry: int
+    start: int
+    span: int
+
+
+def pack_sequences(entries: Sequence[Entry], spans: Sequence[int | None], config: SequenceConfig,
+                   class_of: Sequence[int]) -> tuple[list[tuple[Piece, ...]], list[list[int]]]:
+    """Layout 'packed': the pieces and per-second labels of every sequence (see the module docstring).
+
+    ``spans``: each entry's length in whole seconds (None: unreadable, left out as the official script skips a
+    missing file); ``class_of``: each entry's class index."""
+    seconds, plans, labels = config.seconds, [], []
+    for key, run in group_entries(entries, config).items():
+        run = [i for i in run if spans[i] is not None]
+        if not run:
+            continue
+        if config.shuffle_seed is not None:
+            fold = Path(key).name or key  # the folder's name, so the order does not depend on where data lies
+            order = np.random.default_rng([config.shuffle_seed, zlib.crc32(fold.encode())]).permutation(len(run))
+            run = [run[k] for k in order]
+        stream, at = [], 0  # (entry, start second in the fold's stream)
+        for i in run:
+            stream.append((i, at))
+            at += spans[i]
+        for first in range(0, at, seconds):
+            pieces = tuple(Piece(i, start - first, spans[i]) for i, start in stream
+                           if start < first + seconds and start + spans[i] > first)
+            second = [config.ignore_index] * seconds
+            for piece in pieces:
+                for s in range(max(piece.start, 0), min(piece.start + piece.span, seconds)):
+                    second[s] = class_of[piece.entry]
+            tail = at - first  # seconds of clips in the fold's last sequence
+            if tail < seconds and config.pad_label == "last":
+                second[tail:] = [class_of[stream[-1][0]]] * (seconds - tail)
+            plans.append(pieces)
+            labels.append(second)
+    return plans, labels
 
 
 def second_labels(placements: Sequence[Placement], seconds: int, min_coverage: float = 0.5,
@@ -150,9 +219,16 @@ class SequenceDataset(AudioDataset):
             log.warning("target_length %d frames is shorter than the %d-s sequences (%d frames): the last seconds "
                         "are cut from the input but keep their labels", self.config.features.target_length,
                         self.sequence.seconds, frames)
-        self.sequences = plan_sequences(self.entries, self.sequence)
         self._clip_index = [self.labels.index(e.labels[0]) for e in self.entries]
         self._cut_clips: set[str] = set()
+        if self.sequence.layout == "slots":
+            self.sequences: list[tuple[int, ...]] = plan_sequences(self.entries, self.sequence)
+        else:
+            self.pieces, self._labels = pack_sequences(self.entries, [self._span(e.path) for e in self.entries],
+                                                       self.sequence, self._clip_index)
+            if not self.pieces:
+                raise ValueError("none of the manifest's clips could be read; see the bad files logged above")
+            self.sequences = [tuple(piece.entry for piece in pieces) for pieces in self.pieces]
 
     @classmethod
     def from_manifest(cls, manifest: str | Path, class_labels: str | Path | None = None,
@@ -167,11 +243,14 @@ class SequenceDataset(AudioDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(item_seed(self.config.seed, self.epoch, index))
         composition = self.compose(index, generator)
-        logmel = fbank(composition.waveform, SAMPLE_RATE, mean=0.0, short=self.config.features.short)
+        mean = None if self.sequence.layout == "packed" else 0.0  # packed: the sequence's mean; slots: the clips'
+        logmel = fbank(composition.waveform, SAMPLE_RATE, mean=mean, short=self.config.features.short)
         return self.finish(logmel, generator), composition.labels
 
     def compose(self, index: int, generator: torch.Generator | None = None) -> Composition:
         """Waveform, labels and placements of sequence ``index`` (``generator``: the item's stream, for jitter)."""
+        if self.sequence.layout == "packed":
+            return self._compose_packed(index)
         seq = self.sequence
         if generator is None:
             generator = torch.Generator().manual_seed(item_seed(self.config.seed, self.epoch, index))
@@ -188,7 +267,7 @@ class SequenceDataset(AudioDataset):
                 self._record_bad(exc)  # raises TooManyBadFiles past max_bad_files
                 continue
             if clip.shape[0] > slot:
-                self._note_cut(entry.path, clip.shape[0])
+                self._note_cut(entry.path, clip.shape[0], seq.slot_seconds)
                 clip = clip[:slot]
             clip = clip - clip_mean(clip[None])[0]
             free = slot - clip.shape[0]
@@ -199,8 +278,44 @@ class SequenceDataset(AudioDataset):
         labels = second_labels(placements, seq.seconds, seq.min_coverage, seq.ignore_index)
         return Composition(waveform, labels, placements)
 
-    def _note_cut(self, path: str, samples: int) -> None:
+    def _note_cut(self, path: str, samples: int, room: float) -> None:
         if path not in self._cut_clips:
             self._cut_clips.add(path)
             log.warning("%s: %.3f s is longer than its %.3f-s slot; cut to the slot (%d clip(s) cut so far)", path,
-                        samples / SAMPLE_RATE, self.sequence.slot_seconds, len(self._cut_clips))
+                        samples / SAMPLE_RATE, room, len(self._cut_clips))
+
+    def _span(self, path: str) -> int | None:
+        """A clip's length at 16 kHz in whole seconds, from its header; None (recorded as bad) if unreadable."""
+        try:
+            rate, frames, _ = audio_info(path)
+            if frames == 0:
+                raise AudioLoadError(path, "contains no audio samples")
+        except AudioLoadError as exc:
+            self._record_bad(exc)
+            return None
+        return max(1, math.ceil(resampled_length(frames, rate, SAMPLE_RATE) / SAMPLE_RATE))
+
+    def _compose_packed(self, index: int) -> Composition:
+        seconds = self.sequence.seconds
+        waveform = torch.zeros(seconds * SAMPLE_RATE)
+        labels = torch.tensor(self._labels[index], dtype=torch.long)
+        placements = []
+        for piece in self.pieces[index]:
+            entry = self.entries[piece.entry]
+            first, last = max(piece.start, 0), min(piece.start + piece.span, seconds)
+            try:
+                clip = self._waveform(entry.path)
+            except AudioLoadError as exc:
+                self._record_bad(exc)  # raises TooManyBadFiles past max_bad_files
+                labels[first:last] = self.sequence.ignore_index
+                continue
+            if clip.shape[0] > piece.span * SAMPLE_RATE:  # longer than its header said: kept to its planned span
+                self._note_cut(entry.path, clip.shape[0], piece.span)
+                clip = clip[:piece.span * SAMPLE_RATE]
+            skip = max(-piece.start, 0) * SAMPLE_RATE  # the part played in the sequence before
+            part = clip[skip:skip + (last - first) * SAMPLE_RATE]
+            if part.numel():
+                start = first * SAMPLE_RATE
+                waveform[start:start + part.shape[0]] = part
+                placements.append(Placement(start, part.shape[0], self._clip_index[piece.entry], entry.path))
+        return Composition(waveform, labels, placements)

@@ -101,8 +101,14 @@ class FinetuneSection:
     task: Literal["clip", "per_second"] = "clip"
     #: per-second pooling: "time" (time-aligned columns) or "official_1sec" (the official ft_avgtok_1sec, quirk Q11)
     pooling: Literal["time", "official_1sec"] = "time"
+    #: which validation pass cross-validation (data.folds) reports: "best_average", the pass where the fold-averaged
+    #: curve is best (SSAST's ESC-50 get_esc_result.py), or "last", every fold's last pass (the official Urban8K
+    #: scripts: no selection on the fold that is scored)
+    cv_pass: Literal["best_average", "last"] = "best_average"
 
     def __post_init__(self) -> None:
+        if self.cv_pass not in ("best_average", "last"):
+            raise ValueError(f"cv_pass must be 'best_average' or 'last', got {self.cv_pass!r}")
         if self.task == "per_second" and self.loss != "ce":
             raise ValueError(f"task=per_second trains with CE over the labelled seconds; loss={self.loss!r} is not "
                              "supported")

@@ -8,7 +8,7 @@ import logging
 import statistics
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ssamba.atomic import atomic_write_text
 from ssamba.config import save_config
@@ -71,9 +71,10 @@ def fold_seed(seed: int, fold: str) -> int:
 
 def objective(cfg: RunConfig) -> dict[str, Any]:
     """What a run optimises and how it selects its best model, for the resume check (``Trainer.setup``)."""
-    section = cfg.pretrain if cfg.task == "pretrain" else cfg.finetune
+    section = dataclasses.asdict(cfg.pretrain if cfg.task == "pretrain" else cfg.finetune)
+    section.pop("cv_pass", None)  # which pass cross-validation reports: read from the folds' curves, may change
     valid = str(Path(cfg.data.valid).resolve()) if cfg.data.valid else None
-    return {"task": cfg.task, **dataclasses.asdict(section), "valid": valid, "amp": cfg.train.amp}
+    return {"task": cfg.task, **section, "valid": valid, "amp": cfg.train.amp}
 
 
 def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict[str, Any]:
@@ -144,25 +145,29 @@ def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
             cfg.data, train=str(Path(cfg.data.fold_dir) / f"{fold}_train.json"),
             valid=str(Path(cfg.data.fold_dir) / f"{fold}_eval.json"), folds=[]))
         per_fold[fold] = train_one(fold_cfg, env, resume, fold_out)
-    summary = kfold_summary(metric, {fold: [r[metric] for r in result["history"]] for fold, result in per_fold.items()})
+    curves = {fold: [r[metric] for r in result["history"]] for fold, result in per_fold.items()}
+    summary = kfold_summary(metric, curves, cfg.finetune.cv_pass)
     _write_json(out / "results.json", summary, env)
     if env.is_main:
         own = summary["fold_best"]["folds"]
         rows = [{"fold": f, metric: s, f"own best {metric}": own[f]} for f, s in summary["folds"].items()]
         rows.append({"fold": "mean ± std", metric: f"{summary['mean']:.4f} ± {summary['std']:.4f}",
                      f"own best {metric}": f"{summary['fold_best']['mean']:.4f} ± {summary['fold_best']['std']:.4f}"})
-        logger.info("cross-validation at validation pass %s, the best of the fold-averaged curve (own best: each "
-                    "fold's best pass, chosen on the fold it scores: optimistic):\n%s", summary["pass"],
-                    format_table(rows))
+        which = "the best of the fold-averaged curve" if summary["rule"] == "best_average" else "the last"
+        logger.info("cross-validation at validation pass %s, %s (own best: each fold's best pass, chosen on the "
+                    "fold it scores: optimistic):\n%s", summary["pass"], which, format_table(rows))
     return summary
 
 
-def kfold_summary(metric: str, curves: dict[str, list[float]]) -> dict[str, Any]:
-    """The cross-validation result as SSAST/AST report it (their ``get_esc_result.py``): average the folds' validation
-    curves, take the pass (epoch) where that average is best, and report every fold at that one pass.  Each fold's
-    own best pass is chosen on the very fold it scores, which SSAST calls over-optimistic; it is kept beside, as
-    ``fold_best``, and so is the last pass (``final``).  Curves of unequal length are compared over their common
-    passes."""
+def kfold_summary(metric: str, curves: dict[str, list[float]],
+                  rule: Literal["best_average", "last"] = "best_average") -> dict[str, Any]:
+    """The cross-validation result at one validation pass (epoch) for every fold. ``rule="best_average"`` is how
+    SSAST/AST report ESC-50 (their ``get_esc_result.py``): average the folds' validation curves and take the pass
+    where that average is best. ``rule="last"`` takes every fold's last pass, as the official Urban8K scripts do
+    (nothing is selected on the folds that are scored).  Each fold's own best pass is chosen on the very fold it
+    scores, which SSAST calls over-optimistic; it is kept beside, as ``fold_best``, and so are the last pass
+    (``final``) and the best-average pass (``best_average``).  Curves of unequal length are compared over their
+    common passes."""
 
     def stats(scores: dict[str, float]) -> dict[str, Any]:
         values = list(scores.values())
@@ -172,11 +177,15 @@ def kfold_summary(metric: str, curves: dict[str, list[float]]) -> dict[str, Any]
     passes = min(len(c) for c in curves.values())
     if passes == 0:
         raise TrainingError("cross-validation needs a validation pass in every fold (data.valid is the fold's eval)")
+    if rule not in ("best_average", "last"):
+        raise ValueError(f"rule must be 'best_average' or 'last', got {rule!r}")
     average = [statistics.fmean(c[i] for c in curves.values()) for i in range(passes)]
     best = first_best(average)
-    return {"metric": metric, "pass": best + 1, **stats({f: c[best] for f, c in curves.items()}),
+    chosen = best if rule == "best_average" else passes - 1
+    return {"metric": metric, "rule": rule, "pass": chosen + 1, **stats({f: c[chosen] for f, c in curves.items()}),
             "fold_best": stats({f: c[first_best(c)] for f, c in curves.items()}),
-            "final": stats({f: c[passes - 1] for f, c in curves.items()})}
+            "final": stats({f: c[passes - 1] for f, c in curves.items()}),
+            "best_average": {"pass": best + 1, **stats({f: c[best] for f, c in curves.items()})}}
 
 
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:

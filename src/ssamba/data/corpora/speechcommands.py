@@ -10,7 +10,7 @@ data. Three tasks:
   validation and the next to test, so no segment is shared). SUPERB tests on the separate v0.01 test archive: pass
   ``test_root`` (its folders, including ``_silence_``/``_unknown_``, are used as they are); otherwise the test split
   is ``testing_list.txt`` plus test silence.
-* ``speechcommands-v1-30`` — v0.01 with its 30 words as classes (SSAST's SC v1 setting).
+* ``speechcommands-v1-30`` — v0.01 with its 30 words as classes (the setting of SSAMBA's v1 ``run_sc_amba.sh``).
 
 A word folder outside the class set is an error for the word-level tasks (wrong corpus version?) unless
 ``classes="found"``, which uses exactly the word folders present. Canonical classes without any clip are logged.
