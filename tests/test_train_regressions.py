@@ -535,3 +535,29 @@ def test_a_trained_model_carries_its_normalisation_to_predict(folds, tmp_path):
     default, explicit = model.predict(clip), model.predict(clip, stats=(-3.5, 2.5))
     np.testing.assert_array_equal(default.scores, explicit.scores)
     assert not np.array_equal(default.scores, model.predict(clip, stats="audioset").scores)
+
+
+def test_evaluation_seeds_the_cpu_generator_only(monkeypatch):
+    """Validation draws its (pretraining) masks from a fixed seed without touching the training streams: it once
+    called torch.manual_seed, which also re-seeds every CUDA generator (not restored), so on GPUs every rank drew
+    the same drop-path masks after each validation."""
+    from ssamba.train import tasks
+    from ssamba.train.config import TrainConfig
+    from ssamba.train.engine import evaluate
+
+    cuda_seeds = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: cuda_seeds.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: cuda_seeds.append(seed))
+
+    class Draw(tasks.ClassificationTask):
+        def evaluate(self, model, loader, env):
+            return {"draw": float(torch.rand(()))}
+
+    model, data = torch.nn.Linear(3, 2), [(torch.randn(3), 0)]
+    torch.manual_seed(123)
+    cuda_seeds.clear()
+    before = torch.get_rng_state()
+    first = evaluate(model, data, Draw(), DistEnv(), TrainConfig(seed=5))
+    assert torch.equal(torch.get_rng_state(), before) and cuda_seeds == []
+    assert evaluate(model, data, Draw(), DistEnv(), TrainConfig(seed=5)) == first  # the fixed seed
+    assert evaluate(model, data, Draw(), DistEnv(), TrainConfig(seed=6)) != first

@@ -356,7 +356,10 @@ def evaluate(model: nn.Module, dataset: Dataset, task: Task, env: DistEnv, cfg: 
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), autocast(cfg, env.device):
-            torch.manual_seed(cfg.seed)
+            # the CPU generator only (what draws the pretraining masks): torch.manual_seed would also re-seed the
+            # CUDA generators, which fork_rng(devices=[]) does not restore, so every rank would draw the same
+            # drop-path masks after each validation
+            torch.default_generator.manual_seed(cfg.seed)
             return task.evaluate(model, loader, env)
     finally:
         model.train(was_training)
