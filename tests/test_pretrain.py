@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ssamba.models.config import ModelConfig, preset
 from ssamba.pretrain import masking
 from ssamba.pretrain.model import MaskedPatchModel
-from ssamba.pretrain.objectives import gather_rows, infonce
+from ssamba.pretrain.objectives import gather_rows, infonce, masked_mse
 
 
 def official_gen_maskid_patch(rng, sequence_len, mask_size, p_t_dim, cluster=3):
@@ -77,6 +77,24 @@ def test_infonce_equals_per_clip_official_loop():
         total_nce += torch.diag(F.log_softmax(s, dim=-1)).sum().item()
     assert nce.item() == pytest.approx(-total_nce / 21, rel=1e-6)
     assert acc.item() == pytest.approx(correct / 21)
+
+
+def test_objectives_are_float32_under_bf16_autocast():
+    """Under bf16 autocast the scores were a bf16 matmul: the loss moved in steps of 1/64 and its gradients by ~5%
+    (the official code runs in float32). Both objectives now equal their float32 values."""
+    torch.manual_seed(0)
+    pred = torch.randn(2, 400, 256, requires_grad=True)
+    target = torch.randn(2, 400, 256) * 0.5
+    nce, acc = infonce(pred, target)
+    (grad,) = torch.autograd.grad(nce, pred)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nce_amp, acc_amp = infonce(pred, target)
+        mse_amp = masked_mse(pred, target)
+    (grad_amp,) = torch.autograd.grad(nce_amp, pred)
+    assert nce_amp.dtype == torch.float32 and mse_amp.dtype == torch.float32
+    torch.testing.assert_close(nce_amp, nce, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_amp, grad, rtol=1e-5, atol=1e-9)
+    assert acc_amp == acc and mse_amp.item() == pytest.approx(F.mse_loss(pred, target).item(), rel=1e-6)
 
 
 def test_masked_tokens_are_replaced_before_position_embedding():
