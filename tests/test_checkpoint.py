@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
+import numpy as np
 import pytest
 import torch
 from conftest import OFFICIAL
@@ -280,3 +282,30 @@ def test_a_saved_pretraining_folder_converts_like_an_official_file(tmp_path):
         assert loaded(x).shape == (1, 5)
     with pytest.raises(TypeError, match="already fixes its input size"):
         ssamba.load(loaded.save_pretrained(tmp_path / "ft"), input_tdim=200)
+
+
+def test_a_pretraining_model_converts_with_its_normalisation_and_says_what_changed(caplog):
+    """The classifier built from a pretraining model once lost norm_stats: predict then normalised with AudioSet's
+    statistics, silently. The conversion is also logged (heads dropped, grid adapted)."""
+    torch.manual_seed(0)
+    pretrained = MaskedPatchModel(ModelConfig(encoder=preset("ssamba", "tiny", depth=2, input_tdim=64),
+                                              norm_stats=[-3.0, 2.0]))
+    with caplog.at_level(logging.INFO, logger="ssamba.pretrain.model"):
+        classifier = pretrained.to_classifier(5, input_tdim=128, fstride=10, tstride=10)
+    assert classifier.config.norm_stats == [-3.0, 2.0]
+    assert "pretraining heads (mask_embed, mpc_head, mpg_head) dropped" in caplog.text
+    assert "(8, 4) -> (12, 12)" in caplog.text
+
+
+def test_a_training_checkpoint_as_a_model_is_told_apart_from_a_damaged_file(tmp_path):
+    """checkpoints/last.pt holds optimiser and RNG states, which a safe load refuses: the error once said "corrupt
+    or truncated?"; it now says what the file is for and what to load instead. A damaged file is still damaged."""
+    import random
+
+    state = {"model": {"w": torch.zeros(2)}, "rng": [{"numpy": np.random.get_state(), "python": random.getstate()}]}
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last.pt: holds Python objects besides tensors.*--resume.*best/"):
+        read_official(tmp_path / "last.pt")
+    (tmp_path / "torn.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="torn.pt: cannot read as a PyTorch checkpoint"):
+        read_official(tmp_path / "torn.pt")

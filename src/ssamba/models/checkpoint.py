@@ -10,7 +10,9 @@ import copy
 import json
 import logging
 import math
+import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +104,15 @@ def read_official(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: no such file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError/... for damaged files
+    except pickle.UnpicklingError as exc:
+        if zipfile.is_zipfile(path):  # a whole archive whose pickle holds more than tensors
+            raise CheckpointError(
+                f"{path}: holds Python objects besides tensors, which a safe load refuses. If it is a training "
+                "checkpoint of `ssamba pretrain/finetune` (checkpoints/last.pt: optimiser and RNG states), it is "
+                "read by --resume; as a model, load the run's best/ or final/ folder. "
+                f"({str(exc).splitlines()[-1].strip()})") from exc
+        raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint (corrupt or truncated?): {exc}") from exc
+    except Exception as exc:  # torch raises RuntimeError/OSError/EOFError/... for damaged files
         raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint (corrupt or truncated?): {exc}") from exc
     for wrapper in ("state_dict", "model"):  # training checkpoints sometimes nest the weights
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):

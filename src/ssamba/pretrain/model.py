@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,8 @@ from ssamba.pretrain.objectives import gather_rows, infonce, joint_loss, masked_
 
 #: masked patches per clip when none is given (the official forward default and validation setting)
 DEFAULT_MASK_SIZE = 400
+
+log = logging.getLogger(__name__)
 
 
 class MaskedPatchModel(AudioModel):
@@ -78,10 +81,17 @@ class MaskedPatchModel(AudioModel):
     def to_classifier(self, label_dim: int, input_tdim: int | None = None, fstride: int | None = None,
                       tstride: int | None = None, input_fdim: int | None = None, labels: list[str] | None = None,
                       pooling: str = "mean") -> AudioClassifier:
-        """The fine-tuning model for another input length/stride, exactly as the official conversion (spec §8)."""
+        """The fine-tuning model for another input length/stride, exactly as the official conversion (spec §8).
+
+        The encoder's weights carry over (the position embedding adapted to the new patch grid), the pretraining
+        heads are dropped, the classification head is new, and the input normalisation the encoder was pretrained
+        with (``norm_stats``) stays the model's default."""
         encoder = self.encoder.with_input_size(input_tdim, fstride, tstride, input_fdim)
         config = ModelConfig(encoder=copy.deepcopy(encoder.config), task="classify", label_dim=label_dim,
-                             pooling=pooling, labels=labels)
+                             pooling=pooling, labels=labels, norm_stats=self.config.norm_stats)
         classifier = AudioClassifier(config)
         classifier.encoder = encoder
+        log.info("pretraining model -> classifier: encoder kept (patch grid %s -> %s, position embedding adapted), "
+                 "pretraining heads (mask_embed, mpc_head, mpg_head) dropped, new %d-class head",
+                 self.encoder.config.grid, encoder.config.grid, label_dim)
         return classifier.to(self.mask_embed.device)

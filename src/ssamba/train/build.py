@@ -102,6 +102,9 @@ def build_model(cfg: RunConfig, labels: ClassLabels | None) -> AudioModel:
 
 def _build_model(cfg: RunConfig, labels: ClassLabels | None) -> AudioModel:
     m, frames = cfg.model, cfg.data.dataset.features.target_length
+    if m.init is not None and m.overrides:
+        logger.warning("model.overrides %s apply to models built from scratch; %s keeps its architecture",
+                       m.overrides, m.init)
     if cfg.task == "pretrain":
         if m.init is not None:
             model = load(m.init)
@@ -115,9 +118,6 @@ def _build_model(cfg: RunConfig, labels: ClassLabels | None) -> AudioModel:
     assert labels is not None
     names = list(labels.names)
     if m.init is not None:
-        if m.overrides:
-            logger.warning("model.overrides %s apply to models built from scratch; %s keeps its architecture",
-                           m.overrides, m.init)
         model = load(m.init)
         if isinstance(model, MaskedPatchModel):
             return model.to_classifier(len(labels), input_tdim=frames, fstride=m.fstride, tstride=m.tstride,
