@@ -91,3 +91,17 @@ def test_urbansound8k_60s_is_the_official_setting():
     with torch.no_grad():
         assert model.pool(tokens.to("meta"), "official_1sec", 60).shape == (2, 60, 4)
     assert pool_official_1sec(tokens, 60)[:, 1].allclose(tokens[:, 51:102].mean(1))
+
+
+def test_cross_validation_protocols_of_the_k_fold_recipes():
+    """ESC-50: SSAST's best epoch of the fold-averaged curve; Urban8K: every fold's last epoch (urban_amba.sh);
+    IEMOCAP: s3prl's dev split (valid_ratio 0.2) and s3prl's stock lr 1e-4 (run_er.sh never passes its 1e-5)."""
+    def load(name: str) -> RunConfig:
+        return load_config(RunConfig, RECIPES[0].parent / name, ["model.init=null"])
+
+    esc, urban, urban60, er = (load(n) for n in ("esc50.yaml", "urbansound8k.yaml", "urbansound8k_60s.yaml",
+                                                  "iemocap_er.yaml"))
+    assert (esc.finetune.cv_pass, esc.data.fold_valid_ratio) == ("best_average", None)
+    assert urban.finetune.cv_pass == urban60.finetune.cv_pass == "last"
+    assert urban60.data.sequence.layout == "packed" and urban60.data.sequence.pad_label == "last"
+    assert (er.data.fold_valid_ratio, er.optim.lr) == (0.2, 1e-4)

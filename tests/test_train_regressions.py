@@ -352,6 +352,45 @@ def test_kfold_resume_with_more_epochs_continues_the_finished_folds(folds, tmp_p
     assert caplog.text.count("already done; skipping") == 2
 
 
+def test_kfold_with_dev_splits_selects_on_training_clips_and_scores_the_eval_fold(folds, tmp_path, caplog):
+    """data.fold_valid_ratio (s3prl's valid_ratio): a seeded share of each fold's training clips selects the model
+    and the fold's eval split is only its test set; the summary is the folds' test scores."""
+    caplog.set_level(logging.INFO, logger="ssamba.train.run")
+    kfold = [f"data.fold_dir={folds}", "data.test=null", "data.folds=[fold1, fold2]", "data.fold_valid_ratio=0.25",
+             "train.epochs=2"]
+    assert main([*tiny_args(folds, tmp_path / "run"), *kfold]) == 0
+    summary = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert summary["rule"] == "dev" and list(summary["folds"]) == ["fold1", "fold2"]
+    for fold in ("fold1", "fold2"):
+        split = tmp_path / "run" / fold / "dev_split"
+        train, valid = (json.loads((split / f"{name}.json").read_text())["data"] for name in ("train", "valid"))
+        whole = json.loads((folds / f"{fold}_train.json").read_text())["data"]
+        assert len(valid) == 2 and len(train) == 6 and sorted(map(str, train + valid)) == sorted(map(str, whole))
+        results = json.loads((tmp_path / "run" / fold / "results.json").read_text())
+        config = (tmp_path / "run" / fold / "config.yaml").read_text()
+        assert f"valid: {split / 'valid.json'}" in config and f"test: {folds / f'{fold}_eval.json'}" in config
+        assert summary["folds"][fold] == results["test"]["acc"] and summary["dev"][fold] == results["best_valid"]["acc"]
+    assert summary["mean"] == pytest.approx(np.mean(list(summary["folds"].values())))
+    assert "each fold's test split scored with the model its dev split selected" in caplog.text
+    # the split is the same on a second run (seeded by the fold's name)
+    assert main([*tiny_args(folds, tmp_path / "again"), *kfold, "data.folds=[fold2]"]) == 0
+    assert ((tmp_path / "again" / "fold2" / "dev_split" / "valid.json").read_text()
+            == (tmp_path / "run" / "fold2" / "dev_split" / "valid.json").read_text())
+
+
+def test_hold_out_is_seeded_and_keeps_order():
+    from ssamba.data.manifest import Entry, hold_out
+
+    entries = [Entry(f"{i}.wav", ("c",)) for i in range(10)]
+    kept, held = hold_out(entries, 0.2, seed=3)
+    assert len(held) == 2 and sorted(kept + held, key=lambda e: int(e.path[:-4])) == entries
+    assert kept == [e for e in entries if e not in held] and held == sorted(held, key=lambda e: int(e.path[:-4]))
+    assert hold_out(entries, 0.2, seed=3) == (kept, held) and hold_out(entries, 0.2, seed=4) != (kept, held)
+    assert len(hold_out(entries[:2], 0.01, seed=0)[1]) == 1 and len(hold_out(entries[:2], 0.99, seed=0)[0]) == 1
+    with pytest.raises(ValueError, match="cannot be split"):
+        hold_out(entries[:1], 0.5, seed=0)
+
+
 def test_new_run_refuses_a_folder_with_a_previous_run(folds, tmp_path, caplog):
     args = [*tiny_args(folds, tmp_path / "run"), f"data.train={folds / 'fold1_train.json'}",
             f"data.valid={folds / 'fold1_eval.json'}"]

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -96,6 +98,18 @@ def write_json_manifest(entries: Iterable[Entry], path: str | Path) -> Path:
             for e in entries]
     path.write_text(json.dumps({"data": data}, indent=1) + "\n")
     return path
+
+
+def hold_out(entries: Sequence[Entry], ratio: float, seed: int) -> tuple[list[Entry], list[Entry]]:
+    """``(kept, held_out)``: a seeded random ``ratio`` of the entries held out (at least one, never all), both parts
+    in the entries' order. s3prl's ``valid_ratio``: a dev split drawn from the training data to select the model."""
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"the held-out ratio must be in (0, 1), got {ratio}")
+    count = min(max(round(len(entries) * ratio), 1), len(entries) - 1)
+    if count < 1:
+        raise ValueError(f"{len(entries)} entries cannot be split into two non-empty parts")
+    chosen = set(np.random.default_rng(seed).permutation(len(entries))[:count].tolist())
+    return ([e for i, e in enumerate(entries) if i not in chosen], [e for i, e in enumerate(entries) if i in chosen])
 
 
 def read_csv_manifest(path: str | Path) -> list[Entry]:

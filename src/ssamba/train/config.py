@@ -76,9 +76,17 @@ class DataSection:
     #: cross-validation: fold names; manifests are ``{fold_dir}/{fold}_train.json`` and ``{fold}_eval.json``
     folds: list[str] = field(default_factory=list)
     fold_dir: str | None = None
+    #: cross-validation with a dev split (s3prl's valid_ratio): this share of each fold's training clips, drawn
+    #: at random (seeded by the fold's name), selects the model, and the fold's eval split is its test set; null:
+    #: the eval split is validated on (the K-fold recipes of SSAST/SSAMBA)
+    fold_valid_ratio: float | None = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # features + training augmentation
     #: how clips are concatenated into labelled sequences (only read when finetune.task is per_second)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
+
+    def __post_init__(self) -> None:
+        if self.fold_valid_ratio is not None and not 0.0 < self.fold_valid_ratio < 1.0:
+            raise ValueError(f"fold_valid_ratio must be in (0, 1) or null, got {self.fold_valid_ratio}")
 
 
 @dataclass

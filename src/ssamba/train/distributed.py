@@ -65,6 +65,12 @@ def gather_objects(obj, env: DistEnv) -> list:
     return out
 
 
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (e.g. until rank 0 has written files the others read)."""
+    if env.distributed:
+        dist.barrier()
+
+
 def cleanup(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()

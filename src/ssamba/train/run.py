@@ -3,6 +3,7 @@ evaluation, and linear probing."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import statistics
@@ -10,16 +11,16 @@ import zlib
 from pathlib import Path
 from typing import Any, Literal
 
-from ssamba.atomic import atomic_write_text
+from ssamba.atomic import atomic_write, atomic_write_text
 from ssamba.config import save_config
 from ssamba.data.dataset import read_bad_files
-from ssamba.data.manifest import ClassLabels
+from ssamba.data.manifest import ClassLabels, hold_out, read_manifest, write_json_manifest
 from ssamba.loading import load
 from ssamba.models.classifier import AudioClassifier
 from ssamba.train.build import BAD_FILES_LOG, build_model, check_classes, check_data_files, class_labels, \
     make_dataset, make_task, seed_everything
 from ssamba.train.config import RunConfig, TrainConfig
-from ssamba.train.distributed import DistEnv, cleanup, init_distributed
+from ssamba.train.distributed import DistEnv, barrier, cleanup, init_distributed
 from ssamba.train.engine import Trainer, TrainingError, check_amp, evaluate, first_best
 from ssamba.train.logger import format_table
 from ssamba.train.probe import run_probe
@@ -125,7 +126,8 @@ def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict
 
 
 def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
-    """Cross-validation: one run per fold, then the folds' mean and std at one validation pass (``kfold_summary``)."""
+    """Cross-validation: one run per fold, then the folds' mean and std, at one validation pass (``kfold_summary``)
+    or, with dev splits (``data.fold_valid_ratio``), on each fold's test split (``dev_summary``)."""
     if cfg.data.fold_dir is None:
         raise TrainingError("data.folds needs data.fold_dir (the folder `ssamba prepare` wrote)")
     out, metric = Path(cfg.out_dir), make_task(cfg).main_metric
@@ -141,22 +143,69 @@ def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
             logger.info("fold %s ended at epoch %d (step %d), short of this run's length: continuing it", fold,
                         done["epochs"], done["steps"])
         seed_everything(fold_seed(cfg.train.seed, fold) + env.rank)
-        fold_cfg = dataclasses.replace(cfg, out_dir=str(fold_out), data=dataclasses.replace(
-            cfg.data, train=str(Path(cfg.data.fold_dir) / f"{fold}_train.json"),
-            valid=str(Path(cfg.data.fold_dir) / f"{fold}_eval.json"), folds=[]))
+        fold_dir = Path(cfg.data.fold_dir)
+        train, evaluation = fold_dir / f"{fold}_train.json", fold_dir / f"{fold}_eval.json"
+        if cfg.data.fold_valid_ratio is None:
+            splits = {"train": str(train), "valid": str(evaluation)}
+        else:  # a dev split of the training clips selects; the fold's eval split is the test set
+            splits = {**dev_split(train, cfg.data.fold_valid_ratio, fold, fold_out, env), "test": str(evaluation)}
+        fold_cfg = dataclasses.replace(cfg, out_dir=str(fold_out), data=dataclasses.replace(cfg.data, folds=[],
+                                                                                             **splits))
         per_fold[fold] = train_one(fold_cfg, env, resume, fold_out)
-    curves = {fold: [r[metric] for r in result["history"]] for fold, result in per_fold.items()}
-    summary = kfold_summary(metric, curves, cfg.finetune.cv_pass)
+    if cfg.data.fold_valid_ratio is not None:
+        summary = dev_summary(metric, per_fold)
+    else:
+        curves = {fold: [r[metric] for r in result["history"]] for fold, result in per_fold.items()}
+        summary = kfold_summary(metric, curves, cfg.finetune.cv_pass)
     _write_json(out / "results.json", summary, env)
     if env.is_main:
-        own = summary["fold_best"]["folds"]
-        rows = [{"fold": f, metric: s, f"own best {metric}": own[f]} for f, s in summary["folds"].items()]
-        rows.append({"fold": "mean ± std", metric: f"{summary['mean']:.4f} ± {summary['std']:.4f}",
-                     f"own best {metric}": f"{summary['fold_best']['mean']:.4f} ± {summary['fold_best']['std']:.4f}"})
-        which = "the best of the fold-averaged curve" if summary["rule"] == "best_average" else "the last"
-        logger.info("cross-validation at validation pass %s, %s (own best: each fold's best pass, chosen on the "
-                    "fold it scores: optimistic):\n%s", summary["pass"], which, format_table(rows))
+        logger.info("%s", describe_summary(summary))
     return summary
+
+
+def describe_summary(summary: dict[str, Any]) -> str:
+    """The cross-validation result as a line saying how it was chosen, and a table of the folds."""
+    metric = summary["metric"]
+    mean = f"{summary['mean']:.4f} ± {summary['std']:.4f}"
+    if summary["rule"] == "dev":
+        rows = [{"fold": f, f"test {metric}": v, f"dev {metric}": summary["dev"][f]}
+                for f, v in summary["folds"].items()]
+        rows.append({"fold": "mean ± std", f"test {metric}": mean, f"dev {metric}": ""})
+        return ("cross-validation, each fold's test split scored with the model its dev split selected:\n"
+                + format_table(rows))
+    own = summary["fold_best"]
+    rows = [{"fold": f, metric: v, f"own best {metric}": own["folds"][f]} for f, v in summary["folds"].items()]
+    rows.append({"fold": "mean ± std", metric: mean, f"own best {metric}": f"{own['mean']:.4f} ± {own['std']:.4f}"})
+    which = "the best of the fold-averaged curve" if summary["rule"] == "best_average" else "every fold's last"
+    return (f"cross-validation at validation pass {summary['pass']}, {which} (own best: each fold's best pass, "
+            f"chosen on the fold it scores: optimistic):\n{format_table(rows)}")
+
+
+def dev_split(train: Path, ratio: float, fold: str, out_dir: Path, env: DistEnv) -> dict[str, str]:
+    """The fold's training manifest cut into ``train`` and ``valid`` manifests in ``out_dir/dev_split`` (a seeded
+    ``ratio`` held out, the same on every rank and every resume), written by rank 0."""
+    kept, held = hold_out(read_manifest(train), ratio, zlib.crc32(fold.encode()))
+    paths = {"train": out_dir / "dev_split" / "train.json", "valid": out_dir / "dev_split" / "valid.json"}
+    if env.is_main:
+        for key, entries in (("train", kept), ("valid", held)):
+            atomic_write(paths[key], functools.partial(write_json_manifest, entries))
+        logger.info("fold %s: %d training clips, %d held out as its dev split (%s)", fold, len(kept), len(held),
+                    paths["valid"])
+    barrier(env)
+    return {key: str(path) for key, path in paths.items()}
+
+
+def dev_summary(metric: str, per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Cross-validation with dev splits: every fold's test score of the model its dev split selected (s3prl)."""
+    missing = [fold for fold, result in per_fold.items() if metric not in result.get("test", {})]
+    if missing:
+        raise TrainingError(f"fold(s) {', '.join(missing)} have no test {metric} (their results.json predates "
+                            "data.fold_valid_ratio?): run them again")
+    scores = {fold: result["test"][metric] for fold, result in per_fold.items()}
+    values = list(scores.values())
+    return {"metric": metric, "rule": "dev", "folds": scores, "mean": statistics.fmean(values),
+            "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "dev": {fold: (result["best_valid"] or {}).get(metric) for fold, result in per_fold.items()}}
 
 
 def kfold_summary(metric: str, curves: dict[str, list[float]],
