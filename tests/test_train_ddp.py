@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from safetensors.torch import load_file
 
@@ -24,7 +25,9 @@ train: {{epochs: 1, max_steps: 3, progress: false, log_every: 1, device: cpu}}
 """
 
 
-def make_corpus(root: Path, n: int = 24) -> None:
+def make_corpus(root: Path, n: int = 24, shuffled_labels: bool = False) -> None:
+    """Tones of two pitches labelled by pitch, or (``shuffled_labels``) labelled at random, where every score
+    depends on every detail of the embeddings."""
     entries = []
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -32,7 +35,8 @@ def make_corpus(root: Path, n: int = 24) -> None:
         wav = 0.3 * np.sin(2 * np.pi * (300 if i % 2 else 1200) * t) + 0.05 * rng.standard_normal(8000)
         path = root / f"{i}.wav"
         sf.write(path, wav.astype(np.float32), 16000)
-        entries.append({"wav": str(path), "labels": "low" if i % 2 else "high"})
+        low = rng.random() < 0.5 if shuffled_labels else i % 2
+        entries.append({"wav": str(path), "labels": "low" if low else "high"})
     (root / "train.json").write_text(json.dumps({"data": entries}))
     (root / "labels.csv").write_text("index,mid,display_name\n0,high,high\n1,low,low\n")
 
@@ -57,3 +61,26 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     # the runs really trained (3 steps) and only rank 0 wrote logs
     records = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
+
+
+def test_two_process_probe_equals_single_process(tmp_path):
+    """A randomly initialised encoder (the probe's control) is the same on every rank, and the gathered embeddings
+    come back in the split's order: the probe's table does not depend on the number of processes (two ranks once
+    embedded with two different random encoders, and trained the heads on rows in rank order)."""
+    make_corpus(tmp_path, shuffled_labels=True)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.format(root=tmp_path).replace("task: finetune", "task: probe") + "probe: {epochs: 5}\n")
+    common = ["probe", str(cfg), f"data.valid={tmp_path / 'train.json'}", "model.init=null"]
+    single = [sys.executable, "-m", "ssamba", *common, f"out_dir={tmp_path / 'single'}", "train.batch_size=5"]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ssamba",
+           *common, f"out_dir={tmp_path / 'ddp'}", "train.batch_size=5"]
+    for cmd in (single, ddp):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (json.loads((tmp_path / run / "probe_results.json").read_text())["layers"] for run in ("single", "ddp"))
+    assert len(a) == len(b) == 2  # depth 2: the block pair and the output (final norm)
+    for row_a, row_b in zip(a, b):
+        assert row_a.keys() == row_b.keys()
+        for key in row_a:
+            if key != "layer":
+                assert row_a[key] == pytest.approx(row_b[key], abs=1e-6), key

@@ -520,6 +520,23 @@ def test_probe_embeddings_with_a_rank_that_holds_no_item(monkeypatch):
         probe.extract_embeddings(torch.nn.Identity(), [], 2, DistEnv())
 
 
+def test_probe_embeddings_come_back_in_the_splits_order(monkeypatch):
+    """Rank r embeds clips r, r + world, ...: gathered in rank order, the probe's training rows (and so its shuffled
+    minibatches and its scores) once depended on the number of processes."""
+    from ssamba.train import probe
+
+    def part(indices):  # what a rank holds: clip i's embedding is i in every layer; targets one-hot of i % 2
+        x = np.array(indices, dtype=float)[:, None]
+        return [x, 10 * x], np.eye(2)[[i % 2 for i in indices]]
+
+    for n, ranks in ((6, [part([0, 4]), part([1, 5]), part([2]), part([3])]),  # 6 clips on 4 ranks
+                     (3, [part([0]), part([1]), part([2]), None])):  # 3 clips: the last rank holds none
+        monkeypatch.setattr(probe, "gather_objects", lambda mine, env: ranks)
+        layers, targets = probe.extract_embeddings(torch.nn.Identity(), [], 2, DistEnv())
+        assert layers[0][:, 0].tolist() == list(range(n)) and layers[1][:, 0].tolist() == [10 * i for i in range(n)]
+        assert targets.argmax(1).tolist() == [i % 2 for i in range(n)]
+
+
 def test_a_torn_fold_result_is_redone_on_resume(folds, tmp_path, caplog):
     kfold = [f"data.fold_dir={folds}", "data.test=null", "data.folds=[fold1, fold2]"]
     assert main([*tiny_args(folds, tmp_path / "run"), *kfold]) == 0

@@ -45,11 +45,15 @@ def extract_embeddings(encoder: torch.nn.Module, loader, num_classes: int, env: 
             store.append(p)
         targets.append(as_targets(target, num_classes).numpy())
     mine = ([np.concatenate(s) for s in per_layer], np.concatenate(targets)) if targets else None
-    parts = [p for p in gather_objects(mine, env) if p is not None]  # a rank may hold no item (a tiny split)
-    if not parts:
+    gathered = gather_objects(mine, env)
+    # rank r embedded clips r, r + world, r + 2 world, ... (eval_loader): back in the split's order, so that the
+    # probe (trained on shuffled minibatches) does not depend on the number of processes
+    ranks = [(r, p) for r, p in enumerate(gathered) if p is not None]  # a rank may hold no item (a tiny split)
+    if not ranks:
         raise TrainingError("no clips to embed: the split is empty")
-    embeddings = [np.concatenate([p[0][i] for p in parts]) for i in range(len(parts[0][0]))]
-    return embeddings, np.concatenate([p[1] for p in parts])
+    order = np.argsort(np.concatenate([r + len(gathered) * np.arange(len(p[1])) for r, p in ranks]), kind="stable")
+    embeddings = [np.concatenate([p[0][i] for _, p in ranks])[order] for i in range(len(ranks[0][1][0]))]
+    return embeddings, np.concatenate([p[1] for _, p in ranks])[order]
 
 
 def fit_linear(train_x: np.ndarray, train_y: np.ndarray, cfg: ProbeSection, loss: str,
@@ -86,7 +90,11 @@ def run_probe(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
     if cfg.data.train is None or (cfg.data.valid is None and cfg.data.test is None):
         raise TrainingError("probing needs data.train and data.valid or data.test")
     labels = class_labels(cfg)
-    model = build_model(cfg, labels).to(env.device)  # init=None probes a randomly initialised encoder (a control)
+    # init=None probes a randomly initialised encoder (a control): the same one on every rank (they are seeded
+    # seed + rank, and nothing broadcasts a probe's weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg, labels).to(env.device)
     splits = {name: manifest for name, manifest in
               (("train", cfg.data.train), ("valid", cfg.data.valid), ("test", cfg.data.test)) if manifest}
     feats = {}
