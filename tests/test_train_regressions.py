@@ -347,9 +347,11 @@ def test_kfold_resume_with_more_epochs_continues_the_finished_folds(folds, tmp_p
     for fold in ("fold1", "fold2"):
         assert fold_result(tmp_path / "res", fold) == fold_result(tmp_path / "full", fold)
         assert json.loads((tmp_path / "res" / fold / "results.json").read_text())["epochs"] == 2
-    caplog.clear()  # resumed again at the length reached: nothing is trained
-    assert main([*tiny_args(folds, tmp_path / "res"), *kfold, "train.epochs=2", "--resume"]) == 0
+    caplog.clear()  # resumed again at the length reached, from the run's own config.yaml: nothing is trained
+    results = (tmp_path / "res" / "results.json").read_text()
+    assert main(["finetune", str(tmp_path / "res" / "config.yaml"), "--resume"]) == 0
     assert caplog.text.count("already done; skipping") == 2
+    assert (tmp_path / "res" / "results.json").read_text() == results
 
 
 def test_kfold_with_dev_splits_selects_on_training_clips_and_scores_the_eval_fold(folds, tmp_path, caplog):

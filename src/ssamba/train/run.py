@@ -47,6 +47,15 @@ def check_fresh(out_dirs: list[Path]) -> None:
                                 "continue it, or choose a new out_dir (or delete this one) to start afresh")
 
 
+def _save_run_config(cfg: RunConfig, out_dir: Path, env: DistEnv) -> None:
+    """The run's resolved config.yaml, without the simulated interruption (``train.halt_after_steps``), so that
+    `finetune RUN/config.yaml --resume` does not stop there again."""
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, halt_after_steps=None)),
+                    out_dir / "config.yaml")
+
+
 def _read_results(path: Path) -> dict[str, Any] | None:
     """A finished run's results, or None if it has none (or an unreadable one, which is said, and redone)."""
     if not path.is_file():
@@ -99,10 +108,7 @@ def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict
     elif resume:
         logger.warning("--resume: no checkpoint at %s; starting from the beginning", checkpoint)
         trainer.log.truncate(0)  # what a run killed before its first checkpoint logged is logged again
-    if env.is_main:  # after a resume was accepted: a refused one leaves the run's own config.yaml
-        # without the simulated interruption, so that `finetune RUN/config.yaml --resume` does not stop there again
-        save_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, halt_after_steps=None)),
-                    out_dir / "config.yaml")
+    _save_run_config(cfg, out_dir, env)  # after a resume was accepted: a refused one leaves the run's own
     fit = trainer.fit(train_set, valid_set)
     results: dict[str, Any] = {"steps": fit["step"], "epochs": fit["epoch"], "best_valid": fit["best"],
                                "history": fit["history"]}
@@ -131,6 +137,8 @@ def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
     if cfg.data.fold_dir is None:
         raise TrainingError("data.folds needs data.fold_dir (the folder `ssamba prepare` wrote)")
     out, metric = Path(cfg.out_dir), make_task(cfg).main_metric
+    if not resume:  # `finetune OUT/config.yaml --resume` continues the whole cross-validation (a resumed run
+        _save_run_config(cfg, out, env)  # rewrites it once every fold has accepted the settings: at the end)
     per_fold: dict[str, Any] = {}
     for fold in cfg.data.folds:
         fold_out = out / fold
@@ -158,6 +166,7 @@ def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
         curves = {fold: [r[metric] for r in result["history"]] for fold, result in per_fold.items()}
         summary = kfold_summary(metric, curves, cfg.finetune.cv_pass)
     _write_json(out / "results.json", summary, env)
+    _save_run_config(cfg, out, env)
     if env.is_main:
         logger.info("%s", describe_summary(summary))
     return summary
