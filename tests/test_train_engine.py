@@ -109,6 +109,38 @@ def test_pretraining_resume_is_exact_with_random_masks_and_drop_path(tmp_path):
     assert full.history == resumed.history
 
 
+def test_pretraining_validation_does_not_depend_on_processes_or_batch_size(monkeypatch):
+    """Validation masks are drawn per clip (seed, clip index, objective): every rank once reseeded alike and drew
+    masks per batch, so the validation accuracy of one model was 0.096 on 1 process and 0.142 on 2."""
+    from ssamba.train import engine, tasks
+
+    torch.manual_seed(0)
+    model = MaskedPatchModel(ModelConfig(encoder=preset("ssamba", "tiny", depth=2, input_tdim=32))).eval()
+    data = TensorDataset(torch.randn(7, 32, 128))
+    task, cfg = PretrainTask(mask_size=6, eval_mask_size=6), TrainConfig(seed=3, batch_size=3)
+
+    def run(rank: int, world: int, batch: int, gathered=None):
+        if gathered is not None:
+            monkeypatch.setattr(tasks, "gather_objects", lambda obj, env: [*gathered, obj])
+        out = engine.evaluate(model, data, task, DistEnv(rank=rank, world_size=world),
+                              TrainConfig(seed=3, batch_size=batch))
+        monkeypatch.undo()
+        return out
+
+    one = run(0, 1, 3)
+    for key, value in run(0, 1, 2).items():  # another batch size
+        assert value == pytest.approx(one[key], rel=1e-5), key
+    captured = []  # rank 0 of 2 (clips 0, 2, 4, 6), then rank 1 (clips 1, 3, 5) with rank 0's sums
+    monkeypatch.setattr(tasks, "gather_objects", lambda obj, env: captured.append(obj) or [obj])
+    engine.evaluate(model, data, task, DistEnv(rank=0, world_size=2), cfg)
+    monkeypatch.undo()
+    two = run(1, 2, 3, gathered=captured)
+    for key, value in two.items():
+        assert value == pytest.approx(one[key], rel=1e-5), key
+    assert run(0, 1, 3) == one  # the fixed seed
+    assert engine.evaluate(model, data, task, DistEnv(), TrainConfig(seed=4, batch_size=3)) != one
+
+
 class NanAfter(ClassificationTask):
     """A task whose loss turns NaN from its ``n``-th training step on (as a diverging run would)."""
 

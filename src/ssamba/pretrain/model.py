@@ -52,17 +52,21 @@ class MaskedPatchModel(AudioModel):
         out = self.encoder(x, mask_index, self.mask_embed)
         return head(gather_rows(out, mask_index + self.num_cls_tokens))
 
-    def pretraining_loss(self, x: Tensor, mask_index: Tensor | None = None,
+    def pretraining_loss(self, x: Tensor, mask_index: Tensor | tuple[Tensor, Tensor] | None = None,
                          mask_size: int = DEFAULT_MASK_SIZE, single_pass: bool = False) -> dict[str, Tensor]:
         """``{"nce", "mse", "acc", "loss"}`` with ``loss = nce + 10 * mse``.
 
         Like the official ``pretrain_joint``, the two objectives use two forward passes with independently drawn
-        masks (and drop-path masks).  A given ``mask_index`` (B, M) is used for both; ``single_pass=True`` shares
-        one forward pass between the heads (half the cost; not the official recipe).
+        masks (and drop-path masks).  A given ``mask_index`` (B, M) is used for both, a pair as the InfoNCE and
+        the MSE masks; ``single_pass=True`` shares one forward pass between the heads (half the cost; not the
+        official recipe).
         """
         targets = self.patch_targets(x).detach()
-        masks = [mask_index, mask_index] if mask_index is not None else [
-            self.sample_mask(x.shape[0], mask_size, x.device) for _ in range(1 if single_pass else 2)]
+        if isinstance(mask_index, tuple):
+            masks = list(mask_index)
+        else:
+            masks = [mask_index, mask_index] if mask_index is not None else [
+                self.sample_mask(x.shape[0], mask_size, x.device) for _ in range(1 if single_pass else 2)]
         if single_pass:
             out = self.encoder(x, masks[0], self.mask_embed)
             rows = gather_rows(out, masks[0] + self.num_cls_tokens)

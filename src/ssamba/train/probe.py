@@ -23,6 +23,7 @@ from ssamba.train.distributed import DistEnv, gather_objects
 from ssamba.train.engine import TrainingError, eval_loader, first_best
 from ssamba.train.logger import format_table
 from ssamba.train.metrics import classification_stats
+from ssamba.train.sampler import unshuffled_positions
 from ssamba.train.tasks import as_targets
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def extract_embeddings(encoder: torch.nn.Module, loader, num_classes: int, env: 
     ranks = [(r, p) for r, p in enumerate(gathered) if p is not None]  # a rank may hold no item (a tiny split)
     if not ranks:
         raise TrainingError("no clips to embed: the split is empty")
-    order = np.argsort(np.concatenate([r + len(gathered) * np.arange(len(p[1])) for r, p in ranks]), kind="stable")
+    order = np.argsort([i for r, p in ranks for i in unshuffled_positions(r, len(gathered), 0, len(p[1]))])
     embeddings = [np.concatenate([p[0][i] for _, p in ranks])[order] for i in range(len(ranks[0][1][0]))]
     return embeddings, np.concatenate([p[1] for _, p in ranks])[order]
 

@@ -39,3 +39,9 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices()) - self.start
+
+
+def unshuffled_positions(rank: int, world_size: int, start: int, count: int) -> list[int]:
+    """Dataset indices of items ``start .. start + count - 1`` of ``rank`` under an unpadded, unshuffled
+    :class:`ResumableSampler` (evaluation: rank r takes r, r + world_size, ...)."""
+    return [rank + world_size * k for k in range(start, start + count)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,8 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ssamba.pretrain.masking import sample_mask
 from ssamba.train.distributed import DistEnv, gather_objects
 from ssamba.train.metrics import classification_stats
+from ssamba.train.sampler import unshuffled_positions
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +93,19 @@ class PretrainTask:
         return model(x, mask_size=self._fit(model, self.mask_size), single_pass=self.single_pass)
 
     def evaluate(self, model: nn.Module, loader: DataLoader, env: DistEnv) -> dict[str, float]:
+        """The validation losses on masks drawn per clip from (the fixed seed, the clip's index, the objective), so
+        that they do not depend on the number of processes or on the evaluation batch size."""
         totals, count = {}, 0
+        base = int(torch.randint(0, 2**62, ()))  # the same on every rank: evaluate() seeded them alike
+        size, core = self._fit(model, self.eval_mask_size), _unwrap(model)
         for batch in loader:
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             x = x.to(next(model.parameters()).device)
-            out = model.pretraining_loss(x, mask_size=self._fit(model, self.eval_mask_size))
+            clips = unshuffled_positions(env.rank, env.world_size, count, len(x))
+            masks = tuple(torch.cat([sample_mask(1, core.encoder.grid, size, core.mask_kind,
+                                                 rng=random.Random(f"{base}:{clip}:{objective}"), device=x.device)
+                                     for clip in clips]) for objective in ("mpc", "mpg"))
+            out = model.pretraining_loss(x, masks, mask_size=size)
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + v.item() * len(x)
             count += len(x)
