@@ -183,7 +183,7 @@ def test_packed_clips_run_back_to_back_in_whole_seconds_across_sequences(corpus)
 def test_packed_shuffle_is_seeded_per_fold_and_pad_label_ignore(corpus) -> None:
     seeded = dataset(corpus, SequenceConfig(seconds=3, shuffle_seed=7))
     again = dataset(list(corpus), SequenceConfig(seconds=3, shuffle_seed=7))
-    assert seeded.sequences == again.sequences and seeded._labels == again._labels
+    assert seeded.sequences == again.sequences and seeded._second_labels == again._second_labels
     orders = {tuple(dataset(corpus, SequenceConfig(seconds=3, shuffle_seed=k)).sequences) for k in range(6)}
     assert len(orders) > 1  # the seed reorders the fold
     ignored = dataset(corpus, SequenceConfig(seconds=3, shuffle_seed=None, pad_label="ignore"))

@@ -39,7 +39,7 @@ import torch
 
 from ssamba.audio.fbank import clip_mean, fbank
 from ssamba.audio.features import SAMPLE_RATE
-from ssamba.audio.io import AudioLoadError, audio_info
+from ssamba.audio.io import AudioLoadError, check_audio
 from ssamba.audio.resample import resampled_length
 from ssamba.data.dataset import AudioDataset, DatasetConfig, item_seed
 from ssamba.data.manifest import ClassLabels, Entry, read_class_labels, read_manifest
@@ -224,8 +224,8 @@ class SequenceDataset(AudioDataset):
         if self.sequence.layout == "slots":
             self.sequences: list[tuple[int, ...]] = plan_sequences(self.entries, self.sequence)
         else:
-            self.pieces, self._labels = pack_sequences(self.entries, [self._span(e.path) for e in self.entries],
-                                                       self.sequence, self._clip_index)
+            spans = [self._span(e.path) for e in self.entries]
+            self.pieces, self._second_labels = pack_sequences(self.entries, spans, self.sequence, self._clip_index)
             if not self.pieces:
                 raise ValueError("none of the manifest's clips could be read; see the bad files logged above")
             self.sequences = [tuple(piece.entry for piece in pieces) for pieces in self.pieces]
@@ -287,9 +287,7 @@ class SequenceDataset(AudioDataset):
     def _span(self, path: str) -> int | None:
         """A clip's length at 16 kHz in whole seconds, from its header; None (recorded as bad) if unreadable."""
         try:
-            rate, frames, _ = audio_info(path)
-            if frames == 0:
-                raise AudioLoadError(path, "contains no audio samples")
+            rate, frames, _ = check_audio(path)
         except AudioLoadError as exc:
             self._record_bad(exc)
             return None
@@ -298,7 +296,7 @@ class SequenceDataset(AudioDataset):
     def _compose_packed(self, index: int) -> Composition:
         seconds = self.sequence.seconds
         waveform = torch.zeros(seconds * SAMPLE_RATE)
-        labels = torch.tensor(self._labels[index], dtype=torch.long)
+        labels = torch.tensor(self._second_labels[index], dtype=torch.long)
         placements = []
         for piece in self.pieces[index]:
             entry = self.entries[piece.entry]
