@@ -108,7 +108,7 @@ def train_one(cfg: RunConfig, env: DistEnv, resume: bool, out_dir: Path) -> dict
     elif resume:
         logger.warning("--resume: no checkpoint at %s; starting from the beginning", checkpoint)
         trainer.log.truncate(0)  # what a run killed before its first checkpoint logged is logged again
-    _save_run_config(cfg, out_dir, env)  # after a resume was accepted: a refused one leaves the run's own
+    _save_run_config(cfg, out_dir, env)  # after a resume was accepted (a refused one leaves the run's own)
     fit = trainer.fit(train_set, valid_set)
     results: dict[str, Any] = {"steps": fit["step"], "epochs": fit["epoch"], "best_valid": fit["best"],
                                "history": fit["history"]}
@@ -137,8 +137,10 @@ def run_kfold(cfg: RunConfig, env: DistEnv, resume: bool) -> dict[str, Any]:
     if cfg.data.fold_dir is None:
         raise TrainingError("data.folds needs data.fold_dir (the folder `ssamba prepare` wrote)")
     out, metric = Path(cfg.out_dir), make_task(cfg).main_metric
-    if not resume:  # `finetune OUT/config.yaml --resume` continues the whole cross-validation (a resumed run
-        _save_run_config(cfg, out, env)  # rewrites it once every fold has accepted the settings: at the end)
+    # OUT/config.yaml, for `finetune OUT/config.yaml --resume`: written now by a new run, and by a resumed one at
+    # the end, once every fold has accepted its settings
+    if not resume:
+        _save_run_config(cfg, out, env)
     per_fold: dict[str, Any] = {}
     for fold in cfg.data.folds:
         fold_out = out / fold
@@ -210,11 +212,15 @@ def dev_summary(metric: str, per_fold: dict[str, dict[str, Any]]) -> dict[str, A
     if missing:
         raise TrainingError(f"fold(s) {', '.join(missing)} have no test {metric} (their results.json predates "
                             "data.fold_valid_ratio?): run them again")
-    scores = {fold: result["test"][metric] for fold, result in per_fold.items()}
-    values = list(scores.values())
-    return {"metric": metric, "rule": "dev", "folds": scores, "mean": statistics.fmean(values),
-            "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+    return {"metric": metric, "rule": "dev", **fold_stats({f: r["test"][metric] for f, r in per_fold.items()}),
             "dev": {fold: (result["best_valid"] or {}).get(metric) for fold, result in per_fold.items()}}
+
+
+def fold_stats(scores: dict[str, float]) -> dict[str, Any]:
+    """The folds' scores with their mean and (population) standard deviation."""
+    values = list(scores.values())
+    return {"folds": scores, "mean": statistics.fmean(values),
+            "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
 
 
 def kfold_summary(metric: str, curves: dict[str, list[float]],
@@ -226,12 +232,6 @@ def kfold_summary(metric: str, curves: dict[str, list[float]],
     scores, which SSAST calls over-optimistic; it is kept beside, as ``fold_best``, and so are the last pass
     (``final``) and the best-average pass (``best_average``).  Curves of unequal length are compared over their
     common passes."""
-
-    def stats(scores: dict[str, float]) -> dict[str, Any]:
-        values = list(scores.values())
-        return {"folds": scores, "mean": statistics.fmean(values),
-                "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
-
     passes = min(len(c) for c in curves.values())
     if passes == 0:
         raise TrainingError("cross-validation needs a validation pass in every fold (data.valid is the fold's eval)")
@@ -240,10 +240,13 @@ def kfold_summary(metric: str, curves: dict[str, list[float]],
     average = [statistics.fmean(c[i] for c in curves.values()) for i in range(passes)]
     best = first_best(average)
     chosen = best if rule == "best_average" else passes - 1
-    return {"metric": metric, "rule": rule, "pass": chosen + 1, **stats({f: c[chosen] for f, c in curves.items()}),
-            "fold_best": stats({f: c[first_best(c)] for f, c in curves.items()}),
-            "final": stats({f: c[passes - 1] for f, c in curves.items()}),
-            "best_average": {"pass": best + 1, **stats({f: c[best] for f, c in curves.items()})}}
+
+    def at(index: int) -> dict[str, Any]:
+        return fold_stats({fold: curve[index] for fold, curve in curves.items()})
+
+    return {"metric": metric, "rule": rule, "pass": chosen + 1, **at(chosen),
+            "fold_best": fold_stats({f: c[first_best(c)] for f, c in curves.items()}),
+            "final": at(passes - 1), "best_average": {"pass": best + 1, **at(best)}}
 
 
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
