@@ -342,6 +342,16 @@ def eval_loader(dataset: Dataset, env: DistEnv, cfg: TrainConfig, collate_fn=Non
                       num_workers=cfg.num_workers, collate_fn=collate_fn, pin_memory=env.device.type == "cuda")
 
 
+@contextlib.contextmanager
+def seeded_cpu_rng(seed: int):
+    """The CPU generator seeded with ``seed`` inside, restored after. Only the CPU one: ``torch.manual_seed`` would
+    also re-seed the CUDA generators, which ``fork_rng(devices=[])`` does not restore (after each validation every
+    rank would then draw the same drop-path masks)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
 def autocast(cfg: TrainConfig, device: torch.device):
     if cfg.amp == "none":
         return contextlib.nullcontext()
@@ -355,11 +365,7 @@ def evaluate(model: nn.Module, dataset: Dataset, task: Task, env: DistEnv, cfg: 
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), autocast(cfg, env.device):
-            # the CPU generator only (what draws the pretraining masks): torch.manual_seed would also re-seed the
-            # CUDA generators, which fork_rng(devices=[]) does not restore, so every rank would draw the same
-            # drop-path masks after each validation
-            torch.default_generator.manual_seed(cfg.seed)
+        with seeded_cpu_rng(cfg.seed), torch.no_grad(), autocast(cfg, env.device):
             return task.evaluate(model, loader, env)
     finally:
         model.train(was_training)

@@ -20,7 +20,7 @@ from ssamba.models.heads import pool_mean
 from ssamba.train.build import build_model, class_labels, make_dataset
 from ssamba.train.config import ProbeSection, RunConfig
 from ssamba.train.distributed import DistEnv, gather_objects
-from ssamba.train.engine import TrainingError, eval_loader, first_best
+from ssamba.train.engine import TrainingError, eval_loader, first_best, seeded_cpu_rng
 from ssamba.train.logger import format_table
 from ssamba.train.metrics import classification_stats
 from ssamba.train.sampler import unshuffled_positions
@@ -64,8 +64,7 @@ def fit_linear(train_x: np.ndarray, train_y: np.ndarray, cfg: ProbeSection, loss
     x = torch.from_numpy((train_x - mean) / std).float()
     y = torch.from_numpy(train_y).float()
     g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # the head's initial weights from the seed too, not the global state
-        torch.manual_seed(seed)
+    with seeded_cpu_rng(seed):  # the head's initial weights from the seed too, not the global state
         head = torch.nn.Linear(x.shape[1], y.shape[1])
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     for _ in range(cfg.epochs):
@@ -93,8 +92,7 @@ def run_probe(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
     labels = class_labels(cfg)
     # init=None probes a randomly initialised encoder (a control): the same one on every rank (they are seeded
     # seed + rank, and nothing broadcasts a probe's weights)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
+    with seeded_cpu_rng(cfg.train.seed):
         model = build_model(cfg, labels).to(env.device)
     splits = {name: manifest for name, manifest in
               (("train", cfg.data.train), ("valid", cfg.data.valid), ("test", cfg.data.test)) if manifest}
