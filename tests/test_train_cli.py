@@ -13,7 +13,7 @@ from ssamba.data.manifest import read_manifest, write_json_manifest
 WORDS = ["yes", "no", "up", "down", "stop"]
 COMMON = ["model.arch=ssamba", "model.size=tiny", "model.overrides={depth: 2, drop_path_rate: 0.0}",
           "data.dataset.features.target_length=100", "train.progress=false", "train.log_every=5",
-          "train.seed=0"]
+          "train.seed=0", "train.num_workers=2"]
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +78,13 @@ def test_finetune_from_pretrained_beats_chance_then_evaluate(corpus, pretrained,
     # the evaluate command reproduces the selected model's test accuracy
     assert main(["evaluate", recipe, f"model.init={run / 'best'}", f"data.test={corpus / 'test_5.json'}",
                  f"data.class_labels={corpus / 'labels_5.csv'}", f"out_dir={tmp_path / 'eval'}",
-                 "data.dataset.features.target_length=100"]) == 0
+                 "data.dataset.features.target_length=100", "train.num_workers=0"]) == 0
     evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert evaluated["acc"] == pytest.approx(results["test"]["acc"])
     # without a class list, the class names the model recorded in training are used
     assert main(["evaluate", recipe, f"model.init={run / 'best'}", f"data.test={corpus / 'test_5.json'}",
                  "data.class_labels=null", f"out_dir={tmp_path / 'eval2'}",
-                 "data.dataset.features.target_length=100"]) == 0
+                 "data.dataset.features.target_length=100", "train.num_workers=0"]) == 0
     evaluated = json.loads((tmp_path / "eval2" / "eval_results.json").read_text())
     assert evaluated["acc"] == pytest.approx(results["test"]["acc"])
 
