@@ -141,6 +141,34 @@ def test_pretraining_validation_does_not_depend_on_processes_or_batch_size(monke
     assert engine.evaluate(model, data, task, DistEnv(), TrainConfig(seed=4, batch_size=3)) != one
 
 
+def test_balanced_training_draws_every_class_alike_and_is_part_of_the_setup(tmp_path):
+    """train.balanced: a 10:1 training set is drawn about 1:1 (SUPERB's keyword-spotting sampler); a resume with
+    the other sampling is refused, as with another batch or seed."""
+    x, y = toy_classification(n=66, classes=2)[:]
+    keep = torch.cat([torch.nonzero(y == 0).flatten()[:30], torch.nonzero(y == 1).flatten()[:3]])
+
+    class Clips(TensorDataset):
+        def class_balance_weights(self):
+            counts = torch.bincount(self.tensors[1])
+            return [1.0 / counts[c].item() for c in self.tensors[1]]
+
+    class Seen(ClassificationTask):
+        seen: list[int] = []
+
+        def train_step(self, model, batch):
+            self.seen.extend(batch[1].tolist())
+            return super().train_step(model, batch)
+
+    data = Clips(x[keep], y[keep])
+    trainer = make_trainer(tmp_path, small_classifier(classes=2), Seen(), epochs=4, balanced=True)
+    trainer.fit(data)
+    counts = torch.bincount(torch.tensor(Seen.seen), minlength=2)
+    assert counts.sum() == 4 * 32 and 0.3 < counts[1] / counts.sum() < 0.7, counts  # unbalanced: 3/33 = 0.09
+    again = make_trainer(tmp_path, small_classifier(classes=2), Seen(), epochs=5)
+    with pytest.raises(TrainingError, match="balanced: True -> False"):
+        again.resume(tmp_path / "checkpoints")
+
+
 class NanAfter(ClassificationTask):
     """A task whose loss turns NaN from its ``n``-th training step on (as a diverging run would)."""
 

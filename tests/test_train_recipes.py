@@ -105,3 +105,4 @@ def test_cross_validation_protocols_of_the_k_fold_recipes():
     assert urban.finetune.cv_pass == urban60.finetune.cv_pass == "last"
     assert urban60.data.sequence.layout == "packed" and urban60.data.sequence.pad_label == "last"
     assert (er.data.fold_valid_ratio, er.optim.lr) == (0.2, 1e-4)
+    assert load("speechcommands_v1.yaml").train.balanced and not load("speechcommands_v2.yaml").train.balanced

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,18 @@ class AudioDataset(Dataset):
         x = time_mask(x, aug.timem, generator) if aug.timem else x
         x = normalize(x, feat.mean, feat.std) if feat.normalize else x
         return add_noise_and_roll(x, generator) if aug.noise else x
+
+    def class_balance_weights(self) -> list[float]:
+        """1 / (clips of its class) per clip, so that class-weighted sampling draws every class alike (SUPERB's
+        keyword-spotting sampler). Defined for one label per clip only."""
+        if self.labels is None:
+            raise ValueError("class-balanced sampling needs labelled clips")
+        multi = [e.path for e in self.entries if len(e.labels) != 1]
+        if multi:
+            raise ValueError(f"{multi[0]}: class-balanced sampling needs exactly one label per clip ({len(multi)} "
+                             "clip(s) have none or several)")
+        counts = Counter(e.labels[0] for e in self.entries)
+        return [1.0 / counts[e.labels[0]] for e in self.entries]
 
     def target(self, entry: Entry) -> torch.Tensor:
         """Multi-hot float vector or class index; an empty tensor for unlabeled data."""

@@ -240,6 +240,9 @@ class SequenceDataset(AudioDataset):
     def __len__(self) -> int:
         return len(self.sequences)
 
+    def class_balance_weights(self) -> list[float]:
+        raise ValueError("class-balanced sampling draws clips; a per-second sequence holds several classes")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(item_seed(self.config.seed, self.epoch, index))
         composition = self.compose(index, generator)

@@ -27,6 +27,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps (and at the end of every epoch)
     halt_after_steps: int | None = None  # testing aid: stop abruptly (as if killed) after this many steps
     progress: bool = True
+    #: draw training clips in inverse proportion to their class's size, with replacement (SUPERB's class-balanced
+    #: WeightedRandomSampler); one label per clip
+    balanced: bool = False
 
     def __post_init__(self) -> None:
         # refused here, naming the key, before the run writes anything: a 0 would fail steps later as a bare

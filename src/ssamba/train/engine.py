@@ -124,7 +124,8 @@ class Trainer:
         config = getattr(self.model, "config", None)
         return {"model": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
                 "optim": dataclasses.asdict(self.optim_cfg), "batch_size": self.cfg.batch_size,
-                "seed": self.cfg.seed, "train_data": self.train_data if train_data is None else train_data,
+                "seed": self.cfg.seed, "balanced": self.cfg.balanced,
+                "train_data": self.train_data if train_data is None else train_data,
                 "objective": self.objective}
 
     def save_checkpoint(self) -> None:
@@ -197,8 +198,9 @@ class Trainer:
         cfg, env = self.cfg, self.env
         self.train_data = train_data_of(train_set)
         self._check_setup(self.train_data)
+        weights = class_balance(train_set) if cfg.balanced else None
         sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank,
-                                   world_size=env.world_size)
+                                   world_size=env.world_size, weights=weights)
         per_epoch = len(sampler.indices()) // cfg.batch_size // self.optim_cfg.accum_steps
         if per_epoch == 0:
             raise TrainingError(f"{len(train_set)} training samples give no full batch of {cfg.batch_size} "
@@ -333,6 +335,17 @@ def train_data_of(dataset: Dataset) -> dict[str, Any]:
     pipeline = ({k: v for k, v in dataclasses.asdict(config).items() if k != "bad_files_log"}
                 if dataclasses.is_dataclass(config) else None)
     return {"samples": len(dataset), "digest": digest, "pipeline": pipeline}
+
+
+def class_balance(dataset: Dataset) -> list[float]:
+    """Per-clip sampling weights, 1 / (clips of its class), for ``train.balanced``."""
+    weights = getattr(dataset, "class_balance_weights", None)
+    if weights is None:
+        raise TrainingError(f"train.balanced needs a dataset of labelled clips, not a {type(dataset).__name__}")
+    try:
+        return weights()
+    except ValueError as exc:
+        raise TrainingError(f"train.balanced: {exc}") from exc
 
 
 def eval_loader(dataset: Dataset, env: DistEnv, cfg: TrainConfig, collate_fn=None) -> DataLoader:

@@ -2,11 +2,13 @@
 
 Each epoch is a permutation drawn from ``seed + epoch`` (so any process can recompute it), padded to a multiple of
 the world size and dealt out ``rank::world_size`` like ``DistributedSampler``; ``start`` skips the samples this rank
-already consumed, which is how a resumed run continues mid-epoch on exactly the same data.
+already consumed, which is how a resumed run continues mid-epoch on exactly the same data.  With ``weights`` an
+epoch is instead ``size`` draws with replacement in proportion to them (``WeightedRandomSampler``, e.g. SUPERB's
+class-balanced keyword spotting), from the same seed.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -14,9 +16,12 @@ from torch.utils.data import Sampler
 
 class ResumableSampler(Sampler[int]):
     def __init__(self, size: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 pad: bool = True) -> None:
+                 pad: bool = True, weights: Sequence[float] | None = None) -> None:
         if size <= 0:
             raise ValueError("cannot sample from an empty dataset")
+        if weights is not None and (len(weights) != size or min(weights) < 0 or not sum(weights) > 0):
+            raise ValueError(f"weights: {size} non-negative values with a positive sum needed")
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch, self.start = 0, 0
@@ -25,7 +30,10 @@ class ResumableSampler(Sampler[int]):
         self.epoch, self.start = epoch, start
 
     def indices(self) -> list[int]:
-        if self.shuffle:
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.size, generator=g).tolist()
         else:
