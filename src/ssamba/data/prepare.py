@@ -96,7 +96,8 @@ def prepare(corpus: str, root: str | Path | None, out: str | Path, *, cache: str
     """Build the manifests of ``corpus`` (a key of :data:`RECIPES`) found at ``root`` into ``out``.
 
     With ``cache``, clips not at ``sample_rate`` are first resampled into that folder (once, in ``workers``
-    processes, resumable) and the manifests point there; without, ``workers`` threads check every clip's header. ``options`` go to the recipe (e.g. ``test_root``).
+    processes, resumable) and the manifests point there; without, ``workers`` threads check every clip's header.
+    ``options`` go to the recipe (e.g. ``test_root``).
     Generated corpora (:data:`GENERATED`, e.g. ``synthetic``) take ``root=None`` and write their audio into ``out``.
     """
     if corpus not in RECIPES:
